@@ -1,0 +1,35 @@
+# Quick start: `make demo` and `make test` (both bootstrap .venv/ via `make venv`).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo bench lint typecheck clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet -c constraints.txt torch==2.13.0
+	$(PIP) install --quiet -c constraints.txt -e '.[dev]'
+	touch $(STAMP)
+
+lint: venv
+	$(VENV)/bin/ruff check src tests benchmarks examples
+
+typecheck: venv
+	$(VENV)/bin/mypy
+
+test: venv lint typecheck
+	$(PY) -m pytest -q
+
+demo: venv
+	$(PY) -m pipewarden demo
+
+bench: venv
+	$(PY) benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+import sys
+
+from pipewarden.cli import main
+
+sys.exit(main())

@@ -1,0 +1,133 @@
+"""The one error tree of pipewarden.
+
+Every refusal raises a subclass of :class:`PipewardenError`. A message answers three questions:
+what was refused, which rule refused it, and what the user can do about it. The CLI prints
+``diagnostics()`` without a traceback and exits 1 (refused) or 2 (unusable input).
+
+Split by who is at fault (see STYLE.md): programming mistakes by the caller (wrong argument
+types, unknown keyword values) raise ``TypeError``/``ValueError``; hostile or broken input
+(files, TOML, signatures, worker messages, pipeline source) raises a ``PipewardenError``.
+Third-party exceptions are wrapped at the seam where they occur, and the wrapped exception is
+never a carrier of a real object to sandboxed code (sandbox errors are raised fresh).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PipewardenError",
+    "TrustRequiredError",
+    "IntegrityError",
+    "SignatureError",
+    "NotAllowedError",
+    "ScanError",
+    "PolicyViolation",
+    "ResourceLimitError",
+    "InputError",
+    "FetchError",
+    "WorkerError",
+]
+
+
+class PipewardenError(Exception):
+    """Base of every refusal. ``what``/``rule``/``fix`` are kept as attributes for tools."""
+
+    #: Exit code the CLI uses for this kind of error (1 = refused, 2 = unusable input).
+    exit_code: int = 1
+
+    def __init__(self, what: str, *, rule: str = "", fix: str = "") -> None:
+        self.what = str(what)
+        self.rule = str(rule)
+        self.fix = str(fix)
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        parts = [self.what.rstrip(".") + "."]
+        if self.rule:
+            parts.append(f"Rule: {self.rule}.")
+        if self.fix:
+            parts.append(f"To proceed: {self.fix.rstrip('.')}.")
+        return " ".join(parts)
+
+    def diagnostics(self) -> str:
+        """A human-readable multi-line explanation, printed by the CLI."""
+        lines = [f"{type(self).__name__}: {self.what.rstrip('.')}."]
+        if self.rule:
+            lines.append(f"  rule: {self.rule}")
+        if self.fix:
+            lines.append(f"  to proceed: {self.fix}")
+        return "\n".join(lines)
+
+    # Exceptions raised inside the sandbox must never carry host objects; keep pickling and
+    # copying trivial (strings only).
+    def __reduce__(self):  # pragma: no cover - exercised indirectly
+        return (_rebuild, (type(self).__name__, self.what, self.rule, self.fix))
+
+
+def _rebuild(name: str, what: str, rule: str, fix: str) -> PipewardenError:
+    cls = _BY_NAME.get(name, PipewardenError)
+    return cls(what, rule=rule, fix=fix)
+
+
+class TrustRequiredError(PipewardenError):
+    """Remote code would run but the caller did not opt in (``trust_remote_code=True``)."""
+
+
+class IntegrityError(PipewardenError):
+    """Bytes do not match their pin (sha256, lock file, git blob id, hub metadata)."""
+
+
+class SignatureError(PipewardenError):
+    """Signatures are missing, malformed, expired, revoked, by unknown keys or below threshold."""
+
+
+class NotAllowedError(PipewardenError):
+    """A source, component class, file format or mode that the active policy does not allow."""
+
+
+class ScanError(PipewardenError):
+    """The pipeline source failed static vetting (parse error, not exactly one pipeline class)."""
+
+
+class PolicyViolation(PipewardenError):
+    """Sandboxed code tried something outside the sandbox policy (compile time or run time)."""
+
+
+class ResourceLimitError(PipewardenError):
+    """A resource limit (memory, CPU, wall clock, message size, file size) was exceeded."""
+
+
+class InputError(PipewardenError):
+    """Input is unusable: malformed TOML/JSON, unreadable file, missing model_index.json, ..."""
+
+    exit_code = 2
+
+
+class FetchError(PipewardenError):
+    """A download failed (HTTP error, truncated body, offline without a cached copy)."""
+
+
+class WorkerError(PipewardenError):
+    """The isolated worker crashed, hung up, or sent a malformed message."""
+
+
+_BY_NAME: dict[str, type[PipewardenError]] = {
+    c.__name__: c
+    for c in (
+        PipewardenError,
+        TrustRequiredError,
+        IntegrityError,
+        SignatureError,
+        NotAllowedError,
+        ScanError,
+        PolicyViolation,
+        ResourceLimitError,
+        InputError,
+        FetchError,
+        WorkerError,
+    )
+}
+
+
+def error_class(name: str) -> type[PipewardenError]:
+    """Map a class name received from a worker (JSON) to a local class; unknown -> base."""
+    return _BY_NAME.get(name, PipewardenError)

@@ -1,0 +1,1 @@
+"""sandbox: verified source -> vetted class (scan, restricted compile, restricted exec, guarded run)."""

@@ -1,0 +1,1 @@
+"""isolation: run the vetted pipeline in a locked-down worker process."""
