@@ -1,0 +1,431 @@
+"""``load_pipeline``: one load, start to finish, in the order verify -> scan -> admit -> run.
+
+1. Resolve the code (``custom_pipeline``) and the weights to bytes/digests (loader). Nothing
+   executes here.
+2. Admit the code at the exec site (``_admit``): the remote-code kill switch, the caller's
+   ``trust_remote_code`` opt-in, the organisation allowlist (source + signatures), the lock file
+   and the sha256 pin are all checked against the exact bytes that will be compiled. Only an
+   ``AdmittedCode`` can reach the sandbox, and the sandbox compiles ``AdmittedCode.source_bytes``
+   after re-hashing them.
+3. Run: in this process under the sandbox (``isolation="inprocess"``), or in a locked-down worker
+   (``isolation="process"``, the default) that re-reads and re-verifies every file itself.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Literal
+
+from pipewarden.errors import (
+    IntegrityError,
+    NotAllowedError,
+    ScanError,
+    TrustRequiredError,
+)
+from pipewarden.limits import Limits
+from pipewarden.loader.code import CodeSource
+from pipewarden.loader.digests import parse_sha256, sha256_bytes
+from pipewarden.loader.snapshot import Snapshot
+
+Isolation = Literal["process", "inprocess"]
+GateReporter = Callable[[str, str], None]
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
+_COMMUNITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
+
+
+@dataclass(frozen=True)
+class AdmittedCode:
+    """Pipeline code that passed every trust gate. Only ``_admit`` creates one."""
+
+    code: CodeSource
+    gates: tuple[tuple[str, str], ...]
+    import_aliases: Mapping[str, str] = field(default_factory=dict)
+    extra_modules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    required_isolation: str | None = None
+
+    def source_text(self) -> str:
+        """The exact admitted bytes, re-hashed right before they are handed to the compiler."""
+        if sha256_bytes(self.code.source_bytes) != self.code.sha256:  # defence in depth
+            raise IntegrityError(
+                "the admitted pipeline bytes changed in memory",
+                rule="the bytes compiled are the bytes admitted",
+                fix="report this as a bug",
+            )
+        try:
+            return self.code.source_bytes.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ScanError(
+                f"{self.code.module_relpath} is not valid UTF-8 (byte {exc.start})",
+                rule="pipeline sources are UTF-8 text",
+                fix="save the file as UTF-8",
+            ) from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Resolution (bytes only)
+
+
+def _classify_code(spec: str) -> Literal["local", "hub", "community"]:
+    if os.path.exists(spec) or spec.endswith(".py") or spec.startswith((".", "/", "~")) or os.sep in spec and not _HUB_ID.fullmatch(spec):
+        return "local"
+    if _HUB_ID.fullmatch(spec):
+        return "hub"
+    if _COMMUNITY_NAME.fullmatch(spec):
+        return "community"
+    raise ValueError(f"custom_pipeline {spec!r} is neither an existing path, a hub repo id nor a community name")
+
+
+def _resolve_code(spec: str | os.PathLike[str], *, revision: str | None) -> CodeSource:
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str) or not spec:
+        raise TypeError("custom_pipeline must be a non-empty str or path")
+    kind = _classify_code(spec)
+    if kind == "local":
+        from pipewarden.loader.local import resolve_local_code
+
+        return resolve_local_code(spec)
+    from pipewarden.loader import hub
+
+    return hub.resolve_code(spec, kind=kind, revision=revision)
+
+
+def _resolve_weights(spec: str | os.PathLike[str], *, revision: str | None) -> Snapshot:
+    if isinstance(spec, os.PathLike):
+        spec = os.fspath(spec)
+    if not isinstance(spec, str) or not spec:
+        raise TypeError("the weights argument must be a non-empty str or path")
+    if os.path.isdir(spec) or not _HUB_ID.fullmatch(spec):
+        from pipewarden.loader.local import resolve_local_weights
+
+        return resolve_local_weights(spec)
+    from pipewarden.loader import hub
+
+    return hub.resolve_weights(spec, revision=revision)
+
+
+# ---------------------------------------------------------------------------------------------
+# Admission: the trust gates, at the exec site
+
+
+def _remote_code_disabled() -> bool:
+    return os.environ.get("PIPEWARDEN_DISABLE_REMOTE_CODE", "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def _admit(
+    code: CodeSource,
+    *,
+    trust_remote_code: bool,
+    pipeline_sha256: str | None,
+    lock: Any,
+    allowlist: Any,
+    import_aliases: Mapping[str, str] | None,
+    report: GateReporter,
+) -> AdmittedCode:
+    gates: list[tuple[str, str]] = []
+
+    def passed(gate: str, verdict: str) -> None:
+        gates.append((gate, verdict))
+        report(gate, verdict)
+
+    where = code.source_id + (f"@{code.commit}" if code.commit else "")
+    # 1. Kill switch.
+    if _remote_code_disabled():
+        raise NotAllowedError(
+            f"refusing to run pipeline code from {where}",
+            rule="PIPEWARDEN_DISABLE_REMOTE_CODE is set: no custom pipeline code runs",
+            fix="unset PIPEWARDEN_DISABLE_REMOTE_CODE to allow vetted pipeline code",
+        )
+    passed("kill switch", "PIPEWARDEN_DISABLE_REMOTE_CODE not set")
+    # 2. Explicit opt-in, checked here, where the code is about to be executed.
+    if trust_remote_code is not True:
+        raise TrustRequiredError(
+            f"pipeline code from {where} would be executed, but trust_remote_code is not True",
+            rule="custom pipeline code runs only with an explicit opt-in (every source kind, community names included)",
+            fix=f"read the code, then pass trust_remote_code=True and pipeline_sha256={code.sha256!r}",
+        )
+    passed("opt-in", "trust_remote_code=True")
+    pinned_by: list[str] = []
+    extra_modules: Mapping[str, tuple[str, ...]] = {}
+    required_isolation: str | None = None
+    # 3. Organisation allowlist: source + signatures over every file of the code.
+    if allowlist is not None:
+        from pipewarden.registry.trust import decide
+
+        decision = decide(code, allowlist=allowlist, lockfile=None, pipeline_sha256=None)
+        pinned_by.append("allowlist signatures")
+        extra_modules = getattr(decision, "extra_modules", {}) or {}
+        required_isolation = getattr(decision, "required_isolation", None)
+        passed("allowlist", _describe(decision, default="source allowed; signatures meet the threshold"))
+    # 4. Lock file.
+    if lock is not None:
+        entry = lock.entry_for(code.source_id)
+        if entry is None:
+            raise IntegrityError(
+                f"the lock file has no entry for {code.source_id}",
+                rule="with a lock file, only locked pipelines load",
+                fix="run `pipewarden lock` for this pipeline, or load without lockfile=",
+            )
+        entry.check_files({code.module_relpath: code.sha256, **dict(code.files)}, what="pipeline code")
+        locked_commit = getattr(entry, "code_commit", None)
+        if locked_commit and code.commit and locked_commit != code.commit:
+            raise IntegrityError(
+                f"{code.source_id} resolved to commit {code.commit}, the lock file says {locked_commit}",
+                rule="locked pipelines load at their locked commit",
+                fix="pass custom_revision= the locked commit, or re-lock",
+            )
+        pinned_by.append("lock file")
+        passed("lock file", f"{code.module_relpath} sha256 {code.sha256[:16]}... matches the lock")
+    # 5. Explicit sha256 pin of the exact bytes.
+    if pipeline_sha256 is not None:
+        want = parse_sha256(pipeline_sha256, what="pipeline_sha256")
+        if want != code.sha256:
+            raise IntegrityError(
+                f"{code.module_relpath} from {where} has sha256 {code.sha256}, but pipeline_sha256 is {want}",
+                rule="the pipeline's bytes must match their pin exactly",
+                fix="re-read the code; if the change is intended, pin the new sha256",
+            )
+        pinned_by.append("pipeline_sha256")
+        passed("sha256 pin", f"{code.sha256} matches")
+    if not pinned_by:
+        commit = f" at commit {code.commit}" if code.commit else ""
+        raise NotAllowedError(
+            f"pipeline code from {code.source_id}{commit} is not pinned (its sha256 is {code.sha256})",
+            rule="code runs only when pinned by pipeline_sha256=, a lock file entry or allowlist signatures",
+            fix=(
+                f"after reading the code, pass pipeline_sha256={code.sha256!r}"
+                + (f" and custom_revision={code.commit!r}" if code.commit else "")
+            ),
+        )
+    aliases = dict(import_aliases or {})
+    return AdmittedCode(
+        code=code,
+        gates=tuple(gates),
+        import_aliases=MappingProxyType(aliases),
+        extra_modules=MappingProxyType(dict(extra_modules)),
+        required_isolation=required_isolation,
+    )
+
+
+def _describe(decision: Any, *, default: str) -> str:
+    summary = getattr(decision, "summary", None)
+    if callable(summary):
+        return str(summary())
+    return default
+
+
+def _load_allowlist(allowlist: Any) -> Any:
+    from pipewarden.registry.allowlist import Allowlist
+
+    if allowlist is None:
+        env = os.environ.get("PIPEWARDEN_ALLOWLIST")
+        if not env:
+            return None
+        allowlist = env
+    if isinstance(allowlist, Allowlist):
+        return allowlist
+    if isinstance(allowlist, (str, os.PathLike)):
+        return Allowlist.load(Path(allowlist))
+    raise TypeError("allowlist must be a path or a pipewarden.registry.allowlist.Allowlist")
+
+
+def _load_lock(lockfile: Any) -> Any:
+    if lockfile is None:
+        return None
+    from pipewarden.registry.lockfile import Lockfile
+
+    if isinstance(lockfile, Lockfile):
+        return lockfile
+    if isinstance(lockfile, (str, os.PathLike)):
+        return Lockfile.load(Path(lockfile))
+    raise TypeError("lockfile must be a path or a pipewarden.registry.lockfile.Lockfile")
+
+
+# ---------------------------------------------------------------------------------------------
+# The public entry point
+
+
+def load_pipeline(
+    pretrained: str | os.PathLike[str],
+    *,
+    custom_pipeline: str | os.PathLike[str],
+    trust_remote_code: bool = False,
+    pipeline_sha256: str | None = None,
+    lockfile: Any = None,
+    allowlist: Any = None,
+    revision: str | None = None,
+    custom_revision: str | None = None,
+    isolation: Isolation = "process",
+    limits: Limits | None = None,
+    torch_dtype: Any = None,
+    import_aliases: Mapping[str, str] | None = None,
+    on_gate: GateReporter | None = None,
+    **components: Any,
+) -> Any:
+    """Load a community pipeline through every gate and return it ready to call.
+
+    ``pretrained``: a local weights directory (``model_index.json``, ``unet/``, ``scheduler/``)
+    or a hub repo id. ``custom_pipeline``: a directory holding ``pipeline.py``, a ``.py`` file,
+    a hub repo id holding ``pipeline.py``, or a community pipeline name. The code runs only with
+    ``trust_remote_code=True`` and a pin (``pipeline_sha256=``, ``lockfile=`` or ``allowlist=``
+    signatures). ``isolation="process"`` (default) runs it in a locked-down worker;
+    ``"inprocess"`` runs it here under the restricted sandbox. Extra keyword arguments are
+    components passed to the pipeline as they are (like diffusers' ``from_pretrained``).
+    """
+    if isolation not in ("process", "inprocess"):
+        raise ValueError(f"isolation must be 'process' or 'inprocess', got {isolation!r}")
+    if not isinstance(trust_remote_code, bool):
+        raise TypeError("trust_remote_code must be a bool")
+    if limits is not None and not isinstance(limits, Limits):
+        raise TypeError("limits must be a pipewarden.Limits")
+    report: GateReporter = on_gate or (lambda gate, verdict: None)
+
+    # Fail fast, before any download; the authoritative checks run again in _admit.
+    if _remote_code_disabled() or trust_remote_code is not True:
+        _admit_precheck(custom_pipeline, trust_remote_code)
+
+    allow = _load_allowlist(allowlist)
+    lock = _load_lock(lockfile)
+    code = _resolve_code(custom_pipeline, revision=custom_revision)
+    report("code", f"read {code.module_relpath} from {code.source_id} ({len(code.source_bytes)} bytes, sha256 {code.sha256})")
+    weights = _resolve_weights(pretrained, revision=revision)
+    report("weights", f"{weights.source}" + (f" @ {weights.commit}" if weights.commit else ""))
+
+    expected: dict[str, str] = {k: v.sha256 for k, v in weights.files.items() if v.sha256}
+    if lock is not None:
+        wentry = lock.entry_for(weights.source)
+        if wentry is not None:
+            expected.update(dict(getattr(wentry, "files", {})))
+
+    admitted = _admit(
+        code,
+        trust_remote_code=trust_remote_code,
+        pipeline_sha256=pipeline_sha256,
+        lock=lock,
+        allowlist=allow,
+        import_aliases=import_aliases,
+        report=report,
+    )
+    if admitted.required_isolation and admitted.required_isolation != isolation:
+        raise NotAllowedError(
+            f"isolation={isolation!r} was requested",
+            rule=f"the allowlist requires isolation={admitted.required_isolation!r}",
+            fix=f"load with isolation={admitted.required_isolation!r}",
+        )
+    if isolation == "inprocess":
+        return _run_inprocess(admitted, weights, expected=expected, torch_dtype=torch_dtype, components=components, report=report)
+    return _run_in_worker(admitted, weights, expected=expected, torch_dtype=torch_dtype, components=components, limits=limits, report=report)
+
+
+def _admit_precheck(custom_pipeline: Any, trust_remote_code: bool) -> None:
+    where = os.fspath(custom_pipeline) if isinstance(custom_pipeline, (str, os.PathLike)) else repr(custom_pipeline)
+    if _remote_code_disabled():
+        raise NotAllowedError(
+            f"refusing to run pipeline code from {where}",
+            rule="PIPEWARDEN_DISABLE_REMOTE_CODE is set: no custom pipeline code runs",
+            fix="unset PIPEWARDEN_DISABLE_REMOTE_CODE to allow vetted pipeline code",
+        )
+    raise TrustRequiredError(
+        f"pipeline code from {where} would be executed, but trust_remote_code is not True",
+        rule="custom pipeline code runs only with an explicit opt-in (every source kind, community names included)",
+        fix="read the code, then pass trust_remote_code=True together with a pin (pipeline_sha256=...)",
+    )
+
+
+def _sandbox_policy(admitted: AdmittedCode) -> Any:
+    from pipewarden.sandbox.policy import default_policy
+
+    policy = default_policy()
+    if admitted.extra_modules or admitted.import_aliases:
+        policy = policy.with_extras(
+            extra_modules=dict(admitted.extra_modules) or None,
+            import_aliases=dict(admitted.import_aliases) or None,
+        )
+    return policy
+
+
+def _init_component_names(cls: type) -> set[str] | None:
+    try:
+        params = inspect.signature(cls.__init__).parameters
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n for n in params if n != "self"}
+
+
+def _run_inprocess(
+    admitted: AdmittedCode,
+    weights: Snapshot,
+    *,
+    expected: Mapping[str, str],
+    torch_dtype: Any,
+    components: Mapping[str, Any],
+    report: GateReporter,
+) -> Any:
+    from pipewarden.loader.components import load_components
+    from pipewarden.sandbox import load_class
+
+    policy = _sandbox_policy(admitted)
+    cls = load_class(
+        admitted.source_text(),
+        filename=admitted.code.module_relpath,
+        policy=policy,
+        import_aliases=dict(admitted.import_aliases) or None,
+    )
+    report("sandbox", f"vetted class {cls.__name__}: scanned, restricted-compiled, executed with facades")
+    digests: dict[str, str] = {}
+    built = load_components(weights, torch_dtype=torch_dtype, expected=expected, digests_out=digests, skip=set(components))
+    report("components", f"{len(digests)} files hashed while loading; safetensors only: {', '.join(sorted(built))}")
+    built.update(components)
+    wanted = _init_component_names(cls)
+    kwargs = {k: v for k, v in built.items() if wanted is None or k in wanted}
+    pipe = cls(**kwargs)
+    report("instantiate", f"{cls.__name__}({', '.join(sorted(kwargs))}) in-process")
+    return pipe
+
+
+def _run_in_worker(
+    admitted: AdmittedCode,
+    weights: Snapshot,
+    *,
+    expected: Mapping[str, str],
+    torch_dtype: Any,
+    components: Mapping[str, Any],
+    limits: Limits | None,
+    report: GateReporter,
+) -> Any:
+    from pipewarden.loader.snapshot import FileRecord
+    from pipewarden.sandbox.isolation import run_in_worker
+
+    # The worker re-reads every file and re-verifies it against these digests (pins from the
+    # hub metadata or the lock file; an empty digest means "hash and record, nothing to compare").
+    pinned = Snapshot(
+        root=weights.root,
+        source=weights.source,
+        commit=weights.commit,
+        files={
+            rel: FileRecord(relpath=rel, sha256=expected.get(rel, rec.sha256), size=rec.size)
+            for rel, rec in weights.files.items()
+        },
+    )
+    handle = run_in_worker(
+        source_bytes=admitted.code.source_bytes,
+        source_sha256=admitted.code.sha256,
+        filename=admitted.code.module_relpath,
+        weights=pinned,
+        extra_components=dict(components) or None,
+        torch_dtype=torch_dtype,
+        policy_extras={k: list(v) for k, v in admitted.extra_modules.items()} or None,
+        import_aliases=dict(admitted.import_aliases) or None,
+        limits=limits,
+    )
+    report("worker", "pipeline loaded in an isolated worker process")
+    return handle

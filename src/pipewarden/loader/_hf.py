@@ -1,0 +1,628 @@
+"""The seam to ``huggingface_hub``: hub metadata in, verified cache files out.
+
+What this module decides:
+
+* hub answers are parsed once into frozen records (``RemoteFile``, ``RepoListing``); a listing
+  without per-file metadata, with unsafe paths or with a malformed commit is refused;
+* a file is used only after its bytes were hashed: LFS files must match the hub's sha256 and
+  size, other files their git blob SHA-1, and the cache blob a snapshot entry points to must be
+  named after that same digest (``blobs/<sha256>`` or ``blobs/<git sha1>``);
+* a file that fails verification is evicted (its blob and its snapshot entry) before the error
+  is raised, so no later load can pick it up;
+* every ``huggingface_hub``/``httpx2`` exception is wrapped here into ``FetchError`` (could not
+  get bytes) or ``IntegrityError`` (got bytes that do not match).
+
+What it trusts: the hub's metadata for which digest a file must have (pins, lock files and
+signatures are checked by the caller against the digests recorded here), and nothing in the
+cache: cache hits are re-hashed on every load.
+
+Settings are read at call time from ``huggingface_hub.constants`` — the very values diffusers
+uses in the same process (``HF_ENDPOINT``, ``HF_HOME``/``HF_HUB_CACHE``) — so files diffusers
+downloaded are found and reused. Offline mode and quiet progress are also read from the
+environment at call time (``HF_HUB_OFFLINE``, ``PIPEWARDEN_QUIET``,
+``HF_HUB_DISABLE_PROGRESS_BARS``), because ``huggingface_hub`` reads those only at import.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fnmatch
+import hashlib
+import os
+import re
+import stat
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+from types import MappingProxyType
+from typing import Any
+
+from pipewarden.errors import FetchError, IntegrityError, PipewardenError
+from pipewarden.loader.digests import CHUNK, is_commit_hex, is_sha256_hex
+from pipewarden.loader.snapshot import FileRecord
+
+#: Files at least this big get a hashing progress bar.
+HASH_PROGRESS_MIN_BYTES = 32 * 1024 * 1024
+#: Bytes kept in memory when the caller asks for them (code files); bigger files are refused.
+MAX_KEPT_BYTES = 4 * 1024 * 1024
+
+_TRUE = {"1", "ON", "YES", "TRUE"}
+_SAFE_SEGMENT = re.compile(r"[^\x00-\x1f\\]+")
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in _TRUE
+
+
+# ---------------------------------------------------------------------------------------------
+# Settings
+
+
+@dataclass(frozen=True)
+class HubSettings:
+    """Where to talk to and where to cache, read once per resolve call."""
+
+    endpoint: str
+    cache_dir: Path
+    offline: bool
+    quiet: bool
+
+    @classmethod
+    def current(cls) -> HubSettings:
+        from huggingface_hub import constants
+        from huggingface_hub.utils import are_progress_bars_disabled
+
+        offline = bool(constants.HF_HUB_OFFLINE) or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+        quiet = _env_true("PIPEWARDEN_QUIET") or _env_true("HF_HUB_DISABLE_PROGRESS_BARS") or are_progress_bars_disabled()
+        cache_dir = Path(constants.HF_HUB_CACHE).expanduser().resolve()
+        return cls(endpoint=str(constants.ENDPOINT).rstrip("/"), cache_dir=cache_dir, offline=offline, quiet=quiet)
+
+    def storage_folder(self, repo_id: str, repo_type: str) -> Path:
+        from huggingface_hub.file_download import repo_folder_name
+
+        return self.cache_dir / repo_folder_name(repo_id=repo_id, repo_type=repo_type)
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsed hub metadata
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    """One file of a repo at one commit, as the hub describes it."""
+
+    relpath: str
+    size: int
+    git_oid: str  # git blob id (of the LFS pointer for LFS files)
+    lfs_sha256: str | None = None
+
+    @property
+    def is_lfs(self) -> bool:
+        return self.lfs_sha256 is not None
+
+    @property
+    def etag(self) -> str:
+        """The name huggingface_hub gives the cache blob of this file."""
+        return self.lfs_sha256 if self.lfs_sha256 is not None else self.git_oid
+
+
+@dataclass(frozen=True)
+class RepoListing:
+    """Every file of a repo at exactly one commit (one hub answer, never merged across answers)."""
+
+    repo_id: str
+    repo_type: str
+    commit: str
+    files: Mapping[str, RemoteFile] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "files", MappingProxyType(dict(self.files)))
+
+
+def check_relpath(relpath: object, *, what: str = "file name") -> str:
+    """A repo-relative POSIX path that cannot leave its directory."""
+    if not isinstance(relpath, str) or not relpath or len(relpath) > 1024:
+        raise FetchError(f"the hub listed an invalid {what} {relpath!r}", rule="repo paths are relative POSIX paths")
+    p = PurePosixPath(relpath)
+    if (
+        p.is_absolute()
+        or relpath != p.as_posix()
+        or any(part in ("", ".", "..") for part in relpath.split("/"))
+        or not all(_SAFE_SEGMENT.fullmatch(part) for part in p.parts)
+    ):
+        raise FetchError(
+            f"the hub listed an unsafe {what} {relpath!r}",
+            rule="repo paths are relative POSIX paths without '..', backslashes or control characters",
+            fix="do not load from this repository",
+        )
+    return relpath
+
+
+def check_revision(revision: object) -> str:
+    """A branch, tag or commit name that is safe to use as a path below ``refs/``."""
+    if not isinstance(revision, str):
+        raise TypeError(f"revision must be a str, got {type(revision).__name__}")
+    if not revision or revision.startswith("/") or "\\" in revision or "\x00" in revision:
+        raise ValueError(f"invalid revision {revision!r}")
+    if any(part in ("", ".", "..") for part in revision.split("/")):
+        raise ValueError(f"invalid revision {revision!r}")
+    return revision
+
+
+def _parse_sibling(sib: Any) -> RemoteFile:
+    relpath = check_relpath(getattr(sib, "rfilename", None))
+    size, oid, lfs = getattr(sib, "size", None), getattr(sib, "blob_id", None), getattr(sib, "lfs", None)
+    if not isinstance(size, int) or size < 0 or not is_commit_hex(oid):
+        raise FetchError(
+            f"the hub's listing has no usable metadata for {relpath!r} (size={size!r}, blob id={oid!r})",
+            rule="every file is checked against the size and digest the hub publishes for it",
+            fix="retry; if it persists the endpoint is not a Hugging Face Hub",
+        )
+    lfs_sha = None
+    if lfs is not None:
+        lfs_sha = getattr(lfs, "sha256", None)
+        lfs_size = getattr(lfs, "size", None)
+        if not is_sha256_hex(lfs_sha) or lfs_size != size:
+            raise FetchError(
+                f"the hub's LFS metadata for {relpath!r} is malformed (sha256={lfs_sha!r}, size={lfs_size!r})",
+                rule="LFS files are checked against the sha256 the hub publishes",
+            )
+    return RemoteFile(relpath=relpath, size=size, git_oid=str(oid), lfs_sha256=lfs_sha)
+
+
+def parse_listing(repo_id: str, repo_type: str, info: Any, *, requested: str | None) -> RepoListing:
+    commit = getattr(info, "sha", None)
+    if not is_commit_hex(commit):
+        raise FetchError(
+            f"the hub answered for {repo_id} without a commit id (got {commit!r})",
+            rule="every load is pinned to one 40-hex commit",
+            fix="retry; if it persists the endpoint is not a Hugging Face Hub",
+        )
+    if requested is not None and is_commit_hex(requested) and requested.lower() != commit:
+        raise IntegrityError(
+            f"asked {repo_id} for commit {requested} but the hub answered for commit {commit}",
+            rule="a pinned commit is never silently replaced",
+            fix="check the pin; do not load from this endpoint",
+        )
+    files: dict[str, RemoteFile] = {}
+    for sib in getattr(info, "siblings", None) or ():
+        rf = _parse_sibling(sib)
+        if rf.relpath in files:
+            raise FetchError(f"the hub listed {rf.relpath!r} twice", rule="a repo listing names each file once")
+        files[rf.relpath] = rf
+    return RepoListing(repo_id=repo_id, repo_type=repo_type, commit=str(commit), files=files)
+
+
+def parse_path_info(entry: Any) -> RemoteFile:
+    """A ``RepoFile`` from ``get_paths_info`` into a RemoteFile."""
+    relpath = check_relpath(getattr(entry, "path", None))
+    size, oid, lfs = getattr(entry, "size", None), getattr(entry, "blob_id", None), getattr(entry, "lfs", None)
+
+    class _Sib:  # reuse the sibling checks
+        pass
+
+    sib = _Sib()
+    sib.rfilename, sib.size, sib.blob_id, sib.lfs = relpath, size, oid, lfs  # type: ignore[attr-defined]
+    return _parse_sibling(sib)
+
+
+# ---------------------------------------------------------------------------------------------
+# Error wrapping (the only place that knows huggingface_hub's exception types)
+
+
+@contextlib.contextmanager
+def hub_errors(what: str, *, repo_id: str, repo_type: str = "model") -> Iterator[None]:
+    """Turn huggingface_hub / HTTP failures during ``what`` into FetchError."""
+    from huggingface_hub.errors import (
+        FileMetadataError,
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RemoteEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    kind = "" if repo_type == "model" else f"{repo_type} "
+    try:
+        yield
+    except PipewardenError:
+        raise
+    except GatedRepoError:
+        raise FetchError(
+            f"{kind}repo {repo_id} is gated: {what} was refused",
+            rule="gated repos need an accepted licence and a token",
+            fix="accept the terms on the hub and pass token= (or log in with `hf auth login`)",
+        ) from None
+    except RepositoryNotFoundError:
+        raise FetchError(
+            f"{kind}repo {repo_id} was not found (or is private): {what} failed",
+            rule="the repo id must name an existing, readable hub repo",
+            fix="check the repo id, or pass token= for a private repo",
+        ) from None
+    except RevisionNotFoundError:
+        raise FetchError(
+            f"{kind}repo {repo_id} has no such revision: {what} failed",
+            rule="revision must be an existing branch, tag or commit",
+            fix="check revision= / custom_revision=",
+        ) from None
+    except RemoteEntryNotFoundError:
+        raise FetchError(
+            f"{what}: the file is not in {kind}repo {repo_id} at that commit",
+            rule="files are fetched at the resolved commit only",
+            fix="check the file name and the revision",
+        ) from None
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
+        raise FetchError(
+            f"{what}: {kind}repo {repo_id} is not reachable and not in the local cache ({_short(exc)})",
+            rule="a file is loaded from the hub or from a verified cache entry",
+            fix="check the network, or download it once online; HF_HUB_OFFLINE=1 uses the cache alone",
+        ) from None
+    except HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", "?")
+        raise FetchError(
+            f"{what}: the hub answered HTTP {status} for {kind}repo {repo_id}",
+            rule="a load needs a complete, successful answer from the hub",
+            fix="retry later; HF_HUB_OFFLINE=1 loads from the local cache",
+        ) from None
+    except FileMetadataError as exc:
+        raise FetchError(
+            f"{what}: the endpoint did not answer like a Hugging Face Hub ({_short(exc)})",
+            rule="downloads need the commit id and ETag the hub sends with every file",
+            fix="check HF_ENDPOINT and proxies",
+        ) from None
+    except OSError as exc:  # truncated bodies ("Consistency check failed"), disk errors
+        raise FetchError(
+            f"{what} from {kind}repo {repo_id} failed: {_short(exc)}",
+            rule="a download must complete with the size the hub announced",
+            fix="retry; nothing partial was kept",
+        ) from None
+    except Exception as exc:
+        import httpx2
+
+        if isinstance(exc, httpx2.HTTPError):
+            raise FetchError(
+                f"{what} from {kind}repo {repo_id} failed: {type(exc).__name__}: {_short(exc)}",
+                rule="a load needs a complete answer from the hub",
+                fix="check the network and retry; HF_HUB_OFFLINE=1 loads from the local cache",
+            ) from None
+        raise
+
+
+def _short(exc: BaseException, limit: int = 300) -> str:
+    text = " ".join(str(exc).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------
+# Hub calls
+
+
+def repo_listing(repo_id: str, repo_type: str, revision: str | None, *, token: Any, settings: HubSettings) -> RepoListing:
+    """Resolve ``revision`` to one commit and list every file there, in ONE hub answer."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=settings.endpoint)
+    with hub_errors(f"resolving {revision or 'the default branch'}", repo_id=repo_id, repo_type=repo_type):
+        if repo_type == "dataset":
+            info = api.dataset_info(repo_id, revision=revision, files_metadata=True, token=token)
+        else:
+            info = api.model_info(repo_id, revision=revision, files_metadata=True, token=token)
+    return parse_listing(repo_id, repo_type, info, requested=revision)
+
+
+def resolve_commit(repo_id: str, repo_type: str, revision: str | None, *, token: Any, settings: HubSettings) -> str:
+    """Resolve ``revision`` to a commit without listing files (for huge repos, e.g. the community mirror)."""
+    from huggingface_hub import HfApi
+
+    api = HfApi(endpoint=settings.endpoint)
+    with hub_errors(f"resolving {revision or 'the default branch'}", repo_id=repo_id, repo_type=repo_type):
+        if repo_type == "dataset":
+            info = api.dataset_info(repo_id, revision=revision, expand=["sha"], token=token)
+        else:
+            info = api.model_info(repo_id, revision=revision, expand=["sha"], token=token)
+    return parse_listing(repo_id, repo_type, _NoSiblings(info), requested=revision).commit
+
+
+class _NoSiblings:
+    def __init__(self, info: Any) -> None:
+        self.sha = getattr(info, "sha", None)
+        self.siblings = ()
+
+
+def paths_info(
+    repo_id: str, repo_type: str, commit: str, paths: Iterable[str], *, token: Any, settings: HubSettings
+) -> dict[str, RemoteFile]:
+    """Metadata of a few files at ``commit`` (missing files are absent from the result)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.hf_api import RepoFile
+
+    api = HfApi(endpoint=settings.endpoint)
+    with hub_errors("listing files", repo_id=repo_id, repo_type=repo_type):
+        entries = api.get_paths_info(repo_id, list(paths), repo_type=repo_type, revision=commit, token=token)
+    out: dict[str, RemoteFile] = {}
+    for e in entries:
+        if isinstance(e, RepoFile):
+            rf = parse_path_info(e)
+            out[rf.relpath] = rf
+    return out
+
+
+def download(
+    listing_repo: tuple[str, str], rf: RemoteFile, commit: str, *, token: Any, settings: HubSettings
+) -> Path:
+    """Fetch one file at ``commit`` into the HF cache (or find it there); return its snapshot path.
+
+    huggingface_hub writes to a process-unique temporary file and renames it into ``blobs/`` only
+    when the size matches; we verify the content right after (see ``verify_entry``).
+    """
+    from huggingface_hub import hf_hub_download
+
+    repo_id, repo_type = listing_repo
+    kwargs: dict[str, Any] = {}
+    if settings.quiet:
+        kwargs["tqdm_class"] = _quiet_tqdm_class()
+    with hub_errors(f"downloading {rf.relpath}", repo_id=repo_id, repo_type=repo_type):
+        got = hf_hub_download(
+            repo_id,
+            rf.relpath,
+            repo_type=repo_type,
+            revision=commit,
+            cache_dir=settings.cache_dir,
+            endpoint=settings.endpoint,
+            token=token,
+            **kwargs,
+        )
+    storage = settings.storage_folder(repo_id, repo_type)
+    expected = snapshot_dir(storage, commit) / rf.relpath
+    if Path(os.path.abspath(got)) != Path(os.path.abspath(expected)):
+        # The hub's X-Repo-Commit for this file named another commit than the one we resolved.
+        evict(storage, Path(got))
+        raise IntegrityError(
+            f"{repo_id}: {rf.relpath} was served from another commit than {commit} ({got})",
+            rule="every file of a load comes from the one commit resolved at its start",
+            fix="retry; if it persists do not load from this endpoint",
+        )
+    return expected
+
+
+_QUIET_TQDM: type | None = None
+
+
+def _quiet_tqdm_class() -> type:
+    global _QUIET_TQDM
+    if _QUIET_TQDM is None:
+        from huggingface_hub.utils import tqdm as hf_tqdm
+
+        class QuietTqdm(hf_tqdm):  # type: ignore[misc,valid-type]
+            def __init__(self, *args: Any, **kwargs: Any) -> None:
+                kwargs["disable"] = True
+                super().__init__(*args, **kwargs)
+
+        _QUIET_TQDM = QuietTqdm
+    return _QUIET_TQDM
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache layout
+
+
+def snapshot_dir(storage: Path, commit: str) -> Path:
+    return storage / "snapshots" / commit
+
+
+def write_ref(storage: Path, revision: str | None, commit: str) -> None:
+    """Record ``revision -> commit`` in ``refs/`` atomically (what offline mode resolves from)."""
+    rev = "main" if revision is None else revision
+    if is_commit_hex(rev):
+        return
+    ref = storage / "refs" / check_revision(rev)
+    try:
+        if ref.is_file() and ref.read_text().strip() == commit:
+            return
+        ref.parent.mkdir(parents=True, exist_ok=True)
+        tmp = ref.with_name(f"{ref.name}.{uuid.uuid4().hex[:8]}.tmp")
+        tmp.write_text(commit)
+        os.replace(tmp, ref)
+    except OSError:
+        pass  # a read-only cache still loads; offline mode then needs a commit pin
+
+
+def cached_commit(storage: Path, revision: str | None, *, repo_id: str) -> str:
+    """Offline: the commit ``revision`` pointed to when it was last resolved online."""
+    rev = "main" if revision is None else check_revision(revision)
+    if is_commit_hex(rev):
+        commit = rev.lower()
+    else:
+        ref = storage / "refs" / rev
+        try:
+            commit = ref.read_text().strip()
+        except OSError:
+            raise FetchError(
+                f"offline and {repo_id}@{rev} was never resolved in the cache ({ref})",
+                rule="HF_HUB_OFFLINE=1 loads from the local cache alone",
+                fix="load it once online, or pass the 40-hex commit as revision",
+            ) from None
+        if not is_commit_hex(commit):
+            raise IntegrityError(f"cache ref {ref} does not hold a commit id", rule="refs hold 40-hex commits")
+    if not snapshot_dir(storage, commit).is_dir():
+        raise FetchError(
+            f"offline and {repo_id}@{commit} is not in the cache",
+            rule="HF_HUB_OFFLINE=1 loads from the local cache alone",
+            fix="load it once online",
+        )
+    return commit
+
+
+def list_snapshot(storage: Path, commit: str, *, patterns: tuple[str, ...] | None) -> list[str]:
+    """Relpaths present in a cached snapshot (optionally filtered by fnmatch patterns)."""
+    root = snapshot_dir(storage, commit)
+    out: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames):
+            rel = (Path(dirpath) / name).relative_to(root).as_posix()
+            if patterns is None or any(fnmatch.fnmatch(rel, p) for p in patterns):
+                out.append(check_relpath(rel))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Verification
+
+
+@dataclass(frozen=True)
+class VerifiedFile:
+    record: FileRecord
+    data: bytes | None  # the exact bytes hashed, when asked for
+
+
+def verify_entry(
+    storage: Path,
+    commit: str,
+    relpath: str,
+    *,
+    expected: RemoteFile | None,
+    keep_bytes: bool = False,
+    max_bytes: int = MAX_KEPT_BYTES,
+    quiet: bool = True,
+    repo_id: str = "",
+) -> VerifiedFile:
+    """Hash a cached snapshot entry and check it; evict it and raise IntegrityError on mismatch.
+
+    With ``expected`` (online): the content must match the hub's sha256 (LFS) or git blob id,
+    and the blob the entry points to must be named after that digest. Without (offline): the
+    blob must be named after a digest, and the content must hash to that name.
+    """
+    pointer = snapshot_dir(storage, commit) / relpath
+    label = f"{repo_id}@{commit[:12]}:{relpath}" if repo_id else relpath
+
+    def refuse(what: str, rule: str) -> IntegrityError:
+        evict(storage, pointer)
+        return IntegrityError(
+            f"{label}: {what}",
+            rule=rule,
+            fix="the cache entry was removed; load again to re-download it, and check the network/mirror if it recurs",
+        )
+
+    blob_name = _blob_name(storage, pointer)
+    if blob_name is None and expected is None:
+        raise refuse(
+            "the cache entry is not a link to a content-addressed blob, so it cannot be verified offline",
+            "offline loads verify every cached file against the digest its blob is named after",
+        )
+    if expected is not None and blob_name is not None and blob_name != expected.etag:
+        raise refuse(
+            f"the cache blob is {blob_name} but the hub publishes {expected.etag}",
+            "cache blobs are named after the digest of their content",
+        )
+    if expected is not None and expected.size > max_bytes and keep_bytes:
+        raise IntegrityError(f"{label} is {expected.size} bytes, more than {max_bytes}", rule="code files are bounded")
+
+    try:
+        fd = os.open(pointer, os.O_RDONLY)
+    except OSError as exc:
+        raise refuse(f"the cached file cannot be read ({exc.strerror})", "every file is read and hashed")
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse("the cached entry is not a regular file", "every file is read and hashed")
+        size = st.st_size
+        if keep_bytes and size > max_bytes:
+            raise refuse(f"the cached file is {size} bytes, more than {max_bytes}", "code files are bounded in size")
+        sha = hashlib.sha256()
+        git = hashlib.sha1(usedforsecurity=False)
+        git.update(b"blob %d\0" % size)
+        kept = bytearray() if keep_bytes else None
+        bar = _hash_bar(label, size, quiet)
+        read = 0
+        try:
+            while True:
+                chunk = fh.read(CHUNK)
+                if not chunk:
+                    break
+                read += len(chunk)
+                sha.update(chunk)
+                git.update(chunk)
+                if kept is not None:
+                    kept += chunk
+                if bar is not None:
+                    bar.update(len(chunk))
+        finally:
+            if bar is not None:
+                bar.close()
+    if read != size:
+        raise refuse(f"the cached file changed while it was read ({read} != {size} bytes)", "files are read once")
+    sha256, git_sha1 = sha.hexdigest(), git.hexdigest()
+
+    if expected is not None:
+        if size != expected.size:
+            raise refuse(f"size {size} != {expected.size} published by the hub", "length-or-hash mismatch")
+        if expected.lfs_sha256 is not None and sha256 != expected.lfs_sha256:
+            raise refuse(
+                f"sha256 {sha256} != {expected.lfs_sha256} published by the hub",
+                "LFS files must match the hub's sha256 (tampered or corrupted download)",
+            )
+        if expected.lfs_sha256 is None and git_sha1 != expected.git_oid:
+            raise refuse(
+                f"git blob id {git_sha1} != {expected.git_oid} published by the hub",
+                "small files must match their git blob SHA-1 (tampered or corrupted download)",
+            )
+    else:
+        assert blob_name is not None
+        if is_sha256_hex(blob_name):
+            ok = sha256 == blob_name
+        elif is_commit_hex(blob_name):
+            ok = git_sha1 == blob_name
+        else:
+            ok = False
+        if not ok:
+            raise refuse(
+                f"the content does not hash to its blob name {blob_name}",
+                "cache blobs named by sha256 must hash to their name, small files to their git SHA-1",
+            )
+    record = FileRecord(relpath=relpath, sha256=sha256, size=size)
+    return VerifiedFile(record=record, data=bytes(kept) if kept is not None else None)
+
+
+def _blob_name(storage: Path, pointer: Path) -> str | None:
+    """Name of the blob a snapshot symlink points to; None when the entry is a plain file."""
+    try:
+        st = os.lstat(pointer)
+    except OSError:
+        return None
+    if not stat.S_ISLNK(st.st_mode):
+        return None
+    target = Path(os.path.realpath(pointer))
+    blobs = Path(os.path.realpath(storage / "blobs"))
+    if target.parent != blobs:
+        evict(storage, pointer)
+        raise IntegrityError(
+            f"cache entry {pointer} points outside the repo's blobs/ folder ({target})",
+            rule="snapshot entries link to content-addressed blobs of the same repo",
+            fix="the entry was removed; load again to re-download it",
+        )
+    return target.name
+
+
+def evict(storage: Path, pointer: Path) -> None:
+    """Remove a snapshot entry and the blob it points to (if that blob lives in this repo's cache)."""
+    blobs = Path(os.path.realpath(storage / "blobs"))
+    with contextlib.suppress(OSError):
+        if os.path.islink(pointer):
+            target = Path(os.path.realpath(pointer))
+            if target.parent == blobs:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(target)
+    with contextlib.suppress(FileNotFoundError, OSError):
+        os.unlink(pointer)
+
+
+def _hash_bar(label: str, size: int, quiet: bool) -> Any:
+    if quiet or size < HASH_PROGRESS_MIN_BYTES:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=f"verifying {label}", leave=False)
