@@ -29,7 +29,7 @@ demo: venv
 	$(PY) -m pipewarden demo
 
 bench: venv
-	$(PY) benchmarks/run.py
+	$(PY) -m benchmarks.run
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -23,7 +23,6 @@ import hashlib
 import json
 import os
 import re
-import threading
 from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 from typing import Any
@@ -38,8 +37,6 @@ _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
 _COMPONENT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
 #: Biggest JSON config we parse (model_index.json, config.json, scheduler_config.json).
 MAX_JSON_BYTES = 4 * 1024 * 1024
-#: Hash in a parallel thread while safetensors parses, for files at least this big.
-_PARALLEL_HASH_MIN = 8 * 1024 * 1024
 
 
 # ---------------------------------------------------------------------------------------------
@@ -271,41 +268,26 @@ def _weight_files(root: Path, sub: str) -> list[str]:
 
 
 def _load_safetensors(root: Path, relpath: str, *, expected, digests_out) -> dict[str, Any]:
-    """Read once; hash in a parallel thread while safetensors parses the same immutable bytes.
+    """Read once (hashing while reading), compare the digest, then parse with zero copies.
 
-    The returned tensors are only handed out after the digest matched: the bytes are a Python
-    ``bytes`` object (immutable), so what was hashed is exactly what was parsed.
+    The tensors are views of a private buffer holding exactly the bytes that were hashed; they
+    are only created after the digest matched its pin.
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load as st_load
+    from pipewarden.loader._safetensors import parse, read_and_hash
 
-    data = _read_bytes(root, relpath)
-    result: dict[str, str] = {}
-
-    def _hash() -> None:
-        result["sha256"] = hashlib.sha256(data).hexdigest()
-
-    worker = None
-    if len(data) >= _PARALLEL_HASH_MIN:
-        worker = threading.Thread(target=_hash, name="pipewarden-hash", daemon=True)
-        worker.start()
-    else:
-        _hash()
+    path = root / relpath
     try:
-        tensors = st_load(data)
-        parse_error = None
-    except (SafetensorError, ValueError, RuntimeError, OSError) as exc:  # malformed file
-        tensors, parse_error = {}, exc
-    if worker is not None:
-        worker.join()
-    digest = result["sha256"]
-    _compare(relpath, digest, expected)  # raises before any tensor is used
-    if parse_error is not None:
+        buf, digest = read_and_hash(path)
+    except FileNotFoundError:
+        raise InputError(f"{relpath} is missing from {root}", rule="each component needs its weights") from None
+    except OSError as exc:
         raise InputError(
-            f"{relpath} is not a valid safetensors file ({type(parse_error).__name__})",
-            rule="weights must be well-formed safetensors",
-            fix="re-download or re-convert the weights",
-        )
+            f"cannot read {path}: {exc.strerror}",
+            rule="weights must be readable regular files (not symlinks)",
+            fix="check the weights directory",
+        ) from None
+    _compare(relpath, digest, expected)  # raises before any tensor exists
+    tensors = parse(buf, where=relpath)
     if digests_out is not None:
         digests_out[relpath] = digest
     return tensors

@@ -1,0 +1,160 @@
+"""Read a weights file once, hash it while it is read, and parse safetensors with zero copies.
+
+Why not ``safetensors.safe_open``: it memory-maps the file, so the bytes used later may differ
+from the bytes hashed (another writer can change the file under the mapping). Why not
+``safetensors.torch.load(bytes)``: correct, but it copies every tensor once more. Here the file
+is read into one private ``bytearray`` in chunks while a second thread hashes each chunk as soon
+as it lands (reading and hashing overlap on two cores); the tensors are then views of that buffer
+(``torch.frombuffer``), which nobody else can write. Nothing built from the buffer is returned
+before the caller has compared the digest.
+
+The parser validates the whole header (dtypes, shapes, offsets inside the buffer, ranges that
+tile the data section without overlap) and raises ``InputError`` on anything malformed; it is
+memory-safe by construction (Python slicing and ``torch.frombuffer`` bounds checks).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import queue
+import sys
+import threading
+from typing import Any
+
+from pipewarden.errors import InputError
+
+CHUNK = 8 * 1024 * 1024
+MAX_HEADER = 100 * 1024 * 1024
+_DTYPE_NAMES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "U16": "uint16",
+    "U32": "uint32",
+    "U64": "uint64",
+    "BOOL": "bool",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+}
+
+
+def read_and_hash(path: str | os.PathLike[str]) -> tuple[bytearray, str]:
+    """Read the whole file into a private buffer; return it with the sha256 of exactly its bytes."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    with os.fdopen(fd, "rb", buffering=0) as fh:
+        size = os.fstat(fh.fileno()).st_size
+        buf = bytearray(size)
+        view = memoryview(buf)
+        digest = hashlib.sha256()
+        if size < 2 * CHUNK:  # small: no thread
+            got = fh.readinto(view)
+            digest.update(view[:got])
+        else:
+            ready: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+
+            def _hasher() -> None:
+                while (item := ready.get()) is not None:
+                    digest.update(view[item[0] : item[1]])
+
+            worker = threading.Thread(target=_hasher, name="pipewarden-hash", daemon=True)
+            worker.start()
+            got = 0
+            try:
+                while got < size:
+                    n = fh.readinto(view[got : got + CHUNK])
+                    if not n:
+                        break
+                    ready.put((got, got + n))
+                    got += n
+            finally:
+                ready.put(None)
+                worker.join()
+        grew = fh.read(1)
+    if got != size or grew:
+        raise InputError(
+            f"{os.fspath(path)} changed size while it was read",
+            rule="weights must not change while they are loaded",
+            fix="retry when nothing else is writing the file",
+        )
+    return buf, digest.hexdigest()
+
+
+def _bad(where: str, why: str) -> InputError:
+    return InputError(
+        f"{where} is not a valid safetensors file: {why}",
+        rule="weights must be well-formed safetensors",
+        fix="re-download or re-convert the weights",
+    )
+
+
+def parse(buf: bytearray, *, where: str) -> dict[str, Any]:
+    """Tensors as zero-copy views of ``buf`` (validated header; no code runs)."""
+    import torch
+
+    if sys.byteorder != "little":  # pragma: no cover - safetensors data is little-endian
+        from safetensors.torch import load
+
+        return load(bytes(buf))
+    total = len(buf)
+    if total < 8:
+        raise _bad(where, "shorter than its 8-byte header length")
+    n = int.from_bytes(buf[:8], "little")
+    if n > MAX_HEADER or 8 + n > total:
+        raise _bad(where, f"header length {n} does not fit in {total} bytes")
+    try:
+        header = json.loads(bytes(buf[8 : 8 + n]).decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise _bad(where, "header is not UTF-8 JSON") from None
+    if not isinstance(header, dict):
+        raise _bad(where, "header is not a JSON object")
+    base = 8 + n
+    data_len = total - base
+    spans: list[tuple[int, int]] = []
+    out: dict[str, Any] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            if not isinstance(info, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in info.items()):
+                raise _bad(where, "__metadata__ must map strings to strings")
+            continue
+        if not isinstance(info, dict) or set(info) != {"dtype", "shape", "data_offsets"}:
+            raise _bad(where, f"entry {name!r} must have exactly dtype, shape, data_offsets")
+        dtype_name = _DTYPE_NAMES.get(info["dtype"]) if isinstance(info["dtype"], str) else None
+        dtype = getattr(torch, dtype_name, None) if dtype_name else None
+        if dtype is None:
+            raise _bad(where, f"entry {name!r} has unsupported dtype {info['dtype']!r}")
+        shape = info["shape"]
+        offs = info["data_offsets"]
+        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+            raise _bad(where, f"entry {name!r} has an invalid shape")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
+            raise _bad(where, f"entry {name!r} has invalid data_offsets")
+        start, end = offs
+        numel = math.prod(shape)
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        if not (0 <= start <= end <= data_len) or end - start != numel * itemsize:
+            raise _bad(where, f"entry {name!r} data_offsets {offs} do not match its shape and dtype")
+        spans.append((start, end))
+        if numel == 0:
+            out[name] = torch.empty(shape, dtype=dtype)
+        elif (base + start) % itemsize == 0:
+            out[name] = torch.frombuffer(buf, dtype=dtype, count=numel, offset=base + start).view(shape)
+        else:  # unaligned (not produced by the safetensors library): copy to an aligned tensor
+            out[name] = torch.frombuffer(bytearray(buf[base + start : base + end]), dtype=dtype).view(shape)
+    spans.sort()
+    pos = 0
+    for start, end in spans:
+        if start != pos:
+            raise _bad(where, "tensor data ranges overlap or leave holes")
+        pos = end
+    if pos != data_len:
+        raise _bad(where, "trailing bytes after the last tensor")
+    return out
