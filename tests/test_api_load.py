@@ -32,11 +32,12 @@ def _diffusers_output(weights: Path, pipeline_file: Path, **call):
 
 
 def _ours(weights: Path, pipeline_file: Path, **kw):
+    module = pipeline_file / "pipeline.py" if pipeline_file.is_dir() else pipeline_file
     return pipewarden.load_pipeline(
         weights,
         custom_pipeline=pipeline_file,
         trust_remote_code=True,
-        pipeline_sha256=sha256_file(pipeline_file),
+        pipeline_sha256=sha256_file(module),
         isolation="inprocess",
         **kw,
     )
@@ -58,13 +59,21 @@ def test_seed_pipeline_bit_identical_to_diffusers(tiny_weights):
 
 def test_seed_musev_spelling_loads_with_alias(tiny_weights, tmp_path):
     musev = seed_file("one_step_unet_musev.py")
-    with pytest.raises(PipewardenError):
-        _ours(tiny_weights, musev)  # MuseVdiffusers is not an allowed module without the alias
     pipe = _ours(tiny_weights, musev, import_aliases={"MuseVdiffusers": "diffusers"})
     torch.manual_seed(0)
     ours = pipe()
     theirs = _diffusers_output(tiny_weights, seed_file())
     assert torch.equal(ours, theirs)
+
+
+def test_fork_alias_is_configurable(tiny_weights, tmp_path):
+    fork = tmp_path / "pipeline.py"
+    fork.write_text(seed_file().read_text().replace("from diffusers import", "from MyForkdiffusers import"))
+    with pytest.raises(ScanError):
+        _ours(tiny_weights, fork)  # without the alias, nothing in the file is a DiffusionPipeline subclass
+    pipe = _ours(tiny_weights, fork, import_aliases={"MyForkdiffusers": "diffusers"})
+    torch.manual_seed(0)
+    assert torch.equal(pipe(), _diffusers_output(tiny_weights, seed_file()))
 
 
 def test_example_pipeline_bit_identical_to_diffusers_one_and_many_steps(tiny_weights, example_pipeline):

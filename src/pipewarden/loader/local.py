@@ -48,7 +48,7 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
         root = p.resolve()
         module = MODULE_FILE
         files = _walk_code_dir(root, exclude=sig_name)
-        if module not in files:
+        if not (root / module).is_file():
             raise InputError(
                 f"{root} has no {MODULE_FILE}",
                 rule=f"a pipeline directory holds its code in {MODULE_FILE}",
