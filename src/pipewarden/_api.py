@@ -30,7 +30,7 @@ from pipewarden.errors import (
 )
 from pipewarden.limits import Limits
 from pipewarden.loader.code import CodeSource
-from pipewarden.loader.digests import parse_sha256, sha256_bytes
+from pipewarden.loader.digests import sha256_bytes
 from pipewarden.loader.snapshot import Snapshot
 
 Isolation = Literal["process", "inprocess"]
@@ -127,6 +127,7 @@ def _admit(
     lock: Any,
     allowlist: Any,
     import_aliases: Mapping[str, str] | None,
+    isolation: str,
     report: GateReporter,
 ) -> AdmittedCode:
     gates: list[tuple[str, str]] = []
@@ -152,49 +153,20 @@ def _admit(
             fix=f"read the code, then pass trust_remote_code=True and pipeline_sha256={code.sha256!r}",
         )
     passed("opt-in", "trust_remote_code=True")
-    pinned_by: list[str] = []
-    extra_modules: Mapping[str, tuple[str, ...]] = {}
-    required_isolation: str | None = None
-    # 3. Organisation allowlist: source + signatures over every file of the code.
-    if allowlist is not None:
-        from pipewarden.registry.trust import decide
+    # 3-5. Allowlist (source, isolation, k-of-n signatures over every file), lock file (commit +
+    # every file), sha256 pin: the registry's pure checks, run here on the bytes about to execute.
+    from pipewarden.registry.trust import decide
 
-        decision = decide(code, allowlist=allowlist, lockfile=None, pipeline_sha256=None)
-        pinned_by.append("allowlist signatures")
-        extra_modules = getattr(decision, "extra_modules", {}) or {}
-        required_isolation = getattr(decision, "required_isolation", None)
-        passed("allowlist", _describe(decision, default="source allowed; signatures meet the threshold"))
-    # 4. Lock file.
-    if lock is not None:
-        entry = lock.entry_for(code.source_id)
-        if entry is None:
-            raise IntegrityError(
-                f"the lock file has no entry for {code.source_id}",
-                rule="with a lock file, only locked pipelines load",
-                fix="run `pipewarden lock` for this pipeline, or load without lockfile=",
-            )
-        entry.check_files({code.module_relpath: code.sha256, **dict(code.files)}, what="pipeline code")
-        locked_commit = getattr(entry, "code_commit", None)
-        if locked_commit and code.commit and locked_commit != code.commit:
-            raise IntegrityError(
-                f"{code.source_id} resolved to commit {code.commit}, the lock file says {locked_commit}",
-                rule="locked pipelines load at their locked commit",
-                fix="pass custom_revision= the locked commit, or re-lock",
-            )
-        pinned_by.append("lock file")
-        passed("lock file", f"{code.module_relpath} sha256 {code.sha256[:16]}... matches the lock")
-    # 5. Explicit sha256 pin of the exact bytes.
-    if pipeline_sha256 is not None:
-        want = parse_sha256(pipeline_sha256, what="pipeline_sha256")
-        if want != code.sha256:
-            raise IntegrityError(
-                f"{code.module_relpath} from {where} has sha256 {code.sha256}, but pipeline_sha256 is {want}",
-                rule="the pipeline's bytes must match their pin exactly",
-                fix="re-read the code; if the change is intended, pin the new sha256",
-            )
-        pinned_by.append("pipeline_sha256")
+    decision = decide(code, allowlist=allowlist, lockfile=lock, pipeline_sha256=pipeline_sha256, isolation=isolation)
+    if "signatures" in decision.pins:
+        sig = decision.signature
+        signers = ", ".join(getattr(sig, "signers", ()) or ()) if sig is not None else ""
+        passed("allowlist", f"source {code.source_id} allowed; signed by {signers or 'the required signers'}")
+    if "lockfile" in decision.pins:
+        passed("lock file", f"{len(code.files)} code file(s) match the lock")
+    if "pipeline_sha256" in decision.pins:
         passed("sha256 pin", f"{code.sha256} matches")
-    if not pinned_by:
+    if not decision.pinned:
         commit = f" at commit {code.commit}" if code.commit else ""
         raise NotAllowedError(
             f"pipeline code from {code.source_id}{commit} is not pinned (its sha256 is {code.sha256})",
@@ -204,31 +176,22 @@ def _admit(
                 + (f" and custom_revision={code.commit!r}" if code.commit else "")
             ),
         )
-    aliases = dict(import_aliases or {})
+    aliases = {**dict(decision.import_aliases), **dict(import_aliases or {})}
     return AdmittedCode(
         code=code,
         gates=tuple(gates),
         import_aliases=MappingProxyType(aliases),
-        extra_modules=MappingProxyType(dict(extra_modules)),
-        required_isolation=required_isolation,
+        extra_modules=MappingProxyType(dict(decision.extra_modules)),
+        required_isolation=decision.required_isolation,
     )
-
-
-def _describe(decision: Any, *, default: str) -> str:
-    summary = getattr(decision, "summary", None)
-    if callable(summary):
-        return str(summary())
-    return default
 
 
 def _load_allowlist(allowlist: Any) -> Any:
     from pipewarden.registry.allowlist import Allowlist
+    from pipewarden.registry.trust import load_allowlist_from_env
 
     if allowlist is None:
-        env = os.environ.get("PIPEWARDEN_ALLOWLIST")
-        if not env:
-            return None
-        allowlist = env
+        return load_allowlist_from_env()
     if isinstance(allowlist, Allowlist):
         return allowlist
     if isinstance(allowlist, (str, os.PathLike)):
@@ -299,10 +262,18 @@ def load_pipeline(
     report("weights", f"{weights.source}" + (f" @ {weights.commit}" if weights.commit else ""))
 
     expected: dict[str, str] = {k: v.sha256 for k, v in weights.files.items() if v.sha256}
+    weights_lock = None
     if lock is not None:
-        wentry = lock.entry_for(weights.source)
-        if wentry is not None:
-            expected.update(dict(getattr(wentry, "files", {})))
+        weights_lock = lock.entry_for(weights.source, "weights")
+        if weights_lock is None:
+            raise IntegrityError(
+                f"weights {weights.source!r} are not in lock file {lock.origin}",
+                rule="with a lock file, every source used must be locked",
+                fix="add them with `pipewarden lock --weights ...`, or drop lockfile=",
+            )
+        weights_lock.check_commit(weights.commit, what="weights")
+        # Every file the loader reads must be in the lock; each is compared while it is loaded.
+        expected = dict(weights_lock.files)
 
     admitted = _admit(
         code,
@@ -311,6 +282,7 @@ def load_pipeline(
         lock=lock,
         allowlist=allow,
         import_aliases=import_aliases,
+        isolation=isolation,
         report=report,
     )
     if admitted.required_isolation and admitted.required_isolation != isolation:

@@ -44,11 +44,14 @@ from pipewarden.loader.snapshot import FileRecord
 
 #: Files at least this big get a hashing progress bar.
 HASH_PROGRESS_MIN_BYTES = 32 * 1024 * 1024
+#: Read timeout (seconds of silence) for hub API answers; huggingface_hub's client has none by default.
+API_TIMEOUT_S = 30.0
 #: Bytes kept in memory when the caller asks for them (code files); bigger files are refused.
 MAX_KEPT_BYTES = 4 * 1024 * 1024
 
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _SAFE_SEGMENT = re.compile(r"[^\x00-\x1f\\]+")
+_SHARED_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 def _env_true(name: str) -> bool:
@@ -73,10 +76,18 @@ class HubSettings:
         from huggingface_hub import constants
         from huggingface_hub.utils import are_progress_bars_disabled
 
-        offline = bool(constants.HF_HUB_OFFLINE) or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
-        quiet = _env_true("PIPEWARDEN_QUIET") or _env_true("HF_HUB_DISABLE_PROGRESS_BARS") or are_progress_bars_disabled()
+        offline = (
+            bool(constants.HF_HUB_OFFLINE) or _env_true("HF_HUB_OFFLINE") or _env_true("TRANSFORMERS_OFFLINE")
+        )
+        quiet = (
+            _env_true("PIPEWARDEN_QUIET")
+            or _env_true("HF_HUB_DISABLE_PROGRESS_BARS")
+            or are_progress_bars_disabled()
+        )
         cache_dir = Path(constants.HF_HUB_CACHE).expanduser().resolve()
-        return cls(endpoint=str(constants.ENDPOINT).rstrip("/"), cache_dir=cache_dir, offline=offline, quiet=quiet)
+        return cls(
+            endpoint=str(constants.ENDPOINT).rstrip("/"), cache_dir=cache_dir, offline=offline, quiet=quiet
+        )
 
     def storage_folder(self, repo_id: str, repo_type: str) -> Path:
         from huggingface_hub.file_download import repo_folder_name
@@ -123,7 +134,9 @@ class RepoListing:
 def check_relpath(relpath: object, *, what: str = "file name") -> str:
     """A repo-relative POSIX path that cannot leave its directory."""
     if not isinstance(relpath, str) or not relpath or len(relpath) > 1024:
-        raise FetchError(f"the hub listed an invalid {what} {relpath!r}", rule="repo paths are relative POSIX paths")
+        raise FetchError(
+            f"the hub listed an invalid {what} {relpath!r}", rule="repo paths are relative POSIX paths"
+        )
     p = PurePosixPath(relpath)
     if (
         p.is_absolute()
@@ -189,22 +202,16 @@ def parse_listing(repo_id: str, repo_type: str, info: Any, *, requested: str | N
     for sib in getattr(info, "siblings", None) or ():
         rf = _parse_sibling(sib)
         if rf.relpath in files:
-            raise FetchError(f"the hub listed {rf.relpath!r} twice", rule="a repo listing names each file once")
+            raise FetchError(
+                f"the hub listed {rf.relpath!r} twice", rule="a repo listing names each file once"
+            )
         files[rf.relpath] = rf
     return RepoListing(repo_id=repo_id, repo_type=repo_type, commit=str(commit), files=files)
 
 
 def parse_path_info(entry: Any) -> RemoteFile:
-    """A ``RepoFile`` from ``get_paths_info`` into a RemoteFile."""
-    relpath = check_relpath(getattr(entry, "path", None))
-    size, oid, lfs = getattr(entry, "size", None), getattr(entry, "blob_id", None), getattr(entry, "lfs", None)
-
-    class _Sib:  # reuse the sibling checks
-        pass
-
-    sib = _Sib()
-    sib.rfilename, sib.size, sib.blob_id, sib.lfs = relpath, size, oid, lfs  # type: ignore[attr-defined]
-    return _parse_sibling(sib)
+    """A ``RepoFile`` from ``get_paths_info`` (it has ``rfilename``/``size``/``blob_id``/``lfs`` too)."""
+    return _parse_sibling(entry)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,11 +280,17 @@ def hub_errors(what: str, *, repo_id: str, repo_type: str = "model") -> Iterator
             rule="downloads need the commit id and ETag the hub sends with every file",
             fix="check HF_ENDPOINT and proxies",
         ) from None
-    except OSError as exc:  # truncated bodies ("Consistency check failed"), disk errors
+    except OSError as exc:
+        if "consistency check failed" in str(exc).lower():  # huggingface_hub's size check: truncated body
+            raise FetchError(
+                f"{what} from {kind}repo {repo_id} was incomplete: {_short(exc)}",
+                rule="a download must complete with the size the hub announced",
+                fix="retry; nothing partial was kept",
+            ) from None
         raise FetchError(
-            f"{what} from {kind}repo {repo_id} failed: {_short(exc)}",
-            rule="a download must complete with the size the hub announced",
-            fix="retry; nothing partial was kept",
+            f"{what} from {kind}repo {repo_id} failed: {type(exc).__name__}: {_short(exc)}",
+            rule="files are fetched into the HF cache (HF_HOME / HF_HUB_CACHE) before use",
+            fix="check the network, the cache directory's permissions and free space",
         ) from None
     except Exception as exc:
         import httpx2
@@ -300,29 +313,43 @@ def _short(exc: BaseException, limit: int = 300) -> str:
 # Hub calls
 
 
-def repo_listing(repo_id: str, repo_type: str, revision: str | None, *, token: Any, settings: HubSettings) -> RepoListing:
+def repo_listing(
+    repo_id: str, repo_type: str, revision: str | None, *, token: Any, settings: HubSettings
+) -> RepoListing:
     """Resolve ``revision`` to one commit and list every file there, in ONE hub answer."""
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=settings.endpoint)
+    info: Any
     with hub_errors(f"resolving {revision or 'the default branch'}", repo_id=repo_id, repo_type=repo_type):
         if repo_type == "dataset":
-            info = api.dataset_info(repo_id, revision=revision, files_metadata=True, token=token)
+            info = api.dataset_info(
+                repo_id, revision=revision, files_metadata=True, token=token, timeout=API_TIMEOUT_S
+            )
         else:
-            info = api.model_info(repo_id, revision=revision, files_metadata=True, token=token)
+            info = api.model_info(
+                repo_id, revision=revision, files_metadata=True, token=token, timeout=API_TIMEOUT_S
+            )
     return parse_listing(repo_id, repo_type, info, requested=revision)
 
 
-def resolve_commit(repo_id: str, repo_type: str, revision: str | None, *, token: Any, settings: HubSettings) -> str:
+def resolve_commit(
+    repo_id: str, repo_type: str, revision: str | None, *, token: Any, settings: HubSettings
+) -> str:
     """Resolve ``revision`` to a commit without listing files (for huge repos, e.g. the community mirror)."""
     from huggingface_hub import HfApi
 
     api = HfApi(endpoint=settings.endpoint)
+    info: Any
     with hub_errors(f"resolving {revision or 'the default branch'}", repo_id=repo_id, repo_type=repo_type):
         if repo_type == "dataset":
-            info = api.dataset_info(repo_id, revision=revision, expand=["sha"], token=token)
+            info = api.dataset_info(
+                repo_id, revision=revision, expand=["sha"], token=token, timeout=API_TIMEOUT_S
+            )
         else:
-            info = api.model_info(repo_id, revision=revision, expand=["sha"], token=token)
+            info = api.model_info(
+                repo_id, revision=revision, expand=["sha"], token=token, timeout=API_TIMEOUT_S
+            )
     return parse_listing(repo_id, repo_type, _NoSiblings(info), requested=revision).commit
 
 
@@ -446,7 +473,9 @@ def cached_commit(storage: Path, revision: str | None, *, repo_id: str) -> str:
                 fix="load it once online, or pass the 40-hex commit as revision",
             ) from None
         if not is_commit_hex(commit):
-            raise IntegrityError(f"cache ref {ref} does not hold a commit id", rule="refs hold 40-hex commits")
+            raise IntegrityError(
+                f"cache ref {ref} does not hold a commit id", rule="refs hold 40-hex commits"
+            )
     if not snapshot_dir(storage, commit).is_dir():
         raise FetchError(
             f"offline and {repo_id}@{commit} is not in the cache",
@@ -519,19 +548,25 @@ def verify_entry(
             "cache blobs are named after the digest of their content",
         )
     if expected is not None and expected.size > max_bytes and keep_bytes:
-        raise IntegrityError(f"{label} is {expected.size} bytes, more than {max_bytes}", rule="code files are bounded")
+        raise IntegrityError(
+            f"{label} is {expected.size} bytes, more than {max_bytes}", rule="code files are bounded"
+        )
 
     try:
         fd = os.open(pointer, os.O_RDONLY)
     except OSError as exc:
-        raise refuse(f"the cached file cannot be read ({exc.strerror})", "every file is read and hashed")
+        raise refuse(
+            f"the cached file cannot be read ({exc.strerror})", "every file is read and hashed"
+        ) from None
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise refuse("the cached entry is not a regular file", "every file is read and hashed")
         size = st.st_size
         if keep_bytes and size > max_bytes:
-            raise refuse(f"the cached file is {size} bytes, more than {max_bytes}", "code files are bounded in size")
+            raise refuse(
+                f"the cached file is {size} bytes, more than {max_bytes}", "code files are bounded in size"
+            )
         sha = hashlib.sha256()
         git = hashlib.sha1(usedforsecurity=False)
         git.update(b"blob %d\0" % size)
@@ -554,7 +589,9 @@ def verify_entry(
             if bar is not None:
                 bar.close()
     if read != size:
-        raise refuse(f"the cached file changed while it was read ({read} != {size} bytes)", "files are read once")
+        raise refuse(
+            f"the cached file changed while it was read ({read} != {size} bytes)", "files are read once"
+        )
     sha256, git_sha1 = sha.hexdigest(), git.hexdigest()
 
     if expected is not None:
@@ -587,36 +624,69 @@ def verify_entry(
     return VerifiedFile(record=record, data=bytes(kept) if kept is not None else None)
 
 
-def _blob_name(storage: Path, pointer: Path) -> str | None:
-    """Name of the blob a snapshot symlink points to; None when the entry is a plain file."""
+def _blob_entry(pointer: Path) -> Path | None:
+    """The repo blob entry (``<storage>/blobs/<name>``) a snapshot link points to: its first hop only.
+
+    None when the snapshot entry is not a symlink (platforms without symlinks store copies).
+    """
     try:
-        st = os.lstat(pointer)
+        if not stat.S_ISLNK(os.lstat(pointer).st_mode):
+            return None
+        target = os.readlink(pointer)
     except OSError:
         return None
-    if not stat.S_ISLNK(st.st_mode):
+    return Path(os.path.normpath(os.path.join(os.path.dirname(pointer), target)))
+
+
+def _is_shared_store_file(path: Path, storage: Path) -> bool:
+    """huggingface_hub's cache-wide store of Xet files: ``<cache>/blobs/<2 hex>/<64 hex>``."""
+    store = Path(os.path.realpath(storage.parent / "blobs"))
+    return (
+        path.parent.parent == store
+        and _SHARED_NAME.fullmatch(path.name) is not None
+        and path.parent.name == path.name[:2]
+    )
+
+
+def _blob_name(storage: Path, pointer: Path) -> str | None:
+    """Name of the blob a snapshot link points to; None when the entry is a plain file.
+
+    The link must point into this repo's ``blobs/``; that entry is a regular file, or a link into
+    huggingface_hub's shared Xet store. Anything else is refused (and the snapshot entry removed).
+    """
+    entry = _blob_entry(pointer)
+    if entry is None:
         return None
-    target = Path(os.path.realpath(pointer))
     blobs = Path(os.path.realpath(storage / "blobs"))
-    if target.parent != blobs:
+    final = Path(os.path.realpath(entry))
+    in_blobs = Path(os.path.realpath(entry.parent)) == blobs
+    if not in_blobs or not (final == blobs / entry.name or _is_shared_store_file(final, storage)):
         evict(storage, pointer)
         raise IntegrityError(
-            f"cache entry {pointer} points outside the repo's blobs/ folder ({target})",
-            rule="snapshot entries link to content-addressed blobs of the same repo",
+            f"cache entry {pointer} points outside the repo's blobs/ folder ({final})",
+            rule="snapshot entries link to content-addressed blobs of the same cache",
             fix="the entry was removed; load again to re-download it",
         )
-    return target.name
+    return entry.name
 
 
 def evict(storage: Path, pointer: Path) -> None:
-    """Remove a snapshot entry and the blob it points to (if that blob lives in this repo's cache)."""
-    blobs = Path(os.path.realpath(storage / "blobs"))
+    """Remove a snapshot entry, the repo blob it links to and, for Xet files, the shared store file.
+
+    Only paths inside this cache are ever removed: a link that leads elsewhere loses the link, never
+    its target.
+    """
+    entry = _blob_entry(pointer)
+    if entry is not None:
+        blobs = Path(os.path.realpath(storage / "blobs"))
+        if Path(os.path.realpath(entry.parent)) == blobs:
+            final = Path(os.path.realpath(entry))
+            if final != blobs / entry.name and _is_shared_store_file(final, storage):
+                with contextlib.suppress(OSError):
+                    os.unlink(final)
+            with contextlib.suppress(OSError):
+                os.unlink(blobs / entry.name)
     with contextlib.suppress(OSError):
-        if os.path.islink(pointer):
-            target = Path(os.path.realpath(pointer))
-            if target.parent == blobs:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(target)
-    with contextlib.suppress(FileNotFoundError, OSError):
         os.unlink(pointer)
 
 
@@ -625,4 +695,6 @@ def _hash_bar(label: str, size: int, quiet: bool) -> Any:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=f"verifying {label}", leave=False)
+    return tqdm(
+        total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=f"verifying {label}", leave=False
+    )

@@ -87,11 +87,16 @@ def _read_bytes(root: Path, relpath: str, *, max_bytes: int | None = None) -> by
 
 
 def _compare(relpath: str, digest: str, expected: Mapping[str, str] | None) -> None:
-    if expected is None:
+    """Compare with the pin. With any pins given, a file without one is refused too (strict)."""
+    if not expected:
         return
     want = expected.get(relpath)
     if want is None:
-        return
+        raise IntegrityError(
+            f"{relpath} (sha256 {digest}) is used by the load but has no pin",
+            rule="when weights are pinned (lock file, hub metadata), every file used must be pinned",
+            fix="re-lock the weights (`pipewarden lock --weights ...`) if this file is meant to be used",
+        )
     if want != digest:
         raise IntegrityError(
             f"{relpath} has sha256 {digest}, but its pin says {want}",
@@ -198,8 +203,10 @@ def load_components(
     in ``skip`` (given by the caller directly) are not built.
     """
     root = Path(snapshot.root)
-    if expected is None and snapshot.files:
+    if expected is None:
         expected = {k: v.sha256 for k, v in snapshot.files.items() if v.sha256}
+    else:
+        expected = {k: v for k, v in expected.items() if v}  # "" = hash and record only
     index = read_verified(root, MODEL_INDEX, expected=expected, digests_out=digests_out, max_bytes=MAX_JSON_BYTES)
     specs = parse_model_index(index)
     out: dict[str, Any] = {}

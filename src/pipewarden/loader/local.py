@@ -73,7 +73,7 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
     signature_bytes = _read_small(sig_path) if sig_path.is_file() else None
     return CodeSource(
         kind="local",
-        source_id=f"local:{root / module}" if module != MODULE_FILE else f"local:{root}",
+        source_id=f"local:{root / module}" if stat.S_ISREG(st.st_mode) else f"local:{root}",
         commit=None,
         module_relpath=module,
         source_bytes=source_bytes,
