@@ -325,7 +325,7 @@ def _sandbox_policy(admitted: AdmittedCode) -> Any:
 
 def _init_component_names(cls: type) -> set[str] | None:
     try:
-        params = inspect.signature(cls.__init__).parameters
+        params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
     except (TypeError, ValueError):
         return None
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):

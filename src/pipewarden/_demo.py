@@ -110,7 +110,7 @@ def _save_png(image, path: Path) -> None:
 
     arr = ((image[0].clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8)
     pil = Image.fromarray(arr.permute(1, 2, 0).cpu().numpy())
-    pil = pil.resize((pil.width * 8, pil.height * 8), Image.NEAREST)
+    pil = pil.resize((pil.width * 8, pil.height * 8), Image.Resampling.NEAREST)
     pil.save(path)
 
 

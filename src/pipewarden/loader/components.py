@@ -221,7 +221,7 @@ def load_components(
     return out
 
 
-def _build(cls: type, root: Path, sub: str, *, torch_dtype, expected, digests_out) -> Any:
+def _build(cls: Any, root: Path, sub: str, *, torch_dtype, expected, digests_out) -> Any:
     from diffusers import ModelMixin, SchedulerMixin
 
     if not (root / sub).is_dir():
@@ -300,7 +300,7 @@ def _load_safetensors(root: Path, relpath: str, *, expected, digests_out) -> dic
     return tensors
 
 
-def _instantiate_model(cls: type, config: dict[str, Any], state: dict[str, Any], *, torch_dtype, where: str) -> Any:
+def _instantiate_model(cls: Any, config: dict[str, Any], state: dict[str, Any], *, torch_dtype, where: str) -> Any:
     """Build the model from its config on the meta device, then assign the loaded tensors.
 
     Same parameters as diffusers' ``from_pretrained`` (which also skips random init), and the
