@@ -123,6 +123,184 @@ def run(corpus: Path | None = None, *, repeats: int = 5, jobs: tuple[int, ...] =
     return result
 
 
+# --- class detection vs diffusers' own rule --------------------------------------------------------
+#
+# diffusers' rule is ``find_pipeline_class`` applied to the *imported* module, so measuring it means
+# importing (executing) each corpus file: this runs in a separate process, offline, never in the
+# audit. Files whose imports are missing here (cv2, einops, onnx, modules that moved between diffusers
+# versions, ...) are imported with stand-ins for exactly the modules/names the file itself imports
+# that do not exist: missing names resolve to diffusers' top-level object of the same name when there
+# is one (moved modules, copies of diffusers' own tree with relative imports), else to a placeholder
+# class that is not a DiffusionPipeline. That is "what the rule would give" with the file's deps
+# installed. A diffusers DummyObject base (an optional backend such as onnxruntime missing) is
+# reported separately: with the backend installed it is the real pipeline class.
+
+_PROBE = r"""
+import builtins, importlib.abc, importlib.machinery, importlib.util, json, os, sys, types, warnings
+os.environ["HF_HUB_OFFLINE"] = "1"
+warnings.filterwarnings("ignore")
+import diffusers
+from diffusers.utils.dynamic_modules_utils import find_pipeline_class
+from diffusers.utils.import_utils import DummyObject
+
+PKG = "pw_probe_pkg.a.b"
+STUBBED = set()
+
+class _StubMeta(type):
+    def __getattr__(cls, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _stub_class(name)
+    def __or__(cls, other): return cls
+    def __ror__(cls, other): return cls
+    def __getitem__(cls, item): return cls
+
+class _StubBase(metaclass=_StubMeta):
+    def __init__(self, *a, **k): pass
+    def __call__(self, *a, **k):
+        return a[0] if len(a) == 1 and callable(a[0]) and not k else _StubBase()
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _StubBase()
+
+def _stub_class(name):
+    return _StubMeta(name, (_StubBase,), {"__module__": "pw_stub"})
+
+def _stand_in(module_name, name):
+    if (module_name.startswith("diffusers.") or module_name.startswith("pw_probe_pkg")) and hasattr(diffusers, name):
+        return getattr(diffusers, name)
+    return _stub_class(name)
+
+class _StubModule(types.ModuleType):
+    def __getattr__(self, name):
+        if name == "__version__":
+            return "999.0.0"
+        if name.startswith("__"):
+            raise AttributeError(name)
+        value = _stand_in(self.__name__, name)
+        setattr(self, name, value)
+        return value
+
+class _Loader(importlib.abc.Loader):
+    def create_module(self, spec): return _StubModule(spec.name)
+    def exec_module(self, module): module.__path__ = []
+
+def _from_corpus_file(frame):
+    while frame is not None and (frame.f_globals.get("__name__", "").startswith("importlib")
+                                 or frame.f_code.co_filename.startswith("<frozen")
+                                 or frame.f_code.co_name == "_import"):
+        frame = frame.f_back
+    return frame is not None and str(frame.f_globals.get("__name__", "")).startswith("pw_probe_pkg")
+
+class _Finder(importlib.abc.MetaPathFinder):
+    def find_spec(self, fullname, path, target=None):
+        if not (fullname.startswith("pw_probe_pkg") or _from_corpus_file(sys._getframe(1))):
+            return None
+        if not fullname.startswith("pw_probe_pkg"):
+            STUBBED.add(fullname)
+        return importlib.machinery.ModuleSpec(fullname, _Loader(), is_package=True)
+
+_real_import = builtins.__import__
+def _import(name, globals=None, locals=None, fromlist=(), level=0):
+    module = _real_import(name, globals, locals, fromlist, level)
+    if fromlist and globals and str(globals.get("__name__", "")).startswith("pw_probe_pkg"):
+        for attr in fromlist:
+            if attr != "*" and not hasattr(module, attr):
+                STUBBED.add(f"{getattr(module, '__name__', name)}.{attr}")
+                setattr(module, attr, _stand_in(getattr(module, "__name__", name), attr))
+    return module
+
+stub = sys.argv[2] == "stub"
+if stub:
+    sys.meta_path.append(_Finder())
+    builtins.__import__ = _import
+corpus = sys.argv[1]
+out = {}
+for rel in json.loads(sys.argv[3]):
+    modname = PKG + "." + "m_" + "".join(c if c.isalnum() else "_" for c in rel[:-3])
+    spec = importlib.util.spec_from_file_location(modname, os.path.join(corpus, rel))
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[modname] = module
+    STUBBED.clear()
+    entry = {}
+    try:
+        spec.loader.exec_module(module)
+    except BaseException as exc:
+        out[rel] = {"import_error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        continue
+    try:
+        cls = find_pipeline_class(module)
+        entry["classes"] = [cls.__name__] if cls is not None else []
+    except ValueError as exc:
+        import re
+        entry["classes"] = sorted(re.findall(r"found: (\w+), and (\w+)", str(exc))[0])
+        entry["multiple"] = True
+    entry["dummy_based"] = sorted(
+        name for name, obj in vars(module).items()
+        if isinstance(obj, type) and obj.__module__ == modname
+        and any(isinstance(base, DummyObject) and base.__name__.endswith("Pipeline") for base in obj.__mro__[1:])
+    )
+    entry["stubbed"] = sorted(STUBBED)
+    out[rel] = entry
+print(json.dumps(out))
+"""
+
+
+def _diffusers_rule(corpus: Path, names: list[str], mode: str) -> dict:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONDONTWRITEBYTECODE="1", PYTHONWARNINGS="ignore")
+    proc = subprocess.run([sys.executable, "-c", _PROBE, str(corpus), mode, json.dumps(names)],
+                          capture_output=True, text=True, env=env, cwd=tempfile.gettempdir(), timeout=1800)
+    if proc.returncode != 0:
+        raise RuntimeError(f"diffusers probe failed: {proc.stderr[-2000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def class_agreement(corpus: Path | None = None) -> dict:
+    """Compare the audit's pipeline class (the sandbox's scanner) with diffusers' ``find_pipeline_class``.
+
+    Imports (executes) every corpus file in a child process, first as is, then, for files that
+    fail to import here, with stand-ins for their missing imports (see above).
+    """
+    corpus = Path(corpus or os.environ.get("PIPEWARDEN_CORPUS", DEFAULT_CORPUS))
+    files = _corpus_files(corpus)
+    names = [str(p.relative_to(corpus)) for p in files]
+    proc = subprocess.run([sys.executable, "-m", "pipewarden", "audit", "--format", "json", *names],
+                          capture_output=True, text=True, cwd=corpus)
+    audit = {f["path"]: f for f in json.loads(proc.stdout)["files"]}
+    plain = _diffusers_rule(corpus, names, "plain")
+    failed = [n for n in names if "import_error" in plain[n]]
+    stubbed = _diffusers_rule(corpus, failed, "stub") if failed else {}
+    rows = []
+    for name in names:
+        rule = plain[name] if name not in stubbed else stubbed[name]
+        how = "import" if name not in stubbed else "import with stand-ins"
+        ours = audit[name]["candidates"]
+        if "import_error" in rule:
+            rows.append({"file": name, "how": "not importable", "diffusers": None, "audit": ours,
+                         "agree": None, "note": rule["import_error"]})
+            continue
+        expected = rule["classes"]
+        note = ""
+        if not expected and rule["dummy_based"]:
+            expected = rule["dummy_based"]
+            note = "base is a diffusers DummyObject (optional backend not installed); counted as the pipeline class"
+        rows.append({"file": name, "how": how, "diffusers": expected, "audit": ours,
+                     "agree": sorted(expected) == sorted(ours), "note": note,
+                     "stand_ins": rule.get("stubbed", [])})
+    checked = [r for r in rows if r["agree"] is not None]
+    return {
+        "files": len(names),
+        "checked_by_plain_import": sum(1 for r in rows if r["how"] == "import"),
+        "checked_with_stand_ins": sum(1 for r in rows if r["how"] == "import with stand-ins"),
+        "not_checked": [r["file"] for r in rows if r["agree"] is None],
+        "agree": sum(1 for r in checked if r["agree"]),
+        "checked": len(checked),
+        "disagreements": [r for r in checked if not r["agree"]],
+        "notes": [r for r in checked if r["note"]],
+    }
+
+
 def _table(r: dict) -> str:
     lines = [
         f"audit throughput on {r['files']} files ({r['bytes'] / 1e6:.1f} MB), median of {r['repeats']}, "
@@ -147,9 +325,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--corpus", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument("--classes", action="store_true",
+                        help="also compare class detection with diffusers' find_pipeline_class (imports the corpus)")
     args = parser.parse_args(argv)
     result = run(args.corpus, repeats=args.repeats)
-    print(json.dumps(result, indent=2) if args.json else _table(result))
+    if args.classes:
+        result["class_agreement"] = class_agreement(args.corpus)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(_table(result))
+        if args.classes:
+            a = result["class_agreement"]
+            print(f"class detection agrees with diffusers' find_pipeline_class on {a['agree']}/{a['checked']} "
+                  f"files ({a['checked_by_plain_import']} by plain import, {a['checked_with_stand_ins']} with "
+                  f"stand-ins for missing imports; not checkable: {len(a['not_checked'])})")
+            for d in a["disagreements"]:
+                print(f"  DISAGREE {d['file']}: diffusers {d['diffusers']} audit {d['audit']}")
+            for d in a["notes"]:
+                print(f"  note {d['file']}: {d['note']}")
     return 0
 
 

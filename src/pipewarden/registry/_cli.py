@@ -1,7 +1,291 @@
-"""Placeholder: sub-command parsers are added by the module's owner."""
+"""``pipewarden keygen | sign | verify | allowlist ... | lock``: thin fronts over the registry.
+
+Exit codes: 0 accepted/done, 1 refused (a ``PipewardenError`` printed by ``cli.main``), 2 unusable
+input (``InputError``: malformed TOML/JSON, unreadable files, bad arguments). Heavy imports
+(cryptography, the loader) happen inside the command functions.
+"""
 
 from __future__ import annotations
 
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from pipewarden.errors import InputError
+
 
 def add_parsers(subparsers) -> None:
-    return None
+    p = subparsers.add_parser("keygen", help="create an Ed25519 signing key pair (NAME.key, NAME.pub)")
+    p.add_argument("--name", required=True, help="key name, e.g. alice")
+    p.add_argument("--out", required=True, type=Path, help="directory for NAME.key (mode 0600) and NAME.pub")
+    p.set_defaults(func=_keygen)
+
+    p = subparsers.add_parser("sign", help="sign every file of a directory (adds to DIR/pipewarden.sig)")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--key", required=True, type=Path, help="private key file (NAME.key)")
+    p.add_argument("--expires", help="YYYY-MM-DD (start of day, UTC); default: one year from now")
+    p.add_argument("--source", help="bind the signature to this source id (default: valid for any source)")
+    p.set_defaults(func=_sign)
+
+    p = subparsers.add_parser("verify", help="check a directory's signatures against an allowlist")
+    p.add_argument("directory", type=Path)
+    p.add_argument("--allowlist", required=True, type=Path)
+    p.add_argument("--source", required=True, help="source id to check, e.g. org/repo or local:/path")
+    p.set_defaults(func=_verify)
+
+    p = subparsers.add_parser("allowlist", help="create or edit an organisation allowlist file")
+    sub = p.add_subparsers(dest="allowlist_command", metavar="ACTION", parser_class=type(p))
+    p.set_defaults(func=lambda args, _p=p: _usage(_p))
+
+    a = sub.add_parser("add-signer", help="add (or update) a signer's public key")
+    a.add_argument("file", type=Path)
+    a.add_argument("--name", required=True)
+    a.add_argument("--public-key", required=True, help="'ed25519:...' text or a NAME.pub file")
+    a.add_argument("--expires", help="YYYY-MM-DD: the signer's signatures stop counting then")
+    a.set_defaults(func=_add_signer)
+
+    a = sub.add_parser("allow", help="allow a source pattern with k-of-n signers")
+    a.add_argument("file", type=Path)
+    a.add_argument("--source", required=True, help="pattern: org/repo, org/*, local:**, ...")
+    a.add_argument("--signers", required=True, help="comma-separated signer names")
+    a.add_argument("--threshold", required=True, type=int, help="k: distinct signatures needed")
+    a.set_defaults(func=_allow)
+
+    a = sub.add_parser("revoke", help="revoke a signer's key for good")
+    a.add_argument("file", type=Path)
+    a.add_argument("--name", required=True)
+    a.add_argument("--reason", default="")
+    a.set_defaults(func=_revoke)
+
+    a = sub.add_parser("policy", help="set sandbox policy settings (isolation, extra modules, aliases)")
+    a.add_argument("file", type=Path)
+    a.add_argument(
+        "--required-isolation",
+        choices=["process", "inprocess", "none"],
+        help="minimum isolation mode for every load ('none' clears it)",
+    )
+    a.add_argument(
+        "--extra-module",
+        action="append",
+        default=[],
+        metavar="MODULE=ATTR,ATTR",
+        help="allow MODULE with these attributes in the sandbox (repeatable; MODULE= removes it)",
+    )
+    a.add_argument(
+        "--import-alias",
+        action="append",
+        default=[],
+        metavar="ALIAS=MODULE",
+        help="map a fork's package name to a vetted module (repeatable; ALIAS= removes it)",
+    )
+    a.set_defaults(func=_policy)
+
+    a = sub.add_parser("show", help="validate and summarise an allowlist")
+    a.add_argument("file", type=Path)
+    a.set_defaults(func=_show)
+
+    p = subparsers.add_parser("lock", help="write pipewarden.lock for local weights and pipeline code")
+    p.add_argument("--weights", help="local weights directory")
+    p.add_argument("--custom-pipeline", help="local pipeline directory or .py file")
+    p.add_argument("--out", type=Path, default=Path("pipewarden.lock"))
+    p.set_defaults(func=_lock)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_help(sys.stderr)
+    return 2
+
+
+def _keygen(args) -> int:
+    from pipewarden.registry.keys import generate_keypair
+
+    key, pub = generate_keypair(args.name, args.out)
+    print(f"private key: {key} (mode 0600; keep it secret)")
+    print(f"public key:  {pub}")
+    print(pub.read_text().strip())
+    return 0
+
+
+def _sign(args) -> int:
+    from pipewarden.registry._time import DEFAULT_SIGNATURE_LIFETIME, format_ts, parse_date_arg, resolve_now
+    from pipewarden.registry.signatures import sign_dir
+
+    now = resolve_now(None).replace(microsecond=0)
+    expires = parse_date_arg(args.expires) if args.expires else now + DEFAULT_SIGNATURE_LIFETIME
+    if args.source is not None and not args.source:
+        raise InputError("--source is empty", rule="a source id is a non-empty string")
+    path = sign_dir(args.directory, args.key, source=args.source, expires=expires, now=now)
+    bound = f"for source {args.source!r}" if args.source else "valid for any source"
+    print(f"signed {args.directory} ({bound}, expires {format_ts(expires)}); signatures in {path}")
+    return 0
+
+
+def _verify(args) -> int:
+    from pipewarden.registry.allowlist import Allowlist
+    from pipewarden.registry.signatures import verify_dir
+
+    allowlist = Allowlist.load(args.allowlist)
+    verdict = verify_dir(args.directory, allowlist, args.source)
+    print(f"OK: {verdict.summary()}")
+    for r in verdict.rejected:
+        print(f"  not counted: {r.describe()}")
+    return 0
+
+
+def _load_or_new(path: Path):
+    from pipewarden.registry._state import VersionStore
+    from pipewarden.registry.allowlist import Allowlist, empty_allowlist, identity_of
+
+    if os.path.lexists(path):
+        return Allowlist.load(path)
+    # A new file continues above any version seen for this path (never looks like a rollback).
+    return empty_allowlist(VersionStore.default().seen(identity_of(path)) or 0)
+
+
+def _save(path: Path, allowlist) -> None:
+    from pipewarden.registry._files import atomic_write
+    from pipewarden.registry._state import VersionStore
+    from pipewarden.registry.allowlist import identity_of
+
+    store = VersionStore.default()
+    what = f"allowlist {path}"
+    store.check(identity_of(path), allowlist.version, what=what)  # refuse before writing anything
+    atomic_write(path, allowlist.to_toml().encode("utf-8"))
+    store.check_and_record(identity_of(path), allowlist.version, what=what)
+    print(f"{path}: version {allowlist.version}")
+
+
+def _pairs(values: list[str], *, what: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, rest = v.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"{what} {v!r} is not NAME=VALUE", rule=f"{what} takes NAME=VALUE")
+        out[name.strip()] = rest.strip()
+    return out
+
+
+def _policy(args) -> int:
+    allowlist = _load_or_new(args.file)
+    changes: dict = {}
+    if args.required_isolation is not None:
+        changes["required_isolation"] = None if args.required_isolation == "none" else args.required_isolation
+    if args.extra_module:
+        extra = {k: tuple(v) for k, v in allowlist.extra_modules.items()}
+        for mod, attrs in _pairs(args.extra_module, what="--extra-module").items():
+            names = tuple(a.strip() for a in attrs.split(",") if a.strip())
+            if names:
+                extra[mod] = names
+            else:
+                extra.pop(mod, None)
+        changes["extra_modules"] = extra
+    if args.import_alias:
+        aliases = dict(allowlist.import_aliases)
+        for alias, target in _pairs(args.import_alias, what="--import-alias").items():
+            if target:
+                aliases[alias] = target
+            else:
+                aliases.pop(alias, None)
+        changes["import_aliases"] = aliases
+    if not changes:
+        raise InputError(
+            "no policy change given",
+            rule="allowlist policy needs at least one option",
+            fix="pass --required-isolation, --extra-module or --import-alias",
+        )
+    _save(args.file, allowlist.with_policy(**changes))
+    return 0
+
+
+def _public_key_arg(text: str):
+    from pipewarden.registry.keys import PUBLIC_KEY_PREFIX, PublicKey
+
+    if not text.strip().startswith(PUBLIC_KEY_PREFIX) and Path(text).is_file():
+        text = Path(text).read_text(encoding="ascii", errors="replace")
+    return PublicKey.from_text(text, what="--public-key")
+
+
+def _add_signer(args) -> int:
+    from pipewarden.registry._time import parse_date_arg
+
+    key = _public_key_arg(args.public_key)
+    expires = parse_date_arg(args.expires) if args.expires else None
+    allowlist = _load_or_new(args.file).with_signer(args.name, key, expires=expires)
+    _save(args.file, allowlist)
+    return 0
+
+
+def _allow(args) -> int:
+    names = [n.strip() for n in args.signers.split(",") if n.strip()]
+    allowlist = _load_or_new(args.file).with_rule(args.source, names, args.threshold)
+    _save(args.file, allowlist)
+    return 0
+
+
+def _revoke(args) -> int:
+    allowlist = _load_or_new(args.file).with_revoked(args.name, reason=args.reason)
+    _save(args.file, allowlist)
+    for rule in allowlist.sources:
+        live = [n for n in rule.signers if allowlist.signer_named(n) is not None]
+        if len(live) < rule.threshold:
+            print(
+                f"warning: rule {rule.pattern!r} can no longer be met ({len(live)} unrevoked signers, "
+                f"threshold {rule.threshold}); its sources are refused until you add signers",
+                file=sys.stderr,
+            )
+    return 0
+
+
+def _show(args) -> int:
+    from pipewarden.registry._time import format_ts
+    from pipewarden.registry.allowlist import Allowlist
+
+    a = Allowlist.load(args.file)
+    print(f"{args.file}: version {a.version}, sha256 {a.sha256}")
+    for s in a.signers:
+        exp = f", expires {format_ts(s.expires)}" if s.expires else ""
+        print(f"  signer  {s.name}: {s.public_key.text} (key id {s.key_id[:16]}){exp}")
+    for r in a.revoked:
+        print(f"  revoked {r.name}: {r.public_key.text}" + (f" ({r.reason})" if r.reason else ""))
+    for rule in a.sources:
+        print(f"  source  {rule.pattern}: {rule.threshold} of {', '.join(rule.signers)}")
+    if not a.sources:
+        print("  (no sources: this allowlist allows nothing)")
+    if a.required_isolation:
+        print(f"  policy  required_isolation = {a.required_isolation}")
+    for mod, attrs in a.extra_modules.items():
+        print(f"  policy  extra module {mod}: {', '.join(attrs)}")
+    for alias, target in a.import_aliases.items():
+        print(f"  policy  import alias {alias} -> {target}")
+    return 0
+
+
+def _lock(args) -> int:
+    from pipewarden.registry.lockfile import entry_for_local_code, entry_for_local_weights, write_lock
+
+    if not args.weights and not args.custom_pipeline:
+        raise InputError(
+            "nothing to lock",
+            rule="lock needs --weights and/or --custom-pipeline",
+            fix="pipewarden lock --weights DIR --custom-pipeline DIR",
+        )
+    entries = []
+    for value, make, what in (
+        (args.weights, entry_for_local_weights, "--weights"),
+        (args.custom_pipeline, entry_for_local_code, "--custom-pipeline"),
+    ):
+        if not value:
+            continue
+        if not Path(value).exists():
+            raise InputError(
+                f"{what} {value!r} is not a local path",
+                rule="`pipewarden lock` locks local paths; hub sources are locked when loaded",
+                fix="pass a local directory (or download the repo first)",
+            )
+        entries.append(make(value))
+    lock = write_lock(args.out, entries)
+    for e in entries:
+        print(f"locked {e.role} {e.source}: {len(e.files)} file(s)")
+    print(f"{args.out}: {len(lock.entries)} entr{'y' if len(lock.entries) == 1 else 'ies'}")
+    return 0

@@ -1,0 +1,182 @@
+"""Figure (c) of the performance issue: the cost of process isolation, against in-run baselines.
+
+* first worker start: a fresh interpreter that starts the fork server and one confined worker
+  (until the worker reports "ready", every layer applied), vs a fresh
+  ``python -c "import torch, diffusers"``; alternating A/B, medians. Target <= 1.2x.
+* later worker starts: fork + every layer + "ready" handshake, from the warm fork server;
+  median in ms. Target <= 50 ms.
+* per-call overhead: a 50-step DDPM loop with google/ddpm-cifar10-32's UNet architecture
+  (35.7 M parameters, random weights) through ``load_pipeline(isolation="process")`` vs
+  ``isolation="inprocess"`` in the same run; alternating A/B, medians. Target <= 1.03x.
+  Outputs are also compared (bit-identical expected).
+
+``run() -> dict`` is called by ``benchmarks/run.py``; ``python -m benchmarks.isolation_bench``
+prints the dict.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from benchmarks._harness import ab
+
+DEFAULT_CACHE = Path(__file__).resolve().parent / ".cache"
+_ROOT = Path(__file__).resolve().parents[1]
+
+_FIRST_START = r"""
+import time
+t0 = time.perf_counter()
+from pipewarden.limits import Limits
+from pipewarden.sandbox.isolation._client import WorkerProcess
+w = WorkerProcess(Limits(), read_paths=())
+t1 = time.perf_counter()
+print("READY", t1 - t0, sum(s.active for s in w.layers), len(w.layers), flush=True)
+w.close()
+"""
+
+
+def _python_env() -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT / "src"), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def _timed_subprocess(code: str) -> float:
+    """Wall time of a fresh interpreter running ``code`` (interpreter start included)."""
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", code], check=True, env=_python_env(), stdout=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def _first_start_once() -> float:
+    """Interpreter start -> worker ready (fork server start included), fork server shutdown excluded."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _FIRST_START], env=_python_env(), stdout=subprocess.PIPE, text=True
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    t_ready = time.perf_counter() - t0
+    proc.communicate(timeout=120)
+    if not line.startswith("READY"):
+        raise RuntimeError(f"first-start probe failed: {line!r}")
+    return t_ready
+
+
+def first_start(repeats: int = 3) -> dict[str, Any]:
+    base: list[float] = []
+    cand: list[float] = []
+    for i in range(repeats):
+        order = [(lambda: _timed_subprocess("import torch, diffusers"), base), (_first_start_once, cand)]
+        if i % 2:
+            order.reverse()
+        for fn, sink in order:
+            sink.append(fn())
+    b, c = statistics.median(base), statistics.median(cand)
+    return {"import_torch_diffusers_s": b, "first_worker_ready_s": c, "ratio": c / b, "repeats": repeats}
+
+
+def later_starts(n: int = 15) -> dict[str, Any]:
+    from pipewarden.limits import Limits
+    from pipewarden.sandbox.isolation._client import WorkerProcess, fork_server
+
+    server = fork_server()
+    # let the fork server finish its idle warm-up imports (what a long-lived host would see)
+    deadline = time.monotonic() + 60
+    while server.ping().get("warm_left") and time.monotonic() < deadline:
+        time.sleep(0.2)
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        w = WorkerProcess(Limits(), read_paths=())
+        times.append(time.perf_counter() - t0)
+        w.close()
+    return {"median_ms": statistics.median(times) * 1000, "min_ms": min(times) * 1000, "n": n}
+
+
+def _weights(cache: Path) -> Path:
+    from pipewarden._fixtures import DDPM_CIFAR10_UNET_CONFIG, build_weights
+
+    target = cache / "ddpm-cifar10-32-random"
+    if not (target / "model_index.json").is_file():
+        build_weights(target, unet_config=DDPM_CIFAR10_UNET_CONFIG, seed=0)
+    return target
+
+
+def loop_overhead(cache: Path = DEFAULT_CACHE, *, steps: int = 50, repeats: int = 3) -> dict[str, Any]:
+    import torch
+
+    import pipewarden
+    from pipewarden._fixtures import write_example_pipeline
+    from pipewarden.loader.digests import sha256_file
+
+    weights = _weights(cache)
+    code = write_example_pipeline(cache / "example-pipeline")
+    pin = sha256_file(code)
+    common = {"custom_pipeline": str(code), "trust_remote_code": True, "pipeline_sha256": pin}
+    t0 = time.perf_counter()
+    inproc = pipewarden.load_pipeline(str(weights), isolation="inprocess", **common)
+    t_load_in = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    proc = pipewarden.load_pipeline(str(weights), isolation="process", **common)
+    t_load_proc = time.perf_counter() - t0
+    outs: dict[str, Any] = {}
+
+    def run_in() -> None:
+        outs["in"] = inproc(generator=torch.Generator().manual_seed(0), num_inference_steps=steps)
+
+    def run_proc() -> None:
+        outs["proc"] = proc(generator=torch.Generator().manual_seed(0), num_inference_steps=steps)
+
+    try:
+        res = ab(run_in, run_proc, repeats=repeats, warmup=1)
+    finally:
+        proc.close()
+    identical = bool(torch.equal(outs["in"], outs["proc"]))
+    return {
+        "inprocess_s": res["baseline_s"],
+        "process_s": res["candidate_s"],
+        "ratio": res["ratio"],
+        "repeats": repeats,
+        "steps": steps,
+        "bit_identical": identical,
+        "load_inprocess_s": t_load_in,
+        "load_process_s": t_load_proc,
+        "torch_threads": torch.get_num_threads(),
+    }
+
+
+def run(cache: Path = DEFAULT_CACHE) -> dict[str, Any]:
+    first = first_start()
+    later = later_starts()
+    loop = loop_overhead(cache)
+    return {
+        "first_start": first,
+        "first_start_ratio": first["ratio"],
+        "later_start": later,
+        "later_start_ms": later["median_ms"],
+        "loop_50": loop,
+        "loop_50_ratio": loop["ratio"],
+    }
+
+
+if __name__ == "__main__":
+    what = sys.argv[1:] or ["all"]
+    out: dict[str, Any]
+    if what == ["first"]:
+        out = first_start()
+    elif what == ["later"]:
+        out = later_starts()
+    elif what == ["loop"]:
+        out = loop_overhead()
+    else:
+        out = run()
+    print(json.dumps(out, indent=2))

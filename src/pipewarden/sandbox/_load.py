@@ -1,0 +1,105 @@
+"""scan -> restricted compile -> restricted exec: verified source text in, vetted class out.
+
+Decides: whether a pipeline source becomes a class the host may instantiate. Trusts: the policy and
+the caller's promise that ``source`` is the verified text (the loader hashes and pins it before
+calling; this module never reads files or the network).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from typing import Any
+
+from pipewarden.errors import PipewardenError, PolicyViolation, ScanError
+from pipewarden.sandbox import tripwire
+from pipewarden.sandbox.compile import compile_restricted_module
+from pipewarden.sandbox.policy import SandboxPolicy, default_policy
+from pipewarden.sandbox.scan import decode_source, require_single_pipeline, scan_tree
+
+__all__ = ["load_class"]
+
+
+def _module_name(filename: str) -> str:
+    stem = filename.rsplit("/", 1)[-1].rsplit("\\", 1)[-1]
+    if stem.endswith(".py"):
+        stem = stem[:-3]
+    stem = re.sub(r"[^0-9A-Za-z_]", "_", stem) or "pipeline"
+    return f"pipewarden_sandboxed.{stem}"
+
+
+def load_class(
+    source: str | bytes,
+    *,
+    filename: str = "pipeline.py",
+    policy: SandboxPolicy | None = None,
+    import_aliases: Mapping[str, str] | None = None,
+) -> type:
+    """Scan, compile under the restricted rules, execute in restricted globals; return the class.
+
+    The returned class is the file's single ``DiffusionPipeline`` subclass. All functions the file
+    defines (``__init__``, ``__call__``, helpers, lambdas) run with the audit-hook tripwire armed and
+    read attributes through the per-type allowlists, whoever calls them.
+    """
+    if not isinstance(filename, str):
+        raise TypeError("filename must be a str")
+    policy = policy or default_policy()
+    if import_aliases:
+        policy = policy.with_extras(import_aliases=import_aliases)
+
+    # 1. Scan (ast only): decodable, parseable, exactly one pipeline class.
+    text = decode_source(source, filename=filename)
+    from pipewarden.sandbox.scan import parse_source
+
+    tree = parse_source(text, filename=filename)
+    result = scan_tree(tree, import_aliases=policy.import_aliases)
+    candidate = require_single_pipeline(result, filename=filename)
+
+    # 2. Restricted compile (raises PolicyViolation listing every refused construct).
+    code = compile_restricted_module(text, filename=filename, policy=policy)
+
+    # 3. Host libraries are imported before anything runs armed (trusted, outside the tripwire).
+    import diffusers  # noqa: F401
+    import torch  # noqa: F401
+    from diffusers import DiffusionPipeline
+
+    from pipewarden.sandbox._runtime import Sandbox
+
+    tripwire.install(policy.tripwire)
+    box = Sandbox(policy, _module_name(filename))
+    glb = box.make_globals()
+
+    # 4. Restricted exec of the module body, tripwire armed.
+    try:
+        with tripwire.armed(), tripwire.permit_exec(code):
+            exec(code, glb)  # noqa: S102 - the restricted, vetted code object
+    except PipewardenError:
+        raise
+    except RecursionError:
+        raise PolicyViolation(
+            f"{filename} recursed too deeply at import time", rule="exec.recursion", fix="simplify the module body"
+        ) from None
+    except Exception as exc:  # noqa: BLE001 - wrap at the seam; never leak the object-carrying exception
+        raise ScanError(
+            f"{filename} failed while its module body ran in the sandbox: {type(exc).__name__}: {_short(exc)}",
+            rule="exec.module-body",
+            fix="the file must import and define its classes without errors under the sandbox policy",
+        ) from None
+
+    cls = glb.get(candidate.name)
+    if not isinstance(cls, type) or not box.owns(cls) or not issubclass(cls, DiffusionPipeline):
+        raise ScanError(
+            f"{filename}: {candidate.name} (line {candidate.lineno}) is not a DiffusionPipeline subclass "
+            "once executed",
+            rule="scan.one-pipeline-class",
+            fix="define exactly one class deriving from DiffusionPipeline at module level",
+        )
+    return cls
+
+
+def _short(exc: BaseException) -> str:
+    try:
+        text = str(exc)
+    except Exception:  # noqa: BLE001
+        text = "<unprintable>"
+    return text if len(text) <= 300 else text[:297] + "..."

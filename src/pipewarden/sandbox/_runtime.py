@@ -1,0 +1,1026 @@
+"""Run-time side of the sandbox: facades, guard hooks, reviewed builtins, class creation.
+
+Decides, for sandboxed code: what an import returns (a facade, never a module), which attribute of
+which object may be read (per-type allowlists + the global deny list), which object may be written
+(the sandbox's own objects only), and how classes and functions the sandbox defines are created
+(every function runs with the tripwire armed).
+
+Trusts: the policy, the host libraries named in it (torch, diffusers, ...), and nothing the sandboxed
+code hands it: names are checked with ``type(name) is str`` and every refusal is a fresh
+``PolicyViolation`` that carries strings only.
+"""
+
+from __future__ import annotations
+
+import builtins as _builtins
+import copy
+import enum
+import functools
+import importlib
+import importlib.util
+import inspect
+import logging
+import operator
+import string
+import types
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
+
+from pipewarden.errors import PolicyViolation
+from pipewarden.sandbox import tripwire
+from pipewarden.sandbox.policy import ModuleRule, SandboxPolicy, TypeRule
+
+_LOG = logging.getLogger("pipewarden.sandbox")
+_PRINT_LOG = logging.getLogger("pipewarden.sandbox.print")
+
+_MISSING = object()
+
+# Types whose values are never handed to sandboxed code.
+_FORBIDDEN_VALUE_TYPES: frozenset[type] = frozenset(
+    {
+        types.ModuleType,
+        types.FrameType,
+        types.CodeType,
+        types.TracebackType,
+        types.CellType,
+        types.MappingProxyType,  # __dict__ views of classes
+    }
+)
+# Plain value types: their public methods are pure. str.format/format_map are replaced.
+_VALUE_TYPES: frozenset[type] = frozenset(
+    {str, bytes, int, float, bool, complex, list, tuple, dict, set, frozenset, range, slice, type(None), bytearray}
+)
+_WRITABLE_CONTAINERS: frozenset[type] = frozenset({list, dict, set, bytearray})
+# Dunder attribute reads admitted at run time (compile time admits only the policy's idioms).
+_STR_DUNDERS = frozenset({"__name__", "__qualname__", "__doc__", "__version__", "__module__"})
+_CALL_DUNDERS = frozenset({"__init__", "__call__", "__post_init__"})
+_CLASS_NS_DUNDERS = frozenset(
+    {"__module__", "__qualname__", "__classcell__", "__doc__", "__annotations__", "__orig_bases__", "__slots__"}
+)
+_INPLACE_OPS: dict[str, Callable[[Any, Any], Any]] = {
+    "+=": operator.iadd,
+    "-=": operator.isub,
+    "*=": operator.imul,
+    "/=": operator.itruediv,
+    "%=": operator.imod,
+    "**=": operator.ipow,
+    "<<=": operator.ilshift,
+    ">>=": operator.irshift,
+    "|=": operator.ior,
+    "^=": operator.ixor,
+    "&=": operator.iand,
+    "//=": operator.ifloordiv,
+    "@=": operator.imatmul,
+}
+
+
+def _violation(what: str, rule: str, fix: str = "") -> PolicyViolation:
+    return PolicyViolation(what, rule=rule, fix=fix or "see SECURITY.md for what sandboxed pipelines may use")
+
+
+def _tname(obj: object) -> str:
+    t = obj if isinstance(obj, type) else type(obj)
+    try:
+        return f"{t.__module__}.{t.__qualname__}"
+    except Exception:  # pragma: no cover
+        return "object"
+
+
+class Facade:
+    """What ``import M`` gives sandboxed code: an object exposing M's allowlisted names only."""
+
+    __slots__ = ("_pw_name", "_pw_box")
+
+    def __init__(self, name: str, box: Sandbox) -> None:
+        object.__setattr__(self, "_pw_name", name)
+        object.__setattr__(self, "_pw_box", box)
+
+    def __getattr__(self, name: str) -> Any:  # IMPORT_FROM (``from torch import nn``) lands here
+        box: Sandbox = object.__getattribute__(self, "_pw_box")
+        return box.facade_attr(self, name, for_import=True)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _violation(f"writing {name!r} on the sandbox facade of a module", "write.facade")
+
+    def __delattr__(self, name: str) -> None:
+        raise _violation(f"deleting {name!r} on the sandbox facade of a module", "write.facade")
+
+    def __repr__(self) -> str:
+        return f"<pipewarden facade of {object.__getattribute__(self, '_pw_name')}>"
+
+
+class DeniedName:
+    """Bound by ``from M import name`` for an existing but unlisted name: refuses when used."""
+
+    __slots__ = ("_pw_qualname", "_pw_rule")
+
+    def __init__(self, qualname: str, rule: str = "facade.not-allowlisted") -> None:
+        object.__setattr__(self, "_pw_qualname", qualname)
+        object.__setattr__(self, "_pw_rule", rule)
+
+    def _refuse(self) -> PolicyViolation:
+        q = object.__getattribute__(self, "_pw_qualname")
+        rule = object.__getattribute__(self, "_pw_rule")
+        return _violation(f"{q} is not available in the sandbox", rule, "pipelines may not use " + q)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise self._refuse()
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse()
+
+    def __getattr__(self, name: str) -> Any:
+        raise self._refuse()
+
+    def __repr__(self) -> str:
+        return f"<refused {object.__getattribute__(self, '_pw_qualname')}>"
+
+
+class ClassView:
+    """What ``x.__class__`` gives sandboxed code for a host object: name, repr and comparisons."""
+
+    __slots__ = ("_pw_cls",)
+
+    def __init__(self, cls: type) -> None:
+        object.__setattr__(self, "_pw_cls", cls)
+
+    def __repr__(self) -> str:
+        return repr(object.__getattribute__(self, "_pw_cls"))
+
+    def __eq__(self, other: object) -> bool:
+        cls = object.__getattribute__(self, "_pw_cls")
+        if isinstance(other, ClassView):
+            return cls is object.__getattribute__(other, "_pw_cls")
+        return cls is other
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(object.__getattribute__(self, "_pw_cls"))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _violation("writing to a class view", "write.host-object")
+
+
+class SandboxLogger:
+    """The logger sandboxed code gets: formats with ``%`` itself and hands the host a plain string."""
+
+    __slots__ = ("_pw_logger",)
+
+    def __init__(self, name: str) -> None:
+        object.__setattr__(self, "_pw_logger", logging.getLogger(f"pipewarden.sandboxed.{name}"))
+
+    def _emit(self, level: int, msg: Any, args: tuple[Any, ...]) -> None:
+        real: logging.Logger = object.__getattribute__(self, "_pw_logger")
+        if not real.isEnabledFor(level):
+            return
+        text = str(msg)
+        if args:
+            try:
+                text = text % args
+            except Exception:  # noqa: BLE001 - a bad format must not break the pipeline
+                text = f"{text} {args!r}"
+        real.log(level, "%s", text)
+
+    def debug(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit(logging.DEBUG, msg, args)
+
+    def info(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit(logging.INFO, msg, args)
+
+    def warning(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit(logging.WARNING, msg, args)
+
+    warn = warning
+
+    def warning_once(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit(logging.WARNING, msg, args)
+
+    def error(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit(logging.ERROR, msg, args)
+
+    def exception(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit(logging.ERROR, msg, args)
+
+    def critical(self, msg: Any, *args: Any, **kwargs: Any) -> None:
+        self._emit(logging.CRITICAL, msg, args)
+
+    def setLevel(self, level: Any) -> None:  # noqa: N802 - logging's spelling
+        return None
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802
+        real: logging.Logger = object.__getattribute__(self, "_pw_logger")
+        return bool(real.isEnabledFor(int(level)))
+
+
+_LOGGER_METHODS = frozenset(
+    {"debug", "info", "warning", "warn", "warning_once", "error", "exception", "critical", "setLevel", "isEnabledFor"}
+)
+
+
+class _WriteProxy:
+    """``_write_`` result for tensors/arrays: item assignment and a few tensor attributes only."""
+
+    __slots__ = ("_pw_obj",)
+    _ATTRS = frozenset({"requires_grad", "grad", "data"})
+
+    def __init__(self, obj: Any) -> None:
+        object.__setattr__(self, "_pw_obj", obj)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        object.__getattribute__(self, "_pw_obj")[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del object.__getattribute__(self, "_pw_obj")[key]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if type(name) is not str or name not in _WriteProxy._ATTRS:
+            raise _violation(f"writing attribute {name!r} of a tensor", "write.tensor-attribute")
+        setattr(object.__getattribute__(self, "_pw_obj"), name, value)
+
+
+class _SafeFormatter(string.Formatter):
+    """str.format whose field lookups ("{0.attr[key]}") go through the sandbox guards."""
+
+    def __init__(self, box: Sandbox) -> None:
+        super().__init__()
+        self._box = box
+
+    def get_field(self, field_name: str, args: Any, kwargs: Any) -> Any:
+        import _string  # the parser str.format uses
+
+        first, rest = _string.formatter_field_name_split(field_name)
+        obj = self.get_value(first, args, kwargs)
+        for is_attr, key in rest:
+            if is_attr:
+                obj = self._box.guarded_getattr(obj, key)
+            else:
+                obj = self._box.guarded_getitem(obj, key)
+        return obj, first
+
+
+class Sandbox:
+    """One sandboxed module: its facades, guard hooks and the classes/functions it created."""
+
+    def __init__(self, policy: SandboxPolicy, module_name: str) -> None:
+        self.policy = policy
+        self.module_name = module_name
+        self._facades: dict[str, Facade] = {}
+        self._real_modules: dict[str, types.ModuleType] = {}
+        self._facade_cache: dict[tuple[str, str, bool], Any] = {}
+        self._decisions: dict[tuple[type, str], bool] = {}
+        self._rules_for_type: dict[type, tuple[TypeRule, ...]] = {}
+        self._resolved_rules: list[tuple[type, TypeRule]] | None = None
+        self._classes: weakref.WeakSet[type] = weakref.WeakSet()
+        self._owned_type_cache: dict[type, bool] = {}
+        self._functions: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._variable_functions: frozenset[str] | None = None
+        self._formatter = _SafeFormatter(self)
+        self._deny = policy.deny
+        self._builtin_module = _builtins
+
+    # ------------------------------------------------------------------ ownership
+
+    def owns_type(self, t: type) -> bool:
+        hit = self._owned_type_cache.get(t)
+        if hit is None:
+            hit = any(c in self._classes for c in t.__mro__)
+            self._owned_type_cache[t] = hit
+        return hit
+
+    def owns(self, obj: object) -> bool:
+        if isinstance(obj, type):
+            return obj in self._classes
+        return self.owns_type(type(obj))
+
+    # ------------------------------------------------------------------ modules & facades
+
+    def _import_real(self, name: str) -> types.ModuleType:
+        mod = self._real_modules.get(name)
+        if mod is None:
+            with tripwire.suspended():
+                mod = importlib.import_module(name)
+            self._real_modules[name] = mod
+        return mod
+
+    def facade(self, policy_name: str, real: types.ModuleType | None = None) -> Facade:
+        f = self._facades.get(policy_name)
+        if f is None:
+            if real is not None:
+                self._real_modules[policy_name] = real
+            f = Facade(policy_name, self)
+            self._facades[policy_name] = f
+        return f
+
+    def _installed(self, top: str) -> bool:
+        with tripwire.suspended():
+            try:
+                return importlib.util.find_spec(top) is not None
+            except (ImportError, ValueError):
+                return False
+
+    def guarded_import(
+        self, name: Any, globals: Any = None, locals: Any = None, fromlist: Any = (), level: int = 0
+    ) -> Any:
+        if type(name) is not str or not name:
+            raise _violation("an import with a non-string module name", "import.name-type")
+        if level:
+            raise ImportError(f"relative import of {name!r} is not available in the sandbox")
+        canonical = self.policy.canonical_module(name)
+        parts = canonical.split(".")
+        if canonical != "__future__" and any(not p.isidentifier() or p.startswith("_") for p in parts):
+            raise _violation(f"import of {name!r}", "import.private-module", "private modules cannot be imported")
+        rule = self.policy.module_rule(canonical)
+        if rule is None:
+            top = parts[0]
+            if not self._installed(top):
+                raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+            raise _violation(
+                f"import of {name!r} is not allowed in the sandbox",
+                "import.not-allowlisted",
+                "the sandbox policy lists the importable modules; an organisation allowlist can add one",
+            )
+        # Import the real module (trusted host libraries), then hand back facades.
+        try:
+            real = self._import_real(canonical)
+        except ModuleNotFoundError:
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name) from None
+        except ImportError as exc:
+            raise ImportError(f"cannot import {name!r}: {type(exc).__name__}") from None
+        facade = self.facade(canonical, real)
+        if fromlist:
+            return facade
+        # ``import a.b.c`` binds ``a``: make sure every level is allowed and hand back the top facade.
+        top_name = parts[0]
+        for cut in range(1, len(parts)):
+            sub = ".".join(parts[:cut])
+            if self.policy.module_rule(sub) is None:
+                raise _violation(f"import of {sub!r} is not allowed", "import.not-allowlisted")
+        return self.facade(top_name, self._import_real(top_name))
+
+    def _vf_names(self) -> frozenset[str]:
+        if self._variable_functions is None:
+            import torch
+
+            self._variable_functions = frozenset(
+                n for n in dir(torch._C._VariableFunctions) if not n.startswith("_")
+            )
+        return self._variable_functions
+
+    def _is_plain_constant(self, value: Any, rule: ModuleRule, depth: int = 0) -> bool:
+        if depth > 4:
+            return False
+        t = type(value)
+        if t in (str, bytes, int, float, bool, complex, type(None)):
+            return True
+        if isinstance(value, enum.Enum):
+            return True
+        if t in (tuple, list, set, frozenset):
+            return len(value) <= 1000 and all(self._is_plain_constant(v, rule, depth + 1) for v in value)
+        if t is dict:
+            return len(value) <= 1000 and all(
+                self._is_plain_constant(k, rule, depth + 1) and self._is_plain_constant(v, rule, depth + 1)
+                for k, v in value.items()
+            )
+        if isinstance(value, type):
+            return self._is_allowed_class(value, rule)
+        return False
+
+    def _is_allowed_class(self, value: type, rule: ModuleRule) -> bool:
+        if issubclass(value, type):  # metaclasses (type, ABCMeta, DummyObject, ...)
+            return False
+        mod = getattr(value, "__module__", "") or ""
+        if not isinstance(mod, str):
+            return False
+        name = getattr(value, "__name__", "")
+        if not isinstance(name, str) or name.startswith("_"):
+            return False
+        return any(mod == p or mod.startswith(p + ".") for p in rule.classes_from)
+
+    def facade_attr(self, facade: Facade, name: Any, *, for_import: bool = False) -> Any:
+        if type(name) is not str:
+            raise _violation("attribute lookup with a non-string name", "attribute.name-type")
+        mod_name: str = object.__getattribute__(facade, "_pw_name")
+        key = (mod_name, name, for_import)
+        hit = self._facade_cache.get(key, _MISSING)
+        if hit is not _MISSING:
+            if type(hit) in _VALUE_TYPES and type(hit) in _WRITABLE_CONTAINERS:
+                return copy.deepcopy(hit)
+            return hit
+        value = self._resolve_facade_attr(mod_name, name, for_import)
+        self._facade_cache[key] = value
+        return value
+
+    def _refuse_facade(self, mod_name: str, name: str, for_import: bool, rule: ModuleRule) -> Any:
+        if for_import and rule.stub_denied and not name.startswith("_"):
+            return DeniedName(f"{mod_name}.{name}")
+        raise _violation(
+            f"{mod_name}.{name} is not available in the sandbox",
+            "facade.not-allowlisted",
+            f"the sandbox's {mod_name} exposes only the names its policy lists",
+        )
+
+    def _resolve_facade_attr(self, mod_name: str, name: str, for_import: bool) -> Any:
+        rule = self.policy.module_rule(mod_name)
+        if rule is None:  # pragma: no cover - facades exist only for allowed modules
+            raise _violation(f"{mod_name} is not allowed", "import.not-allowlisted")
+        if name in ("__name__",):
+            return mod_name
+        if name.startswith("_") and name != "__version__":
+            if for_import and rule.stub_denied and not name.startswith("__"):
+                return DeniedName(f"{mod_name}.{name}")
+            raise _violation(
+                f"{mod_name}.{name} is not available in the sandbox (private or dunder name)",
+                "facade.private-name",
+            )
+        if self._deny.denies(name):
+            return self._refuse_facade(mod_name, name, for_import, rule)
+        impl = rule.replace.get(name)
+        if impl == "sandbox-logger":
+            return self._get_logger
+        real = self._real_modules.get(mod_name) or self._import_real(mod_name)
+        try:
+            with tripwire.suspended():
+                value = getattr(real, name)
+        except AttributeError:
+            # Maybe a submodule not imported yet (``import diffusers.pipelines.x``).
+            child = f"{mod_name}.{name}"
+            if self.policy.module_rule(child) is not None and (name in rule.attrs or rule.any_submodule):
+                try:
+                    value = self._import_real(child)
+                except ImportError:
+                    raise AttributeError(f"module {mod_name!r} has no attribute {name!r}") from None
+            else:
+                raise AttributeError(f"module {mod_name!r} has no attribute {name!r}") from None
+        except Exception as exc:  # a lazy module failing to import an optional dependency
+            raise ImportError(f"{mod_name}.{name} is not available: {type(exc).__name__}") from None
+        if isinstance(value, types.ModuleType):
+            child = f"{mod_name}.{name}"
+            child_rule = self.policy.modules.get(child)
+            if name in rule.attrs and child_rule is not None:
+                return self.facade(child, value)
+            if rule.any_submodule and getattr(value, "__name__", None) == f"{real.__name__}.{name}":
+                return self.facade(child, value)
+            real_name = getattr(value, "__name__", None)
+            if name in rule.attrs and isinstance(real_name, str) and real_name in self.policy.modules:
+                return self.facade(real_name, value)
+            return self._refuse_facade(mod_name, name, for_import, rule)
+        allowed = name in rule.attrs
+        if not allowed and rule.variable_functions and name in self._vf_names():
+            allowed = True
+        if not allowed and rule.functions and callable(value) and not isinstance(value, type):
+            allowed = rule.matches_function_pattern(name)
+        if not allowed and rule.classes_from and isinstance(value, type):
+            allowed = self._is_allowed_class(value, rule)
+        if not allowed and rule.constants and not callable(value) and self._is_plain_constant(value, rule):
+            allowed = True
+        if not allowed and rule.constants and _is_type_hint(value):
+            allowed = True
+        if not allowed:
+            return self._refuse_facade(mod_name, name, for_import, rule)
+        self.check_value(value, f"{mod_name}.{name}")
+        if name in rule.suspend_tripwire and callable(value):
+            return _suspending(value)
+        if type(value) in _WRITABLE_CONTAINERS:
+            with tripwire.suspended():
+                return copy.deepcopy(value)
+        return value
+
+    def _get_logger(self, name: Any = None) -> SandboxLogger:
+        return SandboxLogger(str(name) if name is not None else self.module_name)
+
+    # ------------------------------------------------------------------ values
+
+    def check_value(self, value: Any, where: str) -> Any:
+        t = type(value)
+        if t in _FORBIDDEN_VALUE_TYPES:
+            raise _violation(f"{where} is a {t.__name__}, which sandboxed code may never hold", "value.forbidden-type")
+        if t is types.BuiltinFunctionType and getattr(value, "__self__", None) is _builtins:
+            raise _violation(f"{where} is a raw Python builtin", "value.raw-builtin")
+        if value is type or value is object.__subclasses__:
+            raise _violation(f"{where} is the type constructor", "value.forbidden-type")
+        return value
+
+    # ------------------------------------------------------------------ per-type attribute rules
+
+    def _resolve_rules(self) -> list[tuple[type, TypeRule]]:
+        if self._resolved_rules is None:
+            resolved: list[tuple[type, TypeRule]] = []
+            for rule in self.policy.types:
+                cls = _resolve_type_path(rule.type_path)
+                if cls is not None:
+                    resolved.append((cls, rule))
+            self._resolved_rules = resolved
+        return self._resolved_rules
+
+    def rules_for(self, t: type) -> tuple[TypeRule, ...]:
+        hit = self._rules_for_type.get(t)
+        if hit is None:
+            try:
+                hit = tuple(rule for cls, rule in self._resolve_rules() if issubclass(t, cls))
+            except TypeError:
+                hit = ()
+            self._rules_for_type[t] = hit
+        return hit
+
+    def _class_method_from(self, t: type, name: str, prefixes: tuple[str, ...]) -> bool:
+        for klass in t.__mro__:
+            if name in klass.__dict__:
+                mod = getattr(klass, "__module__", "") or ""
+                return isinstance(mod, str) and any(mod == p or mod.startswith(p + ".") for p in prefixes)
+        return False
+
+    def _static_allowed(self, t: type, name: str, *, on_class: bool) -> bool:
+        """Allowed by the type rules alone (cacheable); dynamic rules are checked separately."""
+        for rule in self.rules_for(t):
+            if name in rule.attrs:
+                return True
+            if rule.tensor_ops and not name.startswith("_"):
+                base = name[:-1] if name.endswith("_") else name
+                if base in self._vf_names() or name in self._vf_names():
+                    return True
+            if rule.class_methods_from and not name.startswith("_"):
+                if self._class_method_from(t, name, rule.class_methods_from):
+                    return True
+        return False
+
+    def _dynamic_allowed(self, obj: Any, t: type, name: str) -> bool:
+        if name.startswith("_"):
+            return False
+        for rule in self.rules_for(t):
+            dyn = rule.dynamic
+            if not dyn:
+                continue
+            if "submodules" in dyn:
+                d = getattr(obj, "__dict__", None)
+                if isinstance(d, dict):
+                    for key in ("_modules", "_parameters", "_buffers"):
+                        sub = d.get(key)
+                        if isinstance(sub, dict) and name in sub:
+                            return True
+            if "config-keys" in dyn:
+                cfg = obj if "config-keys" in dyn and isinstance(obj, dict) else None
+                if cfg is None:
+                    d = getattr(obj, "__dict__", None)
+                    cfg = d.get("_internal_dict") if isinstance(d, dict) else None
+                if isinstance(cfg, dict) and name in cfg:
+                    return True
+            if "dataclass-fields" in dyn:
+                fields = getattr(t, "__dataclass_fields__", None)
+                if isinstance(fields, dict) and name in fields:
+                    return True
+                if isinstance(obj, dict) and name in obj:
+                    return True
+            if "instance-public" in dyn:
+                d = getattr(obj, "__dict__", None)
+                if isinstance(d, dict) and name in d:
+                    return True
+        return False
+
+    def _owned_allowed(self, obj: Any, t: type, name: str) -> bool:
+        """Attribute of an object whose class the sandbox defined (the pipeline, its helpers)."""
+        if name.startswith("__"):
+            return name in _STR_DUNDERS or name in _CALL_DUNDERS
+        if name.endswith("_") and name.startswith("_"):
+            return False
+        d = getattr(obj, "__dict__", None) if not isinstance(obj, type) else None
+        if isinstance(d, dict) and name in d:
+            return not self._deny.denies(name.lstrip("_"))
+        klass_t = obj if isinstance(obj, type) else t
+        for klass in klass_t.__mro__:
+            if name in klass.__dict__:
+                if klass in self._classes:
+                    return True
+                break
+        if self._deny.denies(name) or self._deny.denies(name.lstrip("_")):
+            return False
+        if self._static_allowed(klass_t, name, on_class=isinstance(obj, type)):
+            return True
+        return self._dynamic_allowed(obj, t, name)
+
+    def guarded_getattr(self, obj: Any, name: Any) -> Any:
+        if type(name) is not str:
+            raise _violation("attribute lookup with a non-string name", "attribute.name-type")
+        t = type(obj)
+        if t is Facade:
+            return self.facade_attr(obj, name)
+        if self._deny.denies(name):
+            raise _violation(
+                f"{_tname(obj)}.{name} is refused on every object (files, network, process or hooks)",
+                "attribute.denied",
+            )
+        decision = self._decisions.get((t, name))
+        if decision is None:
+            decision = self._decide(obj, t, name)
+        if not decision:
+            raise _violation(
+                f"reading {name!r} of a {_tname(obj)} is not allowed in the sandbox",
+                "attribute.not-allowlisted",
+                "the per-type attribute allowlists in the sandbox policy list what pipelines may read",
+            )
+        if t is str and name in ("format", "format_map"):
+            return self._safe_format(obj, name)
+        if obj is str and name in ("format", "format_map"):
+            return self._safe_format_unbound(name)
+        if name == "__init__" and t is super:
+            pass
+        try:
+            value = getattr(obj, name)
+        except AttributeError:
+            raise AttributeError(f"{_tname(obj)!r} object has no attribute {name!r}") from None
+        t_value = type(value)
+        if t_value in _FORBIDDEN_VALUE_TYPES or t_value is types.BuiltinFunctionType:
+            self.check_value(value, f"{_tname(obj)}.{name}")
+        if name in _STR_DUNDERS and not isinstance(value, (str, type(None))):
+            raise _violation(f"{name} of a {_tname(obj)} is not a string", "attribute.dunder")
+        return value
+
+    def _decide(self, obj: Any, t: type, name: str) -> bool:
+        """Decide and cache when the answer depends on the type only."""
+        cacheable = True
+        if t is ClassView:
+            ok = name in ("__name__", "__qualname__", "__module__")
+        elif t is SandboxLogger:
+            ok = name in _LOGGER_METHODS
+        elif t is DeniedName:
+            raise object.__getattribute__(obj, "_refuse")()
+        elif self.owns(obj):
+            ok = self._owned_allowed(obj, t, name)
+            cacheable = False
+        elif t is super:
+            # super().__init__ / super().__call__ / super().method inside a sandboxed class.
+            if name in _CALL_DUNDERS:
+                ok = True
+            else:
+                self_obj = obj.__self__
+                ok = self_obj is not None and self.owns(self_obj) and self._owned_allowed(self_obj, type(self_obj), name)
+            cacheable = False
+        elif name.startswith("__"):
+            if name in _STR_DUNDERS:
+                ok = True
+            elif name in _CALL_DUNDERS:
+                ok = isinstance(obj, type) or name == "__call__"
+            else:
+                ok = False
+        elif name.startswith("_"):
+            ok = False
+        elif t in _VALUE_TYPES:
+            ok = True
+        elif isinstance(obj, type):
+            # Class-level access: value types' methods, enum members, the rules of the class itself.
+            if obj in _VALUE_TYPES:
+                ok = True
+            elif issubclass(obj, enum.Enum):
+                ok = name in obj.__members__ or name in ("name", "value")
+            else:
+                ok = self._static_allowed(obj, name, on_class=True)
+        elif isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial)):
+            ok = isinstance(obj, functools.partial) and name in ("func", "args", "keywords")
+        elif isinstance(obj, types.GeneratorType):
+            ok = name in ("send", "close")
+        else:
+            ok = self._static_allowed(t, name, on_class=False)
+            if not ok:
+                ok = self._dynamic_allowed(obj, t, name)
+                cacheable = False
+        if cacheable:
+            self._decisions[(t, name)] = ok
+        return ok
+
+    def _safe_format(self, s: str, name: str) -> Callable[..., str]:
+        fmt = self._formatter
+        if name == "format":
+            return lambda *a, **k: fmt.vformat(s, a, k)
+        return lambda mapping: fmt.vformat(s, (), mapping)
+
+    def _safe_format_unbound(self, name: str) -> Callable[..., str]:
+        fmt = self._formatter
+        if name == "format":
+            return lambda s, *a, **k: fmt.vformat(str(s), a, k)
+        return lambda s, mapping: fmt.vformat(str(s), (), mapping)
+
+    # ------------------------------------------------------------------ other guard hooks
+
+    def guarded_getitem(self, obj: Any, key: Any) -> Any:
+        t = type(obj)
+        if t is Facade or t is DeniedName:
+            raise _violation("subscripting a module facade", "item.facade")
+        value = obj[key]
+        if type(value) in _FORBIDDEN_VALUE_TYPES:
+            self.check_value(value, f"an item of a {_tname(obj)}")
+        return value
+
+    def guarded_getiter(self, obj: Any) -> Any:
+        if type(obj) is Facade:
+            raise _violation("iterating over a module facade", "iter.facade")
+        return iter(obj)
+
+    def guarded_write(self, obj: Any) -> Any:
+        t = type(obj)
+        if t in _WRITABLE_CONTAINERS:
+            return obj
+        if t is Facade or t is DeniedName or t is ClassView or isinstance(obj, types.ModuleType):
+            raise _violation("writing to a module facade", "write.facade", "module attributes are shared host state")
+        if self.owns(obj):
+            return obj
+        tensor_types = self._tensor_types()
+        if isinstance(obj, tensor_types):
+            return _WriteProxy(obj)
+        if isinstance(obj, type):
+            raise _violation(f"writing to the host class {_tname(obj)}", "write.host-class")
+        raise _violation(
+            f"writing to a {_tname(obj)} (an object the sandbox did not create)",
+            "write.host-object",
+            "a pipeline may change its own attributes and objects it created, not host objects",
+        )
+
+    _tensor_types_cache: tuple[type, ...] | None = None
+
+    def _tensor_types(self) -> tuple[type, ...]:
+        if self._tensor_types_cache is None:
+            found: list[type] = []
+            for path in ("torch.Tensor", "numpy.ndarray"):
+                cls = _resolve_type_path(path)
+                if cls is not None:
+                    found.append(cls)
+            self._tensor_types_cache = tuple(found)
+        return self._tensor_types_cache
+
+    def inplacevar(self, op: Any, x: Any, y: Any) -> Any:
+        fn = _INPLACE_OPS.get(op) if type(op) is str else None
+        if fn is None:
+            raise _violation(f"unknown in-place operator {op!r}", "syntax.augassign")
+        return fn(x, y)
+
+    def apply(self, f: Any, *args: Any, **kwargs: Any) -> Any:
+        return f(*args, **kwargs)
+
+    # ------------------------------------------------------------------ classes and functions
+
+    def wrap_function(self, fn: Any) -> Any:
+        """Every function the sandbox defines: runs with the tripwire armed, whoever calls it."""
+        if not isinstance(fn, types.FunctionType):
+            raise _violation("the sandbox function wrapper got a non-function", "internal.wrap")
+        armed_var = tripwire.ARMED
+        suspended_var = tripwire._SUSPENDED
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                gen = fn(*args, **kwargs)
+                to_send: Any = None
+                while True:
+                    t1 = armed_var.set(True)
+                    t2 = suspended_var.set(False)
+                    try:
+                        value = gen.send(to_send)
+                    except StopIteration as stop:
+                        return stop.value
+                    finally:
+                        suspended_var.reset(t2)
+                        armed_var.reset(t1)
+                    to_send = yield value
+
+            self._functions.add(gen_wrapper)
+            return gen_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t1 = armed_var.set(True)
+            t2 = suspended_var.set(False)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                suspended_var.reset(t2)
+                armed_var.reset(t1)
+
+        self._functions.add(wrapper)
+        return wrapper
+
+    def class_of(self, obj: Any) -> Any:
+        t = type(obj)
+        if t in self._classes:
+            return t
+        if t is Facade:
+            raise _violation("__class__ of a module facade", "attribute.dunder-class")
+        return ClassView(t)
+
+    def bind(self, fn: Any) -> Callable[..., Any]:
+        if fn not in self._functions:
+            raise _violation("__get__ of an object that is not a sandboxed function", "attribute.dunder-get")
+
+        def binder(obj: Any, owner: Any = None) -> Any:
+            if obj is None:
+                return fn
+            return types.MethodType(fn, obj)
+
+        return binder
+
+    def _check_bases(self, name: str, bases: tuple[Any, ...]) -> type:
+        """Refuse dangerous bases; return the most derived metaclass."""
+        for base in bases:
+            if not isinstance(base, type):
+                raise _violation(f"class {name} has a base that is not a class ({_tname(base)})", "class.bases")
+            if issubclass(base, type):
+                raise _violation(f"class {name} derives from a metaclass", "class.metaclass")
+            if issubclass(base, (str, bytes, Facade, DeniedName, ClassView, SandboxLogger, types.ModuleType)):
+                raise _violation(f"class {name} derives from {_tname(base)}", "class.bases")
+            if base.__module__ == "builtins" and base not in (object, dict, list, tuple, set, int, float) and not (
+                issubclass(base, BaseException)
+            ):
+                raise _violation(f"class {name} derives from the builtin {base.__name__}", "class.bases")
+        meta: type = type
+        for base in bases:
+            bt = type(base)
+            if issubclass(bt, meta):
+                meta = bt
+            elif not issubclass(meta, bt):
+                raise TypeError("metaclass conflict")
+        return meta
+
+    def prepare_class(self, name: Any, bases: Any, **kwds: Any) -> Any:
+        """``__metaclass__.__prepare__``: the real metaclass's namespace (Enum needs its own)."""
+        if type(name) is not str or type(bases) is not tuple:
+            raise _violation("a class statement with an invalid name or bases", "class.name")
+        meta = self._check_bases(name, bases)
+        with tripwire.suspended():
+            return meta.__prepare__(name, bases, **kwds)
+
+    def build_class(self, name: Any, bases: Any, ns: Any, **kwds: Any) -> type:
+        """``__metaclass__``: create a class the sandbox defines (checked namespace and bases)."""
+        if type(name) is not str or not name.isidentifier():
+            raise _violation("a class with an invalid name", "class.name")
+        if type(bases) is not tuple:
+            raise _violation("class bases must be a tuple", "class.bases")
+        if not isinstance(ns, dict):
+            raise _violation("a class namespace that is not a dict", "class.namespace")
+        for key in list(ns):
+            if type(key) is not str:
+                raise _violation("a class attribute with a non-string name", "class.namespace")
+            if key.startswith("__") and key.endswith("__"):
+                if (
+                    key not in _CLASS_NS_DUNDERS
+                    and key not in self.policy.allowed_def_names
+                    and key not in self.policy.bindable_dunder_names
+                ):
+                    raise _violation(f"class {name} defines {key}", "class.dunder")
+        meta = self._check_bases(name, bases)
+        for kw in kwds:
+            if type(kw) is not str or kw.startswith("_"):
+                raise _violation(f"class {name} passes keyword {kw!r}", "class.keywords")
+        with tripwire.suspended():
+            cls = meta(name, bases, ns, **kwds)
+        self._classes.add(cls)
+        self._owned_type_cache.clear()
+        self._decisions.clear()
+        return cls
+
+    # ------------------------------------------------------------------ builtins
+
+    def make_builtins(self) -> dict[str, Any]:
+        box = self
+        policy = self.policy
+
+        def guarded_getattr_builtin(obj: Any, name: Any, default: Any = _MISSING) -> Any:
+            if default is _MISSING:
+                return box.guarded_getattr(obj, name)
+            try:
+                return box.guarded_getattr(obj, name)
+            except AttributeError:
+                return default
+
+        def guarded_hasattr(obj: Any, name: Any) -> bool:
+            try:
+                box.guarded_getattr(obj, name)
+            except (AttributeError, PolicyViolation):
+                return False
+            return True
+
+        def guarded_setattr(obj: Any, name: Any, value: Any) -> None:
+            if type(name) is not str or not name.isidentifier():
+                raise _violation("setattr with a non-identifier name", "attribute.name-type")
+            if name.startswith("__") or (name.startswith("_") and name.endswith("_")):
+                raise _violation(f"setattr of {name!r}", "attribute.dunder-write")
+            setattr(box.guarded_write(obj), name, value)
+
+        def guarded_iter(obj: Any, *sentinel: Any) -> Any:
+            if sentinel:
+                return iter(obj, *sentinel)
+            return box.guarded_getiter(obj)
+
+        def bounded_range(*args: Any) -> range:
+            r = range(*args)
+            try:
+                n = len(r)
+            except OverflowError:
+                n = policy.max_range + 1
+            if n > policy.max_range:
+                raise _violation(f"range of {n} elements", "builtins.range-bound")
+            return r
+
+        def sandbox_print(*args: Any, sep: Any = " ", end: Any = "\n", **_ignored: Any) -> None:
+            _PRINT_LOG.info("%s", str(sep).join(str(a) for a in args))
+
+        def sandbox_format(value: Any, spec: Any = "") -> str:
+            return format(value, str(spec))
+
+        impl: dict[str, Any] = {
+            "getattr": guarded_getattr_builtin,
+            "hasattr": guarded_hasattr,
+            "setattr": guarded_setattr,
+            "iter": guarded_iter,
+            "range": bounded_range,
+            "print": sandbox_print,
+            "format": sandbox_format,
+        }
+        result: dict[str, Any] = {}
+        for name in policy.builtin_names:
+            if name in impl:
+                result[name] = impl[name]
+            elif hasattr(_builtins, name):
+                result[name] = getattr(_builtins, name)
+        for name in policy.refused_builtins:
+            if name not in result:
+                result[name] = DeniedName(f"builtins.{name}", rule="builtins.refused")
+        result["__build_class__"] = _builtins.__build_class__
+        result["__import__"] = self.guarded_import
+        return result
+
+    def make_globals(self) -> dict[str, Any]:
+        from pipewarden.sandbox.compile import BIND_NAME, CLASS_OF_NAME, FUNCTION_WRAPPER_NAME
+
+        return {
+            "__builtins__": self.make_builtins(),
+            "__name__": self.module_name,
+            "__doc__": None,
+            "__metaclass__": _MetaclassHook(self),
+            "_getattr_": self.guarded_getattr,
+            "_getitem_": self.guarded_getitem,
+            "_getiter_": self.guarded_getiter,
+            "_write_": self.guarded_write,
+            "_unpack_sequence_": guarded_unpack_sequence,
+            "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
+            "_inplacevar_": self.inplacevar,
+            "_apply_": self.apply,
+            FUNCTION_WRAPPER_NAME: self.wrap_function,
+            CLASS_OF_NAME: self.class_of,
+            BIND_NAME: self.bind,
+        }
+
+
+class _MetaclassHook:
+    """The ``metaclass=__metaclass__`` RestrictedPython puts on every class statement."""
+
+    __slots__ = ("_pw_box",)
+
+    def __init__(self, box: Sandbox) -> None:
+        self._pw_box = box
+
+    def __prepare__(self, name: Any, bases: Any, **kwds: Any) -> Any:  # noqa: PLW3201
+        return self._pw_box.prepare_class(name, bases, **kwds)
+
+    def __call__(self, name: Any, bases: Any, ns: Any, **kwds: Any) -> type:
+        return self._pw_box.build_class(name, bases, ns, **kwds)
+
+
+def _is_type_hint(value: Any) -> bool:
+    """typing constructs such as ``PipelineImageInput = Union[PIL.Image.Image, np.ndarray, ...]``."""
+    import typing
+
+    return isinstance(value, (types.GenericAlias, types.UnionType)) or type(value).__module__ == "typing" and (
+        type(value).__name__ in ("_GenericAlias", "_UnionGenericAlias", "_LiteralGenericAlias", "_CallableGenericAlias")
+    ) or value is typing.Any
+
+
+def _suspending(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Host functions that legitimately generate code (dataclass, namedtuple)."""
+
+    @functools.wraps(fn)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with tripwire.suspended():
+            return fn(*args, **kwargs)
+
+    return call
+
+
+@functools.lru_cache(maxsize=256)
+def _resolve_type_path(path: str) -> type | None:
+    """'torch.nn.Module' -> the class, importing the longest importable module prefix; None if absent."""
+    if path == "BaseException":
+        return BaseException
+    parts = path.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        mod_name = ".".join(parts[:cut])
+        try:
+            with tripwire.suspended():
+                obj: Any = importlib.import_module(mod_name)
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr)
+        except Exception:  # noqa: BLE001 - optional library missing or renamed: no rule
+            continue
+        return obj if isinstance(obj, type) else None
+    return None

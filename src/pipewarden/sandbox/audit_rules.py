@@ -1,0 +1,315 @@
+"""The audit's rule table: ids, severities, messages, help, and the call/attribute patterns.
+
+This module decides *what the audit reports and how loudly*; it is data, read by
+``sandbox/audit.py``. It does not decide what the sandbox allows: which modules may be imported,
+which class is the pipeline and whether the file compiles under the restricted policy come from
+``sandbox.policy``, ``sandbox.scan`` and ``sandbox.compile`` (one source of truth). Rule ids are
+stable: a rule may be retired, never renumbered or reused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+Severity = Literal["error", "warning", "note"]
+SEVERITIES: tuple[Severity, ...] = ("error", "warning", "note")
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One audit rule. ``message`` is the one-line summary; ``help`` says why and what to do."""
+
+    id: str
+    name: str
+    severity: Severity
+    message: str
+    help: str
+
+
+# fmt: off
+RULES: tuple[Rule, ...] = (
+    Rule("PW001", "parse-error", "error",
+         "File does not parse as Python (syntax error, invalid UTF-8 or NUL bytes)",
+         "The sandbox only loads UTF-8 Python source that parses and compiles. Fix the syntax error at the "
+         "reported line, save the file as UTF-8 and remove NUL bytes."),
+    Rule("PW002", "file-too-large", "error",
+         "File is larger than the audit's size limit",
+         "Pipeline files are source code; a file over the limit (default 2 MiB, see --max-file-size) is "
+         "refused unread. Split the file or raise the limit if it is genuinely that large."),
+    Rule("PW003", "file-unreadable", "error",
+         "File could not be read (not a regular file, or an I/O or permission error)",
+         "Only regular files are audited. Check the path and its permissions."),
+    Rule("PW004", "too-complex", "error",
+         "Source is nested too deeply to analyse",
+         "Python's parser or the sandbox's analysis ran out of recursion depth or memory on this file. "
+         "Deeply nested expressions are a denial-of-service pattern; flatten the expression."),
+    Rule("PW005", "analysis-failed", "error",
+         "The audit could not analyse this file",
+         "An unexpected failure stopped the analysis of this file; the file is treated as failing "
+         "(fail closed). Please report it with the file attached."),
+    Rule("PW010", "pipeline-class-count", "error",
+         "File does not define exactly one DiffusionPipeline subclass",
+         "diffusers picks the pipeline class of a custom_pipeline file automatically and needs exactly one "
+         "class inheriting from DiffusionPipeline. Keep one pipeline class per file; move helpers that "
+         "subclass DiffusionPipeline elsewhere."),
+    Rule("PW020", "import-outside-policy", "error",
+         "Import of a module outside the sandbox policy",
+         "Sandboxed pipelines can import only the modules listed in the sandbox policy "
+         "(sandbox/policy/default.toml), served through facades. Use an allowed module, or have your "
+         "organisation add the module to its allowlist (extra_modules)."),
+    Rule("PW030", "dunder-access", "warning",
+         "Access to a dunder attribute or namespace introspection",
+         "Attributes such as __class__ or __dict__ and vars() are the first step of most Python sandbox "
+         "escapes; the sandbox refuses most of them. Use the public API of the object instead."),
+    Rule("PW031", "frame-introspection", "error",
+         "Access to frame, code or interpreter internals (f_globals, __globals__, __subclasses__, ...)",
+         "Frame, code, traceback and generator internals, __globals__/__builtins__/__subclasses__, "
+         "globals(), sys._getframe and inspect's frame functions reach objects outside the sandbox. "
+         "Pipelines have no legitimate need for them; remove the access."),
+    Rule("PW040", "unsafe-deserialization", "error",
+         "Call that can unpickle data (torch.load without weights_only=True, np.load(allow_pickle=True), pickle)",
+         "Unpickling runs arbitrary code from the data file. Use safetensors, pass weights_only=True to "
+         "torch.load, and never pass allow_pickle=True to numpy.load."),
+    Rule("PW041", "unpinned-hub-download", "warning",
+         "Hub download without a pinned 40-hex commit revision",
+         "from_pretrained, hf_hub_download, snapshot_download and similar calls fetch whatever the branch "
+         "points to today (compare bandit B615). Pass revision=\"<40-hex commit sha>\" as a literal."),
+    Rule("PW042", "file-or-os-access", "warning",
+         "Call that reads or writes files or touches the host OS (open, os.*, shutil, save_pretrained, ...)",
+         "Sandboxed pipelines receive their components from the loader and have no file system access. "
+         "Take inputs as arguments and return outputs instead of reading or writing files."),
+    Rule("PW043", "process-or-native-code", "error",
+         "Call that starts processes or loads native code (subprocess, os.system, ctypes, ...)",
+         "Starting processes or loading native code leaves every Python-level guard behind. Remove the call."),
+    Rule("PW044", "network-access", "error",
+         "Call that opens network connections (requests, urllib, socket, http.client, ...)",
+         "Pipelines must not talk to the network: downloads go through the verified loader. Remove the call "
+         "and pass the data in as an argument."),
+    Rule("PW045", "dynamic-code", "error",
+         "Dynamic code execution or import (exec, eval, compile, __import__, importlib, torch.hub.load)",
+         "Code built or imported at run time cannot be audited. Write the code out in the file and import "
+         "modules with a plain import statement."),
+    Rule("PW050", "restricted-compile", "error",
+         "File would not compile under the sandbox's restricted policy",
+         "The sandbox compiles pipelines with a RestrictedPython transformer; the reported construct is "
+         "refused there, so the pipeline cannot be loaded by pipewarden. The message names the sandbox "
+         "rule and the construct."),
+)
+# fmt: on
+
+RULES_BY_ID: Mapping[str, Rule] = MappingProxyType({r.id: r for r in RULES})
+
+
+# --- call patterns ------------------------------------------------------------------------------
+#
+# A call's target is resolved statically to a dotted name through the file's own import bindings
+# (``import numpy as np`` makes ``np.load`` -> ``numpy.load``); builtins resolve to
+# ``builtins.<name>``. The tables are consulted in this order and the first table with an entry
+# for the call decides it (at most one finding per call):
+#   1. EXACT (qualified name);
+#   2. LAST  (the last component of the target, whatever the receiver: ``x.from_pretrained``);
+#   3. PREFIX (``subprocess`` matches ``subprocess.run``), longest prefix first.
+# Within an entry the first pattern whose condition holds gives the finding; if none holds (e.g. a
+# pinned revision) the call is not reported. A rule id of ``None`` marks a call as known-harmless.
+# Conditions (evaluated in sandbox/audit.py):
+#   "no_weights_only"  -> matches unless weights_only=True is passed as a literal
+#   "allow_pickle"     -> matches when allow_pickle is passed and is not the literal False
+#   "unpinned"         -> matches unless revision="<40 hex>" is passed as a literal
+
+@dataclass(frozen=True)
+class CallPattern:
+    rule: str | None
+    what: str
+    condition: str | None = None
+
+
+EXACT_CALLS: Mapping[str, tuple[CallPattern, ...]] = MappingProxyType({
+    "torch.load": (
+        CallPattern("PW040", "torch.load without weights_only=True can unpickle arbitrary code", "no_weights_only"),
+        CallPattern("PW042", "torch.load reads a file"),
+    ),
+    "torch.serialization.load": (
+        CallPattern("PW040", "torch.serialization.load without weights_only=True can unpickle arbitrary code",
+                    "no_weights_only"),
+        CallPattern("PW042", "torch.serialization.load reads a file"),
+    ),
+    "numpy.load": (
+        CallPattern("PW040", "numpy.load with allow_pickle enabled can unpickle arbitrary code", "allow_pickle"),
+        CallPattern("PW042", "numpy.load reads a file"),
+    ),
+    "torch.hub.load": (CallPattern("PW045", "torch.hub.load downloads and runs code from a repository"),),
+    "torch.hub.load_state_dict_from_url": (
+        CallPattern("PW044", "torch.hub.load_state_dict_from_url downloads and unpickles a file"),
+    ),
+    "torch.save": (CallPattern("PW042", "torch.save writes a file"),),
+    "numpy.save": (CallPattern("PW042", "numpy.save writes a file"),),
+    "numpy.savez": (CallPattern("PW042", "numpy.savez writes a file"),),
+    "numpy.savez_compressed": (CallPattern("PW042", "numpy.savez_compressed writes a file"),),
+    "numpy.fromfile": (CallPattern("PW042", "numpy.fromfile reads a file"),),
+    "numpy.loadtxt": (CallPattern("PW042", "numpy.loadtxt reads a file"),),
+    "numpy.genfromtxt": (CallPattern("PW042", "numpy.genfromtxt reads a file"),),
+    "PIL.Image.open": (CallPattern("PW042", "PIL.Image.open reads a file"),),
+    "safetensors.torch.load_file": (CallPattern("PW042", "safetensors.torch.load_file reads a file"),),
+    "safetensors.torch.save_file": (CallPattern("PW042", "safetensors.torch.save_file writes a file"),),
+    "safetensors.safe_open": (CallPattern("PW042", "safetensors.safe_open reads a file"),),
+    "diffusers.utils.load_image": (CallPattern("PW044", "load_image fetches a URL or reads a file"),),
+    "diffusers.utils.export_to_video": (CallPattern("PW042", "export_to_video writes a file"),),
+    "diffusers.utils.export_to_gif": (CallPattern("PW042", "export_to_gif writes a file"),),
+    "pandas.read_pickle": (CallPattern("PW040", "pandas.read_pickle unpickles arbitrary code"),),
+    "joblib.load": (CallPattern("PW040", "joblib.load unpickles arbitrary code"),),
+    "builtins.open": (CallPattern("PW042", "open() reads or writes files"),),
+    "builtins.exec": (CallPattern("PW045", "exec() runs code built at run time"),),
+    "builtins.eval": (CallPattern("PW045", "eval() runs code built at run time"),),
+    "builtins.compile": (CallPattern("PW045", "compile() builds code at run time"),),
+    "builtins.__import__": (CallPattern("PW045", "__import__() imports a module chosen at run time"),),
+    "builtins.breakpoint": (CallPattern("PW045", "breakpoint() starts a debugger"),),
+    "builtins.input": (CallPattern("PW042", "input() reads from the terminal"),),
+    "builtins.globals": (CallPattern("PW031", "globals() exposes the module namespace and its builtins"),),
+    "builtins.vars": (CallPattern("PW030", "vars() exposes an object's __dict__"),),
+    "sys._getframe": (CallPattern("PW031", "sys._getframe reaches the caller's frames"),),
+    "sys.exit": (CallPattern("PW043", "sys.exit stops the host process"),),
+    "os.system": (CallPattern("PW043", "os.system runs a shell command"),),
+    "os.popen": (CallPattern("PW043", "os.popen runs a shell command"),),
+    "os.fork": (CallPattern("PW043", "os.fork starts a process"),),
+    "os.forkpty": (CallPattern("PW043", "os.forkpty starts a process"),),
+    "os.kill": (CallPattern("PW043", "os.kill signals a process"),),
+    "os.killpg": (CallPattern("PW043", "os.killpg signals processes"),),
+    "os.posix_spawn": (CallPattern("PW043", "os.posix_spawn starts a process"),),
+    "os.posix_spawnp": (CallPattern("PW043", "os.posix_spawnp starts a process"),),
+    "os._exit": (CallPattern("PW043", "os._exit kills the host process"),),
+} | {
+    f"os.{name}": (CallPattern("PW043", f"os.{name} replaces the process with another program"),)
+    for name in ("execl", "execle", "execlp", "execlpe", "execv", "execve", "execvp", "execvpe")
+} | {
+    f"os.{name}": (CallPattern("PW043", f"os.{name} starts a process"),)
+    for name in ("spawnl", "spawnle", "spawnlp", "spawnlpe", "spawnv", "spawnve", "spawnvp", "spawnvpe")
+} | {
+    # Pure string functions of os.path: no file system access.
+    "os.path.join": (CallPattern(None, ""),),
+    "os.path.basename": (CallPattern(None, ""),),
+    "os.path.dirname": (CallPattern(None, ""),),
+    "os.path.splitext": (CallPattern(None, ""),),
+    "os.path.split": (CallPattern(None, ""),),
+    "os.path.normpath": (CallPattern(None, ""),),
+    "os.path.normcase": (CallPattern(None, ""),),
+    "os.path.commonprefix": (CallPattern(None, ""),),
+    "io.BytesIO": (CallPattern(None, ""),),
+    "io.StringIO": (CallPattern(None, ""),),
+    "pathlib.Path": (CallPattern(None, ""),),
+    "pathlib.PurePath": (CallPattern(None, ""),),
+    "pathlib.PurePosixPath": (CallPattern(None, ""),),
+    "gc.get_objects": (CallPattern("PW031", "gc.get_objects reaches arbitrary live objects"),),
+    "gc.get_referrers": (CallPattern("PW031", "gc.get_referrers reaches arbitrary live objects"),),
+    "gc.get_referents": (CallPattern("PW031", "gc.get_referents reaches arbitrary live objects"),),
+    "builtins.exit": (CallPattern("PW043", "exit() stops the host process"),),
+    "builtins.quit": (CallPattern("PW043", "quit() stops the host process"),),
+    "urllib.parse.urlparse": (CallPattern(None, ""),),
+    "urllib.parse.urljoin": (CallPattern(None, ""),),
+    "urllib.parse.quote": (CallPattern(None, ""),),
+    "urllib.parse.unquote": (CallPattern(None, ""),),
+    "urllib.parse.urlencode": (CallPattern(None, ""),),
+})
+
+LAST_NAME_CALLS: Mapping[str, tuple[CallPattern, ...]] = MappingProxyType({
+    name: (CallPattern("PW041", "{name} without a pinned revision=\"<40-hex commit>\"", "unpinned"),)
+    for name in (
+        "from_pretrained", "from_single_file", "hf_hub_download", "snapshot_download", "load_lora_weights",
+        "load_textual_inversion", "load_ip_adapter", "load_dataset", "hf_hub_url", "cached_download",
+    )
+} | {
+    "save_pretrained": (CallPattern("PW042", "{name} writes files"),),
+    "push_to_hub": (CallPattern("PW044", "{name} uploads to the network"),),
+    "write_text": (CallPattern("PW042", "{name} writes a file"),),
+    "write_bytes": (CallPattern("PW042", "{name} writes a file"),),
+    "read_text": (CallPattern("PW042", "{name} reads a file"),),
+    "read_bytes": (CallPattern("PW042", "{name} reads a file"),),
+    "unlink": (CallPattern("PW042", "{name} deletes a file"),),
+    "rmtree": (CallPattern("PW042", "{name} deletes a directory tree"),),
+    "currentframe": (CallPattern("PW031", "{name} reaches the caller's frames"),),
+    "_getframe": (CallPattern("PW031", "{name} reaches the caller's frames"),),
+})
+
+PREFIX_CALLS: Mapping[str, tuple[CallPattern, ...]] = MappingProxyType({
+    "os": (CallPattern("PW042", "{name} touches the host OS (files, environment, processes)"),),
+    "io": (CallPattern("PW042", "{name} reads or writes files"),),
+    "shutil": (CallPattern("PW042", "{name} reads, writes or deletes files"),),
+    "tempfile": (CallPattern("PW042", "{name} creates files"),),
+    "glob": (CallPattern("PW042", "{name} lists files"),),
+    "pathlib": (CallPattern("PW042", "{name} accesses the file system"),),
+    "pickle": (CallPattern("PW040", "{name} can unpickle arbitrary code"),),
+    "_pickle": (CallPattern("PW040", "{name} can unpickle arbitrary code"),),
+    "cPickle": (CallPattern("PW040", "{name} can unpickle arbitrary code"),),
+    "dill": (CallPattern("PW040", "{name} can unpickle arbitrary code"),),
+    "cloudpickle": (CallPattern("PW040", "{name} can unpickle arbitrary code"),),
+    "marshal": (CallPattern("PW045", "{name} builds code objects from bytes"),),
+    "shelve": (CallPattern("PW040", "{name} can unpickle arbitrary code"),),
+    "subprocess": (CallPattern("PW043", "{name} starts a process"),),
+    "pty": (CallPattern("PW043", "{name} starts a process"),),
+    "multiprocessing": (CallPattern("PW043", "{name} starts processes"),),
+    "asyncio.create_subprocess_exec": (CallPattern("PW043", "{name} starts a process"),),
+    "asyncio.create_subprocess_shell": (CallPattern("PW043", "{name} runs a shell command"),),
+    "ctypes": (CallPattern("PW043", "{name} loads or calls native code"),),
+    "cffi": (CallPattern("PW043", "{name} loads or calls native code"),),
+    "signal": (CallPattern("PW043", "{name} changes process signal handling"),),
+    "requests": (CallPattern("PW044", "{name} opens a network connection"),),
+    "urllib": (CallPattern("PW044", "{name} opens a network connection"),),
+    "urllib3": (CallPattern("PW044", "{name} opens a network connection"),),
+    "http.client": (CallPattern("PW044", "{name} opens a network connection"),),
+    "httpx": (CallPattern("PW044", "{name} opens a network connection"),),
+    "aiohttp": (CallPattern("PW044", "{name} opens a network connection"),),
+    "socket": (CallPattern("PW044", "{name} opens a network connection"),),
+    "ssl": (CallPattern("PW044", "{name} opens a network connection"),),
+    "ftplib": (CallPattern("PW044", "{name} opens a network connection"),),
+    "smtplib": (CallPattern("PW044", "{name} opens a network connection"),),
+    "telnetlib": (CallPattern("PW044", "{name} opens a network connection"),),
+    "webbrowser": (CallPattern("PW044", "{name} opens a URL"),),
+    "importlib": (CallPattern("PW045", "{name} imports a module chosen at run time"),),
+    "runpy": (CallPattern("PW045", "{name} runs a module"),),
+    "code": (CallPattern("PW045", "{name} runs code built at run time"),),
+    "inspect.stack": (CallPattern("PW031", "{name} reaches the caller's frames"),),
+    "inspect.trace": (CallPattern("PW031", "{name} reaches frames of the current exception"),),
+    "inspect.currentframe": (CallPattern("PW031", "{name} reaches the caller's frames"),),
+    "inspect.getouterframes": (CallPattern("PW031", "{name} reaches the caller's frames"),),
+    "inspect.getinnerframes": (CallPattern("PW031", "{name} reaches frames"),),
+    "inspect.getmembers": (CallPattern("PW031", "{name} lists every attribute, dunders included"),),
+    "inspect.getattr_static": (CallPattern("PW031", "{name} reads attributes around guards"),),
+    "inspect.getclosurevars": (CallPattern("PW031", "{name} exposes globals and closures of a function"),),
+    "huggingface_hub": (CallPattern("PW044", "{name} talks to the Hugging Face Hub"),),
+})
+
+# --- attribute patterns ---------------------------------------------------------------------------
+
+#: Attribute names whose access is reported as PW031 (error): frame/code/generator/traceback internals
+#: and the classic escape dunders. Reading these is how sandbox escapes reach real builtins.
+INTROSPECTION_ATTRIBUTES: frozenset[str] = frozenset({
+    "f_globals", "f_locals", "f_back", "f_builtins", "f_code", "f_trace", "f_lasti", "f_generator",
+    "gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "cr_origin",
+    "ag_frame", "ag_code", "ag_await", "tb_frame", "tb_next",
+    "co_code", "co_consts", "co_names", "co_varnames", "co_filename",
+    "func_globals", "func_code", "func_closure",
+    "__globals__", "__builtins__", "__subclasses__", "__code__", "__closure__", "__mro__", "__bases__",
+    "__base__", "__reduce__", "__reduce_ex__", "__import__", "__loader__", "__spec__", "__getattribute__",
+    "__traceback__", "__self__", "__func__", "__kwdefaults__", "__defaults__",
+})
+
+#: Dunder attribute names that are not reported (ordinary protocol calls such as ``super().__init__``).
+#: The audit uses the sandbox policy's ``allowed_dunder_attrs`` (the reviewed idioms) instead when the
+#: policy has one; this list is the fallback for a policy without it.
+BENIGN_DUNDERS: frozenset[str] = frozenset({
+    "__init__", "__call__", "__name__", "__qualname__", "__doc__", "__version__", "__len__", "__iter__",
+    "__next__", "__enter__", "__exit__", "__getitem__", "__setitem__", "__contains__", "__repr__", "__str__",
+    "__eq__", "__hash__", "__post_init__", "__annotations__", "__dataclass_fields__", "__module__",
+})
+
+#: Builtins that take an attribute name: a literal name argument is checked like ``obj.name``.
+ATTRIBUTE_BUILTINS: frozenset[str] = frozenset({"getattr", "setattr", "hasattr", "delattr"})
+
+HEX40_LENGTH = 40
+
+
+def rule(rule_id: str) -> Rule:
+    """The rule with ``rule_id``; ``KeyError`` for an unknown id (a programming error)."""
+    return RULES_BY_ID[rule_id]

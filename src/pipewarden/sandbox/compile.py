@@ -1,0 +1,400 @@
+"""Restricted compilation of pipeline source (RestrictedPython 9, with reviewed relaxations).
+
+Decides: which Python constructs the pipeline may use and how each is routed through the run-time
+guards. Every RestrictedPython 9 rule is kept except these relaxations, each of which hands the
+decision to a run-time per-type allowlist (see SECURITY.md, "Sandbox layers"):
+
+* single-underscore names and attribute names (``self._guidance_scale``, ``def _encode_prompt``).
+  Guard-hook shaped names (``_getattr_``, ``_write_``, ... anything ``_x_``), ``_print``, ``_tmpN`` and
+  ``_pw...`` stay refused for binding and reading; attribute reads still go through ``_getattr_``,
+  which admits ``_x`` only on the sandbox's own objects;
+* the dunder methods in the policy's ``allowed_def_names`` (``__init__``, ``__call__``, ...);
+* the dunder attribute idioms in the policy (``super().__init__``, ``x.__name__``,
+  ``self.__class__.__name__``, ``f.__get__(obj)``), rewritten to sandbox helpers or ``_getattr_``;
+* ``__name__``/``__doc__`` readable as names; annotated assignments;
+* augmented assignment to attributes and items, rewritten through ``_getattr_``/``_getitem_`` and
+  ``_write_``.
+
+Every function and lambda gets the sandbox's function wrapper as innermost decorator, so its body
+runs with the tripwire armed whoever calls it. ``print`` is an ordinary name (the sandbox's
+logger-backed ``print``). ``try/except*`` stays refused.
+
+Trusts: the policy object and RestrictedPython's transformer.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import warnings
+from dataclasses import dataclass
+from typing import Any
+
+from RestrictedPython.transformer import (
+    FORBIDDEN_FUNC_NAMES,
+    INSPECT_ATTRIBUTES,
+    IOPERATOR_TO_STR,
+    RestrictingNodeTransformer,
+    copy_locations,
+)
+
+from pipewarden.errors import PolicyViolation
+from pipewarden.sandbox.policy import SandboxPolicy, default_policy
+from pipewarden.sandbox.scan import decode_source, parse_source
+
+__all__ = ["CompileIssue", "check_compile", "compile_restricted_module", "FUNCTION_WRAPPER_NAME"]
+
+#: Names the transformer injects; user code can never bind or read them (they match _GUARD_SHAPE).
+FUNCTION_WRAPPER_NAME = "_pw_fn_"
+CLASS_OF_NAME = "_pw_class_"
+BIND_NAME = "_pw_bind_"
+
+_GUARD_SHAPE = re.compile(r"^_.*_$")  # _getattr_, _write_, _pw_fn_, __metaclass__, ...
+_ONLY_UNDERSCORES = re.compile(r"^_+$")  # throwaway names: _, __, ____
+_RESERVED = re.compile(r"^(_print|_tmp\d+|_pw.*|_apply|_getiter|_getattr|_getitem|_write|_inplacevar)$")
+#: Guard hooks and helpers: never usable as attribute names either.
+_HOOK_ATTRS = re.compile(
+    r"^(_getattr_|_getitem_|_getiter_|_write_|_apply_|_inplacevar_|_unpack_sequence_|"
+    r"_iter_unpack_sequence_|_print_|_print|_pw.*|_tmp\d+)$"
+)
+
+
+@dataclass(frozen=True)
+class CompileIssue:
+    """One refusal found while compiling: where, which rule, and a message."""
+
+    lineno: int
+    col_offset: int
+    rule: str
+    message: str
+
+
+_BASE_RULES = (
+    ('starts with "_"', "name.underscore"),
+    ("__roles__", "name.roles"),
+    ("reserved name", "name.reserved"),
+    ("Exec calls", "call.exec"),
+    ("Eval calls", "call.eval"),
+    ("metaclass", "class.metaclass"),
+    ('"*" imports', "import.star"),
+    ("Lazy import", "import.lazy"),
+    ("restricted name", "attribute.inspect"),
+    ("Unpacking in comprehensions", "syntax.comprehension-unpacking"),
+    ("Assignment expressions", "syntax.walrus-target"),
+)
+
+
+class PipewardenTransformer(RestrictingNodeTransformer):
+    """RestrictedPython's transformer with pipewarden's reviewed relaxations (see module docstring)."""
+
+    def __init__(self, policy: SandboxPolicy) -> None:
+        super().__init__()
+        self.policy = policy
+        self.issues: list[CompileIssue] = []
+        self._parents: dict[int, ast.AST] = {}
+
+    # -- error bookkeeping ------------------------------------------------------------------------
+
+    def error(self, node: ast.AST, info: str) -> None:
+        rule = ""
+        for needle, name in _BASE_RULES:
+            if needle in info:
+                rule = name
+                break
+        if not rule:
+            m = re.match(r"(\w+) statements are not allowed", info)
+            rule = f"syntax.{m.group(1)}" if m else "restricted"
+        self._record(node, rule, info)
+
+    def _record(self, node: ast.AST, rule: str, message: str) -> None:
+        lineno = getattr(node, "lineno", 0) or 0
+        col = getattr(node, "col_offset", 0) or 0
+        self.errors.append(f"Line {lineno}: {message}")
+        self.issues.append(CompileIssue(lineno, col, rule, message))
+
+    def gen_tmp_name(self) -> str:
+        name = "_tmp%i" % self._tmp_idx
+        self._tmp_idx += 1
+        return name
+
+    # -- names ------------------------------------------------------------------------------------
+
+    def check_name(self, node: Any, name: str | None, allow_magic_methods: bool = False) -> None:
+        if name is None or _ONLY_UNDERSCORES.match(name):
+            return
+        if name.startswith("__") and name.endswith("__") and len(name) > 4:
+            if allow_magic_methods and name in self.policy.allowed_def_names and node.col_offset != 0:
+                return
+            if name in self.policy.bindable_dunder_names:
+                return
+            self._record(
+                node,
+                "name.dunder",
+                f'"{name}" is not allowed: dunder names are reserved (allowed method names: '
+                f"{', '.join(sorted(self.policy.allowed_def_names))})",
+            )
+            return
+        if name.startswith("_") and name != "_":
+            if _GUARD_SHAPE.match(name) or _RESERVED.match(name) or name.startswith("__"):
+                self._record(
+                    node,
+                    "name.guard-hook",
+                    f'"{name}" is not allowed: names shaped like sandbox guard hooks are reserved',
+                )
+            return
+        if name.endswith("__roles__"):
+            self._record(node, "name.roles", f'"{name}" is an invalid name because it ends with "__roles__"')
+        elif name in FORBIDDEN_FUNC_NAMES:
+            self._record(node, "name.reserved", f'"{name}" is a reserved name')
+
+    def visit_Name(self, node: ast.Name) -> Any:
+        node = self.node_contents_visit(node)
+        if isinstance(node.ctx, ast.Load):
+            self.used_names[node.id] = True
+            if node.id in self.policy.readable_dunder_names:
+                return node
+            if node.id in ("print", "printed"):
+                return node  # plain name: the sandbox's logger-backed print (``printed`` is undefined)
+        self.check_name(node, node.id)
+        return node
+
+    # -- attributes -------------------------------------------------------------------------------
+
+    def _parent(self, node: ast.AST) -> ast.AST | None:
+        return self._parents.get(id(node))
+
+    def visit_Attribute(self, node: ast.Attribute) -> Any:
+        attr = node.attr
+        is_dunder = attr.startswith("__") and attr.endswith("__") and len(attr) > 4
+        if attr.endswith("__roles__"):
+            self._record(node, "name.roles", f'"{attr}" is an invalid attribute name')
+            return node
+        if attr in INSPECT_ATTRIBUTES:
+            self._record(node, "attribute.inspect", f'"{attr}" is a restricted name (frames, code, tracebacks)')
+            return node
+        if is_dunder:
+            return self._visit_dunder_attribute(node)
+        if attr.startswith("_") and not _ONLY_UNDERSCORES.match(attr) and (
+            _HOOK_ATTRS.match(attr) or attr.startswith("__")
+        ):
+            self._record(
+                node,
+                "attribute.guard-hook",
+                f'"{attr}" is not allowed as an attribute name (guard-hook or name-mangled shape)',
+            )
+            return node
+        return self._route_attribute(node)
+
+    def _route_attribute(self, node: ast.Attribute) -> Any:
+        if isinstance(node.ctx, ast.Load):
+            node = self.node_contents_visit(node)
+            new_node = ast.Call(
+                func=ast.Name("_getattr_", ast.Load()), args=[node.value, ast.Constant(node.attr)], keywords=[]
+            )
+            copy_locations(new_node, node)
+            return new_node
+        node = self.node_contents_visit(node)
+        new_value = ast.Call(func=ast.Name("_write_", ast.Load()), args=[node.value], keywords=[])
+        copy_locations(new_value, node.value)
+        node.value = new_value
+        return node
+
+    def _visit_dunder_attribute(self, node: ast.Attribute) -> Any:
+        attr = node.attr
+        if attr not in self.policy.allowed_dunder_attrs:
+            self._record(
+                node,
+                "attribute.dunder",
+                f'"{attr}" is not allowed: dunder attributes are refused except the reviewed idioms '
+                f"({', '.join(sorted(self.policy.allowed_dunder_attrs))})",
+            )
+            return node
+        if not isinstance(node.ctx, ast.Load):
+            self._record(node, "attribute.dunder-write", f'writing or deleting "{attr}" is not allowed')
+            return node
+        parent = self._parent(node)
+        if attr == "__class__":
+            receiver_is_self = isinstance(node.value, ast.Name) and node.value.id == "self"
+            ok = (
+                receiver_is_self
+                or (isinstance(parent, ast.Attribute) and parent.attr in ("__name__", "__qualname__"))
+                or isinstance(parent, (ast.FormattedValue, ast.Compare))
+            )
+            if not ok:
+                self._record(
+                    node,
+                    "attribute.dunder-class",
+                    "x.__class__ is only allowed as x.__class__.__name__, in an f-string, in a "
+                    "comparison, or as self.__class__",
+                )
+                return node
+            node = self.node_contents_visit(node)
+            new_node = ast.Call(func=ast.Name(CLASS_OF_NAME, ast.Load()), args=[node.value], keywords=[])
+            copy_locations(new_node, node)
+            return new_node
+        if attr == "__get__":
+            if not (isinstance(parent, ast.Call) and parent.func is node):
+                self._record(node, "attribute.dunder-get", "f.__get__ is only allowed as a call f.__get__(obj)")
+                return node
+            node = self.node_contents_visit(node)
+            new_node = ast.Call(func=ast.Name(BIND_NAME, ast.Load()), args=[node.value], keywords=[])
+            copy_locations(new_node, node)
+            return new_node
+        # __name__, __qualname__, __version__, __init__, __call__, __post_init__, __doc__: the
+        # run-time _getattr_ decides per object.
+        return self._route_attribute(node)
+
+    # -- definitions ------------------------------------------------------------------------------
+
+    def _wrap_decorator(self, node: ast.AST) -> ast.Name:
+        deco = ast.Name(FUNCTION_WRAPPER_NAME, ast.Load())
+        copy_locations(deco, node)  # type: ignore[arg-type]
+        return deco
+
+    def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
+        new = super().visit_FunctionDef(node)
+        new.decorator_list.append(self._wrap_decorator(new))  # innermost: wraps the raw function
+        return new
+
+    def visit_Lambda(self, node: ast.Lambda) -> Any:
+        new = super().visit_Lambda(node)
+        call = ast.Call(func=ast.Name(FUNCTION_WRAPPER_NAME, ast.Load()), args=[new], keywords=[])
+        copy_locations(call, node)
+        return call
+
+    def check_function_argument_names(self, node: Any) -> None:
+        super().check_function_argument_names(node)
+
+    def visit_ClassDef(self, node: ast.ClassDef) -> Any:
+        for kw in node.keywords:
+            if kw.arg is None:
+                self._record(node, "class.keywords", "**kwargs in a class statement is not allowed")
+        return super().visit_ClassDef(node)
+
+    # -- assignments ------------------------------------------------------------------------------
+
+    def visit_AnnAssign(self, node: ast.AnnAssign) -> Any:
+        return self.node_contents_visit(node)
+
+    def visit_AugAssign(self, node: ast.AugAssign) -> Any:
+        if isinstance(node.target, ast.Name):
+            return super().visit_AugAssign(node)
+        op = IOPERATOR_TO_STR[type(node.op)]
+        target = node.target
+        if isinstance(target, ast.Attribute):
+            attr = target.attr
+            if attr.startswith("__") or _HOOK_ATTRS.match(attr) or attr in INSPECT_ATTRIBUTES:
+                self._record(node, "attribute.dunder-write", f'augmented assignment to "{attr}" is not allowed')
+                return node
+            obj_tmp = self.gen_tmp_name()
+            w_tmp = self.gen_tmp_name()
+            value = self.visit(target.value)
+            rhs = self.visit(node.value)
+            # The write guard runs FIRST, so a refused target is never mutated in place.
+            stmts: list[ast.stmt] = [
+                ast.Assign(targets=[ast.Name(obj_tmp, ast.Store())], value=value),
+                ast.Assign(
+                    targets=[ast.Name(w_tmp, ast.Store())],
+                    value=ast.Call(
+                        func=ast.Name("_write_", ast.Load()), args=[ast.Name(obj_tmp, ast.Load())], keywords=[]
+                    ),
+                ),
+            ]
+            read = ast.Call(
+                func=ast.Name("_getattr_", ast.Load()),
+                args=[ast.Name(obj_tmp, ast.Load()), ast.Constant(attr)],
+                keywords=[],
+            )
+            new_target: ast.expr = ast.Attribute(value=ast.Name(w_tmp, ast.Load()), attr=attr, ctx=ast.Store())
+        elif isinstance(target, ast.Subscript):
+            obj_tmp = self.gen_tmp_name()
+            key_tmp = self.gen_tmp_name()
+            w_tmp = self.gen_tmp_name()
+            value = self.visit(target.value)
+            key = self.visit(target.slice)
+            rhs = self.visit(node.value)
+            stmts = [
+                ast.Assign(targets=[ast.Name(obj_tmp, ast.Store())], value=value),
+                ast.Assign(targets=[ast.Name(key_tmp, ast.Store())], value=key),
+                ast.Assign(
+                    targets=[ast.Name(w_tmp, ast.Store())],
+                    value=ast.Call(
+                        func=ast.Name("_write_", ast.Load()), args=[ast.Name(obj_tmp, ast.Load())], keywords=[]
+                    ),
+                ),
+            ]
+            read = ast.Call(
+                func=ast.Name("_getitem_", ast.Load()),
+                args=[ast.Name(obj_tmp, ast.Load()), ast.Name(key_tmp, ast.Load())],
+                keywords=[],
+            )
+            new_target = ast.Subscript(value=ast.Name(w_tmp, ast.Load()), slice=ast.Name(key_tmp, ast.Load()), ctx=ast.Store())
+        else:  # pragma: no cover - the grammar allows nothing else
+            self._record(node, "syntax.augassign", "unsupported augmented assignment target")
+            return node
+        compute = ast.Call(
+            func=ast.Name("_inplacevar_", ast.Load()), args=[ast.Constant(op), read, rhs], keywords=[]
+        )
+        stmts.append(ast.Assign(targets=[new_target], value=compute))
+        for s in stmts:
+            copy_locations(s, node)
+        return stmts
+
+    # -- module -----------------------------------------------------------------------------------
+
+    def visit_Module(self, node: ast.Module) -> Any:
+        for parent in ast.walk(node):
+            for child in ast.iter_child_nodes(parent):
+                self._parents[id(child)] = parent
+        return self.node_contents_visit(node)
+
+
+def _transform(tree: ast.Module, policy: SandboxPolicy) -> tuple[ast.Module, tuple[CompileIssue, ...]]:
+    transformer = PipewardenTransformer(policy)
+    new_tree = transformer.visit(tree)
+    ast.fix_missing_locations(new_tree)
+    issues = tuple(sorted(transformer.issues, key=lambda i: (i.lineno, i.col_offset)))
+    return new_tree, issues
+
+
+def check_compile(
+    source: str | bytes, *, filename: str = "pipeline.py", policy: SandboxPolicy | None = None
+) -> tuple[CompileIssue, ...]:
+    """The restricted-compilation refusals for ``source`` (empty tuple: it compiles).
+
+    Undecodable or unparseable source raises ``ScanError`` (as ``scan_source`` does).
+    """
+    policy = policy or default_policy()
+    text = decode_source(source, filename=filename)
+    tree = parse_source(text, filename=filename)
+    _, issues = _transform(tree, policy)
+    return issues
+
+
+def compile_restricted_module(
+    source: str | bytes, *, filename: str = "pipeline.py", policy: SandboxPolicy | None = None
+) -> Any:
+    """Compile ``source`` under the restricted rules; ``PolicyViolation`` lists every refusal."""
+    policy = policy or default_policy()
+    text = decode_source(source, filename=filename)
+    tree = parse_source(text, filename=filename)
+    new_tree, issues = _transform(tree, policy)
+    if issues:
+        first = issues[0]
+        listing = "; ".join(f"line {i.lineno}: {i.message} [{i.rule}]" for i in issues[:20])
+        more = f" (and {len(issues) - 20} more)" if len(issues) > 20 else ""
+        raise PolicyViolation(
+            f"{filename} uses constructs the sandbox refuses: {listing}{more}",
+            rule=f"compile.{first.rule}",
+            fix="remove the refused constructs; see SECURITY.md for what pipelines may use",
+        )
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return compile(new_tree, filename, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:
+        raise PolicyViolation(
+            f"{filename} could not be compiled after restriction: {exc}",
+            rule="compile.internal",
+            fix="report this file to the pipewarden maintainers",
+        ) from None

@@ -1,0 +1,215 @@
+"""The audit-hook tripwire: a second net under the guards.
+
+Decides: while sandboxed code runs (a context variable, so it is per thread and per asyncio task; or
+process-wide once :func:`arm_process_wide` was called in a worker), the audit events in the policy's
+``[tripwire]`` table -- writes through ``open``, sockets, subprocesses, ``os.system``/``exec*``/
+``fork``, ``ctypes``, compile/exec of new source, imports outside the allowlist, frame and gc
+introspection -- raise a fresh ``PolicyViolation`` instead of happening.
+
+The hook is installed once per process (``sys.addaudithook`` cannot be undone). When nothing is
+armed it returns after one context-variable read. Trusted host code that must legitimately compile
+code for the sandbox (``dataclass``, ``namedtuple``, the sandbox's own ``exec`` of the vetted module)
+runs inside :func:`suspended` or with :func:`permit_exec`.
+
+Trusts: the policy's tripwire table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+from pipewarden.errors import PolicyViolation
+from pipewarden.sandbox.policy import TripwireRule, default_policy
+
+__all__ = [
+    "install",
+    "armed",
+    "suspended",
+    "permit_exec",
+    "arm_process_wide",
+    "is_armed",
+    "ARMED",
+]
+
+#: True while sandboxed frames run in this context.
+ARMED: contextvars.ContextVar[bool] = contextvars.ContextVar("pipewarden_tripwire_armed", default=False)
+_SUSPENDED: contextvars.ContextVar[bool] = contextvars.ContextVar("pipewarden_tripwire_suspended", default=False)
+_PERMITTED_CODE: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "pipewarden_tripwire_permitted_code", default=None
+)
+
+_install_lock = threading.Lock()
+_installed = False
+_process_wide = False
+_rule: TripwireRule | None = None
+_stdlib: frozenset[str] = frozenset(getattr(sys, "stdlib_module_names", ()))
+_extra_import_tops: set[str] = set()
+
+_WRITE_FLAGS = 0
+try:
+    import os as _os
+
+    _WRITE_FLAGS = _os.O_WRONLY | _os.O_RDWR | _os.O_APPEND | _os.O_CREAT | _os.O_TRUNC
+except Exception:  # pragma: no cover
+    pass
+
+
+def is_armed() -> bool:
+    return (_process_wide or ARMED.get()) and not _SUSPENDED.get()
+
+
+def _library_roots() -> tuple[str, ...]:
+    import sysconfig
+
+    roots = set()
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        try:
+            path = sysconfig.get_paths()[key]
+        except KeyError:  # pragma: no cover
+            continue
+        roots.add(_os.path.realpath(path) + _os.sep)
+    for entry in sys.path:
+        if entry and ("site-packages" in entry or "dist-packages" in entry):
+            roots.add(_os.path.realpath(entry) + _os.sep)
+    return tuple(sorted(roots))
+
+
+_LIB_ROOTS: tuple[str, ...] = ()
+
+
+def _is_installed_library_file(filename: object) -> bool:
+    """Code read from an installed library file (an import), not source made up at run time."""
+    global _LIB_ROOTS
+    if not isinstance(filename, str) or not filename.endswith(".py") or not _os.path.isabs(filename):
+        return False
+    if not _LIB_ROOTS:
+        _LIB_ROOTS = _library_roots()
+    real = _os.path.realpath(filename)
+    return real.startswith(_LIB_ROOTS)
+
+
+def _refuse(event: str, detail: str) -> PolicyViolation:
+    return PolicyViolation(
+        f"sandboxed code triggered {detail}",
+        rule=f"tripwire.{event}",
+        fix="pipelines may not touch files, processes, the network or the interpreter",
+    )
+
+
+def _open_is_write(args: tuple[Any, ...]) -> bool:
+    mode = args[1] if len(args) > 1 else None
+    flags = args[2] if len(args) > 2 else 0
+    if isinstance(mode, str) and any(c in mode for c in "wax+"):
+        return True
+    if isinstance(flags, int) and flags & _WRITE_FLAGS:
+        return True
+    return False
+
+
+def _hook(event: str, args: tuple[Any, ...]) -> None:
+    if not (_process_wide or ARMED.get()) or _SUSPENDED.get():
+        return
+    rule = _rule
+    if rule is None:  # pragma: no cover - set before install
+        return
+    if event == "open":
+        if _open_is_write(args):
+            raise _refuse("open-write", f"opening {args[0]!r} for writing") from None
+        return
+    if event == "import":
+        name = args[0] if args else ""
+        top = str(name).split(".")[0]
+        if top in rule.deny_imports:
+            raise _refuse("import", f"an import of {name!r}") from None
+        if top in rule.host_import_top_levels or top in _extra_import_tops:
+            return
+        if top in _stdlib:
+            return
+        raise _refuse("import", f"an import of {name!r} (not on the allowlist)") from None
+    if event == "exec":
+        permitted = _PERMITTED_CODE.get()
+        code = args[0] if args else None
+        if permitted is not None and code is permitted:
+            return
+        # Host libraries importing their own modules lazily: module code read from an installed file.
+        if getattr(code, "co_name", None) == "<module>" and _is_installed_library_file(
+            getattr(code, "co_filename", None)
+        ):
+            return
+        raise _refuse("exec", "exec of a code object") from None
+    if event == "compile":
+        # (source, filename): an import compiling an installed .py without a cached .pyc is fine.
+        if len(args) > 1 and _is_installed_library_file(args[1]):
+            return
+        raise _refuse("compile", "compilation of new source") from None
+    if event in rule.events or event.startswith(rule.event_prefixes):
+        raise _refuse(event, f"the audited operation {event!r}") from None
+
+
+def install(policy_rule: TripwireRule | None = None, extra_import_tops: frozenset[str] | None = None) -> None:
+    """Install the audit hook once per process (idempotent)."""
+    global _installed, _rule
+    if extra_import_tops:
+        _extra_import_tops.update(extra_import_tops)
+    if _installed:
+        return
+    with _install_lock:
+        if _installed:
+            return
+        _rule = policy_rule or default_policy().tripwire
+        sys.addaudithook(_hook)
+        _installed = True
+
+
+@contextlib.contextmanager
+def armed() -> Iterator[None]:
+    """Arm the tripwire in the current context for the duration of the block."""
+    install()
+    token = ARMED.set(True)
+    token2 = _SUSPENDED.set(False)
+    try:
+        yield
+    finally:
+        _SUSPENDED.reset(token2)
+        ARMED.reset(token)
+
+
+@contextlib.contextmanager
+def suspended() -> Iterator[None]:
+    """Disarm in the current context (trusted host code only; never reachable from the sandbox).
+
+    Used around host functions that must compile code (``dataclass``, ``namedtuple``), around class
+    creation by host metaclasses and around facade attribute resolution (lazy library imports).
+    Sandboxed functions called from inside re-arm themselves.
+    """
+    token = _SUSPENDED.set(True)
+    try:
+        yield
+    finally:
+        _SUSPENDED.reset(token)
+
+
+@contextlib.contextmanager
+def permit_exec(code: object) -> Iterator[None]:
+    """Let exactly this code object pass the ``exec`` event (the sandbox's own module exec)."""
+    token = _PERMITTED_CODE.set(code)
+    try:
+        yield
+    finally:
+        _PERMITTED_CODE.reset(token)
+
+
+def arm_process_wide() -> None:
+    """Arm the tripwire for every thread and context of this process, for good.
+
+    For the isolation worker: call it after the worker has imported what it needs and before it
+    reads untrusted bytes. Irreversible by design.
+    """
+    global _process_wide
+    install()
+    _process_wide = True

@@ -1,0 +1,849 @@
+"""Escape-suite harness: a hostile world with detectors, and runners for one payload.
+
+What it decides: whether running one payload left a side effect on the host. What it trusts:
+nothing the payload returns or raises (both are only read as text, never called).
+
+The world (built once per session) holds
+  * a canary directory every write payload aims at (emptied before each run, must stay empty),
+  * a loopback TCP listener every network payload aims at (no accepted connection allowed),
+  * three secrets: one in ``os.environ``, one in this module's globals (``HOST_SECRET``), one in a
+    file outside the canary; none may appear in a result, an exception or captured output,
+  * evil artifacts (a pickle, an object-array .npy, a hubconf.py, a remote ``pipeline.py``, a
+    shared object with a constructor, a TorchScript file) that touch the canary when loaded.
+
+Detectors compare host state before and after a run: module and class dictionaries (identity of
+every value), ``builtins``, ``sys`` hooks and paths, ``os.environ``, cwd, signal handlers, torch
+global flags, logging handlers, threads, child processes and the UNet's hooks. ``Observation``
+lists every violation as text; an empty list means no side effect was seen.
+
+Runners: ``plain`` (unsandboxed ``exec``: used only by the self-tests, to prove the detectors and
+the payloads are live), ``inprocess`` (``pipewarden.sandbox.load_class``) and ``process``
+(``pipewarden.load_pipeline(..., isolation="process")``).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import pickle
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import types
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+SECRET_ENV = "PIPEWARDEN_TEST_SECRET"
+#: A secret held in a host-module global; payloads hunt for it through frames and the GC.
+HOST_SECRET = "pwsecret-host-" + secrets.token_hex(12)
+ENV_SECRET = os.environ.get(SECRET_ENV) or ("pwsecret-env-" + secrets.token_hex(12))
+FILE_SECRET = "pwsecret-file-" + secrets.token_hex(12)
+# Set as early as possible (module import = pytest collection), so that a fork server started
+# later by process isolation inherits it unless it scrubs the environment.
+os.environ[SECRET_ENV] = ENV_SECRET
+
+SECRETS = (HOST_SECRET, ENV_SECRET, FILE_SECRET)
+
+EVIL_MODULE_SOURCE = """\
+import os
+open(os.path.join({canary!r}, "evil_remote_module_imported"), "w").close()
+
+from diffusers import DiffusionPipeline
+
+
+class EvilRemotePipeline(DiffusionPipeline):
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+"""
+
+EVIL_HUBCONF_SOURCE = """\
+import os
+open(os.path.join({canary!r}, "evil_hubconf_imported"), "w").close()
+
+
+def evil():
+    return 1
+"""
+
+EVIL_SO_SOURCE = r"""
+#include <stdio.h>
+__attribute__((constructor)) static void pw_evil_ctor(void) {
+    FILE *f = fopen("%s/evil_shared_object_loaded", "w");
+    if (f) fclose(f);
+}
+"""
+
+
+class _Mkdir:
+    """Pickles to ``os.mkdir(path)``: proves a pickle load ran attacker-chosen code."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (os.mkdir, (self.path,))
+
+
+@dataclasses.dataclass
+class World:
+    root: Path
+    canary: Path
+    secret_file: Path
+    evil_dir: Path
+    weights: Path
+    listener: socket.socket
+    port: int
+    have_shared_object: bool
+    substitutions: dict[str, str]
+
+    def render(self, template: str) -> str:
+        out = template
+        for key, value in self.substitutions.items():
+            out = out.replace(key, value)
+        if "@" in out:
+            for key in ("@CANARY@", "@PORT@", "@SECRET"):
+                assert key not in out, f"unrendered placeholder in payload: {key}"
+        return out
+
+    def clear_canary(self) -> None:
+        for entry in self.canary.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+    def canary_entries(self) -> list[str]:
+        return sorted(str(p.relative_to(self.canary)) for p in self.canary.rglob("*"))
+
+    def drain_connections(self) -> int:
+        """Accept (and close) every connection queued on the listener; return how many."""
+        count = 0
+        self.listener.setblocking(False)
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except (BlockingIOError, InterruptedError):
+                break
+            conn.close()
+            count += 1
+        return count
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def build_world(root: Path, weights: Path) -> World:
+    """Create the canary, secrets, listener and evil artifacts under ``root``."""
+    root = Path(root)
+    canary = root / "canary"
+    canary.mkdir(parents=True, exist_ok=True)
+    secret_dir = root / "secret"
+    secret_dir.mkdir(exist_ok=True)
+    secret_file = secret_dir / "secret.txt"
+    secret_file.write_text(FILE_SECRET, encoding="ascii")
+    evil = root / "evil"
+    evil.mkdir(exist_ok=True)
+    (evil / "pipeline.py").write_text(EVIL_MODULE_SOURCE.format(canary=str(canary)), encoding="utf-8")
+    (evil / "hubconf.py").write_text(EVIL_HUBCONF_SOURCE.format(canary=str(canary)), encoding="utf-8")
+    (evil / "evil.pkl").write_bytes(pickle.dumps(_Mkdir(str(canary / "evil_pickle_file_loaded"))))
+    pickle_hex = pickle.dumps(_Mkdir(str(canary / "evil_pickle_bytes_loaded"))).hex()
+
+    import numpy as np
+
+    arr = np.empty(1, dtype=object)
+    arr[0] = _Mkdir(str(canary / "evil_npy_loaded"))
+    np.save(evil / "evil.npy", arr, allow_pickle=True)
+
+    have_so = False
+    gcc = shutil.which("gcc") or shutil.which("cc")
+    so_path = evil / "evil.so"
+    if gcc:
+        c_file = evil / "evil.c"
+        c_file.write_text(EVIL_SO_SOURCE % str(canary), encoding="ascii")
+        proc = subprocess.run(
+            [gcc, "-shared", "-fPIC", "-o", str(so_path), str(c_file)], capture_output=True, timeout=60
+        )
+        have_so = proc.returncode == 0
+    if not have_so:
+        so_path.write_bytes(b"not an ELF file")
+
+    import torch
+
+    class _Tiny(torch.nn.Module):
+        def forward(self, x):
+            return x + 1
+
+    torch.jit.save(torch.jit.script(_Tiny()), str(evil / "evil_jit.pt"))
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(128)
+    port = listener.getsockname()[1]
+
+    subs = {
+        "@CANARY@": str(canary),
+        "@PORT@": str(port),
+        "@SECRET_ENV@": SECRET_ENV,
+        "@SECRET_FILE@": str(secret_file),
+        "@SECRET_LEN@": str(len(FILE_SECRET)),
+        "@EVIL_DIR@": str(evil),
+        "@EVIL_PKL@": str(evil / "evil.pkl"),
+        "@EVIL_NPY@": str(evil / "evil.npy"),
+        "@EVIL_SO@": str(so_path),
+        "@EVIL_JIT@": str(evil / "evil_jit.pt"),
+        "@PICKLE_HEX@": pickle_hex,
+        "@WEIGHTS@": str(weights),
+    }
+    return World(root, canary, secret_file, evil, Path(weights), listener, port, have_so, subs)
+
+
+# --------------------------------------------------------------------------------------------
+# Host-state snapshot
+# --------------------------------------------------------------------------------------------
+
+#: Modules whose every attribute must keep its identity (a payload writing to shared module
+#: state would change what every other user of the host sees).
+WATCHED_MODULES = (
+    "builtins",
+    "os",
+    "os.path",
+    "torch",
+    "torch.nn",
+    "torch.nn.functional",
+    "torch.nn.modules.module",
+    "torch.serialization",
+    "torch.hub",
+    "torch.backends",
+    "torch.backends.cudnn",
+    "numpy",
+    "diffusers",
+    "diffusers.utils",
+    "diffusers.utils.logging",
+    "diffusers.utils.dynamic_modules_utils",
+    "diffusers.pipelines.pipeline_utils",
+    "diffusers.models.modeling_utils",
+    "safetensors.torch",
+    "PIL.Image",
+    "logging",
+    "string",
+    "operator",
+    "functools",
+    "inspect",
+    "gc",
+    "importlib",
+    "subprocess",
+    "socket",
+    "shutil",
+    "pickle",
+    __name__,
+)
+
+#: Classes whose dictionaries must keep every value (monkeypatching a host class is an escape).
+WATCHED_CLASSES = (
+    ("diffusers", "DiffusionPipeline"),
+    ("diffusers", "ConfigMixin"),
+    ("diffusers", "ModelMixin"),
+    ("diffusers", "UNet2DModel"),
+    ("diffusers", "DDPMScheduler"),
+    ("diffusers", "SchedulerMixin"),
+    ("torch.nn", "Module"),
+    ("torch", "Tensor"),
+    ("builtins", "str"),
+)
+
+_GLOBAL_HOOK_DICTS = (
+    "_global_backward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_forward_hooks",
+    "_global_forward_hooks_with_kwargs",
+    "_global_forward_hooks_always_called",
+    "_global_buffer_registration_hooks",
+    "_global_module_registration_hooks",
+    "_global_parameter_registration_hooks",
+)
+
+#: Module names a payload may try to pull in; a new entry under one of these is a finding.
+DANGEROUS_NEW_MODULES = frozenset(
+    {
+        "subprocess",
+        "ctypes",
+        "_ctypes",
+        "socket",
+        "_socket",
+        "pty",
+        "webbrowser",
+        "antigravity",
+        "pdb",
+        "bdb",
+        "pydoc",
+        "multiprocessing",
+        "shutil",
+        "tempfile",
+        "http",
+        "urllib",
+        "ftplib",
+        "smtplib",
+        "pickle",
+        "_pickle",
+        "marshal",
+        "code",
+        "codeop",
+        "gc",
+        "ssl",
+        "signal",
+        "mmap",
+        "resource",
+        "fcntl",
+        "readline",
+        "cProfile",
+        "profile",
+        "trace",
+        "tracemalloc",
+        "runpy",
+        "pkgutil",
+        "sqlite3",
+        "shelve",
+        "xmlrpc",
+        "socketserver",
+        "diffusers_modules",
+        "hubconf",
+        "torch.utils.cpp_extension",
+        "torch.distributed.rpc",
+    }
+)
+
+
+def _descendants(root_pid: int) -> dict[int, str]:
+    """pid -> exe of every live descendant process of ``root_pid`` (Linux /proc)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read().decode("latin-1")
+        except OSError:
+            continue
+        rest = stat.rsplit(")", 1)[-1].split()
+        if len(rest) < 2:
+            continue
+        parents[int(entry)] = int(rest[1])
+    out: dict[int, str] = {}
+    frontier = [root_pid]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in out:
+                try:
+                    exe = os.readlink(f"/proc/{child}/exe")
+                except OSError:
+                    exe = "?"
+                out[child] = exe
+                frontier.append(child)
+    return out
+
+
+def _tqdm_monitor_type() -> type | None:
+    try:
+        from tqdm._monitor import TMonitor
+
+        return TMonitor
+    except Exception:  # pragma: no cover - tqdm always present with diffusers
+        return None
+
+
+def _hook_counts(module: Any) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    if module is None:
+        return counts
+    for name, sub in module.named_modules():
+        for attr in (
+            "_forward_hooks",
+            "_forward_pre_hooks",
+            "_backward_hooks",
+            "_backward_pre_hooks",
+            "_forward_hooks_with_kwargs",
+            "_forward_hooks_always_called",
+            "_forward_pre_hooks_with_kwargs",
+            "_state_dict_hooks",
+            "_state_dict_pre_hooks",
+            "_load_state_dict_pre_hooks",
+            "_load_state_dict_post_hooks",
+        ):
+            value = sub.__dict__.get(attr)
+            if value:
+                counts[f"{name or '<unet>'}.{attr}"] = len(value)
+        if "forward" in sub.__dict__:
+            counts[f"{name or '<unet>'}.forward (instance override)"] = 1
+    return counts
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """Immutable (tuples all the way down) so a payload walking ``gc`` cannot rewrite it."""
+
+    modules: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+    classes: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+    sys_modules: tuple[tuple[str, Any], ...]
+    scalars: tuple[tuple[str, Any], ...]
+    environ: tuple[tuple[str, str], ...]
+    threads: frozenset[threading.Thread]
+    children: tuple[tuple[int, str], ...]
+    unet_hooks: tuple[tuple[str, int], ...]
+    unet_class: type | None
+
+
+def _scalars() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    mm = sys.modules["torch.nn.modules.module"]
+    root = logging.getLogger()
+    return {
+        "sys.path": tuple(sys.path),
+        "sys.meta_path": tuple(sys.meta_path),
+        "sys.path_hooks": tuple(sys.path_hooks),
+        "sys.gettrace()": sys.gettrace(),
+        "sys.getprofile()": sys.getprofile(),
+        "threading.gettrace()": threading.gettrace() if hasattr(threading, "gettrace") else None,
+        "sys.excepthook": sys.excepthook,
+        "sys.displayhook": sys.displayhook,
+        "sys.breakpointhook": sys.breakpointhook,
+        "sys.unraisablehook": sys.unraisablehook,
+        "sys.stdin": sys.stdin,
+        "sys.stdout": sys.stdout,
+        "sys.stderr": sys.stderr,
+        "sys.getrecursionlimit()": sys.getrecursionlimit(),
+        "sys.getswitchinterval()": sys.getswitchinterval(),
+        "os.getcwd()": os.getcwd(),
+        "signal SIGINT": signal.getsignal(signal.SIGINT),
+        "signal SIGTERM": signal.getsignal(signal.SIGTERM),
+        "signal SIGALRM": signal.getsignal(signal.SIGALRM),
+        "signal SIGUSR1": signal.getsignal(signal.SIGUSR1),
+        "torch.get_default_dtype()": torch.get_default_dtype(),
+        "torch.is_grad_enabled()": torch.is_grad_enabled(),
+        "torch.get_num_threads()": torch.get_num_threads(),
+        "torch.are_deterministic_algorithms_enabled()": torch.are_deterministic_algorithms_enabled(),
+        "torch.get_float32_matmul_precision()": torch.get_float32_matmul_precision(),
+        "torch.backends.cudnn.enabled": torch.backends.cudnn.enabled,
+        "torch.backends.cudnn.benchmark": torch.backends.cudnn.benchmark,
+        "torch.backends.cudnn.deterministic": torch.backends.cudnn.deterministic,
+        "torch.backends.mkldnn.enabled": torch.backends.mkldnn.enabled,
+        "numpy.geterr()": tuple(sorted(np.geterr().items())),
+        "logging root level": root.level,
+        "logging root handlers": tuple(root.handlers),
+        "logging.disable level": logging.root.manager.disable,
+        **{f"torch.nn.modules.module.{n}": len(getattr(mm, n, {}) or {}) for n in _GLOBAL_HOOK_DICTS},
+    }
+
+
+def take_snapshot(unet: Any = None) -> Snapshot:
+    modules = []
+    for name in WATCHED_MODULES:
+        mod = sys.modules.get(name)
+        if mod is not None:
+            modules.append((name, tuple(vars(mod).items())))
+    classes = []
+    for modname, clsname in WATCHED_CLASSES:
+        mod = sys.modules.get(modname)
+        cls = getattr(mod, clsname, None) if mod is not None else None
+        if isinstance(cls, type):
+            classes.append((f"{modname}.{clsname}", tuple(vars(cls).items())))
+    return Snapshot(
+        modules=tuple(modules),
+        classes=tuple(classes),
+        sys_modules=tuple(sys.modules.items()),
+        scalars=tuple(_scalars().items()),
+        environ=tuple(os.environ.items()),
+        threads=frozenset(threading.enumerate()),
+        children=tuple(_descendants(os.getpid()).items()),
+        unet_hooks=tuple(sorted(_hook_counts(unet).items())),
+        unet_class=type(unet) if unet is not None else None,
+    )
+
+
+def _legit_new_attr(mod: types.ModuleType, key: str, value: Any) -> bool:
+    """A new module attribute is legitimate only when the import system put it there."""
+    if isinstance(value, types.ModuleType) and value.__name__ == f"{mod.__name__}.{key}":
+        return True  # ``import pkg.sub`` sets pkg.sub
+    lazy_names = set()
+    for attr in ("_class_to_module", "_modules", "_objects"):
+        lazy_names |= set(getattr(mod, attr, None) or ())
+    if key in lazy_names:
+        origin = getattr(value, "__module__", None) or getattr(value, "__name__", "") or ""
+        return isinstance(origin, str) and origin.split(".")[0] == mod.__name__.split(".")[0]
+    return False
+
+
+def compare(before: Snapshot, after: Snapshot, *, process_mode: bool, restore: bool = True) -> list[str]:
+    """Every difference that a sandboxed payload could have caused; restores what it can."""
+    out: list[str] = []
+    for name, old_items in before.modules:
+        old = dict(old_items)
+        mod = sys.modules.get(name)
+        if mod is None:
+            out.append(f"module {name} vanished from sys.modules")
+            continue
+        new = vars(mod)
+        for key, value in list(old.items()):
+            if key not in new:
+                out.append(f"{name}.{key} was deleted")
+                if restore:
+                    setattr(mod, key, value)
+            elif new[key] is not value and not (name == __name__ and key.startswith("_pw_")):
+                out.append(f"{name}.{key} was replaced ({type(value).__name__} -> {type(new[key]).__name__})")
+                if restore:
+                    setattr(mod, key, value)
+        for key in list(new.keys() - old.keys()):
+            if not _legit_new_attr(mod, key, new[key]):
+                out.append(f"{name}.{key} was added ({type(new[key]).__name__})")
+                if restore:
+                    with contextlib.suppress(Exception):
+                        delattr(mod, key)
+    for qual, old_items in before.classes:
+        old = dict(old_items)
+        modname, clsname = qual.rsplit(".", 1)
+        cls = getattr(sys.modules.get(modname), clsname, None)
+        if not isinstance(cls, type):
+            out.append(f"class {qual} is gone")
+            continue
+        new = dict(vars(cls))
+        for key, value in old.items():
+            if key not in new:
+                out.append(f"{qual}.{key} was deleted")
+                if restore:
+                    with contextlib.suppress(Exception):
+                        setattr(cls, key, value)
+            elif new[key] is not value:
+                out.append(f"{qual}.{key} was replaced")
+                if restore:
+                    with contextlib.suppress(Exception):
+                        setattr(cls, key, value)
+        for key in new.keys() - old.keys():
+            if key == "__slotnames__":
+                continue  # copyreg's cache, filled by any pickling of the class
+            out.append(f"{qual}.{key} was added")
+            if restore:
+                with contextlib.suppress(Exception):
+                    delattr(cls, key)
+    before_sys_modules = dict(before.sys_modules)
+    for key, value in before_sys_modules.items():
+        if sys.modules.get(key) is not value:
+            out.append(f"sys.modules[{key!r}] was replaced or removed")
+            if restore:
+                sys.modules[key] = value
+    for key in set(sys.modules) - set(before_sys_modules):
+        top = key.split(".")[0]
+        if key in DANGEROUS_NEW_MODULES or top in DANGEROUS_NEW_MODULES:
+            out.append(f"sys.modules gained {key!r}")
+    before_scalars, after_scalars = dict(before.scalars), dict(after.scalars)
+    for key, value in before_scalars.items():
+        now = after_scalars.get(key)
+        same = now is value if callable(value) or hasattr(value, "write") else now == value
+        if not same:
+            out.append(f"{key} changed: {value!r} -> {now!r}")
+    if restore:
+        _restore_scalars(before_scalars, after_scalars)
+    if dict(before.environ) != dict(after.environ):
+        changed = sorted(set(before.environ) ^ set(after.environ))
+        out.append(f"os.environ changed: {sorted({k for k, _ in changed})}")
+        if restore:
+            os.environ.clear()
+            os.environ.update(dict(before.environ))
+    monitor = _tqdm_monitor_type()
+    for thread in after.threads - before.threads:
+        if not thread.is_alive():
+            continue
+        if monitor is not None and isinstance(thread, monitor):
+            continue
+        if process_mode and _is_pipewarden_thread(thread):
+            continue
+        out.append(f"new thread left running: {thread.name!r} ({type(thread).__name__})")
+    before_children = dict(before.children)
+    for pid, exe in after.children:
+        if pid in before_children:
+            continue
+        if process_mode and os.path.realpath(exe) == os.path.realpath(sys.executable):
+            continue  # a worker process of process isolation
+        out.append(f"new child process left running: pid {pid} exe {exe}")
+    if after.unet_hooks != before.unet_hooks:
+        out.append(f"UNet hooks changed: {dict(before.unet_hooks)} -> {dict(after.unet_hooks)}")
+    if before.unet_class is not None and after.unet_class is not before.unet_class:
+        out.append(f"UNet class changed: {before.unet_class} -> {after.unet_class}")
+    return out
+
+
+def _is_pipewarden_thread(thread: threading.Thread) -> bool:
+    if type(thread).__module__.startswith("pipewarden"):
+        return True
+    target = getattr(thread, "_target", None)
+    module = getattr(target, "__module__", "") or ""
+    return isinstance(module, str) and module.startswith("pipewarden")
+
+
+def _restore_scalars(before: dict[str, Any], after: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    if after["sys.gettrace()"] is not before["sys.gettrace()"]:
+        sys.settrace(before["sys.gettrace()"])
+    if after["sys.getprofile()"] is not before["sys.getprofile()"]:
+        sys.setprofile(before["sys.getprofile()"])
+    for attr in ("excepthook", "displayhook", "breakpointhook", "unraisablehook"):
+        setattr(sys, attr, before[f"sys.{attr}"])
+    sys.path[:] = list(before["sys.path"])
+    sys.meta_path[:] = list(before["sys.meta_path"])
+    sys.path_hooks[:] = list(before["sys.path_hooks"])
+    sys.setrecursionlimit(before["sys.getrecursionlimit()"])
+    with contextlib.suppress(OSError):
+        os.chdir(before["os.getcwd()"])
+    for sig in ("SIGINT", "SIGTERM", "SIGALRM", "SIGUSR1"):
+        old = before[f"signal {sig}"]
+        if after[f"signal {sig}"] is not old and old is not None:
+            with contextlib.suppress(Exception):
+                signal.signal(getattr(signal, sig), old)
+    torch.set_default_dtype(before["torch.get_default_dtype()"])
+    torch.set_grad_enabled(before["torch.is_grad_enabled()"])
+    torch.backends.cudnn.enabled = before["torch.backends.cudnn.enabled"]
+    torch.backends.cudnn.benchmark = before["torch.backends.cudnn.benchmark"]
+    torch.backends.cudnn.deterministic = before["torch.backends.cudnn.deterministic"]
+    torch.backends.mkldnn.enabled = before["torch.backends.mkldnn.enabled"]
+    np.seterr(**dict(before["numpy.geterr()"]))
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if handler not in before["logging root handlers"]:
+            root.removeHandler(handler)
+            with contextlib.suppress(Exception):
+                handler.close()
+    root.setLevel(before["logging root level"])
+    logging.disable(before["logging.disable level"])
+
+
+# --------------------------------------------------------------------------------------------
+# Secret detection
+# --------------------------------------------------------------------------------------------
+
+
+def texts_of(value: Any, *, depth: int = 0) -> list[str]:
+    """Readable renderings of a returned value (tensors and arrays decoded as bytes too)."""
+    if depth > 4:
+        return []
+    out: list[str] = []
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return [bytes(value).decode("latin-1")]
+    if isinstance(value, (list, tuple, set, frozenset)):
+        for item in list(value)[:10_000]:
+            out.extend(texts_of(item, depth=depth + 1))
+        with contextlib.suppress(Exception):
+            ints = [int(x) for x in value]
+            out.append(bytes(i % 256 for i in ints).decode("latin-1"))
+        return out
+    if isinstance(value, dict):
+        for k, v in list(value.items())[:10_000]:
+            out.extend(texts_of(k, depth=depth + 1))
+            out.extend(texts_of(v, depth=depth + 1))
+        return out
+    try:
+        import numpy as np
+        import torch
+
+        if isinstance(value, torch.Tensor):
+            value = value.detach().cpu().numpy()
+        if isinstance(value, np.ndarray):
+            flat = value.reshape(-1)
+            if flat.dtype.kind in "iub":
+                out.append(bytes(int(x) % 256 for x in flat[:100_000]).decode("latin-1"))
+            elif flat.dtype.kind == "f":
+                with contextlib.suppress(Exception):
+                    out.append(bytes(int(x) % 256 for x in flat[:100_000]).decode("latin-1"))
+            elif flat.dtype.kind in "USO":
+                out.extend(texts_of(flat.tolist(), depth=depth + 1))
+            return out
+    except Exception:  # pragma: no cover - decoding is best effort on top of repr
+        pass
+    with contextlib.suppress(Exception):
+        out.append(repr(value))
+    with contextlib.suppress(Exception):
+        out.append(str(value))
+    return out
+
+
+def exception_texts(exc: BaseException | None) -> list[str]:
+    out: list[str] = []
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen and len(seen) < 20:
+        seen.add(id(exc))
+        for render in (str, repr):
+            with contextlib.suppress(Exception):
+                out.append(render(exc))
+        for arg in getattr(exc, "args", ()) or ():
+            out.extend(texts_of(arg, depth=1))
+        for note in getattr(exc, "__notes__", []) or []:
+            out.append(str(note))
+        for sub in getattr(exc, "exceptions", ()) or ():
+            out.extend(exception_texts(sub))
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def leaked_secrets(texts: list[str]) -> list[str]:
+    found = []
+    for label, secret in (("host-global", HOST_SECRET), ("env", ENV_SECRET), ("file", FILE_SECRET)):
+        token = secret.rsplit("-", 1)[-1]
+        if any(token in t for t in texts if isinstance(t, str)):
+            found.append(f"{label} secret leaked")
+    return found
+
+
+# --------------------------------------------------------------------------------------------
+# Running one payload
+# --------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Observation:
+    mode: str
+    stage: str  # "load", "init", "call" or "done"
+    result: Any
+    exception: BaseException | None
+    violations: list[str]
+
+    def describe(self) -> str:
+        exc = self.exception
+        what = (
+            "returned normally"
+            if exc is None
+            else f"raised {type(exc).__module__}.{type(exc).__name__}: {exc}"
+        )
+        return f"[{self.mode}] stage={self.stage} {what}; violations={self.violations}"
+
+
+class _ListHandler(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        with contextlib.suppress(Exception):
+            self.lines.append(record.getMessage())
+        with contextlib.suppress(Exception):
+            self.lines.append(repr(record.args))
+
+
+def load_components(weights: Path) -> dict[str, Any]:
+    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers.utils import logging as dlogging
+
+    verbosity = dlogging.get_verbosity()
+    dlogging.set_verbosity_error()
+    try:
+        unet = UNet2DModel.from_pretrained(str(weights / "unet"))
+        scheduler = DDPMScheduler.from_pretrained(str(weights / "scheduler"))
+    finally:
+        dlogging.set_verbosity(verbosity)
+    return {"unet": unet, "scheduler": scheduler}
+
+
+def plain_load_class(source: str) -> type:
+    """UNSANDBOXED: exec the source like diffusers does. Self-tests only."""
+    from diffusers import DiffusionPipeline
+
+    module = types.ModuleType("pw_plain_payload")
+    module.__dict__["__builtins__"] = builtins.__dict__
+    exec(compile(source, "pipeline.py", "exec"), module.__dict__)  # noqa: S102 - the point of the self-test
+    found = [
+        v
+        for v in module.__dict__.values()
+        if isinstance(v, type) and issubclass(v, DiffusionPipeline) and v.__module__ == "pw_plain_payload"
+    ]
+    assert len(found) == 1, f"payload defines {len(found)} pipeline classes"
+    return found[0]
+
+
+def sandbox_load_class(source: str) -> type:
+    from pipewarden.sandbox import load_class
+
+    return load_class(source, filename="pipeline.py")
+
+
+def observe(world: World, source: str, mode: str, *, call_kwargs: dict | None = None) -> Observation:
+    """Run ``source`` in ``mode`` ("plain", "inprocess", "process") and look for side effects."""
+    world.clear_canary()
+    world.drain_connections()
+    components = load_components(world.weights) if mode != "process" else {}
+    unet = components.get("unet")
+    before = take_snapshot(unet)
+    stdout, stderr = io.StringIO(), io.StringIO()
+    handler = _ListHandler()
+    root = logging.getLogger()
+    stage = "load"
+    result: Any = None
+    exc: BaseException | None = None
+    closer: Callable[[], Any] | None = None
+    root.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+            try:
+                if mode == "process":
+                    pipe = _process_load(world, source)
+                    closer = getattr(pipe, "close", None)
+                else:
+                    cls = plain_load_class(source) if mode == "plain" else sandbox_load_class(source)
+                    stage = "init"
+                    pipe = cls(**components)
+                stage = "call"
+                result = pipe(**(call_kwargs or {}))
+                stage = "done"
+            except BaseException as e:  # noqa: BLE001 - everything is evidence here
+                if isinstance(e, KeyboardInterrupt):
+                    raise
+                exc = e
+            finally:
+                if closer is not None:
+                    with contextlib.suppress(Exception):
+                        closer()
+    finally:
+        root.removeHandler(handler)
+    after = take_snapshot(unet)
+    violations = compare(before, after, process_mode=(mode == "process"))
+    entries = world.canary_entries()
+    if entries:
+        violations.append(f"canary dir written: {entries}")
+        world.clear_canary()
+    accepted = world.drain_connections()
+    if accepted:
+        violations.append(f"{accepted} loopback connection(s) accepted by the listener")
+    texts = texts_of(result) + exception_texts(exc) + [stdout.getvalue(), stderr.getvalue()] + handler.lines
+    violations.extend(leaked_secrets(texts))
+    return Observation(mode, stage, result, exc, violations)
+
+
+def _process_load(world: World, source: str) -> Any:
+    import pipewarden
+
+    code_dir = world.root / "code" / hashlib.sha256(source.encode()).hexdigest()[:16]
+    code_dir.mkdir(parents=True, exist_ok=True)
+    path = code_dir / "pipeline.py"
+    path.write_text(source, encoding="utf-8")
+    sha = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    return pipewarden.load_pipeline(
+        str(world.weights),
+        custom_pipeline=str(path),
+        trust_remote_code=True,
+        pipeline_sha256=sha,
+        isolation="process",
+    )

@@ -1,0 +1,1134 @@
+"""The escape corpus: one community-pipeline source per attack, each aimed at a detector.
+
+Every payload is a file with exactly one ``DiffusionPipeline`` subclass (so the static scan
+accepts it) whose module body, class body, ``__init__`` or ``__call__`` attempts one escape.
+The first statement that touches the dangerous capability is the escape itself, so a refusal
+there is the refusal being tested (not some later, unrelated failure).
+
+``effect`` names the detector that fires when the payload runs UNSANDBOXED (plain ``exec``),
+which the self-test checks for every payload marked ``live``:
+  file    - a file or directory appears in the canary dir
+  connect - the loopback listener accepts a connection
+  secret  - a secret (env / host global / file) shows up in the result, output or exception
+  state   - host state changes (module or class attribute, torch flag, sys hook, env ...)
+  hooks   - the UNet keeps a hook (or a global module hook) after the call
+  runs    - no observable effect, but plain Python completes the escape without an error
+Placeholders (@CANARY@, @PORT@, @SECRET_ENV@, @SECRET_FILE@, @SECRET_LEN@, @EVIL_DIR@, @EVIL_PKL@,
+@EVIL_NPY@, @EVIL_SO@, @EVIL_JIT@, @PICKLE_HEX@, @WEIGHTS@) are filled in by ``World.render``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import textwrap
+
+FILE, CONNECT, SECRET, STATE, HOOKS, RUNS = "file", "connect", "secret", "state", "hooks", "runs"
+
+
+@dataclasses.dataclass(frozen=True)
+class Payload:
+    id: str
+    technique: str
+    effect: str
+    template: str
+    #: False where running it unsandboxed is too slow or needs a terminal (still run sandboxed).
+    live: bool = True
+    needs_shared_object: bool = False
+
+
+def _block(code: str, indent: int) -> str:
+    code = textwrap.dedent(code).strip("\n")
+    return textwrap.indent(code, " " * indent) if code else ""
+
+
+def pipeline(
+    *, call: str = "", init: str = "", module: str = "", class_body: str = "", imports: str = ""
+) -> str:
+    parts = ["import torch", "from diffusers import DiffusionPipeline"]
+    if imports:
+        parts.append(textwrap.dedent(imports).strip("\n"))
+    parts.append("")
+    if module:
+        parts.append(_block(module, 0))
+        parts.append("")
+    parts.append("")
+    parts.append("class EscapePipeline(DiffusionPipeline):")
+    if class_body:
+        parts.append(_block(class_body, 4))
+        parts.append("")
+    parts.append("    def __init__(self, unet, scheduler):")
+    parts.append("        super().__init__()")
+    parts.append("        self.register_modules(unet=unet, scheduler=scheduler)")
+    if init:
+        parts.append(_block(init, 8))
+    parts.append("")
+    parts.append("    def __call__(self):")
+    if call:
+        parts.append(_block(call, 8))
+    parts.append("        return torch.zeros(1)")
+    return "\n".join(parts) + "\n"
+
+
+_FRAME_WALK = """
+while f is not None:
+    if "HOST_SECRET" in f.f_globals:
+        return f.f_globals["HOST_SECRET"]
+    f = f.f_back
+"""
+
+_P: list[Payload] = []
+
+
+def add(
+    id: str, technique: str, effect: str, live: bool = True, needs_shared_object: bool = False, **kw: str
+) -> None:
+    _P.append(
+        Payload(id, technique, effect, pipeline(**kw), live=live, needs_shared_object=needs_shared_object)
+    )
+
+
+# ---- torch attributes that are whole modules -------------------------------------------------
+add("torch_os_system", "torch.os.system", FILE, call='torch.os.system("touch @CANARY@/torch_os_system")')
+add(
+    "torch_sys_modules_os",
+    "torch.sys.modules",
+    FILE,
+    call='torch.sys.modules["os"].system("touch @CANARY@/torch_sys_modules")',
+)
+add(
+    "torch_builtins_open",
+    "torch.builtins.open",
+    FILE,
+    call='torch.builtins.open("@CANARY@/torch_builtins_open", "w").close()',
+)
+add(
+    "torch_builtins_exec",
+    "torch.builtins.exec",
+    FILE,
+    call="torch.builtins.exec(\"import os; os.mkdir('@CANARY@/torch_builtins_exec')\")",
+)
+add(
+    "torch_builtins_getattr",
+    "torch.builtins.getattr",
+    FILE,
+    call='torch.builtins.getattr(self.register_modules, "__globals__")["os"].mkdir("@CANARY@/tb_getattr")',
+)
+add(
+    "torch_builtins_type_class_write",
+    "torch.builtins.type",
+    STATE,
+    call="torch.builtins.type(self.unet).forward = None",
+)
+add(
+    "torch_importlib",
+    "torch.importlib",
+    FILE,
+    call='torch.importlib.import_module("subprocess").run(["touch", "@CANARY@/torch_importlib"])',
+)
+add(
+    "torch_hub_load_local",
+    "torch.hub.load(source='local')",
+    FILE,
+    call='torch.hub.load("@EVIL_DIR@", "evil", source="local", trust_repo=True)',
+)
+add(
+    "torch_load_pickle",
+    "torch.load(weights_only=False)",
+    FILE,
+    call='torch.load("@EVIL_PKL@", weights_only=False)',
+)
+add(
+    "torch_from_file_secret",
+    "torch.from_file (read a secret file)",
+    SECRET,
+    call='return torch.from_file("@SECRET_FILE@", size=@SECRET_LEN@, dtype=torch.uint8)',
+)
+add(
+    "untyped_storage_from_file_write",
+    "torch.UntypedStorage.from_file(shared=True)",
+    FILE,
+    call='torch.UntypedStorage.from_file("@CANARY@/storage_from_file", True, 64)',
+)
+add("torch_save", "torch.save", FILE, call='torch.save(torch.zeros(1), "@CANARY@/torch_save.pt")')
+add(
+    "torch_compile",
+    "torch.compile",
+    RUNS,
+    live=False,
+    call='return torch.compile(lambda x: x + 1, backend="eager")(torch.zeros(1))',
+)
+add(
+    "torch_ops_load_library",
+    "torch.ops.load_library",
+    FILE,
+    needs_shared_object=True,
+    call='torch.ops.load_library("@EVIL_SO@")',
+)
+add("torch_jit_load", "torch.jit.load", RUNS, call='return torch.jit.load("@EVIL_JIT@")(torch.zeros(1))')
+add(
+    "torch_serialization_pickle",
+    "torch.serialization.pickle",
+    FILE,
+    call='torch.serialization.pickle.loads(bytes.fromhex("@PICKLE_HEX@"))',
+)
+add(
+    "torch_storage_np_ctypes",
+    "torch.storage.np.ctypeslib.ctypes",
+    FILE,
+    call='torch.storage.np.ctypeslib.ctypes.CDLL(None).system(b"touch @CANARY@/storage_np_ctypes")',
+)
+add(
+    "torch_multiprocessing_socket",
+    "torch.multiprocessing...socket",
+    CONNECT,
+    call='torch.multiprocessing.reducer.socket.create_connection(("127.0.0.1", @PORT@), 2).close()',
+)
+add(
+    "torch_ctypes_util_subprocess",
+    "torch.ctypes.util.subprocess",
+    FILE,
+    call='torch.ctypes.util.subprocess.run(["touch", "@CANARY@/ctypes_util_subprocess"])',
+)
+add(
+    "torch_hub_shutil_copy_secret",
+    "torch.hub.shutil",
+    FILE,
+    call='torch.hub.shutil.copy("@SECRET_FILE@", "@CANARY@/hub_shutil_copy")',
+)
+add("torch_hub_tempfile", "torch.hub.tempfile", FILE, call='torch.hub.tempfile.mkstemp(dir="@CANARY@")')
+add(
+    "torch_hub_download_url",
+    "torch.hub.download_url_to_file",
+    CONNECT,
+    live=False,
+    call='torch.hub.download_url_to_file("http://127.0.0.1:@PORT@/x", "@CANARY@/dl", progress=False)',
+)
+add(
+    "torch_inspect_frames_host_globals",
+    "torch.inspect.currentframe().f_back.f_globals",
+    SECRET,
+    call="f = torch.inspect.currentframe()\n" + _FRAME_WALK,
+)
+add(
+    "torch_inspect_f_builtins_import",
+    "torch.inspect frame f_builtins",
+    FILE,
+    call='torch.inspect.currentframe().f_back.f_builtins["__import__"]("os").mkdir("@CANARY@/f_builtins")',
+)
+add(
+    "torch_sys_getframe",
+    "sys._getframe via torch facade",
+    SECRET,
+    call="f = torch.sys._getframe(1)\n" + _FRAME_WALK,
+)
+add("torch_C_private", "torch._C", STATE, call="torch._C._set_default_dtype(torch.float64)")
+add(
+    "torch_classes_load_library",
+    "torch.classes.load_library",
+    FILE,
+    needs_shared_object=True,
+    call='torch.classes.load_library("@EVIL_SO@")',
+)
+add(
+    "torch_cpp_extension_subprocess",
+    "torch.utils.cpp_extension",
+    FILE,
+    imports="import torch.utils.cpp_extension",
+    call='torch.utils.cpp_extension.subprocess.run(["touch", "@CANARY@/cpp_extension"])',
+)
+add(
+    "torch_backends_flag_write",
+    "torch.backends (global flag write)",
+    STATE,
+    call="torch.backends.cudnn.benchmark = not torch.backends.cudnn.benchmark",
+)
+add(
+    "torch_distributed_tcpstore",
+    "torch.distributed.TCPStore (network)",
+    CONNECT,
+    live=False,
+    imports="import datetime",
+    call='torch.distributed.TCPStore("127.0.0.1", @PORT@, 2, False, timeout=datetime.timedelta(seconds=1))',
+)
+add(
+    "torch_accelerator_gc_secret",
+    "gc reached through torch",
+    SECRET,
+    call="""
+    for o in torch.accelerator.graphs.gc.get_objects():
+        if isinstance(o, dict) and "HOST_SECRET" in o:
+            return o["HOST_SECRET"]
+    """,
+)
+
+# ---- gc / operator / functools / logging / string -------------------------------------------
+add(
+    "gc_get_objects_secret",
+    "gc.get_objects",
+    SECRET,
+    imports="import gc",
+    call="""
+    for o in gc.get_objects():
+        if isinstance(o, dict) and "HOST_SECRET" in o:
+            return o["HOST_SECRET"]
+    """,
+)
+add(
+    "gc_get_referrers_module_dict_write",
+    "gc.get_referrers",
+    STATE,
+    imports="import gc",
+    call="""
+    for r in gc.get_referrers(torch.nn.functional.gelu):
+        if isinstance(r, dict) and r.get("__name__") == "torch.nn.functional":
+            r["gelu"] = None
+    """,
+)
+add(
+    "operator_attrgetter_globals",
+    "operator.attrgetter",
+    FILE,
+    imports="import operator",
+    call='operator.attrgetter("register_modules.__globals__")(self)["os"].mkdir("@CANARY@/attrgetter")',
+)
+add(
+    "operator_methodcaller_save",
+    "operator.methodcaller",
+    FILE,
+    imports="import operator",
+    call='operator.methodcaller("save_pretrained", "@CANARY@/methodcaller")(self)',
+)
+add(
+    "functools_reduce_getattr",
+    "functools.reduce(getattr, ...)",
+    FILE,
+    imports="import functools",
+    call='functools.reduce(getattr, ["register_modules", "__globals__"], self)["os"].mkdir("@CANARY@/reduce")',
+)
+add(
+    "logging_strformatstyle_traversal",
+    "logging.StrFormatStyle {-traversal",
+    SECRET,
+    imports="import logging",
+    call="""
+    style = logging.StrFormatStyle("{m.__globals__[os].environ[@SECRET_ENV@]}")
+    return style.format(logging.makeLogRecord({"m": logging.makeLogRecord}))
+    """,
+)
+add(
+    "diffusers_logging_stdlib_logging",
+    "diffusers.utils.logging.logging.StrFormatStyle",
+    SECRET,
+    imports="from diffusers.utils import logging",
+    call="""
+    style = logging.logging.StrFormatStyle("{m.__globals__[os].environ[@SECRET_ENV@]}")
+    return style.format(logging.logging.makeLogRecord({"m": logging.logging.makeLogRecord}))
+    """,
+)
+add(
+    "string_formatter_traversal",
+    "string.Formatter",
+    SECRET,
+    imports="import string",
+    call='return string.Formatter().vformat("{0.register_modules.__globals__[os].environ[@SECRET_ENV@]}", (self,), {})',
+)
+add(
+    "str_format_mro",
+    '"{0.__class__.__mro__}".format(x)',
+    RUNS,
+    call='return "{0.__class__.__mro__}".format(self)',
+)
+add(
+    "str_format_globals_env",
+    "str.format attribute traversal",
+    SECRET,
+    call='return "{0.register_modules.__globals__[os].environ[@SECRET_ENV@]}".format(self)',
+)
+add(
+    "str_format_map_globals_env",
+    "str.format_map attribute traversal",
+    SECRET,
+    call='return "{s.register_modules.__globals__[os].environ[@SECRET_ENV@]}".format_map({"s": self})',
+)
+add("fstring_conversion_spec", "f-string {x!r:...}", RUNS, call='return f"{self.__class__.__mro__!r:>10}"')
+add(
+    "fstring_nested_format",
+    "f-string wrapping str.format traversal",
+    SECRET,
+    call="""return f"{'{0.register_modules.__globals__[os].environ[@SECRET_ENV@]}'.format(self)!s:>1}\"""",
+)
+
+# ---- metaclasses, type(), lying str subclasses, guard-hook names ----------------------------
+add(
+    "type_call_dunder_dict_lying_str",
+    "type() with a dunder dict (lying str)",
+    FILE,
+    call="""
+    Lie = type("Lie", (str,), {"__eq__": lambda s, o: True, "__hash__": str.__hash__,
+                               "startswith": lambda s, *a: False})
+    getattr(self.register_modules, Lie("__globals__"))["os"].mkdir("@CANARY@/type_lie")
+    """,
+)
+add(
+    "str_subclass_lies_to_guard",
+    "str subclass with lying __eq__/__hash__/startswith",
+    FILE,
+    module="""
+    class Lie(str):
+        def __eq__(self, other):
+            return True
+
+        def __ne__(self, other):
+            return False
+
+        def __hash__(self):
+            return str.__hash__(self)
+
+        def startswith(self, *args):
+            return False
+    """,
+    call='getattr(self.unet, Lie("save_pretrained"))("@CANARY@/str_lie")',
+)
+add(
+    "metaclass_call_subclasses",
+    "metaclass with dunder access",
+    FILE,
+    module="""
+    class Meta(type):
+        def __call__(cls, *args):
+            for c in cls.__mro__[-1].__subclasses__():
+                if c.__name__ == "_wrap_close":
+                    return c.__init__.__globals__["mkdir"]("@CANARY@/metaclass")
+
+
+    class Helper(metaclass=Meta):
+        pass
+    """,
+    call="Helper()",
+)
+add(
+    "posonly_write_guard_param",
+    "posonly parameter named _write_",
+    STATE,
+    module="""
+    def clobber(_write_, /):
+        torch.nn.functional.gelu = None
+    """,
+    call="clobber(lambda ob: ob)",
+)
+add(
+    "posonly_getattr_guard_param",
+    "posonly parameter named _getattr_",
+    FILE,
+    imports="import operator",
+    module="""
+    def reach(_getattr_, /):
+        return torch.os.mkdir("@CANARY@/posonly_getattr")
+    """,
+    call="reach(lambda ob, name, *d: operator.attrgetter(name)(ob))",
+)
+add(
+    "kwonly_default_write_guard",
+    "keyword-only default binding _write_",
+    STATE,
+    module="""
+    def clobber(*, _write_=lambda ob: ob):
+        torch.nn.functional.gelu = None
+    """,
+    call="clobber()",
+)
+add(
+    "module_level_guard_rebind",
+    "module-level rebinding of _write_",
+    STATE,
+    module="_write_ = lambda ob: ob",
+    call="torch.nn.functional.gelu = None",
+)
+add(
+    "walrus_guard_rebind",
+    "walrus binding _getiter_/_write_",
+    STATE,
+    call="""
+    if (_write_ := (lambda ob: ob)):
+        torch.nn.functional.gelu = None
+    """,
+)
+add(
+    "except_star_attributeerror_obj",
+    "try/except* exposing AttributeError.obj",
+    FILE,
+    call="""
+    try:
+        torch.nonexistent_attribute_for_escape
+    except* AttributeError as group:
+        group.exceptions[0].obj.os.mkdir("@CANARY@/except_star")
+    """,
+)
+add(
+    "except_star_binds_guard",
+    "except* binding a guard-hook name",
+    STATE,
+    call="""
+    try:
+        raise ExceptionGroup("g", [ValueError(1)])
+    except* ValueError as _write_:
+        pass
+    torch.nn.functional.gelu = None
+    """,
+)
+add(
+    "attributeerror_obj_real_module",
+    "AttributeError.obj hands back the real object",
+    FILE,
+    call="""
+    try:
+        torch.nonexistent_attribute_for_escape
+    except AttributeError as e:
+        e.obj.os.mkdir("@CANARY@/attributeerror_obj")
+    """,
+)
+
+# ---- diffusers / hub / file writers -----------------------------------------------------------
+add(
+    "diffusers_utils_os",
+    "diffusers.utils.os",
+    FILE,
+    imports="import diffusers.utils",
+    call='diffusers.utils.os.mkdir("@CANARY@/diffusers_utils_os")',
+)
+add(
+    "diffusers_configuration_utils_os",
+    "diffusers.configuration_utils.os",
+    SECRET,
+    imports="import diffusers",
+    call='return diffusers.configuration_utils.os.environ["@SECRET_ENV@"]',
+)
+add(
+    "get_class_from_dynamic_module",
+    "get_class_from_dynamic_module(trust_remote_code=True)",
+    FILE,
+    imports="from diffusers.utils.dynamic_modules_utils import get_class_from_dynamic_module",
+    call='get_class_from_dynamic_module("@EVIL_DIR@", module_file="pipeline.py", trust_remote_code=True)',
+)
+add(
+    "diffusionpipeline_from_pretrained_custom",
+    "DiffusionPipeline.from_pretrained(custom_pipeline=...)",
+    FILE,
+    call='DiffusionPipeline.from_pretrained("@WEIGHTS@", custom_pipeline="@EVIL_DIR@", trust_remote_code=True)',
+)
+add(
+    "self_from_pretrained_custom",
+    "self.from_pretrained",
+    FILE,
+    call='self.from_pretrained("@WEIGHTS@", custom_pipeline="@EVIL_DIR@", trust_remote_code=True)',
+)
+add("pipe_save_pretrained", "pipe.save_pretrained", FILE, call='self.save_pretrained("@CANARY@/pipe")')
+add("unet_save_pretrained", "unet.save_pretrained", FILE, call='self.unet.save_pretrained("@CANARY@/unet")')
+add(
+    "scheduler_save_config",
+    "scheduler.save_config",
+    FILE,
+    call='self.scheduler.save_config("@CANARY@/scheduler")',
+)
+add(
+    "unet_register_forward_hook_init",
+    "unet.register_forward_hook (persists)",
+    HOOKS,
+    init="self.unet.register_forward_hook(lambda module, args, output: None)",
+)
+add(
+    "unet_register_forward_pre_hook_call",
+    "unet.register_forward_pre_hook (persists)",
+    HOOKS,
+    call="self.unet.register_forward_pre_hook(lambda module, args: None)",
+)
+add(
+    "global_module_forward_hook",
+    "torch.nn.modules.module.register_module_forward_hook",
+    STATE,
+    call="torch.nn.modules.module.register_module_forward_hook(lambda m, a, o: None)",
+)
+add(
+    "unet_private_forward_hooks_dict",
+    "unet._forward_hooks",
+    HOOKS,
+    call="self.unet._forward_hooks[4242] = lambda module, args, output: None",
+)
+add(
+    "unet_dunder_dict_hooks",
+    "self.unet.__dict__",
+    HOOKS,
+    call='self.unet.__dict__["_forward_hooks"][4243] = lambda module, args, output: None',
+)
+add(
+    "vars_unet_hooks",
+    "vars(self.unet)",
+    HOOKS,
+    call='vars(self.unet)["_forward_pre_hooks"][4244] = lambda module, args: None',
+)
+add(
+    "np_load_allow_pickle",
+    "np.load(allow_pickle=True)",
+    FILE,
+    imports="import numpy as np",
+    call='np.load("@EVIL_NPY@", allow_pickle=True)',
+)
+add(
+    "np_savetxt",
+    "np.savetxt",
+    FILE,
+    imports="import numpy as np",
+    call='np.savetxt("@CANARY@/savetxt.txt", np.zeros(2))',
+)
+add(
+    "ndarray_tofile",
+    "ndarray.tofile",
+    FILE,
+    imports="import numpy as np",
+    call='np.zeros(2).tofile("@CANARY@/ndarray_tofile")',
+)
+add(
+    "tensor_numpy_tofile",
+    "tensor.numpy().tofile",
+    FILE,
+    call='torch.zeros(2).numpy().tofile("@CANARY@/tensor_tofile")',
+)
+add(
+    "np_ctypeslib_ctypes",
+    "np.ctypeslib.ctypes",
+    FILE,
+    imports="import numpy as np",
+    call='np.ctypeslib.ctypes.CDLL(None).system(b"touch @CANARY@/np_ctypeslib")',
+)
+add(
+    "pil_image_save",
+    "PIL.Image.save",
+    FILE,
+    imports="from PIL import Image",
+    call='Image.new("RGB", (2, 2)).save("@CANARY@/image.png")',
+)
+add(
+    "pil_image_os",
+    "PIL.Image.os",
+    FILE,
+    imports="from PIL import Image",
+    call='Image.os.mkdir("@CANARY@/pil_image_os")',
+)
+add(
+    "safetensors_save_file",
+    "safetensors.torch.save_file",
+    FILE,
+    imports="from safetensors.torch import save_file",
+    call='save_file({"a": torch.zeros(1)}, "@CANARY@/weights.safetensors")',
+)
+add(
+    "hf_hub_download_loopback",
+    "huggingface_hub.hf_hub_download",
+    CONNECT,
+    live=False,
+    imports="from huggingface_hub import hf_hub_download",
+    call='hf_hub_download("evil/repo", "x.txt", cache_dir="@CANARY@", endpoint="http://127.0.0.1:@PORT@", etag_timeout=1)',
+)
+
+# ---- shared module attribute writes -------------------------------------------------------------
+add(
+    "write_torch_functional_gelu",
+    "torch.nn.functional.gelu = None",
+    STATE,
+    call="torch.nn.functional.gelu = None",
+)
+add(
+    "write_diffusers_new_attribute",
+    "diffusers.X = ...",
+    STATE,
+    imports="import diffusers",
+    call="diffusers.PWNED_BY_ESCAPE = 1",
+)
+add(
+    "write_diffusionpipeline_method",
+    "DiffusionPipeline.save_pretrained = ...",
+    STATE,
+    call="DiffusionPipeline.save_pretrained = None",
+)
+add("setattr_torch_randn", "setattr(torch, 'randn', ...)", STATE, call="setattr(torch, 'randn', None)")
+add(
+    "delattr_torch_functional_relu",
+    "del torch.nn.functional.relu",
+    STATE,
+    call="del torch.nn.functional.relu",
+)
+
+# ---- plain Python escapes -----------------------------------------------------------------------
+add(
+    "import_subprocess",
+    "import subprocess",
+    FILE,
+    imports="import subprocess",
+    call='subprocess.run(["touch", "@CANARY@/import_subprocess"])',
+)
+add(
+    "import_os_system",
+    "import os; os.system",
+    FILE,
+    imports="import os",
+    call='os.system("touch @CANARY@/import_os_system")',
+)
+add(
+    "os_path_reaches_os",
+    "os.path.os (facade leak through os.path)",
+    FILE,
+    imports="import os",
+    call='os.path.os.mkdir("@CANARY@/os_path_os")',
+)
+add("dunder_import", "__import__", FILE, call='__import__("os").mkdir("@CANARY@/dunder_import")')
+add("open_write", "open(..., 'w')", FILE, call='open("@CANARY@/open_write", "w").close()')
+add("open_read_secret", "open(secret).read()", SECRET, call='return open("@SECRET_FILE@").read()')
+add(
+    "dunder_class_subclasses",
+    "x.__class__...__subclasses__()",
+    FILE,
+    call="""
+    for c in self.__class__.__mro__[-1].__subclasses__():
+        if c.__name__ == "_wrap_close":
+            c.__init__.__globals__["mkdir"]("@CANARY@/class_subclasses")
+    """,
+)
+add(
+    "object_subclasses",
+    "object.__subclasses__()",
+    FILE,
+    call="""
+    for c in object.__subclasses__():
+        if c.__name__ == "_wrap_close":
+            c.__init__.__globals__["mkdir"]("@CANARY@/object_subclasses")
+    """,
+)
+add(
+    "dunder_globals",
+    "x.__globals__",
+    FILE,
+    call='self.register_modules.__globals__["os"].mkdir("@CANARY@/dunder_globals")',
+)
+add("eval_builtin", "eval", FILE, call="""eval("__import__('os').mkdir('@CANARY@/eval')")""")
+add("exec_builtin", "exec", FILE, call="""exec("import os; os.mkdir('@CANARY@/exec')")""")
+add(
+    "compile_builtin",
+    "compile",
+    FILE,
+    call="""
+    code = compile("import os; os.mkdir('@CANARY@/compile')", "x", "exec")
+    exec(code)
+    """,
+)
+add(
+    "globals_builtins_import",
+    "globals()['__builtins__']",
+    FILE,
+    call='globals()["__builtins__"]["__import__"]("os").mkdir("@CANARY@/globals")',
+)
+add("vars_module_os", "vars(module)", FILE, call='vars(torch)["os"].mkdir("@CANARY@/vars_module")')
+add(
+    "locals_rebind_guard",
+    "locals() at module level",
+    STATE,
+    module='locals()["_write_"] = lambda ob: ob',
+    call="torch.nn.functional.gelu = None",
+)
+add(
+    "getattr_concat_dunder",
+    "getattr(x, '__cl' + 'ass__')",
+    FILE,
+    call="""
+    cls = getattr(self, "__cl" + "ass__")
+    getattr(cls, "save_" + "pretrained")(self, "@CANARY@/getattr_concat")
+    """,
+)
+add(
+    "type_builtin_unbound_save",
+    "type(x) then an unbound method",
+    FILE,
+    call='type(self.unet).save_pretrained(self.unet, "@CANARY@/type_unbound")',
+)
+add(
+    "generator_gi_frame",
+    "generator gi_frame.f_back",
+    SECRET,
+    call="""
+    def walk():
+        f = gen.gi_frame.f_back
+        while f is not None:
+            yield f
+            f = f.f_back
+    gen = walk()
+    for f in gen:
+        if "HOST_SECRET" in f.f_globals:
+            return f.f_globals["HOST_SECRET"]
+    """,
+)
+add(
+    "traceback_tb_frame",
+    "e.__traceback__.tb_frame",
+    SECRET,
+    call=textwrap.dedent("""
+    try:
+        1 / 0
+    except ZeroDivisionError as e:
+        f = e.__traceback__.tb_frame
+    """)
+    + _FRAME_WALK,
+)
+add(
+    "sys_exc_info_traceback",
+    "sys.exc_info()[2].tb_frame via a facade",
+    SECRET,
+    call=textwrap.dedent("""
+    try:
+        1 / 0
+    except ZeroDivisionError:
+        f = torch.sys.exc_info()[2].tb_frame
+    """)
+    + _FRAME_WALK,
+)
+add("breakpoint_builtin", "breakpoint()", RUNS, live=False, call="breakpoint()")
+add("help_builtin", "help()", RUNS, live=False, call='help("os")')
+add(
+    "import_ctypes",
+    "ctypes",
+    FILE,
+    imports="import ctypes",
+    call='ctypes.CDLL(None).system(b"touch @CANARY@/import_ctypes")',
+)
+add(
+    "ctypes_cdll_evil_so",
+    "ctypes.CDLL(evil.so)",
+    FILE,
+    needs_shared_object=True,
+    imports="import ctypes",
+    call='ctypes.CDLL("@EVIL_SO@")',
+)
+add(
+    "import_sys_modules",
+    "sys.modules",
+    FILE,
+    imports="import sys",
+    call='sys.modules["os"].mkdir("@CANARY@/sys_modules")',
+)
+add(
+    "dunder_builtins_name",
+    "__builtins__ access",
+    FILE,
+    call='__builtins__["__import__"]("os").mkdir("@CANARY@/dunder_builtins")',
+)
+add(
+    "import_builtins_open",
+    "import builtins",
+    FILE,
+    imports="import builtins",
+    call='builtins.open("@CANARY@/import_builtins", "w").close()',
+)
+add(
+    "super_save_pretrained",
+    "super().save_pretrained",
+    FILE,
+    call='super().save_pretrained("@CANARY@/super_save")',
+)
+add(
+    "super_explicit_save_config",
+    "super(DiffusionPipeline, self).save_config",
+    FILE,
+    call='super(DiffusionPipeline, self).save_config("@CANARY@/super_config")',
+)
+add("class_body_escape", "class-body code", FILE, class_body='pwned = torch.os.mkdir("@CANARY@/class_body")')
+add("module_body_escape", "module-body code", FILE, module='torch.os.mkdir("@CANARY@/module_body")')
+add(
+    "decorator_runs_at_definition",
+    "decorator",
+    FILE,
+    module="""
+    def mark(fn):
+        torch.save(torch.zeros(1), "@CANARY@/decorator.pt")
+        return fn
+    """,
+    class_body="""
+    @mark
+    def helper(self):
+        return 1
+    """,
+)
+add(
+    "decorator_torch_jit_script",
+    "@torch.jit.script decorator",
+    RUNS,
+    live=False,
+    module="""
+    @torch.jit.script
+    def scripted(x: torch.Tensor) -> torch.Tensor:
+        return x + 1
+    """,
+)
+add(
+    "lambda_default_arg",
+    "lambda default args",
+    FILE,
+    call='(lambda o=torch.os: o.mkdir("@CANARY@/lambda_default"))()',
+)
+add("self_dunder_dict_write", "self.__dict__", STATE, call='self.__dict__["unet"].__class__.forward = None')
+add(
+    "print_to_file",
+    "print(..., file=open(...))",
+    FILE,
+    call='print("pwned", file=open("@CANARY@/print_file", "w"))',
+)
+add("tensor_storage", "tensor.storage()", RUNS, call="return torch.zeros(4).storage()")
+add(
+    "tensor_untyped_storage", "tensor.untyped_storage()", RUNS, call="return torch.zeros(4).untyped_storage()"
+)
+add("tensor_data_ptr", "tensor.data_ptr()", RUNS, call="return torch.zeros(4).data_ptr()")
+add("tensor_share_memory", "tensor.share_memory_()", RUNS, call="return torch.zeros(4).share_memory_()")
+add(
+    "typing_sys_getframe",
+    "sys._getframe via typing",
+    SECRET,
+    imports="import typing",
+    call="f = typing.sys._getframe(1)\n" + _FRAME_WALK,
+)
+add(
+    "inspect_sys_getframe",
+    "sys._getframe via inspect",
+    SECRET,
+    imports="import inspect",
+    call="f = inspect.sys._getframe(1)\n" + _FRAME_WALK,
+)
+add(
+    "inspect_stack_frames",
+    "inspect.stack()",
+    SECRET,
+    imports="import inspect",
+    call="f = inspect.stack()[0].frame\n" + _FRAME_WALK,
+)
+add(
+    "inspect_currentframe",
+    "inspect.currentframe()",
+    SECRET,
+    imports="import inspect",
+    call="f = inspect.currentframe()\n" + _FRAME_WALK,
+)
+add(
+    "inspect_getmembers_os",
+    "inspect.getmembers(torch)",
+    FILE,
+    imports="import inspect",
+    call='dict(inspect.getmembers(torch))["os"].mkdir("@CANARY@/getmembers")',
+)
+add(
+    "inspect_os_environ",
+    "inspect.os (facade leak)",
+    SECRET,
+    imports="import inspect",
+    call='return inspect.os.environ["@SECRET_ENV@"]',
+)
+add(
+    "dataclasses_sys_modules",
+    "dataclasses.sys (pure-module facade)",
+    FILE,
+    imports="import dataclasses",
+    call='dataclasses.sys.modules["os"].mkdir("@CANARY@/dataclasses_sys")',
+)
+add(
+    "warnings_sys_modules",
+    "warnings.sys (pure-module facade)",
+    FILE,
+    imports="import warnings",
+    call='warnings.sys.modules["os"].mkdir("@CANARY@/warnings_sys")',
+)
+add(
+    "enum_sys_modules",
+    "enum.sys (pure-module facade)",
+    FILE,
+    imports="import enum",
+    call='enum.sys.modules["os"].mkdir("@CANARY@/enum_sys")',
+)
+add(
+    "logging_sys_getframe",
+    "logging.sys._getframe",
+    SECRET,
+    imports="import logging",
+    call="f = logging.sys._getframe(1)\n" + _FRAME_WALK,
+)
+add(
+    "safetensors_torch_os",
+    "safetensors.torch.os",
+    FILE,
+    imports="import safetensors.torch",
+    call='safetensors.torch.os.mkdir("@CANARY@/safetensors_os")',
+)
+add(
+    "os_environ_read",
+    "os.environ read",
+    SECRET,
+    imports="import os",
+    call='return os.environ["@SECRET_ENV@"]',
+)
+add("os_getenv_read", "os.getenv read", SECRET, imports="import os", call='return os.getenv("@SECRET_ENV@")')
+add("torch_os_environ_read", "torch.os.environ read", SECRET, call='return torch.os.environ["@SECRET_ENV@"]')
+add(
+    "os_environ_write",
+    "os.environ write",
+    STATE,
+    imports="import os",
+    call='os.environ["PW_ESCAPE_INJECTED"] = "1"',
+)
+add(
+    "pathlib_read_secret",
+    "pathlib.Path.read_text",
+    SECRET,
+    imports="import pathlib",
+    call='return pathlib.Path("@SECRET_FILE@").read_text()',
+)
+add(
+    "pathlib_write",
+    "pathlib.Path.write_text",
+    FILE,
+    imports="from pathlib import Path",
+    call='Path("@CANARY@/pathlib_write").write_text("x")',
+)
+add(
+    "np_loadtxt_secret",
+    "np.loadtxt (read a secret file)",
+    SECRET,
+    imports="import numpy as np",
+    call='return np.loadtxt("@SECRET_FILE@", dtype=str)',
+)
+add(
+    "np_fromfile_secret",
+    "np.fromfile (read a secret file)",
+    SECRET,
+    imports="import numpy as np",
+    call='return np.fromfile("@SECRET_FILE@", dtype=np.uint8)',
+)
+add(
+    "shutil_copy_secret",
+    "shutil",
+    FILE,
+    imports="import shutil",
+    call='shutil.copy("@SECRET_FILE@", "@CANARY@/shutil_copy")',
+)
+add("tempfile_mkstemp", "tempfile", FILE, imports="import tempfile", call='tempfile.mkstemp(dir="@CANARY@")')
+add(
+    "importlib_import_module",
+    "importlib.import_module",
+    FILE,
+    imports="import importlib",
+    call='importlib.import_module("os").mkdir("@CANARY@/importlib")',
+)
+add(
+    "import_socket_connect",
+    "import socket",
+    CONNECT,
+    imports="import socket",
+    call='socket.create_connection(("127.0.0.1", @PORT@), 2).close()',
+)
+add(
+    "urllib_via_diffusers",
+    "diffusers.utils.dynamic_modules_utils.request",
+    CONNECT,
+    live=False,
+    imports="import diffusers.utils.dynamic_modules_utils as dmu",
+    call='dmu.request.urlopen("http://127.0.0.1:@PORT@/x", timeout=1)',
+)
+add(
+    "range_resource_bomb",
+    "bounded range(10**12) list",
+    RUNS,
+    live=False,
+    call="return len(list(range(10 ** 12)))",
+)
+add("sys_settrace", "sys.settrace via facade", STATE, call="torch.sys.settrace(lambda *args: None)")
+add("sys_path_insert", "sys.path write via facade", STATE, call='torch.sys.path.insert(0, "@CANARY@")')
+add(
+    "signal_handler",
+    "signal.signal",
+    STATE,
+    imports="import signal",
+    call="signal.signal(signal.SIGUSR1, signal.SIG_IGN)",
+)
+add(
+    "logging_file_handler",
+    "logging.FileHandler on the root logger",
+    FILE,
+    imports="import logging",
+    call='logging.getLogger().addHandler(logging.FileHandler("@CANARY@/log.txt"))',
+)
+add(
+    "threading_timer",
+    "threading (a thread left running)",
+    STATE,
+    imports="import threading",
+    call="threading.Timer(1.5, print).start()",
+)
+
+PAYLOADS: tuple[Payload, ...] = tuple(_P)
+assert len({p.id for p in PAYLOADS}) == len(PAYLOADS), "duplicate payload ids"
+
+#: Positive control: a benign pipeline written with the idioms real community files use
+#: (super().__init__, register_modules, @torch.no_grad(), logging.get_logger(__name__),
+#: self.__class__.__name__, inspect.signature(self.scheduler.step), property / staticmethod /
+#: classmethod, single-underscore state, annotations, augmented attribute assignment,
+#: randn_tensor, progress_bar). The sandbox must run it and match plain Python bit for bit.
+BENIGN_SOURCE = '''\
+"""A benign community pipeline: the idioms of diffusers' examples/community, nothing else."""
+import inspect
+import math
+from typing import Optional
+
+import numpy as np
+import torch
+from diffusers import DiffusionPipeline
+from diffusers.utils import logging
+from diffusers.utils.torch_utils import randn_tensor
+
+logger = logging.get_logger(__name__)  # pylint: disable=invalid-name
+
+
+class BenignIdiomsPipeline(DiffusionPipeline):
+    _optional_components = []
+
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+        self._guidance_scale = 1.0
+
+    @property
+    def guidance_scale(self):
+        return self._guidance_scale
+
+    @staticmethod
+    def _scale(sample: torch.Tensor, factor: float) -> torch.Tensor:
+        return sample * factor
+
+    @classmethod
+    def describe(cls) -> str:
+        return cls.__name__
+
+    @torch.no_grad()
+    def __call__(self, generator: Optional[torch.Generator] = None, num_inference_steps: int = 2):
+        name: str = self.__class__.__name__
+        logger.info("running %s (%s)", name, self.describe())
+        self.set_progress_bar_config(disable=True)
+        size = self.unet.config.sample_size
+        shape = (1, self.unet.config.in_channels, size, size)
+        image = randn_tensor(shape, generator=generator, dtype=self.unet.dtype)
+        accepts_generator = "generator" in set(inspect.signature(self.scheduler.step).parameters.keys())
+        self.scheduler.set_timesteps(num_inference_steps)
+        self._step_count = 0
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_output = self.unet(image, t).sample
+            extra = {}
+            if accepts_generator:
+                extra["generator"] = generator
+            image = self.scheduler.step(model_output, t, image, **extra).prev_sample
+            self._step_count += 1
+        image = self._scale(image, self.guidance_scale * math.sqrt(1.0))
+        scale = float(np.float32(1.0))
+        return torch.cat([image * scale], dim=0)
+'''

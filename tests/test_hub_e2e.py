@@ -1,0 +1,186 @@
+"""load_pipeline end to end against the fake hub: every custom_pipeline form, pins, refusals, threads."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import pipewarden
+from pipewarden._fixtures import EXAMPLE_PIPELINE_SOURCE, build_weights
+from pipewarden.errors import IntegrityError, NotAllowedError, TrustRequiredError
+from pipewarden.loader.hub import COMMUNITY_MIRROR_ID
+from tests.fakehub import FakeHub, blob_names, untrusted_cache_entries, use_fake_hub
+
+SOURCE = EXAMPLE_PIPELINE_SOURCE.encode()
+SOURCE_SHA = hashlib.sha256(SOURCE).hexdigest()
+SAFETENSORS = "unet/diffusion_pytorch_model.safetensors"
+
+
+@pytest.fixture(scope="module")
+def weight_files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
+    d = tmp_path_factory.mktemp("e2e-weights")
+    build_weights(d)
+    return {p.relative_to(d).as_posix(): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def world(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, weight_files: dict[str, bytes]):
+    with FakeHub() as hub:
+        cache = use_fake_hub(monkeypatch, hub, tmp_path)
+        w = SimpleNamespace(hub=hub, cache=cache, local_weights=tmp_path / "local-weights")
+        build_weights(w.local_weights)
+        w.weights_commit = hub.add_commit("org/weights", weight_files)
+        w.code_commit = hub.add_commit("org/code", {"pipeline.py": SOURCE, "README.md": b"# code\n"})
+        w.mirror_commit = hub.add_commit(
+            COMMUNITY_MIRROR_ID, {"v0.42.1/one_step_unet.py": SOURCE}, repo_type="dataset"
+        )
+        yield w
+
+
+def _run(pipe: object) -> torch.Tensor:
+    torch.manual_seed(0)  # DDPMScheduler.step draws its variance noise from the global generator
+    out = pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=1)  # type: ignore[operator]
+    assert isinstance(out, torch.Tensor) and out.shape == (1, 3, 8, 8) and torch.isfinite(out).all()
+    return out
+
+
+@pytest.mark.parametrize("custom_pipeline", ["org/code", "one_step_unet"])
+def test_each_hub_form_loads_and_runs(world: SimpleNamespace, custom_pipeline: str) -> None:
+    gates: list[str] = []
+    pipe = pipewarden.load_pipeline(
+        "org/weights",
+        custom_pipeline=custom_pipeline,
+        trust_remote_code=True,
+        pipeline_sha256=SOURCE_SHA,
+        isolation="inprocess",
+        on_gate=lambda gate, verdict: gates.append(f"{gate}: {verdict}"),
+    )
+    _run(pipe)
+    assert any(world.weights_commit in g for g in gates)
+
+
+def test_hub_code_with_local_weights_and_pinned_revisions(world: SimpleNamespace) -> None:
+    pipe = pipewarden.load_pipeline(
+        str(world.local_weights),
+        custom_pipeline="org/code",
+        custom_revision=world.code_commit,
+        trust_remote_code=True,
+        pipeline_sha256=SOURCE_SHA,
+        isolation="inprocess",
+    )
+    _run(pipe)
+    pipe2 = pipewarden.load_pipeline(
+        "org/weights",
+        revision=world.weights_commit,
+        custom_pipeline="one_step_unet",
+        custom_revision="0.42.1",
+        trust_remote_code=True,
+        pipeline_sha256=SOURCE_SHA,
+        isolation="inprocess",
+    )
+    _run(pipe2)
+
+
+@pytest.mark.parametrize("custom_pipeline", ["org/code", "one_step_unet"])
+def test_no_opt_in_refused_before_any_request(world: SimpleNamespace, custom_pipeline: str) -> None:
+    with pytest.raises(TrustRequiredError):
+        pipewarden.load_pipeline(
+            "org/weights", custom_pipeline=custom_pipeline, pipeline_sha256=SOURCE_SHA, isolation="inprocess"
+        )
+    assert world.hub.requests == []
+
+
+@pytest.mark.parametrize(
+    ("custom_pipeline", "commit_attr"), [("org/code", "code_commit"), ("one_step_unet", "mirror_commit")]
+)
+def test_unpinned_code_refused_with_commit_and_sha256_to_pin(
+    world: SimpleNamespace, custom_pipeline: str, commit_attr: str
+) -> None:
+    with pytest.raises(NotAllowedError) as exc:
+        pipewarden.load_pipeline(
+            "org/weights", custom_pipeline=custom_pipeline, trust_remote_code=True, isolation="inprocess"
+        )
+    msg = str(exc.value)
+    assert SOURCE_SHA in msg and getattr(world, commit_attr) in msg
+
+
+def test_code_changed_on_branch_refused_by_pin(world: SimpleNamespace) -> None:
+    world.hub.add_commit("org/code", {"pipeline.py": SOURCE + b"\n# changed\n"}, base=world.code_commit)
+    with pytest.raises(IntegrityError, match="pipeline_sha256"):
+        pipewarden.load_pipeline(
+            "org/weights",
+            custom_pipeline="org/code",
+            trust_remote_code=True,
+            pipeline_sha256=SOURCE_SHA,
+            isolation="inprocess",
+        )
+
+
+def test_tampered_weights_refused_end_to_end_then_recovers(world: SimpleNamespace) -> None:
+    world.hub.tamper(SAFETENSORS, times=1)
+    kw = dict(
+        custom_pipeline="org/code", trust_remote_code=True, pipeline_sha256=SOURCE_SHA, isolation="inprocess"
+    )
+    with pytest.raises(IntegrityError):
+        pipewarden.load_pipeline("org/weights", **kw)
+    assert untrusted_cache_entries(world.cache) == []
+    _run(pipewarden.load_pipeline("org/weights", **kw))
+
+
+def test_eight_threads_loading_the_same_pipeline(
+    world: SimpleNamespace, weight_files: dict[str, bytes]
+) -> None:
+    barrier = threading.Barrier(8)
+    pipes: list[object] = [None] * 8
+
+    def work(i: int) -> None:
+        barrier.wait()
+        try:
+            pipes[i] = pipewarden.load_pipeline(
+                "org/weights",
+                custom_pipeline="org/code",
+                trust_remote_code=True,
+                pipeline_sha256=SOURCE_SHA,
+                isolation="inprocess",
+            )
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            pipes[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=300)
+    errors = [p for p in pipes if isinstance(p, BaseException) or p is None]
+    assert not errors, errors
+    # identical results: same weights bit for bit, same output (run one after the other: the
+    # concurrent *loading* is under test, not thread-level float determinism of torch)
+    ref_state = pipes[0].unet.state_dict()  # type: ignore[attr-defined]
+    for p in pipes[1:]:
+        state = p.unet.state_dict()  # type: ignore[attr-defined]
+        assert state.keys() == ref_state.keys() and all(torch.equal(state[k], ref_state[k]) for k in state)
+    outs = [_run(p) for p in pipes]
+    assert all(torch.equal(o, outs[0]) for o in outs)
+    assert len(blob_names(world.cache, "models--org--weights")) == len(weight_files)
+    assert len(blob_names(world.cache, "models--org--code")) == 2
+    assert world.hub.count(server="cdn", method="GET") == 1
+
+
+@pytest.mark.slow
+def test_hub_weights_in_isolated_worker(world: SimpleNamespace) -> None:
+    """The default isolation reads the HF cache snapshot (links into blobs/) inside the worker."""
+    pipe = pipewarden.load_pipeline(
+        "org/weights", custom_pipeline="one_step_unet", trust_remote_code=True, pipeline_sha256=SOURCE_SHA
+    )
+    try:
+        out = pipe(num_inference_steps=1)
+        assert isinstance(out, torch.Tensor) and out.shape == (1, 3, 8, 8)
+    finally:
+        close = getattr(pipe, "close", None)
+        if callable(close):
+            close()
