@@ -71,7 +71,7 @@ def _first_start_once() -> float:
     return t_ready
 
 
-def first_start(repeats: int = 3) -> dict[str, Any]:
+def first_start(repeats: int = 5) -> dict[str, Any]:
     base: list[float] = []
     cand: list[float] = []
     for i in range(repeats):
@@ -111,7 +111,7 @@ def _weights(cache: Path) -> Path:
     return target
 
 
-def loop_overhead(cache: Path = DEFAULT_CACHE, *, steps: int = 50, repeats: int = 3) -> dict[str, Any]:
+def loop_overhead(cache: Path = DEFAULT_CACHE, *, steps: int = 50, repeats: int = 5) -> dict[str, Any]:
     import torch
 
     import pipewarden

@@ -134,12 +134,13 @@ def test_sarif_is_valid_sarif_2_1_0(project, capsys):
         import jsonschema
 
         schema = json.loads(SARIF_SCHEMA.read_text(encoding="utf-8"))
-        jsonschema.Draft7Validator(schema).validate(sarif)
+        validator = jsonschema.validators.validator_for(schema)(schema)  # the draft the schema declares
+        validator.validate(sarif)
         # the validator is not vacuous: a result without a message is rejected
         broken = json.loads(out)
         del broken["runs"][0]["results"][0]["message"]
         with pytest.raises(jsonschema.ValidationError):
-            jsonschema.Draft7Validator(schema).validate(broken)
+            validator.validate(broken)
     uris = {r["locations"][0]["physicalLocation"]["artifactLocation"]["uri"] for r in sarif["runs"][0]["results"]}
     assert uris == {"pipes/sub/bad.py", "pipes/sub/broken.py", "pipes/warn.py"}
     bad = [r for r in sarif["runs"][0]["results"]
@@ -321,3 +322,53 @@ def test_pre_commit_hook_and_ci_example_are_present_and_consistent():
     workflow = (REPO / "examples" / "ci" / "github-actions.yml").read_text(encoding="utf-8")
     assert "pipewarden audit" in workflow and "--format sarif" in workflow
     assert "github/codeql-action/upload-sarif" in workflow
+
+
+def test_worker_crash_is_pinned_on_the_file_that_caused_it(tmp_path, monkeypatch):
+    """A worker that dies (e.g. the interpreter crashing on a hostile file) must not take the
+    whole audit down, nor be blamed on other files: each unfinished file is re-audited alone."""
+    from pipewarden.sandbox import audit as audit_mod
+
+    for i in range(6):
+        write(tmp_path, f"f{i}.py", CLEAN if i != 3 else "# poison\n" + CLEAN)
+    real = audit_mod.audit_file
+
+    def crashing(path, options=None, *, shown_as=None):
+        if path.endswith("f3.py"):
+            os._exit(70)  # simulates a hard crash of the worker process
+        return real(path, options, shown_as=shown_as)
+
+    monkeypatch.setattr(audit_mod, "audit_file", crashing)  # inherited by forked workers
+    monkeypatch.chdir(tmp_path)
+    report = audit_mod.audit_paths(["."], jobs=2)
+    assert [f.path for f in report.files] == [f"f{i}.py" for i in range(6)]
+    by_path = {f.path: [x.rule for x in f.findings] for f in report.files}
+    assert by_path["f3.py"] == ["PW005"]
+    assert all(by_path[f"f{i}.py"] == [] for i in range(6) if i != 3)
+    assert report.exit_code == 1
+
+
+def test_allowlist_extra_modules_widen_the_policy(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "p.py", "import einops\n" + CLEAN)
+    write(tmp_path, "org.toml", 'version = 1\n[policy.extra_modules]\neinops = ["rearrange"]\n')
+    rc, out, _ = run_cli(capsys, "p.py")
+    assert rc == 1 and "PW020" in out and "einops" in out
+    rc, out, _ = run_cli(capsys, "--allowlist", "org.toml", "p.py")
+    assert rc == 0 and "PW020" not in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--allowlist", "missing.toml", "p.py"],
+        ["--allowlist", "bad.toml", "p.py"],
+        ["--import-alias", "Fork=socket", "p.py"],  # an alias may only point at an allowed module
+    ],
+)
+def test_bad_policy_extras_are_usage_errors(tmp_path, capsys, monkeypatch, argv):
+    monkeypatch.chdir(tmp_path)
+    write(tmp_path, "p.py", CLEAN)
+    write(tmp_path, "bad.toml", "version = \n[[[")
+    rc, out, err = run_cli(capsys, *argv)
+    assert rc == 2 and out == "" and "Traceback" not in err

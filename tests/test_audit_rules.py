@@ -50,6 +50,10 @@ def test_rule_table_is_complete_and_stable():
 
 # (rule, positive helper body, negative helper body, extra top-of-file imports)
 CASES = [
+    ("PW021", "return type(obj)", "return isinstance(obj, int)", ""),
+    ("PW021", "return dir(obj)", "dir = obj\nreturn dir", ""),
+    ("PW021", "try:\n    return obj\nexcept IOError:\n    return None",
+     "try:\n    return obj\nexcept OSError:\n    return None", ""),
     ("PW030", "return obj.__dict__", "return obj.config", ""),
     ("PW030", "return vars(obj)", "return dict(obj)", ""),
     ("PW031", "return obj.gi_frame.f_back.f_globals", "return obj.frame_count", ""),
@@ -278,3 +282,44 @@ def test_pw001_error_only_the_compiler_finds():
     (finding,) = [f for f in report.findings if f.rule == "PW001"]
     assert "outside function" in finding.message
     assert finding.line == CLEAN.count("\n") + 2
+
+
+def test_pw021_one_finding_per_builtin_with_use_count():
+    report = audit_source(with_helper("a = type(obj)\nb = type(a)\nreturn type(b)"))
+    (finding,) = [f for f in report.findings if f.rule == "PW021"]
+    assert "'type'" in finding.message and "3 uses" in finding.message
+    assert finding.line == report.findings[0].line  # the first use
+
+
+def test_pw021_uses_the_policy_builtins():
+    from pipewarden.sandbox.policy import default_policy
+
+    provided = default_policy().builtin_names
+    assert "isinstance" in provided and "type" not in provided
+
+
+
+@pytest.mark.parametrize(
+    ("prefix", "rule"),
+    [
+        ("import socket\n", "PW020"),
+        ("class Holder:\n    import socket\n", "PW020"),  # class bodies run at load time
+        ("try:\n    import socket\nexcept ValueError:\n    pass\n", "PW020"),
+        ("FLAG = False\nif FLAG:\n    import socket\n", "PW022"),
+        ("def later():\n    import socket\n", "PW022"),
+        ("try:\n    import socket\nexcept ImportError:\n    socket = None\n", "PW022"),
+        ("try:\n    import socket\nexcept (OSError, ModuleNotFoundError):\n    socket = None\n", "PW022"),
+    ],
+    ids=["module", "class-body", "try-other-error", "if", "function", "try-importerror", "try-tuple"],
+)
+def test_pw020_unconditional_vs_pw022_conditional_import(prefix, rule):
+    rules = rules_of(prefix + CLEAN)
+    assert rule in rules
+    assert {"PW020", "PW022"} - {rule} & set(rules) == set()
+
+
+def test_pw022_is_a_warning_and_names_the_condition():
+    report = audit_source("FLAG = False\nif FLAG:\n    import torch_xla.core.xla_model as xm\n" + CLEAN)
+    (finding,) = [f for f in report.findings if f.rule == "PW022"]
+    assert finding.severity == "warning" and "inside an if statement" in finding.message
+    assert (finding.line, finding.column) == (3, 5)

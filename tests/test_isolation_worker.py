@@ -20,7 +20,13 @@ from pathlib import Path
 
 import pytest
 
-from pipewarden.errors import NotAllowedError, PipewardenError, PolicyViolation, ResourceLimitError, WorkerError
+from pipewarden.errors import (
+    NotAllowedError,
+    PipewardenError,
+    PolicyViolation,
+    ResourceLimitError,
+    WorkerError,
+)
 from pipewarden.limits import Limits
 from pipewarden.sandbox.isolation import LAYER_NAMES, WorkerLoadRequest, probe_layers, start_worker_pipeline
 from pipewarden.sandbox.isolation._client import WorkerProcess, fork_server
@@ -309,3 +315,37 @@ def test_later_worker_starts_are_cheap(server):
         with worker():
             times.append(time.perf_counter() - t0)
     assert sorted(times)[2] < 1.0  # generous bound for a shared CI box; the benchmark measures ~20 ms
+
+
+def test_workers_die_with_a_crashed_host():
+    """Host killed hard -> its fork server gets SIGKILL (parent-death signal) -> so do its workers."""
+    import subprocess
+
+    script = (
+        "import os, sys\n"
+        "from pipewarden.limits import Limits\n"
+        "from pipewarden.sandbox.isolation._client import WorkerProcess, fork_server\n"
+        "w = WorkerProcess(Limits(), read_paths=())\n"
+        "print(w.pid, fork_server()._proc.pid, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    worker_pid, server_pid = (int(x) for x in proc.stdout.split())
+    assert _gone(server_pid, timeout=10)
+    assert _gone(worker_pid, timeout=10)
+
+
+def test_worker_holds_only_its_pipes_and_log(tmp_path):
+    secret = open(tmp_path / "host-secret", "w")  # noqa: SIM115 - held open on purpose
+    sock = socket.socket()
+    try:
+        with worker() as w:
+            fds = hook(w, "identity")["fds"]
+        targets = [t for t in fds.values() if t != "?"]  # "?": the fd listdir itself used
+        assert len(targets) == 5
+        for target in targets:
+            assert target == "/dev/null" or target.startswith("pipe:") or target.endswith("/worker.log"), target
+    finally:
+        secret.close()
+        sock.close()

@@ -176,7 +176,7 @@ def _admit(
                 + (f" and custom_revision={code.commit!r}" if code.commit else "")
             ),
         )
-    aliases = {**dict(decision.import_aliases), **dict(import_aliases or {})}
+    aliases = {**dict(import_aliases or {}), **dict(decision.import_aliases)}  # the organisation's win
     return AdmittedCode(
         code=code,
         gates=tuple(gates),
@@ -285,12 +285,7 @@ def load_pipeline(
         isolation=isolation,
         report=report,
     )
-    if admitted.required_isolation and admitted.required_isolation != isolation:
-        raise NotAllowedError(
-            f"isolation={isolation!r} was requested",
-            rule=f"the allowlist requires isolation={admitted.required_isolation!r}",
-            fix=f"load with isolation={admitted.required_isolation!r}",
-        )
+    # The allowlist's minimum isolation was enforced by registry.trust.decide.
     if isolation == "inprocess":
         return _run_inprocess(admitted, weights, expected=expected, torch_dtype=torch_dtype, components=components, report=report)
     return _run_in_worker(admitted, weights, expected=expected, torch_dtype=torch_dtype, components=components, limits=limits, report=report)

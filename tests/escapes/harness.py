@@ -32,6 +32,7 @@ import logging
 import os
 import pickle
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -106,6 +107,10 @@ class World:
     port: int
     have_shared_object: bool
     substitutions: dict[str, str]
+    lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
+    accepted: list[int] = dataclasses.field(default_factory=lambda: [0])
+    stop: threading.Event = dataclasses.field(default_factory=threading.Event)
+    threads: list[threading.Thread] = dataclasses.field(default_factory=list)
 
     def render(self, template: str) -> str:
         out = template
@@ -127,20 +132,48 @@ class World:
         return sorted(str(p.relative_to(self.canary)) for p in self.canary.rglob("*"))
 
     def drain_connections(self) -> int:
-        """Accept (and close) every connection queued on the listener; return how many."""
-        count = 0
-        self.listener.setblocking(False)
-        while True:
-            try:
-                conn, _ = self.listener.accept()
-            except (BlockingIOError, InterruptedError):
-                break
-            conn.close()
-            count += 1
+        """How many connections reached the listener since the last call (accepted, then closed)."""
+        count = _accept_pending(self.listener)
+        with self.lock:
+            count += self.accepted[0]
+            self.accepted[0] = 0
         return count
 
+    def start_acceptor(self) -> None:
+        """Accept and close connections in a thread, so a client hoping for a reply fails fast."""
+        thread = threading.Thread(target=self._accept_loop, name="escape-suite-listener", daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _accept_loop(self) -> None:
+        while not self.stop.is_set():
+            try:
+                ready, _, _ = select.select([self.listener], [], [], 0.1)
+            except (OSError, ValueError):
+                return
+            if ready:
+                got = _accept_pending(self.listener)
+                with self.lock:
+                    self.accepted[0] += got
+
     def close(self) -> None:
+        self.stop.set()
+        for thread in self.threads:
+            thread.join(timeout=2)
         self.listener.close()
+
+
+def _accept_pending(listener: socket.socket) -> int:
+    count = 0
+    while True:
+        try:
+            conn, _ = listener.accept()
+        except (BlockingIOError, InterruptedError):
+            return count
+        except OSError:
+            return count
+        conn.close()
+        count += 1
 
 
 def build_world(root: Path, weights: Path) -> World:
@@ -189,6 +222,7 @@ def build_world(root: Path, weights: Path) -> World:
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
     listener.listen(128)
+    listener.setblocking(False)
     port = listener.getsockname()[1]
 
     subs = {

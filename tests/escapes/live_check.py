@@ -11,6 +11,7 @@ Usage: python live_check.py --root DIR --weights DIR [--only ID ...]  -> JSON on
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib.util
 import json
 import os
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps({"harness_error": "warm-up failed: " + warm.describe()}))
         return 1
     results: dict[str, dict] = {}
+    gc.freeze()  # children would otherwise copy the whole heap when their GC first runs
     for payload in payloads.PAYLOADS:
         if args.only and payload.id not in args.only:
             continue

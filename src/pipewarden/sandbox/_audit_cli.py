@@ -67,17 +67,53 @@ def add_parsers(subparsers) -> None:
                         help="refuse files larger than SIZE unread (default 2M)")
     parser.add_argument("--import-alias", type=_alias, action="append", default=[], metavar="NAME=MODULE",
                         help="treat imports of NAME as MODULE (e.g. MuseVdiffusers=diffusers); repeatable")
+    parser.add_argument("--allowlist", metavar="FILE",
+                        help="an organisation allowlist (TOML); its [policy] extra_modules and import_aliases "
+                             "widen the sandbox policy the files are checked against")
     parser.set_defaults(func=run)
+
+
+_MAX_ALLOWLIST_BYTES = 4 * 1024 * 1024
+
+
+def _allowlist_extras(path: str) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[tuple[str, str], ...]]:
+    """(extra_modules, import_aliases) of an organisation allowlist, parsed by the registry."""
+    from pipewarden.registry.allowlist import Allowlist
+
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(_MAX_ALLOWLIST_BYTES + 1)
+    except OSError as exc:
+        raise InputError(f"cannot read the allowlist {path}: {exc.strerror or exc}",
+                         rule="--allowlist must be a readable file", fix="check the path") from None
+    if len(data) > _MAX_ALLOWLIST_BYTES:
+        raise InputError(f"the allowlist {path} is larger than {_MAX_ALLOWLIST_BYTES} bytes",
+                         rule="allowlists are small TOML files", fix="check the path")
+    policy = Allowlist.from_bytes(data, origin=path).policy
+    modules = tuple(sorted((name, tuple(attrs)) for name, attrs in policy.extra_modules.items()))
+    aliases = tuple(sorted(dict(getattr(policy, "import_aliases", None) or {}).items()))
+    return modules, aliases
 
 
 def run(args: argparse.Namespace) -> int:
     from pipewarden.sandbox.audit import DEFAULT_MAX_FILE_SIZE, AuditOptions, audit_paths
     from pipewarden.sandbox.audit_format import render, summary_line
 
+    extra_modules: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    aliases = tuple(args.import_alias)
+    if args.allowlist:
+        extra_modules, allowlist_aliases = _allowlist_extras(args.allowlist)
+        aliases = allowlist_aliases + aliases
     options = AuditOptions(
         max_file_size=args.max_file_size or DEFAULT_MAX_FILE_SIZE,
-        import_aliases=tuple(args.import_alias),
+        import_aliases=aliases,
+        extra_modules=extra_modules,
     )
+    try:
+        options.policy()  # validate the extras before touching any file
+    except ValueError as exc:
+        raise InputError(f"the policy extras are not valid: {exc}", rule="extras may only add modules and aliases",
+                         fix="fix --import-alias / the allowlist's [policy] table") from None
     report = audit_paths(args.paths, options, jobs=args.jobs)
     rendered = render(report, args.format)
     if args.output:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from typing import Any
 
 from pipewarden.errors import PipewardenError, PolicyViolation, ScanError
 from pipewarden.sandbox import tripwire
@@ -66,7 +65,9 @@ def load_class(
     from pipewarden.sandbox._runtime import Sandbox
 
     tripwire.install(policy.tripwire)
-    box = Sandbox(policy, _module_name(filename))
+    module_name = _module_name(filename)
+    _register_placeholder(module_name)
+    box = Sandbox(policy, module_name)
     glb = box.make_globals()
 
     # 4. Restricted exec of the module body, tripwire armed.
@@ -80,8 +81,9 @@ def load_class(
             f"{filename} recursed too deeply at import time", rule="exec.recursion", fix="simplify the module body"
         ) from None
     except Exception as exc:  # noqa: BLE001 - wrap at the seam; never leak the object-carrying exception
+        line = _failing_line(exc, filename)
         raise ScanError(
-            f"{filename} failed while its module body ran in the sandbox: {type(exc).__name__}: {_short(exc)}",
+            f"{filename} failed while its module body ran in the sandbox{line}: {type(exc).__name__}: {_short(exc)}",
             rule="exec.module-body",
             fix="the file must import and define its classes without errors under the sandbox policy",
         ) from None
@@ -95,6 +97,31 @@ def load_class(
             fix="define exactly one class deriving from DiffusionPipeline at module level",
         )
     return cls
+
+
+def _register_placeholder(module_name: str) -> None:
+    """An EMPTY module under the sandboxed module's name, for host code that looks a class's module up
+    in ``sys.modules`` (dataclasses does). It holds nothing: the sandbox globals are never published."""
+    import sys
+    import types
+
+    parent = module_name.split(".")[0]
+    if parent not in sys.modules:
+        pkg = types.ModuleType(parent, "Placeholder parent of sandboxed pipeline modules (empty).")
+        pkg.__path__ = []
+        sys.modules[parent] = pkg
+    if module_name not in sys.modules:
+        sys.modules[module_name] = types.ModuleType(module_name, "Placeholder for a sandboxed module (empty).")
+
+
+def _failing_line(exc: BaseException, filename: str) -> str:
+    tb = exc.__traceback__
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == filename:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return f" (line {line})" if line else ""
 
 
 def _short(exc: BaseException) -> str:

@@ -46,12 +46,14 @@ _FORBIDDEN_VALUE_TYPES: frozenset[type] = frozenset(
         types.CodeType,
         types.TracebackType,
         types.CellType,
-        types.MappingProxyType,  # __dict__ views of classes
     }
 )
 # Plain value types: their public methods are pure. str.format/format_map are replaced.
 _VALUE_TYPES: frozenset[type] = frozenset(
-    {str, bytes, int, float, bool, complex, list, tuple, dict, set, frozenset, range, slice, type(None), bytearray}
+    {
+        str, bytes, int, float, bool, complex, list, tuple, dict, set, frozenset, range, slice, type(None),
+        bytearray, types.MappingProxyType,  # read-only views (inspect.Signature.parameters)
+    }
 )
 _WRITABLE_CONTAINERS: frozenset[type] = frozenset({list, dict, set, bytearray})
 # Dunder attribute reads admitted at run time (compile time admits only the policy's idioms).
@@ -483,6 +485,8 @@ class Sandbox:
         if not allowed:
             return self._refuse_facade(mod_name, name, for_import, rule)
         self.check_value(value, f"{mod_name}.{name}")
+        if isinstance(value, type) and issubclass(value, type):
+            return self._refuse_facade(mod_name, name, for_import, rule)
         if name in rule.suspend_tripwire and callable(value):
             return _suspending(value)
         if type(value) in _WRITABLE_CONTAINERS:
@@ -501,8 +505,8 @@ class Sandbox:
             raise _violation(f"{where} is a {t.__name__}, which sandboxed code may never hold", "value.forbidden-type")
         if t is types.BuiltinFunctionType and getattr(value, "__self__", None) is _builtins:
             raise _violation(f"{where} is a raw Python builtin", "value.raw-builtin")
-        if value is type or value is object.__subclasses__:
-            raise _violation(f"{where} is the type constructor", "value.forbidden-type")
+        if isinstance(value, type) and issubclass(value, type):
+            raise _violation(f"{where} is a metaclass (it would build classes around the checks)", "value.metaclass")
         return value
 
     # ------------------------------------------------------------------ per-type attribute rules
@@ -591,13 +595,19 @@ class Sandbox:
         if isinstance(d, dict) and name in d:
             return not self._deny.denies(name.lstrip("_"))
         klass_t = obj if isinstance(obj, type) else t
+        defined = False
         for klass in klass_t.__mro__:
             if name in klass.__dict__:
                 if klass in self._classes:
                     return True
+                defined = True
                 break
         if self._deny.denies(name) or self._deny.denies(name.lstrip("_")):
             return False
+        if not defined:
+            # Not defined anywhere: the lookup raises a fresh AttributeError (or reads the config
+            # through ConfigMixin.__getattr__), so ``hasattr(self, "x")`` idioms keep working.
+            return True
         if self._static_allowed(klass_t, name, on_class=isinstance(obj, type)):
             return True
         return self._dynamic_allowed(obj, t, name)
@@ -632,6 +642,8 @@ class Sandbox:
             value = getattr(obj, name)
         except AttributeError:
             raise AttributeError(f"{_tname(obj)!r} object has no attribute {name!r}") from None
+        if name in _ARGUMENT_GUARDS and callable(value):
+            return _ARGUMENT_GUARDS[name](value, f"{_tname(obj)}.{name}")
         t_value = type(value)
         if t_value in _FORBIDDEN_VALUE_TYPES or t_value is types.BuiltinFunctionType:
             self.check_value(value, f"{_tname(obj)}.{name}")
@@ -994,6 +1006,27 @@ def _is_type_hint(value: Any) -> bool:
     return isinstance(value, (types.GenericAlias, types.UnionType)) or type(value).__module__ == "typing" and (
         type(value).__name__ in ("_GenericAlias", "_UnionGenericAlias", "_LiteralGenericAlias", "_CallableGenericAlias")
     ) or value is typing.Any
+
+
+def _config_dict_only(fn: Callable[..., Any], where: str) -> Callable[..., Any]:
+    """``from_config`` given a str loads a file or downloads it: only an in-memory config is allowed."""
+
+    def from_config(config: Any = None, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(config, dict):
+            raise _violation(
+                f"{where} with a {type(config).__name__} (a path or repo id would read files or the network)",
+                "argument.config-path",
+                "pass an in-memory config such as self.scheduler.config",
+            )
+        return fn(config, *args, **kwargs)
+
+    return from_config
+
+
+#: Methods whose arguments decide between pure computation and I/O: wrapped when read.
+_ARGUMENT_GUARDS: dict[str, Callable[[Callable[..., Any], str], Callable[..., Any]]] = {
+    "from_config": _config_dict_only,
+}
 
 
 def _suspending(fn: Callable[..., Any]) -> Callable[..., Any]:

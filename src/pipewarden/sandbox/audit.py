@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from pipewarden.errors import InputError, ScanError
 from pipewarden.sandbox import audit_rules as _rules
-from pipewarden.sandbox.audit_checks import RawFinding, check_tree
+from pipewarden.sandbox.audit_checks import RawFinding, check_tree, conditional_imports
 
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
@@ -266,9 +266,10 @@ def _audit_bytes(raw: bytes, path: str, digest: str, options: AuditOptions) -> F
     columns = _Columns(text)
     policy = options.policy()
 
-    # 3. The audit's own call/attribute rules.
-    benign = getattr(policy, "allowed_dunder_attrs", None)
-    for raw_finding in check_tree(tree, frozenset(benign) if benign else None):
+    # 3. The audit's own call/attribute rules, parametrised by the policy's reviewed dunder idioms
+    #    and builtins.
+    provided = policy.builtin_names | policy.readable_dunder_names
+    for raw_finding in check_tree(tree, policy.allowed_dunder_attrs, provided):
         findings.append(_convert(raw_finding, columns))
 
     # 4. Class detection and imports: the sandbox's scanner and policy.
@@ -284,28 +285,36 @@ def _audit_bytes(raw: bytes, path: str, digest: str, options: AuditOptions) -> F
             else (1, 0)
         message = _one_line(exc.what).removeprefix(f"{path} ")
         findings.append(_file_finding("PW010", message, line, columns.column(line, col)))
+    conditional: dict[tuple[int, int], str] | None = None
     for ref in result.imports:
+        if policy.is_module_allowed(ref.module):
+            continue
+        if conditional is None:
+            conditional = conditional_imports(tree)
         module = policy.canonical_module(ref.module)
-        if not policy.is_module_allowed(ref.module):
-            shown = ref.module if module == ref.module else f"{ref.module} (as {module})"
-            findings.append(_file_finding(
-                "PW020",
-                f"import of {shown!r} is outside the sandbox policy (version {policy.version})",
-                ref.lineno, columns.column(ref.lineno, ref.col_offset),
-            ))
+        shown = ref.module if module == ref.module else f"{ref.module} (as {module})"
+        message = f"import of {shown!r} is outside the sandbox policy (version {policy.version})"
+        why = conditional.get((ref.lineno, ref.col_offset))
+        findings.append(_file_finding(
+            "PW022" if why else "PW020",
+            f"{message}; it runs only conditionally ({why})" if why else message,
+            ref.lineno, columns.column(ref.lineno, ref.col_offset),
+        ))
 
     # 5. Would it compile under the restricted policy? One finding per issue.
     from pipewarden.sandbox.compile import check_compile
 
+    issues: tuple[Any, ...] = ()
     try:
         issues = check_compile(text, filename=path, policy=policy)
     except (RecursionError, MemoryError) as exc:
         what = "memory" if isinstance(exc, MemoryError) else "recursion depth"
         findings.append(_file_finding("PW004", f"the restricted compile check ran out of {what}"))
-        issues = ()
+        return _file_report(path, pipeline_class, candidates, findings, digest)
     except ScanError as exc:  # the sandbox refuses text the audit's own parse accepted
-        findings.append(_file_finding("PW001", _one_line(exc.what).removeprefix(f"{path} ")))
-        issues = ()
+        rule_id = "PW002" if exc.rule == "scan.source-size" else "PW001"
+        findings.append(_file_finding(rule_id, _one_line(exc.what).removeprefix(f"{path} ")))
+        return _file_report(path, pipeline_class, candidates, findings, digest)
     if not issues:
         # The sandbox also byte-compiles the restricted tree; errors only the compiler finds
         # (``return`` outside a function, bad ``nonlocal``, ...) are parse errors here too.

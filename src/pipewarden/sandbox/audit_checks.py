@@ -21,6 +21,12 @@ _BUILTIN_NAMES = frozenset(dir(builtins))
 _HEX40 = re.compile(r"[0-9a-f]{40}")
 _PREFIXES_LONGEST_FIRST = tuple(sorted(_rules.PREFIX_CALLS, key=lambda p: (-len(p), p)))
 _ATTRIBUTE_BUILTINS = frozenset(f"builtins.{n}" for n in _rules.ATTRIBUTE_BUILTINS)
+# Builtins the call rules already report (open, eval, ...): no second finding from PW021.
+_BUILTINS_WITH_CALL_RULES = frozenset(
+    name.split(".", 1)[1] for name, patterns in _rules.EXACT_CALLS.items()
+    if name.startswith("builtins.") and any(p.rule for p in patterns)
+)
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
 
 
 @dataclass(frozen=True)
@@ -33,28 +39,67 @@ class RawFinding:
     message: str
 
 
-def check_tree(tree: ast.Module, benign_dunders: frozenset[str] | None = None) -> list[RawFinding]:
-    """All call/attribute findings of ``tree`` in source order (line, column, rule)."""
+def check_tree(
+    tree: ast.Module,
+    benign_dunders: frozenset[str] | None = None,
+    sandbox_builtins: frozenset[str] | None = None,
+) -> list[RawFinding]:
+    """All call/attribute/builtin findings of ``tree`` in source order (line, column, rule).
+
+    ``benign_dunders``: dunder attributes not reported (the policy's reviewed idioms);
+    ``sandbox_builtins``: builtin names the sandbox provides (None: PW021 is not checked).
+    """
     benign = _rules.BENIGN_DUNDERS if benign_dunders is None else benign_dunders
     imports: list[ast.Import | ast.ImportFrom] = []
     calls: list[ast.Call] = []
     attributes: list[ast.Attribute] = []
     names: list[ast.Name] = []
+    builtin_uses: list[ast.Name] = []
+    bound: set[str] = set()
+    load = ast.Load
     for node in _walk(tree):
         kind = type(node)
-        if kind is ast.Call:
+        if kind is ast.Name:
+            ident = node.id  # type: ignore[attr-defined]
+            if type(node.ctx) is not load:  # type: ignore[attr-defined]
+                bound.add(ident)
+            elif ident in _BUILTIN_NAMES:
+                builtin_uses.append(node)  # type: ignore[arg-type]
+            if ident.startswith("__"):
+                names.append(node)  # type: ignore[arg-type]
+        elif kind is ast.Call:
             calls.append(node)  # type: ignore[arg-type]
         elif kind is ast.Attribute:
             attributes.append(node)  # type: ignore[arg-type]
-        elif kind is ast.Name:
-            if node.id.startswith("__"):  # type: ignore[attr-defined]
-                names.append(node)  # type: ignore[arg-type]
+        elif kind is ast.arg:
+            bound.add(node.arg)  # type: ignore[attr-defined]
+        elif kind in _DEFINITIONS:
+            bound.add(node.name)  # type: ignore[attr-defined]
+        elif kind is ast.ExceptHandler or kind is ast.MatchAs or kind is ast.MatchStar:
+            if node.name:  # type: ignore[attr-defined]
+                bound.add(node.name)  # type: ignore[attr-defined]
+        elif kind is ast.Global or kind is ast.Nonlocal:
+            bound.update(node.names)  # type: ignore[attr-defined]
         elif kind is ast.Import or kind is ast.ImportFrom:
             imports.append(node)  # type: ignore[arg-type]
 
     bindings = _import_bindings(imports)
+    bound.update(bindings)
     shadowed = _module_level_names(tree)
     out: list[RawFinding] = []
+    if sandbox_builtins is not None:
+        # One finding per builtin name, at its first use, with the number of uses (an idiom such
+        # as ``type(a) is not type(b)`` would otherwise flood the report).
+        refused: dict[str, list[ast.Name]] = {}
+        for use in builtin_uses:
+            ident = use.id
+            if ident not in sandbox_builtins and ident not in bound and ident not in _BUILTINS_WITH_CALL_RULES:
+                refused.setdefault(ident, []).append(use)
+        for ident, uses in refused.items():
+            first = min(uses, key=lambda n: (n.lineno, n.col_offset))
+            more = f" ({len(uses)} uses in this file; first shown)" if len(uses) > 1 else ""
+            out.append(RawFinding("PW021", first.lineno, first.col_offset,
+                                  f"builtin {ident!r} is not provided inside the sandbox{more}"))
     for attr in attributes:
         finding = _attribute_finding(attr.attr, attr, benign)
         if finding is not None:
@@ -239,3 +284,56 @@ _CONDITIONS = {
     "allow_pickle": _allow_pickle,
     "unpinned": _unpinned,
 }
+
+
+_IMPORT_ERROR_HANDLERS = frozenset({"ImportError", "ModuleNotFoundError", "Exception", "BaseException"})
+
+
+def conditional_imports(tree: ast.Module) -> dict[tuple[int, int], str]:
+    """(lineno, col_offset) of each import statement that does not run unconditionally when the
+    module body runs -> why (``inside if``, ``inside a function``, ``guarded by except ImportError``, ...).
+
+    Walks statements only (iteratively); class and ``with`` bodies run with the module body.
+    """
+    out: dict[tuple[int, int], str] = {}
+    stack: list[tuple[ast.stmt, str | None]] = [(stmt, None) for stmt in tree.body]
+    while stack:
+        stmt, why = stack.pop()
+        kind = type(stmt)
+        if kind is ast.Import or kind is ast.ImportFrom:
+            if why is not None:
+                out[(stmt.lineno, stmt.col_offset)] = why
+            continue
+        if kind is ast.If:
+            inner = why or "inside an if statement"
+            stack.extend((s, inner) for s in stmt.body + stmt.orelse)  # type: ignore[attr-defined]
+        elif kind in (ast.For, ast.AsyncFor, ast.While):
+            inner = why or "inside a loop"
+            stack.extend((s, inner) for s in stmt.body + stmt.orelse)  # type: ignore[attr-defined]
+        elif kind in _DEFINITIONS[:2]:
+            stack.extend((s, why or "inside a function") for s in stmt.body)  # type: ignore[attr-defined]
+        elif kind is ast.ClassDef or kind is ast.With or kind is ast.AsyncWith:
+            stack.extend((s, why) for s in stmt.body)  # type: ignore[attr-defined]
+        elif kind is ast.Try or kind.__name__ == "TryStar":
+            handlers = stmt.handlers  # type: ignore[attr-defined]
+            caught = any(_catches_import_error(h.type) for h in handlers)
+            body_why = why or ("guarded by an except clause that catches ImportError" if caught else None)
+            stack.extend((s, body_why) for s in stmt.body)  # type: ignore[attr-defined]
+            for handler in handlers:
+                stack.extend((s, why or "inside an except clause") for s in handler.body)
+            stack.extend((s, why) for s in stmt.orelse + stmt.finalbody)  # type: ignore[attr-defined]
+        elif kind is ast.Match:
+            for case in stmt.cases:  # type: ignore[attr-defined]
+                stack.extend((s, why or "inside a match case") for s in case.body)
+    return out
+
+
+def _catches_import_error(node: ast.expr | None) -> bool:
+    if node is None:
+        return True  # bare except
+    names = node.elts if isinstance(node, ast.Tuple) else [node]
+    for name in names:
+        ident = name.id if isinstance(name, ast.Name) else name.attr if isinstance(name, ast.Attribute) else ""
+        if ident in _IMPORT_ERROR_HANDLERS:
+            return True
+    return False

@@ -56,10 +56,21 @@ RULES: tuple[Rule, ...] = (
          "class inheriting from DiffusionPipeline. Keep one pipeline class per file; move helpers that "
          "subclass DiffusionPipeline elsewhere."),
     Rule("PW020", "import-outside-policy", "error",
-         "Import of a module outside the sandbox policy",
+         "Import of a module outside the sandbox policy, run when the file is loaded",
          "Sandboxed pipelines can import only the modules listed in the sandbox policy "
          "(sandbox/policy/default.toml), served through facades. Use an allowed module, or have your "
          "organisation add the module to its allowlist (extra_modules)."),
+    Rule("PW021", "builtin-outside-policy", "warning",
+         "Use of a builtin that the sandbox does not provide",
+         "Sandboxed code sees only the builtins listed in the sandbox policy ([builtins] in "
+         "sandbox/policy/default.toml); any other builtin (type, dir, IOError, ...) is refused when the "
+         "line runs. Use an allowed alternative (isinstance instead of type, ...)."),
+    Rule("PW022", "conditional-import-outside-policy", "warning",
+         "Conditional import of a module outside the sandbox policy",
+         "The import is outside the sandbox policy but does not run unconditionally at import time (it "
+         "sits under an if, in a function, or in a try whose except catches ImportError), so loading "
+         "succeeds and the code fails only if that path runs. Typical: optional accelerators "
+         "(torch_xla, xformers). Remove it, or have your organisation allowlist the module."),
     Rule("PW030", "dunder-access", "warning",
          "Access to a dunder attribute or namespace introspection",
          "Attributes such as __class__ or __dict__ and vars() are the first step of most Python sandbox "

@@ -49,7 +49,6 @@ FUNCTION_WRAPPER_NAME = "_pw_fn_"
 CLASS_OF_NAME = "_pw_class_"
 BIND_NAME = "_pw_bind_"
 
-_GUARD_SHAPE = re.compile(r"^_.*_$")  # _getattr_, _write_, _pw_fn_, __metaclass__, ...
 _ONLY_UNDERSCORES = re.compile(r"^_+$")  # throwaway names: _, __, ____
 _RESERVED = re.compile(r"^(_print|_tmp\d+|_pw.*|_apply|_getiter|_getattr|_getitem|_write|_inplacevar)$")
 #: Guard hooks and helpers: never usable as attribute names either.
@@ -113,7 +112,7 @@ class PipewardenTransformer(RestrictingNodeTransformer):
         self.issues.append(CompileIssue(lineno, col, rule, message))
 
     def gen_tmp_name(self) -> str:
-        name = "_tmp%i" % self._tmp_idx
+        name = f"_tmp{self._tmp_idx}"
         self._tmp_idx += 1
         return name
 
@@ -135,7 +134,7 @@ class PipewardenTransformer(RestrictingNodeTransformer):
             )
             return
         if name.startswith("_") and name != "_":
-            if _GUARD_SHAPE.match(name) or _RESERVED.match(name) or name.startswith("__"):
+            if _HOOK_ATTRS.match(name) or _RESERVED.match(name) or name.startswith("__"):
                 self._record(
                     node,
                     "name.guard-hook",
@@ -252,12 +251,12 @@ class PipewardenTransformer(RestrictingNodeTransformer):
         return deco
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
-        new = super().visit_FunctionDef(node)
+        new: Any = super().visit_FunctionDef(node)
         new.decorator_list.append(self._wrap_decorator(new))  # innermost: wraps the raw function
         return new
 
     def visit_Lambda(self, node: ast.Lambda) -> Any:
-        new = super().visit_Lambda(node)
+        new: Any = super().visit_Lambda(node)
         call = ast.Call(func=ast.Name(FUNCTION_WRAPPER_NAME, ast.Load()), args=[new], keywords=[])
         copy_locations(call, node)
         return call
@@ -283,7 +282,7 @@ class PipewardenTransformer(RestrictingNodeTransformer):
         target = node.target
         if isinstance(target, ast.Attribute):
             attr = target.attr
-            if attr.startswith("__") or _HOOK_ATTRS.match(attr) or attr in INSPECT_ATTRIBUTES:
+            if attr.startswith("__") or _HOOK_ATTRS.match(attr) or attr in INSPECT_ATTRIBUTES:  # noqa: SIM114
                 self._record(node, "attribute.dunder-write", f'augmented assignment to "{attr}" is not allowed')
                 return node
             obj_tmp = self.gen_tmp_name()

@@ -16,6 +16,7 @@ import functools
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from pipewarden.errors import ScanError
 
@@ -147,12 +148,13 @@ def _module_level_statements(body: list[ast.stmt]) -> Iterator[ast.stmt]:
         if isinstance(stmt, ast.If):
             yield from _module_level_statements(stmt.body)
             yield from _module_level_statements(stmt.orelse)
-        elif isinstance(stmt, (ast.Try, getattr(ast, "TryStar", ast.Try))):
-            yield from _module_level_statements(stmt.body)
-            for handler in stmt.handlers:
+        elif isinstance(stmt, ast.Try) or type(stmt).__name__ == "TryStar":
+            stmt_any: Any = stmt
+            yield from _module_level_statements(stmt_any.body)
+            for handler in stmt_any.handlers:
                 yield from _module_level_statements(handler.body)
-            yield from _module_level_statements(stmt.orelse)
-            yield from _module_level_statements(stmt.finalbody)
+            yield from _module_level_statements(stmt_any.orelse)
+            yield from _module_level_statements(stmt_any.finalbody)
         elif isinstance(stmt, (ast.With, ast.For, ast.While)):
             yield from _module_level_statements(stmt.body)
             yield from _module_level_statements(getattr(stmt, "orelse", []))
@@ -289,8 +291,8 @@ def scan_tree(tree: ast.Module, *, import_aliases: Mapping[str, str] | None = No
                 if kind == "diffusers-name":
                     hit = _is_pipeline_name(ref)
                 elif kind == "class":
-                    target = by_name_last.get(ref)
-                    hit = target is not None and bool(is_pipeline.get(id(target)))
+                    base_cls = by_name_last.get(ref)
+                    hit = base_cls is not None and bool(is_pipeline.get(id(base_cls)))
                 if hit:
                     is_pipeline[id(cls)] = True
                     changed = True

@@ -48,6 +48,10 @@ def _spawn_env() -> dict[str, str]:
             "HF_HUB_OFFLINE": "1",
             "DIFFUSERS_DISABLE_REMOTE_CODE": "1",
             "PYTHONNOUSERSITE": "1",
+            # torch.cuda.is_available() (e.g. called by a library at import) must not initialise
+            # the CUDA driver in the fork server: children of a CUDA-initialised parent cannot
+            # use CUDA. The NVML-based check does not initialise it.
+            "PYTORCH_NVML_BASED_CUDA_CHECK": "1",
             "HOME": tempfile.gettempdir(),
         }
     )

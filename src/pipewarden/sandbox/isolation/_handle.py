@@ -113,7 +113,7 @@ class PipelineHandle:
         if len(msg.generator_states) != len(enc.generators):
             self._worker.kill()
             raise WorkerError("the worker returned the wrong number of generator states", rule="worker protocol", fix="reload")
-        for gen, state in zip(enc.generators, msg.generator_states):
+        for gen, state in zip(enc.generators, msg.generator_states, strict=True):
             try:
                 gen.set_state(state)
             except (RuntimeError, TypeError, ValueError):

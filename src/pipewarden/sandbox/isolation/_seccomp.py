@@ -79,6 +79,8 @@ _RET_KILL_PROCESS = 0x80000000
 _RET_ERRNO = 0x00050000
 _RET_ALLOW = 0x7FFF0000
 _X32_BIT = 0x40000000
+# CLONE_NEWNS | CLONE_NEWCGROUP | CLONE_NEWUTS | CLONE_NEWIPC | CLONE_NEWUSER | CLONE_NEWPID | CLONE_NEWNET
+_CLONE_NAMESPACES = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
 
 
 def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
@@ -108,10 +110,11 @@ def build_filter(arch: str) -> bytes:
         prog.append(_insn(_RET_K, 0, 0, eperm))
     prog.append(_insn(_JEQ_K, 0, 1, nums["clone3"]))
     prog.append(_insn(_RET_K, 0, 0, enosys))
-    prog.append(_insn(_JEQ_K, 0, 3, nums["clone"]))
+    prog.append(_insn(_JEQ_K, 0, 4, nums["clone"]))
     prog.append(_insn(_LD_W_ABS, 0, 0, 16))  # low word of args[0] = clone flags (little endian)
-    prog.append(_insn(_JSET_K, 1, 0, sc.CLONE_THREAD))
-    prog.append(_insn(_RET_K, 0, 0, eperm))
+    prog.append(_insn(_JSET_K, 1, 0, _CLONE_NAMESPACES))  # new namespaces: refused
+    prog.append(_insn(_JSET_K, 1, 0, sc.CLONE_THREAD))  # a thread: allowed
+    prog.append(_insn(_RET_K, 0, 0, eperm))  # a new process (fork/vfork/spawn): refused
     prog.append(_insn(_RET_K, 0, 0, _RET_ALLOW))
     return b"".join(prog)
 

@@ -35,11 +35,20 @@ NR: dict[str, dict[str, int]] = {
 }
 
 _libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.prctl.restype = ctypes.c_int
-_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
-_libc.unshare.restype = ctypes.c_int
-_libc.unshare.argtypes = [ctypes.c_int]
+#: False off Linux (or without these libc functions): every layer then reports itself missing.
+LINUX = all(hasattr(_libc, f) for f in ("syscall", "prctl", "unshare")) and platform.system() == "Linux"
+if not LINUX:
+    ARCH = None
+else:
+    _libc.syscall.restype = ctypes.c_long
+    _libc.prctl.restype = ctypes.c_int
+    _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+    _libc.unshare.restype = ctypes.c_int
+    _libc.unshare.argtypes = [ctypes.c_int]
+
+
+def _unsupported(what: str) -> OSError:
+    return OSError(38, f"{what}: not supported on {platform.system()} {_MACHINE}")
 
 
 def _check(ret: int, what: str) -> int:
@@ -51,15 +60,19 @@ def _check(ret: int, what: str) -> int:
 
 def syscall(name: str, *args) -> int:
     if ARCH is None:
-        raise OSError(38, f"{name}: unsupported architecture {_MACHINE}")
+        raise _unsupported(name)
     return _check(_libc.syscall(ctypes.c_long(NR[ARCH][name]), *args), name)
 
 
 def prctl(option: int, a2: int = 0, a3: int = 0, a4: int = 0, a5: int = 0) -> int:
+    if not LINUX:
+        raise _unsupported("prctl")
     return _check(_libc.prctl(option, a2, a3, a4, a5), f"prctl({option})")
 
 
 def unshare(flags: int) -> None:
+    if not LINUX:
+        raise _unsupported("unshare")
     _check(_libc.unshare(flags), "unshare")
 
 

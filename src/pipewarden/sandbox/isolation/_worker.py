@@ -9,8 +9,8 @@ Exceptions never cross as objects: they are sent as (class name, what, rule, fix
 
 from __future__ import annotations
 
-import errno
 import contextlib
+import errno
 import hashlib
 import importlib
 import inspect
@@ -23,10 +23,11 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from pipewarden.errors import IntegrityError, PipewardenError, PolicyViolation, ResourceLimitError
+from pipewarden.errors import IntegrityError, PipewardenError, PolicyViolation
 from pipewarden.sandbox.isolation import _layers
 from pipewarden.sandbox.isolation._codec import Decoder, Encoder, load_tensors
 from pipewarden.sandbox.isolation._wire import PeerClosed, read_frame, write_frame
+
 
 def trusted_modules() -> tuple[str, ...]:
     """pipewarden modules a worker may need; imported before the tripwire is armed (cheap).
@@ -108,18 +109,16 @@ class _Worker:
         self.close_fds = close_fds
         self.pipe: Any = None
         self.gpu_fraction: float | None = None
+        self._parent = 0
 
     # -------------------------------------------------------------------------------- setup
 
     def _prepare_process(self) -> None:
-        from pipewarden.sandbox.isolation import _syscalls as sc
 
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
-        try:
-            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
-        except OSError:
-            pass
+        self._parent = os.getppid()
+        self._die_with_parent()
         for fd in self.close_fds:
             try:
                 os.close(fd)
@@ -133,6 +132,17 @@ class _Worker:
         os.dup2(log, 1)
         os.dup2(log, 2)
         os.close(log)
+
+    def _die_with_parent(self) -> None:
+        """SIGKILL this worker when the fork server dies (it dies with the host)."""
+        from pipewarden.sandbox.isolation import _syscalls as sc
+
+        try:
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+        if os.getppid() != self._parent:
+            os._exit(1)
 
     def _arm_tripwire(self) -> _layers.LayerStatus:
         if "tripwire" in self.plan.skip:
@@ -153,6 +163,7 @@ class _Worker:
     def main(self) -> int:
         self._prepare_process()
         statuses = list(_layers.apply_all(self.plan))
+        self._die_with_parent()  # again: a uid change clears the parent-death signal
         # Trusted imports the worker needs, done before the tripwire is armed process-wide
         # (the fork server may not have finished warming up).
         for name in trusted_modules():
@@ -344,7 +355,7 @@ class _Worker:
             import socket
 
             try:
-                with socket.create_connection(("127.0.0.1", int(arg)), timeout=2):
+                with socket.create_connection(("127.0.0.1", int(str(arg))), timeout=2):
                     return {"kind": "ok", "detail": json.dumps({"errno": 0})}
             except OSError as exc:
                 return {"kind": "ok", "detail": json.dumps({"errno": exc.errno if exc.errno is not None else -1})}
@@ -355,21 +366,33 @@ class _Worker:
                 return {"kind": "ok", "detail": json.dumps({"errno": exc.errno})}
         if name in ("read", "write"):
             try:
-                with open(str(arg), "rb" if name == "read" else "wb") as fh:
-                    if name == "read":
-                        fh.read(16)
-                    else:
-                        fh.write(b"x")
+                if name == "read":
+                    with open(str(arg), "rb") as rfh:
+                        rfh.read(16)
+                else:
+                    with open(str(arg), "wb") as wfh:
+                        wfh.write(b"x")
                 return {"kind": "ok", "detail": json.dumps({"errno": 0})}
             except OSError as exc:
                 return {"kind": "ok", "detail": json.dumps({"errno": exc.errno})}
         if name == "identity":
+            import torch
+
             info = {"uid": os.getuid(), "euid": os.geteuid(), "env": sorted(os.environ), "pid": os.getpid()}
+            info["torch_threads"] = torch.get_num_threads()
+            info["tasks"] = len(os.listdir(f"/proc/{os.getpid()}/task"))
+            fds = {}
+            for fd in os.listdir(f"/proc/{os.getpid()}/fd"):
+                try:
+                    fds[fd] = os.readlink(f"/proc/{os.getpid()}/fd/{fd}")
+                except OSError:
+                    fds[fd] = "?"
+            info["fds"] = fds
             return {"kind": "ok", "detail": json.dumps(info)}
         if name == "alloc":
             import torch
 
-            t = torch.ones(int(arg) * 1024 * 1024, dtype=torch.uint8)
+            t = torch.ones(int(str(arg)) * 1024 * 1024, dtype=torch.uint8)
             return {"kind": "ok", "detail": str(int(t.sum()))}
         if name == "spin":
             while True:
@@ -392,7 +415,7 @@ class _Worker:
 
 def _init_component_names(cls: type) -> set[str] | None:
     try:
-        params = inspect.signature(cls.__init__).parameters
+        params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
     except (TypeError, ValueError):
         return None
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):

@@ -1,0 +1,137 @@
+"""Restricted compilation: every RestrictedPython rule kept, only the reviewed relaxations added."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from pipewarden.errors import PolicyViolation, ScanError
+from pipewarden.sandbox.compile import check_compile, compile_restricted_module
+from tests.conftest import seed_file
+
+
+def rules(src: str) -> list[str]:
+    return [i.rule for i in check_compile(textwrap.dedent(src))]
+
+
+def test_seed_and_example_compile():
+    from pipewarden._fixtures import EXAMPLE_PIPELINE_SOURCE
+
+    assert check_compile(seed_file().read_text()) == ()
+    assert check_compile(EXAMPLE_PIPELINE_SOURCE) == ()
+
+
+ACCEPTED = {
+    "dunder-init-call": "class A:\n    def __init__(self):\n        super().__init__()\n    def __call__(self):\n        return 1\n",
+    "single-underscore-state": "class A:\n    _optional_components = []\n    def _helper(self):\n        self._x = 1\n        return self._x\n",
+    "name-read": "logger_name = __name__\n",
+    "class-name-idiom": "class A:\n    def f(self):\n        return self.__class__.__name__\n",
+    "class-in-fstring": "def f(x):\n    return f'{x.__class__}'\n",
+    "class-compare": "def f(x, kinds):\n    return x.__class__ in kinds\n",
+    "self-class": "class A:\n    def f(self):\n        return self.__class__._resize\n",
+    "annotated": "x: int = 3\nclass A:\n    y: float\n    def f(self):\n        self.z: int = 1\n",
+    "augassign-attr-item": "def f(self, d):\n    self.count += 1\n    d['k'] *= 2\n",
+    "get-binding": "def f(fn, obj):\n    return fn.__get__(obj)\n",
+    "throwaway": "a, __, ____ = 1, 2, 3\n",
+    "version": "from diffusers import __version__\n__all__ = ['A']\n",
+    "future": "from __future__ import annotations\n",
+    "print": "print('hello')\n",
+}
+
+
+@pytest.mark.parametrize("key", sorted(ACCEPTED))
+def test_relaxations_compile(key):
+    assert check_compile(ACCEPTED[key]) == ()
+
+
+REFUSED = {
+    "dunder-class-bare": ("y = 1\nx = y.__class__\n", "attribute.dunder-class"),
+    "bases": ("x = ().__class__.__bases__\n", "attribute.dunder"),
+    "subclasses": ("x = object.__subclasses__()\n", "attribute.dunder"),
+    "globals-attr": ("def f(): pass\ng = f.__globals__\n", "attribute.dunder"),
+    "dict-attr": ("def f(o):\n    return o.__dict__\n", "attribute.dunder"),
+    "bind-getattr-hook": ("_getattr_ = None\n", "name.guard-hook"),
+    "read-write-hook": ("x = _write_\n", "name.guard-hook"),
+    "bind-print-collector": ("_print = 1\n", "name.guard-hook"),
+    "bind-injected-helper": ("_pw_fn_ = 1\n", "name.guard-hook"),
+    "metaclass-name": ("__metaclass__ = type\n", "name.dunder"),
+    "builtins-name": ("b = __builtins__\n", "name.dunder"),
+    "import-name": ("i = __import__\n", "name.dunder"),
+    "posonly-guard": ("def f(_getattr_, /):\n    pass\n", "name.guard-hook"),
+    "kwonly-guard": ("def f(*, _getiter_=None):\n    pass\n", "name.guard-hook"),
+    "vararg-guard": ("def f(*_write_):\n    pass\n", "name.guard-hook"),
+    "lambda-guard": ("f = lambda _getitem_: 1\n", "name.guard-hook"),
+    "except-guard": ("try:\n    pass\nexcept Exception as _getattr_:\n    pass\n", "name.guard-hook"),
+    "import-as-guard": ("import torch as _getattr_\n", "name.guard-hook"),
+    "hook-attr": ("def f(o):\n    return o._getattr_\n", "attribute.guard-hook"),
+    "mangled-attr": ("def f(o):\n    return o.__secret\n", "attribute.guard-hook"),
+    "frame": ("def f(g):\n    return g.gi_frame\n", "attribute.inspect"),
+    "tb": ("def f(e):\n    return e.tb_frame\n", "attribute.inspect"),
+    "try-star": ("try:\n    pass\nexcept* ValueError:\n    pass\n", "syntax.TryStar"),
+    "exec": ("exec('1')\n", "call.exec"),
+    "eval": ("eval('1')\n", "call.eval"),
+    "metaclass-kw": ("class A(metaclass=type):\n    pass\n", "class.metaclass"),
+    "getattr-def": ("class A:\n    def __getattr__(self, n):\n        return 1\n", "name.dunder"),
+    "reduce-def": ("class A:\n    def __reduce__(self):\n        return 1\n", "name.dunder"),
+    "init-subclass": ("class A:\n    def __init_subclass__(cls):\n        pass\n", "name.dunder"),
+    "class-dunder-assign": ("class A:\n    __slots__ = ()\n    __getattribute__ = None\n", "name.dunder"),
+    "module-level-dunder-def": ("def __init__():\n    pass\n", "name.dunder"),
+    "dunder-write": ("def f(o):\n    o.__class__ = int\n", "attribute.dunder-write"),
+    "async": ("async def f():\n    pass\n", "syntax.AsyncFunctionDef"),
+    "star-import": ("from torch import *\n", "import.star"),
+    "get-not-call": ("def f(fn):\n    g = fn.__get__\n", "attribute.dunder-get"),
+    "aug-dunder": ("def f(o):\n    o.__x__ += 1\n", "attribute.dunder-write"),
+    "nonlocal": ("def f():\n    x = 1\n    def g():\n        nonlocal x\n", "syntax.Nonlocal"),
+    "match": ("match 1:\n    case 1:\n        pass\n", "syntax.Match"),
+}
+
+
+@pytest.mark.parametrize("key", sorted(REFUSED))
+def test_refusals_name_their_rule(key):
+    src, rule = REFUSED[key]
+    found = rules(src)
+    assert rule in found, (key, found)
+
+
+def test_issue_fields_point_at_the_line():
+    (issue,) = check_compile("x = 1\n\ny = ().__class__.__mro__\n")
+    assert issue.lineno == 3 and issue.rule == "attribute.dunder" and "__mro__" in issue.message
+
+
+def test_compile_raises_policy_violation_listing_all_issues():
+    with pytest.raises(PolicyViolation) as info:
+        compile_restricted_module("a = _getattr_\nb = ().__class__.__bases__\n", filename="evil.py")
+    assert info.value.rule == "compile.name.guard-hook"
+    assert "line 1" in info.value.what and "line 2" in info.value.what
+
+
+def test_unparseable_source_is_a_scan_error():
+    with pytest.raises(ScanError):
+        check_compile("def (:\n")
+
+
+def test_every_function_and_lambda_gets_the_wrapper():
+    import ast
+
+    code_src = textwrap.dedent(
+        """
+        class A:
+            @staticmethod
+            def s():
+                return lambda x: x
+        def f():
+            pass
+        """
+    )
+    from pipewarden.sandbox.compile import FUNCTION_WRAPPER_NAME, PipewardenTransformer
+    from pipewarden.sandbox.policy import default_policy
+
+    tree = PipewardenTransformer(default_policy()).visit(ast.parse(code_src))
+    defs = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+    assert all(isinstance(d.decorator_list[-1], ast.Name) and d.decorator_list[-1].id == FUNCTION_WRAPPER_NAME for d in defs)
+    lambdas_wrapped = [
+        n for n in ast.walk(tree)
+        if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == FUNCTION_WRAPPER_NAME
+    ]
+    assert len(lambdas_wrapped) == 1

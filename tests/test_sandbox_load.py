@@ -1,0 +1,305 @@
+"""load_class end to end: bit-identical results on benign pipelines, refusals without side effects."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+
+from pipewarden.errors import PipewardenError, PolicyViolation, ScanError
+from pipewarden.sandbox import load_class, tripwire
+from tests._sandbox_benign import BENIGN_PIPELINE_SOURCE
+from tests.conftest import seed_file
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def components(tiny_weights):
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    unet = UNet2DModel.from_pretrained(tiny_weights, subfolder="unet")
+    scheduler = DDPMScheduler.from_pretrained(tiny_weights, subfolder="scheduler")
+    return unet, scheduler
+
+
+def _reference(weights: Path, source: str, tmp_path: Path, name: str):
+    """The same source loaded by diffusers itself (plain Python). diffusers caches dynamic modules by
+    file name for the whole process, so every reference gets a unique name."""
+    from diffusers import DiffusionPipeline
+
+    path = tmp_path / name
+    path.write_text(source)
+    pipe = DiffusionPipeline.from_pretrained(str(weights), custom_pipeline=str(path), trust_remote_code=True)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.mark.parametrize(
+    "label, aliases",
+    [("one_step_unet.py", None), ("one_step_unet_musev.py", {"MuseVdiffusers": "diffusers"}), ("example", None)],
+)
+def test_bit_identical_to_diffusers(label, aliases, components, tiny_weights, tmp_path):
+    from pipewarden._fixtures import EXAMPLE_PIPELINE_SOURCE
+
+    source = EXAMPLE_PIPELINE_SOURCE if label == "example" else seed_file(label).read_text()
+    cls = load_class(source, filename=label if label != "example" else "pipeline.py", import_aliases=aliases)
+    unet, scheduler = components
+    pipe = cls(unet=unet, scheduler=scheduler)
+    torch.manual_seed(0)
+    ours = pipe()
+    # diffusers cannot import the MuseV spelling; its reference is the diffusers spelling.
+    ref_source = seed_file().read_text() if label == "one_step_unet_musev.py" else source
+    ref = _reference(tiny_weights, ref_source, tmp_path, f"ref_{label.replace('.py', '')}.py")
+    torch.manual_seed(0)
+    theirs = ref()
+    assert torch.equal(ours, theirs)
+
+
+def test_positive_control_benign_idioms_match_plain_execution(components, tiny_weights, tmp_path):
+    cls = load_class(BENIGN_PIPELINE_SOURCE, filename="benign.py")
+    unet, scheduler = components
+    pipe = cls(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    armed_seen: list[bool] = []
+    out = pipe(generator=torch.Generator().manual_seed(3), callback=lambda i, t: armed_seen.append(tripwire.is_armed()))
+    ref = _reference(tiny_weights, BENIGN_PIPELINE_SOURCE, tmp_path, "ref_benign_control.py")
+    expected = ref(generator=torch.Generator().manual_seed(3))
+    assert torch.equal(out.images, expected.images)
+    assert out.steps == expected.steps == 2
+    # host code called from sandboxed code runs with the tripwire armed; the host itself is not armed
+    assert armed_seen == [True, True]
+    assert not tripwire.is_armed()
+    assert pipe.history == [0, 1] and cls.describe() == "BenignPipeline"
+
+
+def test_vetted_class_shape(components):
+    from diffusers import DiffusionPipeline
+
+    cls = load_class(seed_file().read_text())
+    assert issubclass(cls, DiffusionPipeline) and cls.__name__ == "UnetSchedulerOneForwardPipeline"
+    import inspect
+
+    assert list(inspect.signature(cls.__init__).parameters) == ["self", "unet", "scheduler"]
+
+
+# --------------------------------------------------------------------------- refusals
+
+HEAD = "from diffusers import DiffusionPipeline\nimport torch\n"
+
+
+def _pipeline(call_body: str, module_body: str = "") -> str:
+    body = textwrap.indent(textwrap.dedent(call_body), " " * 8)
+    return (
+        HEAD
+        + textwrap.dedent(module_body)
+        + "\n\nclass P(DiffusionPipeline):\n"
+        + "    def __init__(self, unet, scheduler):\n"
+        + "        super().__init__()\n"
+        + "        self.register_modules(unet=unet, scheduler=scheduler)\n\n"
+        + "    def __call__(self, canary=''):\n"
+        + body
+        + "\n        return None\n"
+    )
+
+
+# (label, module body, __call__ body, expected rule). CANARY is replaced by a path in a canary dir.
+LOAD_TIME = [
+    ("import-subprocess", "import subprocess\nsubprocess.run(['touch', CANARY])\n", "import.not-allowlisted"),
+    ("import-socket", "import socket\n", "import.not-allowlisted"),
+    ("import-sys", "import sys\n", "import.not-allowlisted"),
+    ("import-builtins", "import builtins\n", "compile.name.reserved"),
+    ("import-importlib", "import importlib\n", "import.not-allowlisted"),
+    ("open-write", "open(CANARY, 'w').write('x')\n", "builtins.refused"),
+    ("os-system", "import os\nos.system('touch ' + CANARY)\n", "facade.not-allowlisted"),
+    ("from-os-system", "from os import system\nsystem('touch ' + CANARY)\n", "facade.not-allowlisted"),
+    ("os-environ", "import os\nSECRET = os.environ['HOME']\n", "facade.not-allowlisted"),
+    ("torch-os", "torch.os.system('touch ' + CANARY)\n", "facade.not-allowlisted"),
+    ("torch-sys", "m = torch.sys.modules\n", "facade.not-allowlisted"),
+    ("torch-builtins", "torch.builtins.open(CANARY, 'w')\n", "facade.not-allowlisted"),
+    ("torch-load", "torch.load(CANARY, weights_only=False)\n", "facade.not-allowlisted"),
+    ("torch-save", "torch.save({}, CANARY)\n", "facade.not-allowlisted"),
+    ("torch-from-file", "torch.from_file(CANARY)\n", "facade.not-allowlisted"),
+    ("torch-hub", "torch.hub.load('x', 'y', source='local')\n", "facade.not-allowlisted"),
+    ("torch-ops", "torch.ops.load_library(CANARY)\n", "facade.not-allowlisted"),
+    ("torch-jit", "torch.jit.load(CANARY)\n", "facade.not-allowlisted"),
+    ("torch-private", "c = torch._C\n", "facade.private-name"),
+    ("diffusers-utils-os", "import diffusers\ndiffusers.utils.os.system('touch ' + CANARY)\n", "facade.not-allowlisted"),
+    ("dynamic-module", "from diffusers.utils import get_class_from_dynamic_module\nget_class_from_dynamic_module('x', 'y')\n",
+     "facade.not-allowlisted"),
+    ("hf-hub-download", "from huggingface_hub import hf_hub_download\nhf_hub_download('a/b', 'c')\n", "facade.not-allowlisted"),
+    ("np-load", "import numpy as np\nnp.load(CANARY, allow_pickle=True)\n", "facade.not-allowlisted"),
+    ("gc", "import gc\nobjs = gc.get_objects()\n", "facade.not-allowlisted"),
+    ("attrgetter", "import operator\nf = operator.attrgetter('__class__')\n", "facade.not-allowlisted"),
+    ("reduce-getattr", "import functools\nfunctools.reduce(getattr, ['__class__'], 1)\n", "attribute.not-allowlisted"),
+    ("format-traversal", "s = '{0.__class__.__bases__}'.format(1)\n", "attribute.not-allowlisted"),
+    ("format-unbound", "s = str.format('{0.__class__}', 1)\n", "attribute.not-allowlisted"),
+    ("getattr-dunder", "c = getattr(1, '__class__')\n", "attribute.not-allowlisted"),
+    ("type-call", "T = type('T', (), {'__init_subclass__': None})\n", "builtins.refused"),
+    ("str-subclass", "class S(str):\n    pass\n", "class.bases"),
+    ("metaclass-base", "import abc\nclass M(abc.ABCMeta):\n    pass\n", "class.metaclass"),
+    ("shared-module-write", "import torch.nn.functional as F\nF.gelu = None\n", "write.facade"),
+    ("setattr-module", "setattr(torch, 'randn', None)\n", "write.facade"),
+    ("name-not-str", "getattr(torch, 1)\n", "attribute.name-type"),
+    ("dunder-compile", "x = ().__class__.__base__.__subclasses__()\n", "compile.attribute.dunder"),
+]
+
+
+@pytest.mark.parametrize("label, body, rule", LOAD_TIME, ids=[c[0] for c in LOAD_TIME])
+def test_load_time_refusals_leave_no_trace(label, body, rule, tmp_path):
+    canary = tmp_path / "canary"
+    canary_dir = tmp_path
+    before = sorted(os.listdir(canary_dir))
+    gelu_before = torch.nn.functional.gelu
+    randn_before = torch.randn
+    src = _pipeline("pass", body.replace("CANARY", repr(str(canary))))
+    with pytest.raises(PipewardenError) as info:
+        load_class(src)
+    assert info.value.rule == rule, (info.value.rule, info.value.what)
+    assert isinstance(info.value, (PolicyViolation, ScanError))
+    assert not canary.exists()
+    assert sorted(os.listdir(canary_dir)) == before
+    assert torch.nn.functional.gelu is gelu_before and torch.randn is randn_before
+    assert not tripwire.is_armed()
+
+
+CALL_TIME = [
+    ("pipe-save-pretrained", "self.save_pretrained(canary)", "attribute.denied"),
+    ("unet-save-pretrained", "self.unet.save_pretrained(canary)", "attribute.denied"),
+    ("scheduler-save-config", "self.scheduler.save_config(canary)", "attribute.denied"),
+    ("from-pretrained-custom", "DiffusionPipeline.from_pretrained(canary, custom_pipeline=canary, trust_remote_code=True)",
+     "attribute.denied"),
+    ("forward-hook", "self.unet.register_forward_hook(lambda *a: None)", "attribute.denied"),
+    ("tensor-storage", "torch.zeros(2).untyped_storage()", "attribute.denied"),
+    ("tensor-data-ptr", "torch.zeros(2).data_ptr()", "attribute.denied"),
+    ("ndarray-tofile", "torch.zeros(2).numpy().tofile(canary)", "attribute.denied"),
+    ("unet-private", "self.unet._forward_hooks", "attribute.denied"),
+    ("unet-private-modules", "self.unet._modules", "attribute.not-allowlisted"),
+    ("unet-write", "self.unet.forward = None", "write.host-object"),
+    ("config-write", "self.unet.config.sample_size = 3", "write.host-object"),
+    ("class-write", "torch.Tensor.add = None", "write.host-class"),
+    ("attribute-error-obj", "try:\n    self.nonexistent_attr\nexcept AttributeError as e:\n    x = e.obj",
+     "attribute.not-allowlisted"),
+    ("exception-traceback", "try:\n    1/0\nexcept Exception as e:\n    x = e.with_traceback", "attribute.not-allowlisted"),
+    ("logger-internals", "from diffusers.utils import logging\nlogging.get_logger('x').manager",
+     "attribute.not-allowlisted"),
+    ("pil-save", "from PIL import Image\nImage.new('RGB', (2, 2)).save(canary)", "attribute.denied"),
+    ("unbound-forward-hook", "torch.nn.Module.register_forward_hook(self.unet, lambda *a: None)", "attribute.denied"),
+]
+
+
+@pytest.mark.parametrize("label, body, rule", CALL_TIME, ids=[c[0] for c in CALL_TIME])
+def test_call_time_refusals_leave_no_trace(label, body, rule, components, tmp_path):
+    unet, scheduler = components
+    hooks_before = (len(unet._forward_hooks), len(unet._forward_pre_hooks))
+    sample_size = unet.config.sample_size
+    forward = unet.forward
+    cls = load_class(_pipeline(body))
+    pipe = cls(unet=unet, scheduler=scheduler)
+    canary = tmp_path / "out"
+    with pytest.raises(PipewardenError) as info:
+        pipe(canary=str(canary))
+    assert info.value.rule == rule, (info.value.rule, info.value.what)
+    assert not canary.exists() and os.listdir(tmp_path) == []
+    assert (len(unet._forward_hooks), len(unet._forward_pre_hooks)) == hooks_before
+    assert unet.config.sample_size == sample_size and unet.forward == forward
+    assert not tripwire.is_armed()
+
+
+def test_refusal_carries_no_host_object(components):
+    cls = load_class(_pipeline("self.nonexistent_attr"))
+    pipe = cls(*components)
+    with pytest.raises(AttributeError) as info:
+        pipe()
+    assert info.value.obj is None  # a fresh exception: no handle on the real UNet
+
+
+def test_unavailable_module_is_an_ordinary_import_error():
+    src = _pipeline(
+        "return HAVE_XLA",
+        "try:\n    import torch_xla.core.xla_model as xm\n    HAVE_XLA = True\nexcept ImportError:\n    HAVE_XLA = False\n",
+    )
+    cls = load_class(src)
+    assert cls.__name__ == "P"
+
+
+def test_print_goes_to_the_logger(components, caplog):
+    import logging
+
+    cls = load_class(_pipeline("print('hello', 'sandbox')"))
+    with caplog.at_level(logging.INFO, logger="pipewarden.sandbox.print"):
+        cls(*components)()
+    assert "hello sandbox" in caplog.text
+
+
+def test_safe_format_still_formats(components):
+    cls = load_class(_pipeline("return '{0}-{name}-{1[0]}'.format(1, [2], name=self.__class__.__name__)"))
+    assert cls(*components)() == "1-P-2"
+
+
+# --------------------------------------------------------------------------- tripwire
+
+
+def test_tripwire_blocks_writes_processes_and_sockets_when_armed(tmp_path):
+    import socket
+    import subprocess
+
+    target = tmp_path / "w"
+    with tripwire.armed():
+        with pytest.raises(PolicyViolation) as info:
+            open(target, "w")
+        assert info.value.rule == "tripwire.open-write"
+        with pytest.raises(PolicyViolation):
+            subprocess.Popen(["true"])
+        with pytest.raises(PolicyViolation):
+            socket.socket()
+        with pytest.raises(PolicyViolation):
+            os.system("true")
+        with pytest.raises(PolicyViolation):
+            compile("1", "<x>", "eval")
+        with pytest.raises(PolicyViolation):
+            import ctypes  # noqa: F401  (already imported elsewhere? then the dlopen test below)
+
+            ctypes.CDLL(None)
+        with open(__file__) as fh:  # reading is not the tripwire's business
+            fh.read(1)
+    assert not target.exists()
+    open(target, "w").close()  # disarmed again
+    assert target.exists()
+
+
+def test_tripwire_is_per_context(tmp_path):
+    seen: dict[str, bool] = {}
+
+    def other_thread():
+        seen["other"] = tripwire.is_armed()
+
+    with tripwire.armed():
+        t = threading.Thread(target=other_thread)
+        t.start()
+        t.join()
+        seen["here"] = tripwire.is_armed()
+    assert seen == {"other": False, "here": True}
+
+
+def test_host_callback_from_sandbox_cannot_write(components, tmp_path):
+    target = tmp_path / "cb"
+    cls = load_class(_pipeline("callback()"). replace("canary=''", "canary='', callback=None"))
+    pipe = cls(*components)
+    with pytest.raises(PolicyViolation):
+        pipe(callback=lambda: open(target, "w"))
+    assert not target.exists()
+
+
+def test_from_config_accepts_configs_not_paths(components, tmp_path):
+    cls = load_class(_pipeline("s = type_(self.scheduler).from_config(self.scheduler.config)\nreturn s.config.num_train_timesteps"
+                               .replace("type_(self.scheduler)", "DDIMScheduler"),
+                               "from diffusers import DDIMScheduler\n"))
+    assert cls(*components)() == 1000
+    cls = load_class(_pipeline("DDIMScheduler.from_config(canary)", "from diffusers import DDIMScheduler\n"))
+    with pytest.raises(PolicyViolation) as info:
+        cls(*components)(canary=str(tmp_path))
+    assert info.value.rule == "argument.config-path"
