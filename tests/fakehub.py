@@ -27,7 +27,8 @@ Switches (each a rule with an optional ``times`` budget; ``None`` = forever):
 * ``fail(status, contains=...)``  answer 404/500/... for matching requests;
 * ``slow(seconds, contains=...)``  answer late.
 
-``hub.requests`` logs ``(server, method, path)`` for assertions ("a second load re-downloads").
+``hub.requests`` logs ``(server, method, path)`` for assertions ("a second load re-downloads");
+``hub.authorized`` the requests that carried a token.
 
 ``use_fake_hub(monkeypatch, hub, tmp_path)`` points huggingface_hub at it. huggingface_hub reads
 ``HF_ENDPOINT``/``HF_HOME``/``HF_HUB_CACHE``/``HF_HUB_OFFLINE`` into ``huggingface_hub.constants``
@@ -151,6 +152,7 @@ class FakeHub:
         self.repos: dict[tuple[str, str], FakeRepo] = {}
         self.rules: list[_Rule] = []
         self.requests: list[tuple[str, str, str]] = []
+        self.authorized: list[tuple[str, str, str, str]] = []  # requests that carried an Authorization header
         self._servers: dict[str, ThreadingHTTPServer] = {}
         self._threads: list[threading.Thread] = []
         self.url = ""
@@ -326,6 +328,9 @@ def _make_handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
             target = self.path
             with hub._lock:
                 hub.requests.append((role, method, urlsplit(target).path))
+                auth = self.headers.get("Authorization")
+                if auth:
+                    hub.authorized.append((role, method, urlsplit(target).path, auth))
             slow = hub._take("slow", role, method, target)
             if slow is not None:
                 time.sleep(slow.seconds)

@@ -184,6 +184,18 @@ def test_weights_pinned_to_one_commit_only_safetensors_and_json(
     assert (world.cache / WEIGHTS_FOLDER / "refs" / "main").read_text() == world.weights_commit
 
 
+def test_token_goes_to_the_hub_but_never_to_the_cdn(world: SimpleNamespace) -> None:
+    resolve_weights(WEIGHTS, token="hf_secret")
+    resolve_code(CODE, kind="hub", token="hf_secret")
+    seen = {
+        (server, path.split("/")[1] if server == "hub" else "lfs")
+        for server, _m, path, _a in world.hub.authorized
+    }
+    assert ("hub", "api") in seen and all(auth == "Bearer hf_secret" for *_x, auth in world.hub.authorized)
+    assert world.hub.count(server="cdn") > 0
+    assert not [a for a in world.hub.authorized if a[0] == "cdn"]
+
+
 def test_weights_repo_with_only_pickle_refused_before_download(world: SimpleNamespace) -> None:
     world.hub.add_commit("org/pickles", {"model_index.json": b"{}", "unet/diffusion_pytorch_model.bin": b"x"})
     with pytest.raises(NotAllowedError, match="pickle"):

@@ -176,6 +176,15 @@ def test_sockets_and_exec_are_refused():
         assert hook(w, "exec")["errno"] == errno.EPERM
 
 
+@pytest.mark.parametrize("call", ["unshare", "ptrace", "setuid"])
+def test_namespace_ptrace_and_privilege_calls_are_refused(call):
+    with worker() as w:
+        assert active(w, "seccomp")
+        res = hook(w, call)
+        assert res["ret"] == -1 and res["errno"] == errno.EPERM
+        assert hook(w, "identity")["uid"] != 0 or not active(w, "uid")
+
+
 def test_no_write_outside_scratch_and_no_read_outside_allowed_paths(tmp_path):
     canary_dir = tmp_path / "canary"
     canary_dir.mkdir()

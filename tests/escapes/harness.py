@@ -437,6 +437,8 @@ class Snapshot:
     children: tuple[tuple[int, str], ...]
     unet_hooks: tuple[tuple[str, int], ...]
     unet_class: type | None
+    component_state: tuple[tuple[str, Any], ...]
+    class_containers: tuple[tuple[str, Any], ...]
 
 
 def _scalars() -> dict[str, Any]:
@@ -483,7 +485,44 @@ def _scalars() -> dict[str, Any]:
     }
 
 
-def take_snapshot(unet: Any = None) -> Snapshot:
+def _component_state(components: dict[str, Any] | None) -> tuple[tuple[str, Any], ...]:
+    """Identity of every attribute of every UNet submodule, and both configs' contents."""
+    out: list[tuple[str, Any]] = []
+    if not components:
+        return ()
+    for label, comp in sorted(components.items()):
+        config = getattr(comp, "config", None)
+        if config is not None:
+            out.append((f"{label}.config", tuple(sorted((str(k), repr(v)) for k, v in dict(config).items()))))
+    unet = components.get("unet")
+    if unet is not None:
+        for name, sub in unet.named_modules():
+            where = name or "<unet>"
+            for key, value in sub.__dict__.items():
+                out.append((f"unet {where}.{key}", id(value)))
+            for pname, param in sub.__dict__.get("_parameters", {}).items():
+                out.append((f"unet {where}.{pname} (parameter)", id(param)))
+            for mname, child in sub.__dict__.get("_modules", {}).items():
+                out.append((f"unet {where}.{mname} (submodule)", id(child)))
+    return tuple(out)
+
+
+def _class_containers() -> tuple[tuple[str, Any], ...]:
+    """Contents of list/dict/set class attributes (a shared list is host state too)."""
+    out: list[tuple[str, Any]] = []
+    for modname, clsname in WATCHED_CLASSES:
+        cls = getattr(sys.modules.get(modname), clsname, None)
+        if not isinstance(cls, type):
+            continue
+        for key, value in vars(cls).items():
+            if isinstance(value, (list, set)):
+                out.append((f"{modname}.{clsname}.{key}", (value, tuple(value))))
+            elif isinstance(value, dict):
+                out.append((f"{modname}.{clsname}.{key}", (value, tuple(value.items()))))
+    return tuple(out)
+
+
+def take_snapshot(unet: Any = None, components: dict[str, Any] | None = None) -> Snapshot:
     modules = []
     for name in WATCHED_MODULES:
         mod = sys.modules.get(name)
@@ -505,6 +544,8 @@ def take_snapshot(unet: Any = None) -> Snapshot:
         children=tuple(_descendants(os.getpid()).items()),
         unet_hooks=tuple(sorted(_hook_counts(unet).items())),
         unet_class=type(unet) if unet is not None else None,
+        component_state=_component_state(components),
+        class_containers=_class_containers(),
     )
 
 
@@ -616,7 +657,31 @@ def compare(before: Snapshot, after: Snapshot, *, process_mode: bool, restore: b
         out.append(f"UNet hooks changed: {dict(before.unet_hooks)} -> {dict(after.unet_hooks)}")
     if before.unet_class is not None and after.unet_class is not before.unet_class:
         out.append(f"UNet class changed: {before.unet_class} -> {after.unet_class}")
+    if after.component_state != before.component_state:
+        old, new = dict(before.component_state), dict(after.component_state)
+        changed = sorted(k for k in old.keys() | new.keys() if old.get(k, _GONE) != new.get(k, _GONE))
+        out.append(f"component state changed (host objects written): {changed[:8]}{' ...' if len(changed) > 8 else ''}")
+    old_c, new_c = dict(before.class_containers), dict(after.class_containers)
+    mutated = []
+    for key, (container, content) in old_c.items():
+        now = new_c.get(key)
+        if now is None or now[0] is not container or now[1] != content:
+            mutated.append(key)
+            if restore and now is not None and now[0] is container:
+                if isinstance(container, dict):
+                    container.clear()
+                    container.update(dict(content))
+                elif isinstance(container, list):
+                    container[:] = list(content)
+                else:
+                    container.clear()
+                    container.update(content)
+    if mutated:
+        out.append(f"host class container attributes mutated: {sorted(mutated)}")
     return out
+
+
+_GONE = object()
 
 
 def _is_pipewarden_thread(thread: threading.Thread) -> bool:
@@ -820,7 +885,7 @@ def observe(world: World, source: str, mode: str, *, call_kwargs: dict | None = 
     world.drain_connections()
     components = load_components(world.weights) if mode != "process" else {}
     unet = components.get("unet")
-    before = take_snapshot(unet)
+    before = take_snapshot(unet, components)
     stdout, stderr = io.StringIO(), io.StringIO()
     handler = _ListHandler()
     root = logging.getLogger()
@@ -852,7 +917,7 @@ def observe(world: World, source: str, mode: str, *, call_kwargs: dict | None = 
                         closer()
     finally:
         root.removeHandler(handler)
-    after = take_snapshot(unet)
+    after = take_snapshot(unet, components)
     violations = compare(before, after, process_mode=(mode == "process"))
     entries = world.canary_entries()
     if entries:

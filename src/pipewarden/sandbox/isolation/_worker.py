@@ -351,6 +351,15 @@ class _Worker:
             libc = ctypes.CDLL(None, use_errno=True)
             fd = libc.socket(2, 1, 0)
             return {"kind": "ok", "detail": json.dumps({"ret": fd, "errno": ctypes.get_errno()})}
+        if name in ("unshare", "ptrace", "setuid"):
+            libc = ctypes.CDLL(None, use_errno=True)
+            if name == "unshare":
+                ret = libc.unshare(0x10000000 | 0x40000000)  # CLONE_NEWUSER | CLONE_NEWNET
+            elif name == "ptrace":
+                ret = libc.ptrace(16, os.getppid(), None, None)  # PTRACE_ATTACH to the fork server
+            else:
+                ret = libc.setuid(0)
+            return {"kind": "ok", "detail": json.dumps({"ret": ret, "errno": ctypes.get_errno()})}
         if name == "connect":
             import socket
 
