@@ -15,7 +15,6 @@ from pipewarden.errors import (
     InputError,
     IntegrityError,
     NotAllowedError,
-    PipewardenError,
     ScanError,
     TrustRequiredError,
 )

@@ -372,3 +372,11 @@ def test_bad_policy_extras_are_usage_errors(tmp_path, capsys, monkeypatch, argv)
     write(tmp_path, "bad.toml", "version = \n[[[")
     rc, out, err = run_cli(capsys, *argv)
     assert rc == 2 and out == "" and "Traceback" not in err
+
+
+def test_directory_without_python_files_is_not_an_error_but_says_so(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "empty").mkdir()
+    rc, out, err = run_cli(capsys, "--format", "json", "empty")
+    assert rc == 0 and json.loads(out)["summary"]["files"] == 0
+    assert "no *.py files" in err

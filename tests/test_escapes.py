@@ -228,10 +228,11 @@ def escape_world(tiny_weights, tmp_path_factory):
     # Warm up lazy imports (diffusers submodules, the sandbox's own modules) once, so the host
     # snapshot around the first payload does not mistake them for the payload's doing.
     harness.observe(world, corpus.BENIGN_SOURCE, "plain")
-    try:
-        harness.observe(world, corpus.BENIGN_SOURCE, "inprocess")
-    except Exception:  # noqa: BLE001 - the warm-up is best effort; the tests report failures
-        pass
+    for mode in MODES:
+        try:
+            harness.observe(world, corpus.BENIGN_SOURCE, mode)
+        except Exception:  # noqa: BLE001 - the warm-up is best effort; the tests report failures
+            pass
     yield world
     world.close()
 
@@ -263,11 +264,49 @@ def test_escape_is_refused_without_side_effect(escape_world, payload, mode):
     assert obs.violations == [], f"ESCAPE via {payload.technique}: {obs.describe()}"
     if _process_isolation_missing(obs):
         pytest.xfail(PROCESS_NOT_LANDED)
-    # 2. The refusal must be one of ours, not a stray Python error or a normal return.
+    # 2. The refusal must be one of ours, not a stray Python error or a normal return. The bare base
+    #    class is what the worker uses to report an ordinary exception from inside the sandbox
+    #    ("the pipeline raised KeyError"): the escape ran there, so that is not a refusal either.
     assert isinstance(obs.exception, PipewardenError), (
         f"{payload.technique} was not refused with a PipewardenError: {obs.describe()}"
     )
+    assert type(obs.exception) is not PipewardenError, (
+        f"{payload.technique} ran and failed with an ordinary error (reported as a bare PipewardenError), "
+        f"it was not refused: {obs.describe()}"
+    )
     # 3. The refusal must not hand a real object back (AttributeError.obj-style carriers).
+    assert getattr(obs.exception, "obj", None) is None, obs.describe()
+
+
+#: One payload per detector and per refusal layer, also run through the public in-process API
+#: (``load_pipeline(isolation="inprocess")``), so the API's wiring cannot bypass the sandbox.
+API_SAMPLE = (
+    "torch_os_system",
+    "import_subprocess",
+    "open_write",
+    "os_environ_read",
+    "open_read_secret",
+    "torch_inspect_frames_host_globals",
+    "import_socket_connect",
+    "write_torch_functional_gelu",
+    "unet_register_forward_hook_init",
+    "module_body_escape",
+    "class_body_escape",
+    "posonly_write_guard_param",
+    "str_format_globals_env",
+    "tqdm_bar_format_traversal_secret",
+    "functools_update_wrapper_patches_host_class",
+)
+
+
+@pytest.mark.parametrize("payload_id", API_SAMPLE)
+def test_escape_is_refused_through_load_pipeline_inprocess(escape_world, payload_id):
+    payload = {p.id: p for p in PAYLOADS}[payload_id]
+    obs = harness.observe(escape_world, _render(escape_world, payload), "api")
+    assert obs.violations == [], f"ESCAPE via {payload.technique}: {obs.describe()}"
+    assert isinstance(obs.exception, PipewardenError) and type(obs.exception) is not PipewardenError, (
+        obs.describe()
+    )
     assert getattr(obs.exception, "obj", None) is None, obs.describe()
 
 

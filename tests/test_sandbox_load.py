@@ -141,7 +141,7 @@ LOAD_TIME = [
     ("type-call", "T = type('T', (), {'__init_subclass__': None})\n", "builtins.refused"),
     ("str-subclass", "class S(str):\n    pass\n", "class.bases"),
     ("metaclass-base", "import abc\nclass M(abc.ABCMeta):\n    pass\n", "facade.not-allowlisted"),
-    ("metaclass-type-stub", "class M(type):\n    pass\n", "class.bases"),
+    ("metaclass-type-stub", "class M(type):\n    pass\n", "builtins.refused"),
     ("enum-metaclass", "import enum\nMeta = enum.EnumMeta\n", "facade.not-allowlisted"),
     ("shared-module-write", "import torch.nn.functional as F\nF.gelu = None\n", "write.facade"),
     ("setattr-module", "setattr(torch, 'randn', None)\n", "write.facade"),
@@ -305,3 +305,63 @@ def test_from_config_accepts_configs_not_paths(components, tmp_path):
     with pytest.raises(PolicyViolation) as info:
         cls(*components)(canary=str(tmp_path))
     assert info.value.rule == "argument.config-path"
+
+
+HOST_STATE = [
+    ("config-list", "lst = self.unet.config.block_out_channels\nlst.append(999)\nlst[0] = -1\nreturn lst"),
+    ("config-item-list", "lst = self.unet.config['block_out_channels']\nlst += [999]\nreturn lst"),
+]
+
+
+@pytest.mark.parametrize("label, body", HOST_STATE, ids=[c[0] for c in HOST_STATE])
+def test_host_containers_reach_the_sandbox_as_copies(label, body, components):
+    unet, scheduler = components
+    before = list(unet.config.block_out_channels)
+    cls = load_class(_pipeline(body))
+    got = cls(unet, scheduler)()
+    assert 999 in got
+    assert list(unet.config.block_out_channels) == before
+
+
+def test_module_constants_are_copies():
+    import diffusers.utils.constants as consts
+
+    cls = load_class(_pipeline(
+        "c = constants.DIFFUSERS_REQUEST_TIMEOUT\nd = DEPRECATED_REVISION_ARGS\nd.append('evil')\nreturn d",
+        "from diffusers.utils import constants\nfrom diffusers.utils.constants import DEPRECATED_REVISION_ARGS\n",
+    ))
+    assert cls.__name__ == "P"
+    before = list(consts.DEPRECATED_REVISION_ARGS)
+    import tempfile
+
+    from diffusers import DDPMScheduler, UNet2DModel
+
+    with tempfile.TemporaryDirectory():
+        out = cls(UNet2DModel(**{"sample_size": 8, "block_out_channels": (8, 16), "norm_num_groups": 4,
+                                "down_block_types": ("DownBlock2D", "DownBlock2D"),
+                                "up_block_types": ("UpBlock2D", "UpBlock2D"), "layers_per_block": 1}),
+                  DDPMScheduler())()
+    assert "evil" in out and list(consts.DEPRECATED_REVISION_ARGS) == before
+
+
+def test_return_types_fields_are_readable(components):
+    cls = load_class(_pipeline("r = torch.max(torch.tensor([[1.0, 5.0], [7.0, 2.0]]), dim=1)\nreturn r.values, r.indices"))
+    values, indices = cls(*components)()
+    assert values.tolist() == [5.0, 7.0] and indices.tolist() == [1, 0]
+
+
+@pytest.mark.parametrize(
+    "body, rule",
+    [
+        ("super(torch.nn.Module, self.unet).__init__()", "attribute.not-allowlisted"),
+        ("torch.nn.Module.__init__(self.unet)", "call.host-init"),
+    ],
+)
+def test_host_initialisers_cannot_reset_host_objects(body, rule, components):
+    unet, scheduler = components
+    n_params = len(list(unet.parameters()))
+    cls = load_class(_pipeline(body))
+    with pytest.raises(PolicyViolation) as info:
+        cls(unet, scheduler)()
+    assert info.value.rule == rule
+    assert len(list(unet.parameters())) == n_params and len(unet._modules) > 0

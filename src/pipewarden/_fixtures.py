@@ -136,7 +136,7 @@ def build_weights(
     # Give every parameter a distinct, seeded value (default init leaves some at exact zeros).
     gen = torch.Generator().manual_seed(seed)
     state = {}
-    for name, tensor in unet.state_dict().items():
+    for name, tensor in unet.state_dict().items():  # type: ignore[attr-defined]
         if tensor.is_floating_point():
             state[name] = (torch.randn(tensor.shape, generator=gen) * 0.05).contiguous()
         else:

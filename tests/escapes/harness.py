@@ -360,8 +360,8 @@ DANGEROUS_NEW_MODULES = frozenset(
 
 
 def _descendants(root_pid: int) -> dict[int, str]:
-    """pid -> exe of every live descendant process of ``root_pid`` (Linux /proc)."""
-    parents: dict[int, int] = {}
+    """pid -> "exe|comm" of every live (non-zombie) descendant process of ``root_pid`` (Linux /proc)."""
+    parents: dict[int, tuple[int, str, str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -370,23 +370,34 @@ def _descendants(root_pid: int) -> dict[int, str]:
                 stat = f.read().decode("latin-1")
         except OSError:
             continue
-        rest = stat.rsplit(")", 1)[-1].split()
-        if len(rest) < 2:
+        head, _, rest = stat.rpartition(")")
+        fields = rest.split()
+        if len(fields) < 2:
             continue
-        parents[int(entry)] = int(rest[1])
+        comm = head.partition("(")[2]
+        parents[int(entry)] = (int(fields[1]), fields[0], comm)
     out: dict[int, str] = {}
     frontier = [root_pid]
     while frontier:
         pid = frontier.pop()
-        for child, parent in parents.items():
+        for child, (parent, state, comm) in parents.items():
             if parent == pid and child not in out:
+                frontier.append(child)
+                if state in ("Z", "X"):
+                    continue  # exited, waiting to be reaped: not running
                 try:
                     exe = os.readlink(f"/proc/{child}/exe")
                 except OSError:
                     exe = "?"
-                out[child] = exe
-                frontier.append(child)
+                out[child] = f"{exe}|{comm}"
     return out
+
+
+def _is_python_process(desc: str) -> bool:
+    exe, _, comm = desc.partition("|")
+    if exe != "?" and os.path.realpath(exe) == os.path.realpath(sys.executable):
+        return True
+    return comm.startswith("python")
 
 
 def _tqdm_monitor_type() -> type | None:
@@ -620,6 +631,8 @@ def compare(before: Snapshot, after: Snapshot, *, process_mode: bool, restore: b
             if restore:
                 sys.modules[key] = value
     for key in set(sys.modules) - set(before_sys_modules):
+        if process_mode:
+            break  # the payload ran in the worker; new host imports are the isolation layer's own
         top = key.split(".")[0]
         if key in DANGEROUS_NEW_MODULES or top in DANGEROUS_NEW_MODULES:
             out.append(f"sys.modules gained {key!r}")
@@ -650,8 +663,8 @@ def compare(before: Snapshot, after: Snapshot, *, process_mode: bool, restore: b
     for pid, exe in after.children:
         if pid in before_children:
             continue
-        if process_mode and os.path.realpath(exe) == os.path.realpath(sys.executable):
-            continue  # a worker process of process isolation
+        if process_mode and _is_python_process(exe):
+            continue  # a worker (or the fork server) of process isolation
         out.append(f"new child process left running: pid {pid} exe {exe}")
     if after.unet_hooks != before.unet_hooks:
         out.append(f"UNet hooks changed: {dict(before.unet_hooks)} -> {dict(after.unet_hooks)}")
@@ -660,7 +673,9 @@ def compare(before: Snapshot, after: Snapshot, *, process_mode: bool, restore: b
     if after.component_state != before.component_state:
         old, new = dict(before.component_state), dict(after.component_state)
         changed = sorted(k for k in old.keys() | new.keys() if old.get(k, _GONE) != new.get(k, _GONE))
-        out.append(f"component state changed (host objects written): {changed[:8]}{' ...' if len(changed) > 8 else ''}")
+        out.append(
+            f"component state changed (host objects written): {changed[:8]}{' ...' if len(changed) > 8 else ''}"
+        )
     old_c, new_c = dict(before.class_containers), dict(after.class_containers)
     mutated = []
     for key, (container, content) in old_c.items():
@@ -900,6 +915,9 @@ def observe(world: World, source: str, mode: str, *, call_kwargs: dict | None = 
                 if mode == "process":
                     pipe = _process_load(world, source)
                     closer = getattr(pipe, "close", None)
+                elif mode == "api":
+                    stage = "init"
+                    pipe = _api_inprocess_load(world, source, components)
                 else:
                     cls = plain_load_class(source) if mode == "plain" else sandbox_load_class(source)
                     stage = "init"
@@ -931,14 +949,33 @@ def observe(world: World, source: str, mode: str, *, call_kwargs: dict | None = 
     return Observation(mode, stage, result, exc, violations)
 
 
-def _process_load(world: World, source: str) -> Any:
-    import pipewarden
-
+def _write_code(world: World, source: str) -> tuple[Path, str]:
     code_dir = world.root / "code" / hashlib.sha256(source.encode()).hexdigest()[:16]
     code_dir.mkdir(parents=True, exist_ok=True)
     path = code_dir / "pipeline.py"
     path.write_text(source, encoding="utf-8")
-    sha = hashlib.sha256(source.encode("utf-8")).hexdigest()
+    return path, hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+def _api_inprocess_load(world: World, source: str, components: dict[str, Any]) -> Any:
+    """``load_pipeline(isolation="inprocess")`` with our own components (so hooks can be checked)."""
+    import pipewarden
+
+    path, sha = _write_code(world, source)
+    return pipewarden.load_pipeline(
+        str(world.weights),
+        custom_pipeline=str(path),
+        trust_remote_code=True,
+        pipeline_sha256=sha,
+        isolation="inprocess",
+        **components,
+    )
+
+
+def _process_load(world: World, source: str) -> Any:
+    import pipewarden
+
+    path, sha = _write_code(world, source)
     return pipewarden.load_pipeline(
         str(world.weights),
         custom_pipeline=str(path),

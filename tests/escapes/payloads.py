@@ -1067,6 +1067,192 @@ add(
     call="threading.Timer(1.5, print).start()",
 )
 
+# ---- second round: attacks aimed at the sandbox's own design (host code doing the work) ------
+add(
+    "tqdm_bar_format_traversal_secret",
+    "tqdm bar_format: host-side str.format traversal of a sandbox object",
+    SECRET,
+    imports="from tqdm import tqdm",
+    module="""
+    class Sink:
+        def __init__(self):
+            self.parts = []
+
+        def write(self, text):
+            self.parts.append(text)
+
+        def flush(self):
+            return None
+
+
+    class Desc:
+        def __init__(self, method):
+            self.m = method
+
+        def __getitem__(self, key):
+            return ""
+
+        def __add__(self, other):
+            return self
+
+        def __bool__(self):
+            return True
+    """,
+    call="""
+    sink = Sink()
+    bar = tqdm(total=1, file=sink, desc=Desc(self.register_modules), mininterval=0,
+               bar_format="{desc.m.__func__.__globals__[os].environ[@SECRET_ENV@]}")
+    bar.close()
+    return "".join(sink.parts)
+    """,
+)
+add(
+    "progress_bar_config_format_traversal_secret",
+    "set_progress_bar_config(bar_format=...) + self.progress_bar",
+    SECRET,
+    module="""
+    class Sink:
+        def __init__(self):
+            self.parts = []
+
+        def write(self, text):
+            self.parts.append(text)
+
+        def flush(self):
+            return None
+
+
+    class Desc:
+        def __init__(self, method):
+            self.m = method
+
+        def __getitem__(self, key):
+            return ""
+
+        def __add__(self, other):
+            return self
+
+        def __bool__(self):
+            return True
+    """,
+    call="""
+    sink = Sink()
+    self.set_progress_bar_config(file=sink, desc=Desc(self.register_modules), mininterval=0,
+                                 bar_format="{desc.m.__func__.__globals__[os].environ[@SECRET_ENV@]}")
+    bar = self.progress_bar(total=1)
+    bar.close()
+    return "".join(sink.parts)
+    """,
+)
+add(
+    "functools_update_wrapper_patches_host_class",
+    "functools.update_wrapper(host_class, ...) sets attributes on a host class",
+    STATE,
+    imports="import functools\nimport types",
+    call="""
+    source = types.SimpleNamespace(save_pretrained=None)
+    functools.update_wrapper(DiffusionPipeline, source, assigned=("save_pretrained",), updated=())
+    """,
+)
+add(
+    "functools_wraps_replaces_unet_forward",
+    "functools.wraps(...)(self.unet) writes a host object (the UNet's forward)",
+    STATE,
+    imports="import functools\nimport types",
+    call="""
+    source = types.SimpleNamespace(forward=lambda *args, **kwargs: None)
+    functools.wraps(source, assigned=("forward",), updated=())(self.unet)
+    """,
+)
+add(
+    "dataclass_decorates_host_class",
+    "dataclasses.dataclass(host_class) rewrites a host class (tripwire suspended)",
+    STATE,
+    imports="import dataclasses",
+    call="dataclasses.dataclass(DiffusionPipeline)",
+)
+add(
+    "abcmeta_call_bypasses_class_checks",
+    "abc.ABCMeta(...) called directly: a class with any dunder and any base",
+    STATE,
+    imports="import abc\nimport copy",
+    call="""
+    Evil = abc.ABCMeta("Evil", (object,), {
+        "__reduce_ex__": lambda s, proto: ((lambda: DiffusionPipeline), (), (None, {"save_pretrained": None})),
+    })
+    copy.copy(Evil())
+    """,
+)
+add(
+    "abcmeta_builds_lying_str",
+    "abc.ABCMeta building a str subclass that lies to the guard",
+    FILE,
+    imports="import abc",
+    call="""
+    Lie = abc.ABCMeta("Lie", (str,), {"__eq__": lambda s, o: True, "__hash__": lambda s: hash(str(s)),
+                                       "startswith": lambda s, *a: False})
+    getattr(self.unet, Lie("save_pretrained"))("@CANARY@/abcmeta_lie")
+    """,
+)
+add(
+    "dict_update_on_frozen_component_config",
+    "dict.update(self.unet.config, ...) mutates a host FrozenDict",
+    STATE,
+    call="dict.update(self.unet.config, sample_size=999)",
+)
+add(
+    "dict_init_on_frozen_component_config",
+    "dict.__init__(self.scheduler.config, ...) mutates a host FrozenDict",
+    STATE,
+    call="dict.__init__(self.scheduler.config, num_train_timesteps=7)",
+)
+add(
+    "shared_class_list_append",
+    "self._optional_components.append (a list shared by every DiffusionPipeline)",
+    STATE,
+    call='self._optional_components.append("pwned_by_escape")',
+)
+add(
+    "module_init_wipes_component",
+    "torch.nn.Module.__init__(self.unet) rewrites a host object",
+    STATE,
+    call="torch.nn.Module.__init__(self.unet)",
+)
+add(
+    "super_init_on_component",
+    "super(UNet2DModel, self.unet).__init__() rewrites a host object",
+    STATE,
+    imports="from diffusers import UNet2DModel",
+    call="super(UNet2DModel, self.unet).__init__()",
+)
+add(
+    "set_grad_enabled_leaks_global_mode",
+    "torch.set_grad_enabled(False) as a call leaves host grad mode off",
+    STATE,
+    call="torch.set_grad_enabled(False)",
+)
+add(
+    "unet_compile_persists",
+    "self.unet.compile(...) leaves a compiled call path on the host UNet",
+    STATE,
+    call='self.unet.compile(backend="eager")',
+)
+add(
+    "unet_set_attn_processor_persists",
+    "Attention.set_processor(sandbox object) persists code in the host UNet",
+    STATE,
+    module="""
+    class Processor:
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
+            return hidden_states
+    """,
+    call="""
+    for module in self.unet.modules():
+        if hasattr(module, "set_processor"):
+            module.set_processor(Processor())
+    """,
+)
+
 PAYLOADS: tuple[Payload, ...] = tuple(_P)
 assert len({p.id for p in PAYLOADS}) == len(PAYLOADS), "duplicate payload ids"
 

@@ -72,14 +72,18 @@ def main(argv: list[str] | None = None) -> int:
         rule = getattr(exc, "rule", "")
         brief = "" if exc is None else f"{type(exc).__name__}: {str(exc)[:160]}"
         if obs.violations:
-            escapes.append(f"{payload.id} [{payload.technique}]: SIDE EFFECT {obs.violations} ({brief or 'no exception'})")
-        elif not isinstance(exc, PipewardenError):
+            escapes.append(
+                f"{payload.id} [{payload.technique}]: SIDE EFFECT {obs.violations} ({brief or 'no exception'})"
+            )
+        elif not isinstance(exc, PipewardenError) or type(exc) is PipewardenError:
             what = "returned normally" if exc is None else f"not a PipewardenError: {brief}"
             escapes.append(f"{payload.id} [{payload.technique}]: NOT REFUSED ({what}) at stage {obs.stage}")
         elif getattr(exc, "obj", None) is not None:
             escapes.append(f"{payload.id} [{payload.technique}]: refusal carries .obj")
         else:
-            refused.append(f"{payload.id}: {obs.stage}: {type(exc).__name__} rule={rule!r} :: {str(exc)[:140]}")
+            refused.append(
+                f"{payload.id}: {obs.stage}: {type(exc).__name__} rule={rule!r} :: {str(exc)[:140]}"
+            )
 
     benign = []
     import torch

@@ -115,6 +115,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"the policy extras are not valid: {exc}", rule="extras may only add modules and aliases",
                          fix="fix --import-alias / the allowlist's [policy] table") from None
     report = audit_paths(args.paths, options, jobs=args.jobs)
+    if not report.files:
+        print("pipewarden audit: no *.py files found in the given directories", file=sys.stderr)
     rendered = render(report, args.format)
     if args.output:
         try:

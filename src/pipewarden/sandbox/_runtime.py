@@ -409,13 +409,12 @@ class Sandbox:
         mod_name: str = object.__getattribute__(facade, "_pw_name")
         key = (mod_name, name, for_import)
         hit = self._facade_cache.get(key, _MISSING)
-        if hit is not _MISSING:
-            if type(hit) in _VALUE_TYPES and type(hit) in _WRITABLE_CONTAINERS:
-                return copy.deepcopy(hit)
-            return hit
-        value = self._resolve_facade_attr(mod_name, name, for_import)
-        self._facade_cache[key] = value
-        return value
+        if hit is _MISSING:
+            hit = self._resolve_facade_attr(mod_name, name, for_import)
+            self._facade_cache[key] = hit
+        if type(hit) in _CONTAINER_TYPES:
+            return _private_copy(hit)  # module constants are shared host state: hand out a copy
+        return hit
 
     def _refuse_facade(self, mod_name: str, name: str, for_import: bool, rule: ModuleRule) -> Any:
         if for_import and rule.stub_denied and not name.startswith("_"):
@@ -489,9 +488,6 @@ class Sandbox:
             return self._refuse_facade(mod_name, name, for_import, rule)
         if name in rule.suspend_tripwire and callable(value):
             return _suspending(value)
-        if type(value) in _WRITABLE_CONTAINERS:
-            with tripwire.suspended():
-                return copy.deepcopy(value)
         return value
 
     def _get_logger(self, name: Any = None) -> SandboxLogger:
@@ -642,14 +638,31 @@ class Sandbox:
             value = getattr(obj, name)
         except AttributeError:
             raise AttributeError(f"{_tname(obj)!r} object has no attribute {name!r}") from None
-        if name in _ARGUMENT_GUARDS and callable(value):
-            return _ARGUMENT_GUARDS[name](value, f"{_tname(obj)}.{name}")
         t_value = type(value)
         if t_value in _FORBIDDEN_VALUE_TYPES or t_value is types.BuiltinFunctionType:
             self.check_value(value, f"{_tname(obj)}.{name}")
         if name in _STR_DUNDERS and not isinstance(value, (str, type(None))):
             raise _violation(f"{name} of a {_tname(obj)} is not a string", "attribute.dunder")
+        if name in _ARGUMENT_GUARDS and callable(value):
+            return _ARGUMENT_GUARDS[name](value, f"{_tname(obj)}.{name}")
+        if t_value_is_container(value) and t not in _WRITABLE_CONTAINERS and not self.owns(obj):
+            # A plain list/dict/set held by a host object (a config list, a default argument) is
+            # host state: the sandbox gets its own copy, so writes cannot reach the host.
+            return _private_copy(value)
+        if name in _CALL_DUNDERS and t is not super and isinstance(obj, type) and not self.owns(obj):
+            return self._owned_self_only(value, f"{_tname(obj)}.{name}")
         return value
+
+    def _owned_self_only(self, fn: Any, where: str) -> Callable[..., Any]:
+        """``HostClass.__init__(self, ...)``: only to initialise the sandbox's own objects."""
+        box = self
+
+        def call(self_obj: Any, *args: Any, **kwargs: Any) -> Any:
+            if not box.owns(self_obj):
+                raise _violation(f"{where} called on an object the sandbox did not create", "call.host-init")
+            return fn(self_obj, *args, **kwargs)
+
+        return call
 
     def _decide(self, obj: Any, t: type, name: str) -> bool:
         """Decide and cache when the answer depends on the type only."""
@@ -664,12 +677,15 @@ class Sandbox:
             ok = self._owned_allowed(obj, t, name)
             cacheable = False
         elif t is super:
-            # super().__init__ / super().__call__ / super().method inside a sandboxed class.
-            if name in _CALL_DUNDERS:
+            # super().__init__ / super().__call__ / super().method inside a sandboxed class; never
+            # super(HostClass, host_object) (that would re-run host initialisers on host objects).
+            self_obj = obj.__self__
+            if self_obj is None or not self.owns(self_obj):
+                ok = False
+            elif name in _CALL_DUNDERS:
                 ok = True
             else:
-                self_obj = obj.__self__
-                ok = self_obj is not None and self.owns(self_obj) and self._owned_allowed(self_obj, type(self_obj), name)
+                ok = self._owned_allowed(self_obj, type(self_obj), name)
             cacheable = False
         elif name.startswith("__"):
             if name in _STR_DUNDERS:
@@ -694,6 +710,10 @@ class Sandbox:
             ok = isinstance(obj, functools.partial) and name in ("func", "args", "keywords")
         elif isinstance(obj, types.GeneratorType):
             ok = name in ("send", "close")
+        elif isinstance(obj, tuple) and (
+            name in (getattr(t, "_fields", None) or ()) or name in (getattr(t, "__match_args__", None) or ())
+        ):
+            ok = True  # named fields of a namedtuple / torch.return_types structseq
         else:
             ok = self._static_allowed(t, name, on_class=False)
             if not ok:
@@ -724,6 +744,8 @@ class Sandbox:
         value = obj[key]
         if type(value) in _FORBIDDEN_VALUE_TYPES:
             self.check_value(value, f"an item of a {_tname(obj)}")
+        if t_value_is_container(value) and t not in _WRITABLE_CONTAINERS and not self.owns(obj):
+            return _private_copy(value)  # e.g. a list inside a host FrozenDict config
         return value
 
     def guarded_getiter(self, obj: Any) -> Any:
@@ -1006,6 +1028,39 @@ def _is_type_hint(value: Any) -> bool:
     return isinstance(value, (types.GenericAlias, types.UnionType)) or type(value).__module__ == "typing" and (
         type(value).__name__ in ("_GenericAlias", "_UnionGenericAlias", "_LiteralGenericAlias", "_CallableGenericAlias")
     ) or value is typing.Any
+
+
+_CONTAINER_TYPES: frozenset[type] = frozenset({list, dict, set, bytearray, tuple})
+_PLAIN_SCALARS = (str, bytes, int, float, bool, complex, type(None))
+
+
+def t_value_is_container(value: Any) -> bool:
+    return type(value) in _WRITABLE_CONTAINERS
+
+
+def _is_plain_data(value: Any, depth: int = 0) -> bool:
+    if isinstance(value, _PLAIN_SCALARS) or isinstance(value, enum.Enum) or isinstance(value, type):
+        return True
+    if depth > 6:
+        return False
+    t = type(value)
+    if t in (list, tuple, set, frozenset):
+        return len(value) <= 10_000 and all(_is_plain_data(v, depth + 1) for v in value)
+    if t is dict:
+        return len(value) <= 10_000 and all(
+            _is_plain_data(k, depth + 1) and _is_plain_data(v, depth + 1) for k, v in value.items()
+        )
+    return False
+
+
+def _private_copy(value: Any) -> Any:
+    """A copy the sandbox owns: deep for plain data, shallow otherwise (never copies tensors)."""
+    if type(value) is tuple and all(type(v) not in _CONTAINER_TYPES for v in value):
+        return value
+    if _is_plain_data(value):
+        with tripwire.suspended():
+            return copy.deepcopy(value)
+    return copy.copy(value)
 
 
 def _config_dict_only(fn: Callable[..., Any], where: str) -> Callable[..., Any]:

@@ -114,7 +114,6 @@ class _Worker:
     # -------------------------------------------------------------------------------- setup
 
     def _prepare_process(self) -> None:
-
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
         self._parent = os.getppid()
@@ -254,8 +253,7 @@ class _Worker:
             from pipewarden.sandbox.policy import default_policy
 
             policy = default_policy().with_extras(extra_modules=extras, import_aliases=aliases)
-        text = source_bytes.decode("utf-8")
-        cls = load_class(text, filename=h["filename"], policy=policy, import_aliases=aliases)
+        cls = load_class(source_bytes, filename=h["filename"], policy=policy, import_aliases=aliases)
         built = load_components(snapshot, torch_dtype=dtype, expected=expected)
         wanted = _init_component_names(cls)
         kwargs = {k: v for k, v in built.items() if wanted is None or k in wanted}
