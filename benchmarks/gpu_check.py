@@ -51,6 +51,44 @@ class GpuExamplePipeline(DiffusionPipeline):
 '''
 
 
+def _process_on_cuda_smoke(weights: Path, common: dict) -> None:
+    import torch
+
+    import pipewarden
+
+    with pipewarden.load_pipeline(str(weights), isolation="process", **common) as pipe:
+        pipe.to("cuda")
+        pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=1)
+
+
+def _diagnose(weights: Path, code: Path) -> dict:
+    """Which layer breaks CUDA? Retry with one layer left out at a time (test-only switch)."""
+    import hashlib
+
+    import torch
+
+    from pipewarden.limits import Limits
+    from pipewarden.loader.local import resolve_local_weights
+    from pipewarden.sandbox.isolation import WorkerLoadRequest, start_worker_pipeline
+
+    source = code.read_bytes()
+    req = WorkerLoadRequest(source, hashlib.sha256(source).hexdigest(), "pipeline.py", resolve_local_weights(weights))
+    out = {}
+    for skip in ((), ("seccomp",), ("landlock-fs",), ("rlimits",), ("uid",), ("netns",), ("env",)):
+        name = "+".join(skip) or "none"
+        try:
+            pipe = start_worker_pipeline(req, Limits(wall_s=180), _unsafe_skip_layers=skip)
+            try:
+                pipe.to("cuda")
+                pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=1)
+                out[f"skip {name}"] = "works"
+            finally:
+                pipe.close()
+        except Exception as exc:
+            out[f"skip {name}"] = f"{type(exc).__name__}: {str(exc)[:300]}"
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     import torch
 
@@ -76,6 +114,14 @@ def main(argv: list[str] | None = None) -> int:
         common = {"custom_pipeline": str(code), "trust_remote_code": True, "pipeline_sha256": sha256_file(code)}
 
         # 1. process isolation on CUDA
+        try:
+            _process_on_cuda_smoke(weights, common)
+        except Exception as exc:
+            summary["process_cuda_error"] = f"{type(exc).__name__}: {str(exc)[:500]}"
+            summary["diagnosis"] = _diagnose(weights, code)
+            summary["ok"] = False
+            print(json.dumps(summary, indent=2))
+            return 1
         t0 = time.perf_counter()
         proc = pipewarden.load_pipeline(str(weights), isolation="process", **common)
         summary["process_load_s"] = round(time.perf_counter() - t0, 3)

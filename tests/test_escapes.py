@@ -362,6 +362,10 @@ DETECTOR_SAMPLES = {
     "global_module_forward_hook": "_global_forward_hooks changed",
     "os_environ_write": "os.environ changed",
     "sys_path_insert": "sys.path changed",
+    "simplenamespace_array_interface_writes_host_memory": "DiffusionPipeline.config_name bytes changed",
+    "dict_update_on_frozen_component_config": "component state changed",
+    "shared_class_list_append": "host class container attributes mutated",
+    "unet_set_attn_processor_persists": "component state changed",
 }
 
 
@@ -372,6 +376,7 @@ def test_detector_fires_when_payload_runs_unsandboxed(escape_world, payload_id):
 
     gelu, save_pretrained = torch.nn.functional.gelu, diffusers.DiffusionPipeline.save_pretrained
     payload = {p.id: p for p in PAYLOADS}[payload_id]
+    baseline = harness.take_snapshot()
     obs = harness.observe(escape_world, _render(escape_world, payload), "plain")
     expected = DETECTOR_SAMPLES[payload_id]
     assert any(expected in v for v in obs.violations), obs.describe()
@@ -380,8 +385,8 @@ def test_detector_fires_when_payload_runs_unsandboxed(escape_world, payload_id):
     assert diffusers.DiffusionPipeline.save_pretrained is save_pretrained
     assert "PWNED_BY_ESCAPE" not in vars(diffusers)
     assert harness.ENV_SECRET == os.environ[harness.SECRET_ENV]
-    again = harness.observe(escape_world, corpus.BENIGN_SOURCE, "plain")
-    assert again.violations == [], f"host not restored after {payload_id}: {again.describe()}"
+    leftover = harness.compare(baseline, harness.take_snapshot(), process_mode=False, restore=False)
+    assert leftover == [], f"host not restored after {payload_id}: {leftover}"
 
 
 def test_refusal_check_rejects_a_plain_python_error(escape_world):
@@ -393,6 +398,7 @@ def test_refusal_check_rejects_a_plain_python_error(escape_world):
     assert not isinstance(obs.exception, PipewardenError)
 
 
+@pytest.mark.slow
 def test_every_live_payload_escapes_plain_python(tiny_weights, tmp_path):
     """Each payload really is an attack: unsandboxed, its side effect happens (subprocess)."""
     env = dict(os.environ)

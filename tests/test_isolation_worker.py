@@ -90,7 +90,7 @@ def _host_still_works(server) -> None:
 def test_worker_reports_every_layer_like_doctor(doctor):
     with worker() as w:
         reported = {s.name: s for s in w.layers}
-    assert set(reported) == set(LAYER_NAMES) - {"wall-clock"}
+    assert set(reported) == set(LAYER_NAMES)
     for name, status in reported.items():
         assert status.detail, name
         assert status.active == doctor[name].active, (name, status, doctor[name])
@@ -109,6 +109,19 @@ def test_doctor_cli_prints_the_table(capsys, doctor):
     assert rc == (0 if all(s.active for s in doctor.values()) else 1)
     for name in LAYER_NAMES:
         assert name in out
+
+
+@pytest.mark.parametrize("skip", ["seccomp", "landlock-fs", "netns", "uid", "rlimits", "env"])
+def test_a_disabled_layer_is_reported_inactive_and_the_others_still_active(skip, doctor):
+    with worker(skip=frozenset({skip})) as w:
+        reported = {s.name: s for s in w.layers}
+    assert set(reported) == set(LAYER_NAMES)
+    off = {skip} | ({"landlock-net", "landlock-scope"} if skip == "landlock-fs" else set())
+    for name, status in reported.items():
+        if name in off:
+            assert not status.active and "disabled" in status.detail
+        else:
+            assert status.active == doctor[name].active, name
 
 
 def test_a_required_layer_that_is_missing_refuses_the_load(tmp_path):
@@ -239,6 +252,13 @@ def test_8gib_allocation_ends_in_resource_limit_error(server):
         assert time.monotonic() - t0 < 30
         assert hook(w, "alloc", 64)["detail"] == str(64 * 1024 * 1024)  # worker still usable
     _host_still_works(server)
+
+
+def test_file_size_limit_refuses_a_big_write_without_killing_the_worker(server):
+    with worker(Limits(file_size_mb=1, wall_s=60)) as w:
+        assert hook(w, "write_big", 2)["errno"] == errno.EFBIG
+        assert os.path.getsize(os.path.join(w.scratch, "big.bin")) <= 1024 * 1024
+        assert hook(w, "identity")["pid"] == w.pid
 
 
 def test_cpu_limit_ends_an_infinite_loop(server):

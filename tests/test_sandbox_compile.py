@@ -135,3 +135,31 @@ def test_every_function_and_lambda_gets_the_wrapper():
         if isinstance(n, ast.Call) and isinstance(n.func, ast.Name) and n.func.id == FUNCTION_WRAPPER_NAME
     ]
     assert len(lambdas_wrapped) == 1
+
+
+@pytest.mark.parametrize(
+    "src, ok",
+    [
+        ("import torch\ntorch.set_grad_enabled(False)\n", False),
+        ("import torch\nmode = torch.set_grad_enabled(False)\n", False),
+        ("import torch\nwith torch.set_grad_enabled(False):\n    pass\n", True),
+        ("import torch\n@torch.set_grad_enabled(False)\ndef f():\n    pass\n", True),
+    ],
+)
+def test_grad_mode_switch_only_scoped(src, ok):
+    found = rules(src)
+    assert (found == []) if ok else ("call.global-state" in found)
+
+
+@pytest.mark.parametrize(
+    "src, ok",
+    [
+        ("import torch\ndef g():\n    with torch.no_grad():\n        yield 1\n", False),
+        ("import torch\ndef g():\n    with torch.no_grad():\n        x = 1\n    yield x\n", True),
+        ("def g():\n    with open_thing() as f:\n        yield from f\n", False),
+        ("def outer():\n    with ctx():\n        def inner():\n            yield 1\n        return inner\n", True),
+    ],
+)
+def test_yield_inside_with_is_refused(src, ok):
+    found = rules(src)
+    assert (found == []) if ok else ("syntax.yield-in-with" in found)

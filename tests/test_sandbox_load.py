@@ -190,6 +190,26 @@ CALL_TIME = [
      "attribute.not-allowlisted"),
     ("pil-save", "from PIL import Image\nImage.new('RGB', (2, 2)).save(canary)", "attribute.denied"),
     ("unbound-forward-hook", "torch.nn.Module.register_forward_hook(self.unet, lambda *a: None)", "attribute.denied"),
+    ("unbound-dict-update-frozen", "dict.update(self.unet.config, sample_size=999)", "call.unbound-host-method"),
+    ("unbound-setattr-module", "torch.nn.Module.to_empty(self.unet, device='meta')", "attribute.not-allowlisted"),
+    ("tqdm-bar-format", "from tqdm.auto import tqdm\ntqdm(total=1, bar_format='{desc.m.__func__}')",
+     "argument.format-traversal"),
+    ("progress-bar-config", "self.set_progress_bar_config(bar_format='{desc.__class__}')\nself.progress_bar(total=1)",
+     "argument.format-traversal"),
+    ("progress-bar-own-config", "self._progress_bar_config = {'bar_format': '{desc[0]}'}\nself.progress_bar(total=1)",
+     "argument.format-traversal"),
+    ("deprecate-take-from", "from diffusers.utils import deprecate\n"
+     "deprecate(('__globals__', '9.0', ''), take_from=self.register_modules, standard_warn=False)",
+     "argument.take-from"),
+    ("register-modules-dunder", "self.register_modules(**{'__class__': self.unet})", "argument.component-name"),
+    ("update-wrapper-host-class", "import functools\n"
+     "functools.update_wrapper(DiffusionPipeline, lambda: 1, assigned=('save_pretrained',), updated=())",
+     "call.modifies-host-object"),
+    ("wraps-host-object", "import functools\nfunctools.wraps(lambda: 1, assigned=('forward',), updated=())(self.unet)",
+     "call.modifies-host-object"),
+    ("dataclass-host-class", "import dataclasses\ndataclasses.dataclass(DiffusionPipeline)", "call.modifies-host-object"),
+    ("hasattr-denied-probe", "hasattr(self.unet, 'register_forward_hook')", "attribute.denied"),
+    ("set-processor", "for m in self.unet.modules():\n    m.set_processor(None)", "attribute.denied"),
 ]
 
 
@@ -308,40 +328,58 @@ def test_from_config_accepts_configs_not_paths(components, tmp_path):
 
 
 HOST_STATE = [
-    ("config-list", "lst = self.unet.config.block_out_channels\nlst.append(999)\nlst[0] = -1\nreturn lst"),
-    ("config-item-list", "lst = self.unet.config['block_out_channels']\nlst += [999]\nreturn lst"),
+    ("config-list", "lst = self.unet.config.block_out_channels\nlst.append(999)"),
+    ("config-list-item", "lst = self.unet.config.block_out_channels\nlst[0] = -1"),
+    ("class-shared-list", "self._optional_components.append(1)"),
+    ("config-item-list", "lst = self.unet.config['block_out_channels']\nlst += [999]"),
 ]
 
 
 @pytest.mark.parametrize("label, body", HOST_STATE, ids=[c[0] for c in HOST_STATE])
-def test_host_containers_reach_the_sandbox_as_copies(label, body, components):
+def test_host_containers_are_read_only_snapshots(label, body, components):
+    from diffusers import DiffusionPipeline
+
     unet, scheduler = components
     before = list(unet.config.block_out_channels)
+    shared = list(DiffusionPipeline._optional_components)
     cls = load_class(_pipeline(body))
-    got = cls(unet, scheduler)()
-    assert 999 in got
+    with pytest.raises(PolicyViolation) as info:
+        cls(unet, scheduler)()
+    assert info.value.rule in ("write.host-state", "write.host-object")
     assert list(unet.config.block_out_channels) == before
+    assert list(DiffusionPipeline._optional_components) == shared
 
 
-def test_module_constants_are_copies():
+def test_read_only_snapshots_still_read_and_copy(components):
+    cls = load_class(_pipeline(
+        "lst = self.unet.config.block_out_channels\nmine = list(lst) + [1]\nmine.append(2)\n"
+        "return len(lst), lst[0], mine[-1], isinstance(lst, list)"
+    ))
+    n, first, last, is_list = cls(*components)()
+    assert (n, last, is_list) == (len(components[0].config.block_out_channels), 2, True)
+    assert first == components[0].config.block_out_channels[0]
+
+
+def test_module_constants_are_read_only():
     import diffusers.utils.constants as consts
 
-    cls = load_class(_pipeline(
-        "c = constants.DIFFUSERS_REQUEST_TIMEOUT\nd = DEPRECATED_REVISION_ARGS\nd.append('evil')\nreturn d",
-        "from diffusers.utils import constants\nfrom diffusers.utils.constants import DEPRECATED_REVISION_ARGS\n",
-    ))
-    assert cls.__name__ == "P"
     before = list(consts.DEPRECATED_REVISION_ARGS)
-    import tempfile
+    src = _pipeline("pass", "from diffusers.utils.constants import DEPRECATED_REVISION_ARGS\n"
+                            "DEPRECATED_REVISION_ARGS.append('evil')\n")
+    with pytest.raises(PolicyViolation) as info:
+        load_class(src)
+    assert info.value.rule == "write.host-state"
+    assert list(consts.DEPRECATED_REVISION_ARGS) == before
 
-    from diffusers import DDPMScheduler, UNet2DModel
 
-    with tempfile.TemporaryDirectory():
-        out = cls(UNet2DModel(**{"sample_size": 8, "block_out_channels": (8, 16), "norm_num_groups": 4,
-                                "down_block_types": ("DownBlock2D", "DownBlock2D"),
-                                "up_block_types": ("UpBlock2D", "UpBlock2D"), "layers_per_block": 1}),
-                  DDPMScheduler())()
-    assert "evil" in out and list(consts.DEPRECATED_REVISION_ARGS) == before
+def test_grad_mode_call_form_is_refused_and_with_form_works(components):
+    with pytest.raises(PolicyViolation) as info:
+        load_class(_pipeline("torch.set_grad_enabled(False)"))
+    assert info.value.rule == "compile.call.global-state"
+    cls = load_class(_pipeline("with torch.set_grad_enabled(False):\n    inside = torch.is_grad_enabled()\n"
+                               "return inside, torch.is_grad_enabled()"))
+    assert cls(*components)() == (False, True)
+    assert torch.is_grad_enabled()
 
 
 def test_return_types_fields_are_readable(components):
@@ -365,3 +403,53 @@ def test_host_initialisers_cannot_reset_host_objects(body, rule, components):
         cls(unet, scheduler)()
     assert info.value.rule == rule
     assert len(list(unet.parameters())) == n_params and len(unet._modules) > 0
+
+
+def test_hasattr_probes_absent_or_unlisted_names_quietly(components):
+    cls = load_class(_pipeline(
+        "return (hasattr(self.unet.config, 'latents_mean'), hasattr(self.unet.config, 'sample_size'),\n"
+        "        hasattr(self, 'missing_thing'), hasattr(torch, 'definitely_not_a_torch_name'))"
+    ))
+    assert cls(*components)() == (False, True, False, False)
+
+
+def test_file_reading_component_classes_are_names_only(components, tmp_path):
+    secret = tmp_path / "vocab.txt"
+    secret.write_text("[PAD]\n[UNK]\ntop-secret-token\n")
+    module = (
+        "from typing import Optional, Union\n"
+        "from transformers import BertTokenizer, CLIPTokenizer, CLIPTextModel\n"
+        "Hint = Optional[Union[CLIPTokenizer, BertTokenizer]]\n"
+    )
+    cls = load_class(_pipeline("return isinstance(self.unet, CLIPTokenizer), isinstance(self.unet, CLIPTextModel)", module))
+    assert cls(*components)() == (False, False)
+    cls = load_class(_pipeline("t = BertTokenizer(vocab_file=canary)\nreturn t.convert_ids_to_tokens([2])", module))
+    with pytest.raises(PolicyViolation) as info:
+        cls(*components)(canary=str(secret))
+    assert info.value.rule == "construct.file-reading-class"
+    with pytest.raises(PolicyViolation) as info:
+        load_class(_pipeline("pass", module + "class MyTok(BertTokenizer):\n    pass\n"))
+    assert info.value.rule == "construct.file-reading-class"
+
+
+def test_no_base_exception_escapes_the_host_except_clause():
+    # BaseException, SystemExit, KeyboardInterrupt, GeneratorExit are not sandbox builtins
+    for body in ("class Bye(GeneratorExit):\n    pass\n", "raise BaseException('x')\n", "raise SystemExit(0)\n"):
+        with pytest.raises(PipewardenError):
+            load_class(_pipeline("pass", body))
+
+
+def test_tripwire_refuses_reads_outside_the_libraries(tmp_path):
+    import json
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    with tripwire.armed():
+        with pytest.raises(PolicyViolation) as info:
+            secret.read_text()
+        assert info.value.rule == "tripwire.open-read"
+        with pytest.raises(PolicyViolation):
+            os.listdir(tmp_path)
+        # installed library files stay readable (lazy imports, package data)
+        assert json.__file__ and open(json.__file__).read(10)
+    assert secret.read_text() == "top secret"

@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import types
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -452,6 +453,24 @@ class Snapshot:
     class_containers: tuple[tuple[str, Any], ...]
 
 
+def _config_name_bytes() -> bytes | None:
+    """A copy of the CONTENT of a host str constant (a raw-memory write would change it in place)."""
+    cls = getattr(sys.modules.get("diffusers"), "DiffusionPipeline", None)
+    name = vars(cls).get("config_name") if isinstance(cls, type) else None
+    return name.encode("utf-8", "surrogateescape") if isinstance(name, str) else None
+
+
+def _restore_config_name(original: bytes | None) -> None:
+    """Trusted test code: put the bytes of DiffusionPipeline.config_name back after a memory write."""
+    if original is None or _config_name_bytes() == original:
+        return
+    import ctypes
+
+    name = vars(sys.modules["diffusers"].DiffusionPipeline)["config_name"]
+    if name.isascii() and len(name) == len(original):
+        ctypes.memmove(id(name) + sys.getsizeof(name) - len(name) - 1, original, len(original))
+
+
 def _scalars() -> dict[str, Any]:
     import numpy as np
     import torch
@@ -484,6 +503,10 @@ def _scalars() -> dict[str, Any]:
         "torch.get_num_threads()": torch.get_num_threads(),
         "torch.are_deterministic_algorithms_enabled()": torch.are_deterministic_algorithms_enabled(),
         "torch.get_float32_matmul_precision()": torch.get_float32_matmul_precision(),
+        "torch.is_inference_mode_enabled()": torch.is_inference_mode_enabled(),
+        "torch.is_autocast_enabled('cpu')": torch.is_autocast_enabled("cpu"),
+        "warnings.filters": tuple(warnings.filters),
+        "DiffusionPipeline.config_name bytes": _config_name_bytes(),
         "torch.backends.cudnn.enabled": torch.backends.cudnn.enabled,
         "torch.backends.cudnn.benchmark": torch.backends.cudnn.benchmark,
         "torch.backends.cudnn.deterministic": torch.backends.cudnn.deterministic,
@@ -492,7 +515,7 @@ def _scalars() -> dict[str, Any]:
         "logging root level": root.level,
         "logging root handlers": tuple(root.handlers),
         "logging.disable level": logging.root.manager.disable,
-        **{f"torch.nn.modules.module.{n}": len(getattr(mm, n, {}) or {}) for n in _GLOBAL_HOOK_DICTS},
+        **{f"torch.nn.modules.module.{n}": tuple(getattr(mm, n, {}) or {}) for n in _GLOBAL_HOOK_DICTS},
     }
 
 
@@ -641,11 +664,13 @@ def compare(before: Snapshot, after: Snapshot, *, process_mode: bool, restore: b
         now = after_scalars.get(key)
         same = now is value if callable(value) or hasattr(value, "write") else now == value
         if not same:
-            out.append(f"{key} changed: {value!r} -> {now!r}")
+            out.append(f"{key} changed: {_short(value)} -> {_short(now)}")
     if restore:
         _restore_scalars(before_scalars, after_scalars)
-    if dict(before.environ) != dict(after.environ):
-        changed = sorted(set(before.environ) ^ set(after.environ))
+    env_before = {k: v for k, v in before.environ if k not in _ENV_IGNORED}
+    env_after = {k: v for k, v in after.environ if k not in _ENV_IGNORED}
+    if env_before != env_after:
+        changed = sorted(set(env_before.items()) ^ set(env_after.items()))
         out.append(f"os.environ changed: {sorted({k for k, _ in changed})}")
         if restore:
             os.environ.clear()
@@ -697,6 +722,14 @@ def compare(before: Snapshot, after: Snapshot, *, process_mode: bool, restore: b
 
 
 _GONE = object()
+_ENV_IGNORED = frozenset({"PYTEST_CURRENT_TEST"})  # pytest rewrites it for every test
+
+
+def _short(value: Any, limit: int = 160) -> str:
+    text = repr(value)
+    if isinstance(value, tuple) and len(text) > limit:
+        return f"<{len(value)} entries, first {value[:1]!r:.{limit}}>"
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _is_pipewarden_thread(thread: threading.Thread) -> bool:
@@ -728,6 +761,15 @@ def _restore_scalars(before: dict[str, Any], after: dict[str, Any]) -> None:
         if after[f"signal {sig}"] is not old and old is not None:
             with contextlib.suppress(Exception):
                 signal.signal(getattr(signal, sig), old)
+    if tuple(warnings.filters) != before["warnings.filters"]:
+        warnings.filters[:] = list(before["warnings.filters"])
+    module_mod = sys.modules["torch.nn.modules.module"]
+    for name in _GLOBAL_HOOK_DICTS:
+        hooks = getattr(module_mod, name, None)
+        if isinstance(hooks, dict):
+            for key in [k for k in hooks if k not in before[f"torch.nn.modules.module.{name}"]]:
+                del hooks[key]
+    _restore_config_name(before["DiffusionPipeline.config_name bytes"])
     torch.set_default_dtype(before["torch.get_default_dtype()"])
     torch.set_grad_enabled(before["torch.is_grad_enabled()"])
     torch.backends.cudnn.enabled = before["torch.backends.cudnn.enabled"]

@@ -76,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             code = 0
             try:
                 os.close(read_fd)
+                gc.disable()  # no collection in the child (copy-on-write), but let payloads see every
+                gc.unfreeze()  # object again: gc.get_objects() skips the frozen generation
                 obs = harness.observe(world, source, "plain")
                 exc = obs.exception
                 report = {

@@ -1246,10 +1246,250 @@ add(
         def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kw):
             return hidden_states
     """,
+    call="self.unet.mid_block.attentions[0].set_processor(Processor())",
+)
+
+# ---- third round: host helpers that do a raw getattr with a name the pipeline chooses ---------
+_DEPRECATE_GLOBALS = """
+g = deprecate(("__globals__", "999.0.0", ""), take_from=self.register_modules, standard_warn=False)
+"""
+add(
+    "deprecate_take_from_getattr_env_secret",
+    "diffusers.utils.deprecate(take_from=obj) does a raw getattr(obj, name): __globals__ -> os.environ",
+    SECRET,
+    imports="from diffusers.utils import deprecate",
+    call=_DEPRECATE_GLOBALS
+    + """
+real_getattr = g.get("__builtins__").get("getattr")
+return real_getattr(real_getattr(g.get("os"), "environ"), "get")("@SECRET_ENV@")
+""",
+)
+add(
+    "deprecate_take_from_builtins_open_reads_secret",
+    "deprecate(take_from=...) -> real builtins -> open() for reading",
+    SECRET,
+    imports="from diffusers.utils import deprecate",
+    call=_DEPRECATE_GLOBALS
+    + """
+builtins_dict = g.get("__builtins__")
+real_open, real_getattr = builtins_dict.get("open"), builtins_dict.get("getattr")
+return real_getattr(real_open("@SECRET_FILE@"), "read")()
+""",
+)
+add(
+    "deprecate_take_from_sys_modules_host_secret",
+    "deprecate(take_from=...) -> sys.modules -> a host module's global",
+    SECRET,
+    imports="from diffusers.utils import deprecate",
+    call=_DEPRECATE_GLOBALS
+    + """
+real_getattr = g.get("__builtins__").get("getattr")
+modules = real_getattr(g.get("sys"), "modules")
+for name in list(modules.keys()):
+    value = real_getattr(modules.get(name), "HOST_SECRET", None)
+    if isinstance(value, str):
+        return value
+""",
+)
+add(
+    "deprecate_take_from_setattr_host_module",
+    "deprecate(take_from=...) -> real setattr on torch.nn.functional",
+    STATE,
+    imports="from diffusers.utils import deprecate",
+    call=_DEPRECATE_GLOBALS
+    + """
+builtins_dict = g.get("__builtins__")
+real_getattr, real_setattr = builtins_dict.get("getattr"), builtins_dict.get("setattr")
+functional = real_getattr(real_getattr(g.get("torch"), "nn"), "functional")
+real_setattr(functional, "gelu", None)
+""",
+)
+
+add(
+    "unet_enable_layerwise_casting_installs_hooks",
+    "ModelMixin.enable_layerwise_casting installs persistent forward hooks on the host UNet",
+    STATE,
+    call="self.unet.enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.float32)",
+)
+add(
+    "unet_to_empty_destroys_component",
+    "Module.to_empty(device='meta') replaces the host UNet's weights",
+    STATE,
+    call='self.unet.to_empty(device="meta")',
+)
+
+# ---- fourth round: process-wide modes left behind by a suspended `with` -------------------------
+add(
+    "generator_suspended_no_grad_leaks_mode",
+    "a generator suspended inside `with torch.no_grad()` leaves host grad mode off",
+    STATE,
+    module="""
+    def hold():
+        with torch.no_grad():
+            yield 1
+    """,
     call="""
-    for module in self.unet.modules():
-        if hasattr(module, "set_processor"):
-            module.set_processor(Processor())
+    self.held = hold()
+    next(self.held)
+    """,
+)
+add(
+    "generator_suspended_inference_mode_leaks",
+    "a generator suspended inside `with torch.inference_mode()` leaves host inference mode on",
+    STATE,
+    module="""
+    def hold():
+        with torch.inference_mode():
+            yield 1
+    """,
+    call="""
+    self.held = hold()
+    next(self.held)
+    """,
+)
+add(
+    "generator_suspended_autocast_leaks",
+    "a generator suspended inside `with torch.autocast('cpu')` leaves host autocast on",
+    STATE,
+    module="""
+    def hold():
+        with torch.autocast("cpu"):
+            yield 1
+    """,
+    call="""
+    self.held = hold()
+    next(self.held)
+    """,
+)
+add(
+    "set_grad_enabled_assigned_call",
+    "mode = torch.set_grad_enabled(False) (call form, not a bare statement)",
+    STATE,
+    call="mode = torch.set_grad_enabled(False)",
+)
+add(
+    "warnings_simplefilter_error_host_wide",
+    "warnings.simplefilter('error') changes the host's process-wide warning filters",
+    STATE,
+    imports="import warnings",
+    call='warnings.simplefilter("error")',
+)
+add(
+    "generator_suspended_catch_warnings",
+    "a generator suspended inside `with warnings.catch_warnings()` swaps the host's warnings.filters",
+    STATE,
+    imports="import warnings",
+    module="""
+    def hold():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield 1
+    """,
+    call="""
+    self.held = hold()
+    next(self.held)
+    """,
+)
+
+# ---- fifth round: library constructors that read files the pipeline names --------------------
+add(
+    "transformers_tokenizer_vocab_path_reads_secret",
+    "transformers.BertTokenizer(vocab=<path>) reads any file (in Rust, invisible to the audit hook)",
+    SECRET,
+    imports="from transformers import BertTokenizer",
+    call='return str(BertTokenizer(vocab="@SECRET_FILE@").get_vocab())',
+)
+add(
+    "transformers_tokenizer_vocab_file_reads_secret",
+    "transformers.EsmTokenizer(vocab_file=<path>) reads any file line by line",
+    SECRET,
+    imports="from transformers import EsmTokenizer",
+    call='return str(EsmTokenizer(vocab_file="@SECRET_FILE@").get_vocab())',
+)
+
+# ---- sixth round: raw memory through numpy's __array_interface__ -------------------------------
+_ARRAY_INTERFACE_VIEW = """
+def memory_view(address, length):
+    interface = {"data": (address, False), "shape": (length,), "typestr": "|u1", "version": 3}
+    return np.asarray(types.SimpleNamespace(**{"__array_interface__": interface}))
+"""
+add(
+    "simplenamespace_array_interface_writes_host_memory",
+    "SimpleNamespace(__array_interface__=...) + np.asarray: write any address (a host str in place)",
+    STATE,
+    imports="import types\nimport numpy as np",
+    module=_ARRAY_INTERFACE_VIEW,
+    call="""
+    name = self.config_name
+    view = memory_view(id(name) + 48, len(name))
+    view[0] = 77
+    """,
+)
+add(
+    "simplenamespace_array_interface_reads_host_memory",
+    "SimpleNamespace(__array_interface__=...) + np.asarray: read any address",
+    RUNS,
+    imports="import types\nimport numpy as np",
+    module=_ARRAY_INTERFACE_VIEW,
+    call="return memory_view(id(self.unet), 64).copy()",
+)
+
+add(
+    "pretrainedconfig_kwargs_array_interface_writes_host_memory",
+    "transformers.PretrainedConfig(**{'__array_interface__': ...}) + np.asarray: write any address",
+    STATE,
+    imports="import numpy as np\nfrom transformers import PretrainedConfig",
+    call="""
+    name = self.config_name
+    interface = {"data": (id(name) + 48, False), "shape": (len(name),), "typestr": "|u1", "version": 3}
+    view = np.asarray(PretrainedConfig(**{"__array_interface__": interface}))
+    view[0] = 77
+    """,
+)
+add(
+    "frozendict_kwargs_array_interface_writes_host_memory",
+    "diffusers FrozenDict(**{'__array_interface__': ...}) sets attributes + np.asarray: write any address",
+    STATE,
+    imports="import numpy as np\nfrom diffusers.configuration_utils import FrozenDict",
+    call="""
+    name = self.config_name
+    interface = {"data": (id(name) + 48, False), "shape": (len(name),), "typestr": "|u1", "version": 3}
+    view = np.asarray(FrozenDict(**{"__array_interface__": interface}))
+    view[0] = 77
+    """,
+)
+
+add(
+    "simplenamespace_reduce_ex_copy_writes_host_class",
+    "SimpleNamespace(__reduce_ex__=...) + copy.copy: host-side setattr on a host class",
+    STATE,
+    imports="import copy\nimport types",
+    call="""
+    recipe = lambda proto: ((lambda: DiffusionPipeline), (), (None, {"save_pretrained": None}))
+    copy.copy(types.SimpleNamespace(**{"__reduce_ex__": recipe}))
+    """,
+)
+add(
+    "pretrainedconfig_reduce_ex_deepcopy_writes_host_class",
+    "PretrainedConfig(__reduce_ex__=...) + copy.deepcopy: host-side setattr on a host class",
+    STATE,
+    imports="import copy\nfrom transformers import PretrainedConfig",
+    call="""
+    recipe = lambda proto: ((lambda: DiffusionPipeline), (), (None, {"save_pretrained": None}))
+    copy.deepcopy(PretrainedConfig(**{"__reduce_ex__": recipe}))
+    """,
+)
+
+add(
+    "simplenamespace_dunder_keyword_array_interface",
+    "SimpleNamespace(__array_interface__=...) as a plain keyword (no ** call, so no _apply_ guard)",
+    STATE,
+    imports="import types\nimport numpy as np",
+    call="""
+    name = self.config_name
+    interface = {"data": (id(name) + 48, False), "shape": (len(name),), "typestr": "|u1", "version": 3}
+    view = np.asarray(types.SimpleNamespace(__array_interface__=interface))
+    view[0] = 77
     """,
 )
 

@@ -76,11 +76,13 @@ def load_class(
             exec(code, glb)  # noqa: S102 - the restricted, vetted code object
     except PipewardenError:
         raise
+    except (KeyboardInterrupt, SystemExit):  # pragma: no cover - cannot come from sandboxed code
+        raise
     except RecursionError:
         raise PolicyViolation(
             f"{filename} recursed too deeply at import time", rule="exec.recursion", fix="simplify the module body"
         ) from None
-    except Exception as exc:  # noqa: BLE001 - wrap at the seam; never leak the object-carrying exception
+    except BaseException as exc:  # noqa: BLE001 - wrap at the seam; never leak the object-carrying exception
         line = _failing_line(exc, filename)
         raise ScanError(
             f"{filename} failed while its module body ran in the sandbox{line}: {type(exc).__name__}: {_short(exc)}",

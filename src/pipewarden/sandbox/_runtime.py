@@ -24,7 +24,7 @@ import operator
 import string
 import types
 import weakref
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
@@ -77,6 +77,16 @@ _INPLACE_OPS: dict[str, Callable[[Any, Any], Any]] = {
     "//=": operator.ifloordiv,
     "@=": operator.imatmul,
 }
+
+
+#: Host classes whose __getattr__ only looks up the object's own data (submodules, config values).
+_REVIEWED_GETATTR = frozenset(
+    {"torch.nn.modules.module.Module", "diffusers.configuration_utils.ConfigMixin"}
+)
+
+_DENIED = object()
+_DYN_OWNED = object()
+_DYN_HOST = object()
 
 
 def _violation(what: str, rule: str, fix: str = "") -> PolicyViolation:
@@ -166,6 +176,51 @@ class ClassView:
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise _violation("writing to a class view", "write.host-object")
+
+
+class ClassRef:
+    """A class the sandbox may name (annotations, isinstance) but never construct or subclass."""
+
+    __slots__ = ("_pw_cls",)
+
+    def __init__(self, cls: type) -> None:
+        object.__setattr__(self, "_pw_cls", cls)
+
+    def _refuse(self) -> PolicyViolation:
+        cls = object.__getattribute__(self, "_pw_cls")
+        return _violation(
+            f"constructing or subclassing {_tname(cls)} in the sandbox (its constructor reads files by path)",
+            "construct.file-reading-class",
+            "pass the component to the pipeline ready-made",
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse()
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        raise self._refuse()
+
+    def __instancecheck__(self, obj: Any) -> bool:
+        return isinstance(obj, object.__getattribute__(self, "_pw_cls"))
+
+    def __subclasscheck__(self, sub: Any) -> bool:
+        return isinstance(sub, type) and issubclass(sub, object.__getattribute__(self, "_pw_cls"))
+
+    def __or__(self, other: Any) -> Any:
+        import typing
+
+        return typing.Union[self, other]  # noqa: UP007
+
+    def __ror__(self, other: Any) -> Any:
+        import typing
+
+        return typing.Union[other, self]  # noqa: UP007
+
+    def __repr__(self) -> str:
+        return repr(object.__getattribute__(self, "_pw_cls"))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _violation("writing to a class reference", "write.host-class")
 
 
 class SandboxLogger:
@@ -274,13 +329,14 @@ class Sandbox:
         self._facades: dict[str, Facade] = {}
         self._real_modules: dict[str, types.ModuleType] = {}
         self._facade_cache: dict[tuple[str, str, bool], Any] = {}
-        self._decisions: dict[tuple[type, str], bool] = {}
+        self._decisions: dict[tuple[type, str], Any] = {}
         self._rules_for_type: dict[type, tuple[TypeRule, ...]] = {}
         self._resolved_rules: list[tuple[type, TypeRule]] | None = None
         self._classes: weakref.WeakSet[type] = weakref.WeakSet()
         self._owned_type_cache: dict[type, bool] = {}
         self._functions: weakref.WeakSet[Any] = weakref.WeakSet()
         self._variable_functions: frozenset[str] | None = None
+        self._no_construct_types: tuple[type, ...] | None = None
         self._formatter = _SafeFormatter(self)
         self._deny = policy.deny
         self._builtin_module = _builtins
@@ -389,11 +445,25 @@ class Sandbox:
                 for k, v in value.items()
             )
         if isinstance(value, type):
-            return self._is_allowed_class(value, rule)
+            return self._is_allowed_class(value, rule, in_constant=True)
         return False
 
-    def _is_allowed_class(self, value: type, rule: ModuleRule) -> bool:
+    def _no_construct(self, cls: type) -> bool:
+        bases = self._no_construct_types
+        if bases is None:
+            bases = tuple(
+                t for t in (_resolve_type_path(p) for p in self.policy.no_construct_bases) if t is not None
+            )
+            self._no_construct_types = bases
+        try:
+            return bool(bases) and issubclass(cls, bases)
+        except TypeError:
+            return False
+
+    def _is_allowed_class(self, value: type, rule: ModuleRule, *, in_constant: bool = False) -> bool:
         if issubclass(value, type):  # metaclasses (type, ABCMeta, DummyObject, ...)
+            return False
+        if in_constant and self._no_construct(value):
             return False
         mod = getattr(value, "__module__", "") or ""
         if not isinstance(mod, str):
@@ -444,6 +514,8 @@ class Sandbox:
         if impl == "sandbox-logger":
             return self._get_logger
         real = self._real_modules.get(mod_name) or self._import_real(mod_name)
+        if impl is not None:
+            return self._replacement(impl, real, mod_name, name)
         try:
             with tripwire.suspended():
                 value = getattr(real, name)
@@ -486,9 +558,85 @@ class Sandbox:
         self.check_value(value, f"{mod_name}.{name}")
         if isinstance(value, type) and issubclass(value, type):
             return self._refuse_facade(mod_name, name, for_import, rule)
+        if isinstance(value, type) and self._no_construct(value):
+            return ClassRef(value)
         if name in rule.suspend_tripwire and callable(value):
             return _suspending(value)
         return value
+
+    def _replacement(self, impl: str, real: types.ModuleType, mod_name: str, name: str) -> Any:
+        """Sandbox versions of host functions that would otherwise write host state."""
+        with tripwire.suspended():
+            target = getattr(real, name)
+        where = f"{mod_name}.{name}"
+        box = self
+        if impl == "owned-first-argument":
+            # decorators that set attributes on what they decorate: only on the sandbox's own
+            def guarded(*args: Any, **kwargs: Any) -> Any:
+                if args and (isinstance(args[0], type) or callable(args[0])):
+                    box.require_owned(args[0], where)
+                    with tripwire.suspended():
+                        return target(*args, **kwargs)
+                with tripwire.suspended():
+                    decorator = target(*args, **kwargs)  # factory form: @dataclass(frozen=True)
+                return box._owned_decorator(decorator, where)
+
+            return functools.update_wrapper(guarded, target, assigned=("__name__", "__qualname__", "__doc__"))
+        if impl == "owned-decorator-result":
+            # factories whose result decorates (sets attributes on) its argument: wraps(...), ...
+            def factory(*args: Any, **kwargs: Any) -> Any:
+                return box._owned_decorator(target(*args, **kwargs), where)
+
+            return factory
+        if impl == "format-checked":
+            def checked(*args: Any, **kwargs: Any) -> Any:
+                _check_bar_format(kwargs, where)
+                return target(*args, **kwargs)
+
+            return checked
+        if impl == "grad-mode":
+            return _GradMode
+        if impl == "deprecate-checked":
+            # diffusers.utils.deprecate(take_from=x) does getattr(x, name) / x.pop(name) with names
+            # the caller chooses: only a plain dict (the pipeline's own kwargs) may be given.
+            def deprecate(*args: Any, take_from: Any = None, **kwargs: Any) -> Any:
+                if take_from is not None and type(take_from) is not dict:
+                    raise _violation(
+                        f"{where}(take_from=<{_tname(take_from)}>) would read attributes outside the guards",
+                        "argument.take-from",
+                        "pass take_from=kwargs (a dict) or nothing",
+                    )
+                for item in args:
+                    if isinstance(item, tuple) and item and (
+                        type(item[0]) is not str or item[0].startswith("_")
+                    ):
+                        raise _violation(f"{where} with attribute name {item[0]!r}", "argument.take-from")
+                return target(*args, take_from=take_from, **kwargs)
+
+            return deprecate
+        raise _violation(f"{where} has an unknown sandbox replacement {impl!r}", "policy.replace")
+
+    def require_owned(self, obj: Any, where: str) -> None:
+        if obj in self._functions or (isinstance(obj, type) and obj in self._classes) or (
+            not isinstance(obj, type) and self.owns(obj)
+        ):
+            return
+        raise _violation(
+            f"{where} applied to {_tname(obj)}, which the sandbox did not create (it would modify it)",
+            "call.modifies-host-object",
+        )
+
+    def _owned_decorator(self, decorator: Any, where: str) -> Any:
+        if not callable(decorator):
+            return decorator
+        box = self
+
+        def apply(obj: Any, *args: Any, **kwargs: Any) -> Any:
+            box.require_owned(obj, where)
+            with tripwire.suspended():
+                return decorator(obj, *args, **kwargs)
+
+        return apply
 
     def _get_logger(self, name: Any = None) -> SandboxLogger:
         return SandboxLogger(str(name) if name is not None else self.module_name)
@@ -603,7 +751,7 @@ class Sandbox:
         if not defined:
             # Not defined anywhere: the lookup raises a fresh AttributeError (or reads the config
             # through ConfigMixin.__getattr__), so ``hasattr(self, "x")`` idioms keep working.
-            return True
+            return self._fallback_getattr_reviewed(klass_t)
         if self._static_allowed(klass_t, name, on_class=isinstance(obj, type)):
             return True
         return self._dynamic_allowed(obj, t, name)
@@ -614,26 +762,32 @@ class Sandbox:
         t = type(obj)
         if t is Facade:
             return self.facade_attr(obj, name)
-        if self._deny.denies(name):
-            raise _violation(
-                f"{_tname(obj)}.{name} is refused on every object (files, network, process or hooks)",
-                "attribute.denied",
-            )
         decision = self._decisions.get((t, name))
         if decision is None:
             decision = self._decide(obj, t, name)
-        if not decision:
-            raise _violation(
-                f"reading {name!r} of a {_tname(obj)} is not allowed in the sandbox",
-                "attribute.not-allowlisted",
-                "the per-type attribute allowlists in the sandbox policy list what pipelines may read",
-            )
+        if decision is not True:
+            if decision is _DYN_OWNED:
+                d = getattr(obj, "__dict__", None)
+                ok = type(d) is dict and name in d
+            elif decision is _DYN_HOST:
+                ok = self._dynamic_allowed(obj, t, name)
+            elif decision is _DENIED:
+                raise _violation(
+                    f"{_tname(obj)}.{name} is refused on every object (files, network, process or hooks)",
+                    "attribute.denied",
+                )
+            else:
+                ok = bool(decision)
+            if not ok:
+                raise _violation(
+                    f"reading {name!r} of a {_tname(obj)} is not allowed in the sandbox",
+                    "attribute.not-allowlisted",
+                    "the per-type attribute allowlists in the sandbox policy list what pipelines may read",
+                )
         if t is str and name in ("format", "format_map"):
             return self._safe_format(obj, name)
         if obj is str and name in ("format", "format_map"):
             return self._safe_format_unbound(name)
-        if name == "__init__" and t is super:
-            pass
         try:
             value = getattr(obj, name)
         except AttributeError:
@@ -644,14 +798,54 @@ class Sandbox:
         if name in _STR_DUNDERS and not isinstance(value, (str, type(None))):
             raise _violation(f"{name} of a {_tname(obj)} is not a string", "attribute.dunder")
         if name in _ARGUMENT_GUARDS and callable(value):
-            return _ARGUMENT_GUARDS[name](value, f"{_tname(obj)}.{name}")
-        if t_value_is_container(value) and t not in _WRITABLE_CONTAINERS and not self.owns(obj):
-            # A plain list/dict/set held by a host object (a config list, a default argument) is
-            # host state: the sandbox gets its own copy, so writes cannot reach the host.
+            return _ARGUMENT_GUARDS[name](self, value, f"{_tname(obj)}.{name}")
+        if t_value in _WRITABLE_CONTAINERS and t not in _WRITABLE_CONTAINERS and self._held_by_host(obj, name):
+            # A plain list/dict/set held by a host object or a host class (a config list, a default
+            # argument, DiffusionPipeline._optional_components) is host state: the sandbox gets its
+            # own copy, so writes cannot reach the host.
             return _private_copy(value)
-        if name in _CALL_DUNDERS and t is not super and isinstance(obj, type) and not self.owns(obj):
-            return self._owned_self_only(value, f"{_tname(obj)}.{name}")
+        if isinstance(obj, type) and not self.owns(obj):
+            if name in _CALL_DUNDERS and t is not super:
+                return self._owned_self_only(value, f"{_tname(obj)}.{name}")
+            if _is_unbound_method(obj, name):
+                return self._unbound_guard(obj, name, value)
         return value
+
+    def _held_by_host(self, obj: Any, name: str) -> bool:
+        """Is ``obj.name`` state of a host object or host class (not the sandbox's own)?"""
+        if not self.owns(obj):
+            return True
+        d = getattr(obj, "__dict__", None)
+        if not isinstance(obj, type) and isinstance(d, dict) and name in d:
+            return False
+        klass_t = obj if isinstance(obj, type) else type(obj)
+        for klass in klass_t.__mro__:
+            if name in klass.__dict__:
+                return klass not in self._classes
+        return False
+
+    def _unbound_guard(self, cls: type, name: str, fn: Any) -> Callable[..., Any]:
+        """``HostClass.method(x, ...)``: only where ``x.method(...)`` would be the same call and allowed.
+
+        Refuses calling a parent implementation on a host object whose class overrides it
+        (``dict.update(frozen_config, ...)`` bypassing FrozenDict's refusal) and calling a method the
+        per-type rules do not give ``x``. The sandbox's own objects may call their parents' methods.
+        """
+        box = self
+        raw = _static_lookup(cls, name)
+        where = f"{_tname(cls)}.{name}"
+
+        def call(self_obj: Any, *args: Any, **kwargs: Any) -> Any:
+            if not box.owns(self_obj):
+                if _static_lookup(type(self_obj), name) is not raw:
+                    raise _violation(
+                        f"{where} applied to a {_tname(self_obj)} that overrides or lacks it",
+                        "call.unbound-host-method",
+                    )
+                box.guarded_getattr(self_obj, name)  # the same per-type decision as self_obj.name
+            return fn(self_obj, *args, **kwargs)
+
+        return call
 
     def _owned_self_only(self, fn: Any, where: str) -> Callable[..., Any]:
         """``HostClass.__init__(self, ...)``: only to initialise the sandbox's own objects."""
@@ -664,18 +858,34 @@ class Sandbox:
 
         return call
 
-    def _decide(self, obj: Any, t: type, name: str) -> bool:
-        """Decide and cache when the answer depends on the type only."""
+    def _decide(self, obj: Any, t: type, name: str) -> Any:
+        """Decide; cache the answer when it depends on the type and name only.
+
+        Returns True, False, _DENIED, or a marker for the part that depends on the object:
+        _DYN_OWNED (allowed iff it is an attribute of the sandbox object itself) or _DYN_HOST
+        (the dynamic per-type rules: config keys, submodules, dataclass fields).
+        """
+        if self._deny.denies(name):
+            self._decisions[(t, name)] = _DENIED
+            return _DENIED
         cacheable = True
+        ok: Any
         if t is ClassView:
             ok = name in ("__name__", "__qualname__", "__module__")
+        elif t is ClassRef:
+            ok = False
         elif t is SandboxLogger:
             ok = name in _LOGGER_METHODS
         elif t is DeniedName:
             raise object.__getattribute__(obj, "_refuse")()
         elif self.owns(obj):
-            ok = self._owned_allowed(obj, t, name)
-            cacheable = False
+            if isinstance(obj, type):
+                ok = self._owned_allowed(obj, t, name)
+                cacheable = False
+            else:
+                ok = self._owned_allowed_static(t, name)
+                if ok is not True:
+                    ok = _DYN_OWNED if self._instance_name_ok(name) else False
         elif t is super:
             # super().__init__ / super().__call__ / super().method inside a sandboxed class; never
             # super(HostClass, host_object) (that would re-run host initialisers on host objects).
@@ -696,7 +906,7 @@ class Sandbox:
                 ok = False
         elif name.startswith("_"):
             ok = False
-        elif t in _VALUE_TYPES:
+        elif t in _VALUE_TYPES or t in _READONLY_TYPES:
             ok = True
         elif isinstance(obj, type):
             # Class-level access: value types' methods, enum members, the rules of the class itself.
@@ -716,12 +926,50 @@ class Sandbox:
             ok = True  # named fields of a namedtuple / torch.return_types structseq
         else:
             ok = self._static_allowed(t, name, on_class=False)
-            if not ok:
-                ok = self._dynamic_allowed(obj, t, name)
-                cacheable = False
+            if not ok and not name.startswith("_") and any(rule.dynamic for rule in self.rules_for(t)):
+                ok = _DYN_HOST
         if cacheable:
             self._decisions[(t, name)] = ok
         return ok
+
+    def _instance_name_ok(self, name: str) -> bool:
+        """May an attribute of this name be read from the sandbox object's own __dict__?"""
+        if name.startswith("__"):
+            return name in _STR_DUNDERS or name in _CALL_DUNDERS
+        if name.startswith("_") and name.endswith("_") and len(name) > 1:
+            return False
+        return not self._deny.denies(name.lstrip("_"))
+
+    def _owned_allowed_static(self, t: type, name: str) -> bool:
+        """The type-level part of ``_owned_allowed`` for an instance of a sandbox class."""
+        if name.startswith("__"):
+            return name in _STR_DUNDERS or name in _CALL_DUNDERS
+        if name.endswith("_") and name.startswith("_"):
+            return False
+        defined = False
+        for klass in t.__mro__:
+            if name in klass.__dict__:
+                if klass in self._classes:
+                    return True
+                defined = True
+                break
+        if self._deny.denies(name) or self._deny.denies(name.lstrip("_")):
+            return False
+        if not defined:
+            # the lookup raises a fresh AttributeError, or goes to a reviewed __getattr__
+            return self._fallback_getattr_reviewed(t)
+        return self._static_allowed(t, name, on_class=False)
+
+    def _fallback_getattr_reviewed(self, t: type) -> bool:
+        """A name no class defines reaches ``__getattr__``: only the reviewed ones (nn.Module's
+        submodule/parameter lookup, ConfigMixin's config lookup, the sandbox's own)."""
+        for klass in t.__mro__:
+            if "__getattr__" in klass.__dict__:
+                if klass in self._classes:
+                    return True
+                qual = f"{getattr(klass, '__module__', '')}.{getattr(klass, '__qualname__', '')}"
+                return qual in _REVIEWED_GETATTR
+        return True
 
     def _safe_format(self, s: str, name: str) -> Callable[..., str]:
         fmt = self._formatter
@@ -757,7 +1005,7 @@ class Sandbox:
         t = type(obj)
         if t in _WRITABLE_CONTAINERS:
             return obj
-        if t is Facade or t is DeniedName or t is ClassView or isinstance(obj, types.ModuleType):
+        if t is Facade or t is DeniedName or t is ClassView or t is ClassRef or isinstance(obj, types.ModuleType):
             raise _violation("writing to a module facade", "write.facade", "module attributes are shared host state")
         if self.owns(obj):
             return obj
@@ -861,12 +1109,17 @@ class Sandbox:
                 raise _violation(f"class {name} has a base that is not a class ({_tname(base)})", "class.bases")
             if issubclass(base, type):
                 raise _violation(f"class {name} derives from a metaclass", "class.metaclass")
-            if issubclass(base, (str, bytes, Facade, DeniedName, ClassView, SandboxLogger, types.ModuleType)):
+            if issubclass(base, (str, bytes, Facade, DeniedName, ClassView, ClassRef, SandboxLogger, types.ModuleType)):
                 raise _violation(f"class {name} derives from {_tname(base)}", "class.bases")
             if base.__module__ == "builtins" and base not in (object, dict, list, tuple, set, int, float) and not (
                 issubclass(base, BaseException)
             ):
                 raise _violation(f"class {name} derives from the builtin {base.__name__}", "class.bases")
+            if issubclass(base, BaseException) and not issubclass(base, Exception):
+                raise _violation(
+                    f"class {name} derives from {base.__name__} (it would escape the host's `except Exception`)",
+                    "class.bases",
+                )
         meta: type = type
         for base in bases:
             bt = type(base)
@@ -928,9 +1181,15 @@ class Sandbox:
                 return default
 
         def guarded_hasattr(obj: Any, name: Any) -> bool:
+            # Probing for a capability refused on every object (hooks, save_*, ...) is a refusal;
+            # an attribute that is missing or merely not allowlisted reads as absent.
             try:
                 box.guarded_getattr(obj, name)
-            except (AttributeError, PolicyViolation):
+            except AttributeError:
+                return False
+            except PolicyViolation as exc:
+                if exc.rule in ("attribute.denied", "attribute.name-type"):
+                    raise
                 return False
             return True
 
@@ -1006,6 +1265,36 @@ class Sandbox:
         }
 
 
+class _GradMode:
+    """``torch.set_grad_enabled`` without the side effect of the call form: the mode changes only
+    inside ``with`` (or around a decorated function), so host grad mode is restored afterwards."""
+
+    def __init__(self, mode: Any) -> None:
+        self._mode = bool(mode)
+        self._prev: list[bool] = []
+
+    def __enter__(self) -> None:
+        import torch
+
+        self._prev.append(torch.is_grad_enabled())
+        torch._C._set_grad_enabled(self._mode)
+
+    def __exit__(self, *exc: Any) -> None:
+        import torch
+
+        torch._C._set_grad_enabled(self._prev.pop())
+
+    def __call__(self, fn: Any) -> Any:
+        mode = self._mode
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with _GradMode(mode):
+                return fn(*args, **kwargs)
+
+        return run
+
+
 class _MetaclassHook:
     """The ``metaclass=__metaclass__`` RestrictedPython puts on every class statement."""
 
@@ -1038,32 +1327,129 @@ def t_value_is_container(value: Any) -> bool:
     return type(value) in _WRITABLE_CONTAINERS
 
 
-def _is_plain_data(value: Any, depth: int = 0) -> bool:
-    if isinstance(value, _PLAIN_SCALARS) or isinstance(value, enum.Enum) or isinstance(value, type):
-        return True
-    if depth > 6:
-        return False
+def _refuse_host_mutation(*_args: Any, **_kwargs: Any) -> Any:
+    raise _violation(
+        "modifying a list/dict/set that belongs to a host object or class",
+        "write.host-state",
+        "copy it first (list(x), dict(x)) and change the copy",
+    )
+
+
+def _readonly_type(base: type, mutators: tuple[str, ...]) -> type:
+    ns: dict[str, Any] = {name: _refuse_host_mutation for name in mutators}
+    ns["__reduce_ex__"] = lambda self, protocol: (base, (base(self),))
+    ns["__copy__"] = lambda self: base(self)
+    ns["__deepcopy__"] = lambda self, memo: copy.deepcopy(base(self), memo)
+    ns["__slots__"] = ()
+    return type(f"HostOwned{base.__name__.capitalize()}", (base,), ns)
+
+
+#: Read-only snapshots of host containers: reading works as usual, any mutation is a PolicyViolation.
+_HostList = _readonly_type(
+    list, ("append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse", "__setitem__",
+           "__delitem__", "__iadd__", "__imul__")
+)
+_HostDict = _readonly_type(
+    dict, ("update", "pop", "popitem", "clear", "setdefault", "__setitem__", "__delitem__", "__ior__")
+)
+_HostSet = _readonly_type(
+    set, ("add", "discard", "remove", "pop", "clear", "update", "difference_update", "intersection_update",
+          "symmetric_difference_update", "__ior__", "__iand__", "__isub__", "__ixor__")
+)
+_READONLY: dict[type, type] = {list: _HostList, dict: _HostDict, set: _HostSet}
+_READONLY_TYPES = frozenset(_READONLY.values())
+
+
+def _private_copy(value: Any, depth: int = 0) -> Any:
+    """A read-only snapshot of host state: lists/dicts/sets (nested ones too) become read-only
+    copies, tuples are rebuilt around them; other objects (tensors, ...) are shared, not copied."""
     t = type(value)
-    if t in (list, tuple, set, frozenset):
-        return len(value) <= 10_000 and all(_is_plain_data(v, depth + 1) for v in value)
-    if t is dict:
-        return len(value) <= 10_000 and all(
-            _is_plain_data(k, depth + 1) and _is_plain_data(v, depth + 1) for k, v in value.items()
-        )
-    return False
-
-
-def _private_copy(value: Any) -> Any:
-    """A copy the sandbox owns: deep for plain data, shallow otherwise (never copies tensors)."""
-    if type(value) is tuple and all(type(v) not in _CONTAINER_TYPES for v in value):
+    if depth > 32:
+        raise _violation("a host container nested more than 32 levels deep", "value.nesting")
+    if t is tuple:
+        return tuple(_private_copy(v, depth + 1) if type(v) in _CONTAINER_TYPES else v for v in value)
+    if t is bytearray:
+        return bytes(value)
+    ro = _READONLY.get(t)
+    if ro is None:
         return value
-    if _is_plain_data(value):
-        with tripwire.suspended():
-            return copy.deepcopy(value)
-    return copy.copy(value)
+    if t is dict:
+        return ro({k: _private_copy(v, depth + 1) if type(v) in _CONTAINER_TYPES else v for k, v in value.items()})
+    return ro(_private_copy(v, depth + 1) if type(v) in _CONTAINER_TYPES else v for v in value)
 
 
-def _config_dict_only(fn: Callable[..., Any], where: str) -> Callable[..., Any]:
+def _static_lookup(cls: type, name: str) -> Any:
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return klass.__dict__[name]
+    return None
+
+
+def _is_unbound_method(cls: type, name: str) -> bool:
+    raw = _static_lookup(cls, name)
+    return isinstance(raw, (types.FunctionType, types.MethodDescriptorType, types.WrapperDescriptorType))
+
+
+def _simple_format_string(fmt: Any) -> bool:
+    """A format string whose fields are plain names (no ``.attr`` or ``[key]`` traversal)."""
+    if not isinstance(fmt, str):
+        return fmt is None
+    try:
+        parsed = list(string.Formatter().parse(fmt))
+    except ValueError:
+        return False
+    for _literal, field, spec, _conv in parsed:
+        if field is None:
+            continue
+        if field and not (field.isidentifier() or field.isdigit()):
+            return False
+        if spec and not _simple_format_string(spec):
+            return False
+    return True
+
+
+def _check_bar_format(kwargs: Mapping[str, Any], where: str) -> None:
+    if not _simple_format_string(kwargs.get("bar_format")):
+        raise _violation(
+            f"{where} with a bar_format that traverses attributes or items (host-side str.format)",
+            "argument.format-traversal",
+            "use plain {field} names in bar_format",
+        )
+
+
+def _progress_bar_config_guard(box: Sandbox, fn: Callable[..., Any], where: str) -> Callable[..., Any]:
+    def set_progress_bar_config(*args: Any, **kwargs: Any) -> Any:
+        _check_bar_format(kwargs, where)
+        return fn(*args, **kwargs)
+
+    return set_progress_bar_config
+
+
+def _progress_bar_guard(box: Sandbox, fn: Callable[..., Any], where: str) -> Callable[..., Any]:
+    owner = getattr(fn, "__self__", None)
+
+    def progress_bar(*args: Any, **kwargs: Any) -> Any:
+        config = getattr(owner, "_progress_bar_config", None)
+        if isinstance(config, dict):
+            _check_bar_format(config, where)
+        return fn(*args, **kwargs)
+
+    return progress_bar
+
+
+def _register_modules_guard(box: Sandbox, fn: Callable[..., Any], where: str) -> Callable[..., Any]:
+    """register_modules(**kw) does setattr(self, name, module) for every name: public names only."""
+
+    def register_modules(**kwargs: Any) -> Any:
+        for name in kwargs:
+            if type(name) is not str or not name.isidentifier() or name.startswith("_"):
+                raise _violation(f"{where} with component name {name!r}", "argument.component-name")
+        return fn(**kwargs)
+
+    return register_modules
+
+
+def _config_dict_only(box: Sandbox, fn: Callable[..., Any], where: str) -> Callable[..., Any]:
     """``from_config`` given a str loads a file or downloads it: only an in-memory config is allowed."""
 
     def from_config(config: Any = None, *args: Any, **kwargs: Any) -> Any:
@@ -1078,9 +1464,13 @@ def _config_dict_only(fn: Callable[..., Any], where: str) -> Callable[..., Any]:
     return from_config
 
 
-#: Methods whose arguments decide between pure computation and I/O: wrapped when read.
-_ARGUMENT_GUARDS: dict[str, Callable[[Callable[..., Any], str], Callable[..., Any]]] = {
+#: Methods whose arguments decide between pure computation and I/O (or host-side format
+#: traversal): wrapped when read, on every object.
+_ARGUMENT_GUARDS: dict[str, Callable[[Sandbox, Callable[..., Any], str], Callable[..., Any]]] = {
     "from_config": _config_dict_only,
+    "set_progress_bar_config": _progress_bar_config_guard,
+    "progress_bar": _progress_bar_guard,
+    "register_modules": _register_modules_guard,
 }
 
 

@@ -270,6 +270,46 @@ class PipewardenTransformer(RestrictingNodeTransformer):
                 self._record(node, "class.keywords", "**kwargs in a class statement is not allowed")
         return super().visit_ClassDef(node)
 
+    def visit_Call(self, node: ast.Call) -> Any:
+        func = node.func
+        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
+        if name in self.policy.statement_calls_refused:
+            parent = self._parent(node)
+            in_with = isinstance(parent, ast.withitem) and parent.context_expr is node
+            as_decorator = isinstance(parent, (ast.FunctionDef, ast.ClassDef)) and node in parent.decorator_list
+            if not (in_with or as_decorator):
+                self._record(
+                    node,
+                    "call.global-state",
+                    f"{name}(...) outside a with statement or decorator would change a process-wide mode",
+                )
+        return super().visit_Call(node)
+
+    def _check_yield(self, node: ast.AST) -> None:
+        # A generator suspended inside `with torch.no_grad()` / `inference_mode()` / `autocast()` /
+        # `warnings.catch_warnings()` hands control back to the host with the sandbox's process-wide
+        # mode still switched on (and forever, if never resumed).
+        for ancestor in self._ancestors(node):
+            if isinstance(ancestor, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda, ast.ClassDef, ast.Module)):
+                return
+            if isinstance(ancestor, (ast.With, ast.AsyncWith)):
+                self._record(node, "syntax.yield-in-with", "yield inside a with block is not allowed")
+                return
+
+    def _ancestors(self, node: ast.AST) -> Any:
+        current = self._parent(node)
+        while current is not None:
+            yield current
+            current = self._parent(current)
+
+    def visit_Yield(self, node: ast.Yield) -> Any:
+        self._check_yield(node)
+        return super().visit_Yield(node)
+
+    def visit_YieldFrom(self, node: ast.YieldFrom) -> Any:
+        self._check_yield(node)
+        return super().visit_YieldFrom(node)
+
     # -- assignments ------------------------------------------------------------------------------
 
     def visit_AnnAssign(self, node: ast.AnnAssign) -> Any:

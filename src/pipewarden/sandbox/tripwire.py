@@ -82,6 +82,47 @@ def _library_roots() -> tuple[str, ...]:
 _LIB_ROOTS: tuple[str, ...] = ()
 
 
+#: Non-library paths host code may read while sandboxed code runs (no secrets there).
+_READABLE_PREFIXES = ("/dev/null", "/dev/urandom", "/dev/random", "/sys/", "/proc/cpuinfo", "/proc/meminfo")
+
+
+def _fspath(path: object) -> str | None:
+    try:
+        value = _os.fspath(path)  # type: ignore[call-overload]
+    except TypeError:
+        return None
+    if isinstance(value, bytes):
+        try:
+            value = value.decode()
+        except UnicodeDecodeError:
+            return None
+    return value if isinstance(value, str) else None
+
+
+def _under_library_roots(path: object) -> bool:
+    global _LIB_ROOTS
+    text = _fspath(path)
+    if text is None:
+        return False
+    if not _LIB_ROOTS:
+        _LIB_ROOTS = _library_roots()
+    real = _os.path.realpath(text)
+    return (real + _os.sep).startswith(_LIB_ROOTS) or real.startswith(_LIB_ROOTS)
+
+
+def _readable(path: object) -> bool:
+    text = _fspath(path)
+    if text is None:
+        return False
+    real = _os.path.realpath(text)
+    return real.startswith(_READABLE_PREFIXES) or _under_library_roots(real)
+
+
+def _in_pycache(path: object) -> bool:
+    text = _fspath(path)
+    return text is not None and f"{_os.sep}__pycache__{_os.sep}" in text and _under_library_roots(text)
+
+
 def _is_installed_library_file(filename: object) -> bool:
     """Code read from an installed library file (an import), not source made up at run time."""
     global _LIB_ROOTS
@@ -118,8 +159,20 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
     if rule is None:  # pragma: no cover - set before install
         return
     if event == "open":
+        path = args[0] if args else None
         if _open_is_write(args):
-            raise _refuse("open-write", f"opening {args[0]!r} for writing") from None
+            if _in_pycache(path):
+                return  # the import system caching bytecode of an installed library
+            raise _refuse("open-write", f"opening {path!r} for writing") from None
+        if isinstance(path, int) or _readable(path):
+            return
+        raise _refuse("open-read", f"opening {path!r} for reading (outside the installed libraries)") from None
+    if event in ("os.listdir", "os.scandir"):
+        # the import system lists library directories when it looks for a module
+        if args and _under_library_roots(args[0]):
+            return
+        raise _refuse(event, f"listing {args[0] if args else '.'!r}") from None
+    if event in ("os.rename", "os.replace") and args and _in_pycache(args[0]) and _in_pycache(args[1]):
         return
     if event == "import":
         name = args[0] if args else ""

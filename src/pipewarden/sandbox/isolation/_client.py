@@ -119,23 +119,26 @@ class ForkServer:
             return self._recv(timeout)
 
     def fork(self, plan: _layers.LayerPlan, *, test_hooks: bool) -> tuple[int, int, int, int]:
-        """Start a worker; returns (pid, pidfd, request write fd, response read fd)."""
-        req_r, req_w = os.pipe2(os.O_CLOEXEC)
-        resp_r, resp_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            reply, fds = self._request({"op": "fork", "plan": plan.to_json(), "test_hooks": test_hooks}, [req_r, resp_w])
-        except BaseException:
-            for fd in (req_w, resp_r):
-                os.close(fd)
-            raise
-        finally:
-            os.close(req_r)
-            os.close(resp_w)
-        if not reply.get("ok") or len(fds) != 1:
-            for fd in (*fds, req_w, resp_r):
+        """Start a worker; returns (pid, pidfd, request write fd, response read fd).
+
+        The worker (a spare forked in advance, or a fresh child) has applied nothing yet: the
+        first frame it reads is its plan, and it confines itself before answering "ready".
+        """
+        reply, fds = self._request({"op": "fork"})
+        if not reply.get("ok") or len(fds) != 3:
+            for fd in fds:
                 os.close(fd)
             raise WorkerError("the fork server could not start a worker", rule="isolation", fix="run `pipewarden doctor`")
-        return int(reply["pid"]), fds[0], req_w, resp_r
+        pidfd, req_w, resp_r = fds
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        try:
+            os.write(req_w, encode_frame({"op": "plan", "plan": plan.to_json(), "test_hooks": test_hooks}))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise WorkerError("a new worker died before it got its plan", rule="isolation", fix="retry") from None
+        return int(reply["pid"]), pidfd, req_w, resp_r
 
     def exit_code(self, pid: int, *, wait: bool) -> int | None:
         reply, _ = self._request({"op": "status", "pid": pid, "wait": wait})
@@ -210,7 +213,10 @@ class WorkerProcess:
         if not isinstance(ready, _messages.Ready):
             self.kill()
             raise WorkerError("the worker did not report ready", rule="worker protocol", fix="run `pipewarden doctor`")
-        self.layers = ready.layers
+        self.layers = (
+            *ready.layers,
+            _layers.LayerStatus("wall-clock", True, f"host kills the worker (pidfd) after {limits.wall_s:g} s per request"),
+        )
 
     # ---------------------------------------------------------------------------- messaging
 

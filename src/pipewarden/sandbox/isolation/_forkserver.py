@@ -2,10 +2,14 @@
 
 Run as ``python -m pipewarden.sandbox.isolation._forkserver --fd N`` by the host (``_client``),
 once per host process. It never runs a torch operation (a multi-threaded op before ``fork``
-makes children hang) and never runs pipeline code; it only forks. Each fork request carries a
-``LayerPlan`` and the two pipe ends of the new worker (SCM_RIGHTS); the reply carries a pidfd
-of the worker so that the host can kill it without pid-reuse races. The server reaps its
-children and answers exit-status queries. It exits when the host closes the control socket.
+makes children hang) and never runs pipeline code; it only forks. Once its idle-time warm-up
+imports are done it keeps one *spare* child forked in advance (a fork copies about a gigabyte of
+page tables: ~12 ms), which waits, doing nothing, for its plan. A fork request is answered with
+the spare (or a fresh child) as three descriptors over SCM_RIGHTS: a pidfd (so the host can
+kill the worker without pid-reuse races), the write end of its request pipe and the read end of
+its response pipe. The host's first frame on the request pipe is the worker's ``LayerPlan``.
+The server reaps its children and answers exit-status queries. It exits when the host closes
+the control socket.
 
 Trusts the host (the other end of a private socketpair); a worker never sees this socket.
 """
@@ -54,16 +58,25 @@ class _Server:
         self.poller = select.poll()
         self.poller.register(ctl.fileno(), select.POLLIN)
         self.warm = [m for m in _WARM]
+        self.spare: tuple[int, int, int] | None = None  # (pid, request write end, response read end)
 
     def serve(self) -> None:
+        # The host usually asks for its first worker right after "ready": give it a moment
+        # before starting a warm-up import that would make that request wait.
+        grace_ms = 250
         while True:
-            events = self.poller.poll(0 if self.warm else None)
+            idle_work = bool(self.warm) or self.spare is None
+            events = self.poller.poll(grace_ms if idle_work else None)
+            grace_ms = 0
             if not events and self.warm:
                 name = self.warm.pop(0)
                 try:
                     importlib.import_module(name)
                 except Exception:  # noqa: S110 - warm-up is best effort
                     pass
+                continue
+            if not events and self.spare is None:
+                self.spare = self._spawn()
                 continue
             for fd, _ev in events:
                 if fd == self.ctl.fileno():
@@ -89,6 +102,10 @@ class _Server:
         if fd is not None:
             self.poller.unregister(fd)
             os.close(fd)
+        if self.spare is not None and self.spare[0] == pid:  # the spare died unused
+            os.close(self.spare[1])
+            os.close(self.spare[2])
+            self.spare = None
         while len(self.statuses) > 4096:
             self.statuses.pop(next(iter(self.statuses)))
         return True
@@ -108,8 +125,8 @@ class _Server:
                 os.close(fd)
             _send(self.ctl, {"ok": False, "error": "bad request"})
             return True
-        if op == "fork" and len(fds) == 2:
-            self._fork(req, fds)
+        if op == "fork" and not fds:
+            self._hand_out()
         elif op == "status":
             pid = int(req["pid"])
             if pid not in self.statuses and pid in self.children:
@@ -119,29 +136,41 @@ class _Server:
             else:
                 _send(self.ctl, {"ok": True, "pid": pid, "running": pid in self.children})
         elif op == "ping":
-            _send(self.ctl, {"ok": True, "warm_left": len(self.warm), "threads": _threads()})
+            _send(self.ctl, {"ok": True, "warm_left": len(self.warm), "spare": self.spare is not None, "threads": _threads()})
         else:
             for fd in fds:
                 os.close(fd)
             _send(self.ctl, {"ok": False, "error": f"unknown op {op!r}"})
         return True
 
-    def _fork(self, req: dict, fds: list[int]) -> None:
-        from pipewarden.sandbox.isolation import _layers, _worker
+    def _spawn(self) -> tuple[int, int, int]:
+        """Fork a worker that waits for its plan; returns (pid, request write end, response read end)."""
+        from pipewarden.sandbox.isolation import _worker
 
-        req_r, resp_w = fds
-        plan = _layers.LayerPlan.from_json(req["plan"])
-        threads = _threads()
+        req_r, req_w = os.pipe2(os.O_CLOEXEC)
+        resp_r, resp_w = os.pipe2(os.O_CLOEXEC)
         pid = os.fork()
         if pid == 0:  # the worker: never returns
-            close = (self.ctl.fileno(), *self.children.values())
-            _worker.run(req_r, resp_w, plan, test_hooks=bool(req.get("test_hooks")), close_fds=close)
+            close = [self.ctl.fileno(), req_w, resp_r, *self.children.values()]
+            if self.spare is not None:
+                close += [self.spare[1], self.spare[2]]
+            _worker.run(req_r, resp_w, close_fds=tuple(close))
         os.close(req_r)
         os.close(resp_w)
         pidfd = os.pidfd_open(pid)
         self.children[pid] = pidfd
         self.poller.register(pidfd, select.POLLIN)
-        _send(self.ctl, {"ok": True, "pid": pid, "threads": threads}, [pidfd])
+        return pid, req_w, resp_r
+
+    def _hand_out(self) -> None:
+        spare, self.spare = self.spare, None
+        pid, req_w, resp_r = spare if spare is not None else self._spawn()
+        pidfd = self.children[pid]
+        try:
+            _send(self.ctl, {"ok": True, "pid": pid, "spare": spare is not None, "threads": _threads()}, [pidfd, req_w, resp_r])
+        finally:
+            os.close(req_w)
+            os.close(resp_r)
 
 
 def _threads() -> int:

@@ -57,7 +57,6 @@ ENV_PASSTHROUGH: tuple[str, ...] = (
     "OPENBLAS_NUM_THREADS",
     "CUDA_VISIBLE_DEVICES",
     "PYTORCH_CUDA_ALLOC_CONF",
-    "PYTORCH_NVML_BASED_CUDA_CHECK",
     "LANG",
     "LC_ALL",
 )
@@ -81,7 +80,16 @@ _SYSTEM_READ = (
     "/dev/random",
     "/dev/zero",
 )
-_GPU_READ = ("/proc/driver/nvidia", "/sys/bus/pci", "/sys/devices", "/sys/module/nvidia", "/etc/nvidia")
+_GPU_READ = (
+    "/proc/driver/nvidia",
+    "/proc/devices",
+    "/proc/modules",
+    "/sys/bus/pci",
+    "/sys/devices",
+    "/sys/module/nvidia",
+    "/etc/nvidia",
+    "/usr/share/nvidia",
+)
 _WORKER_UID_BASE = 1_000_000
 #: Never granted as a whole even if they are on sys.path (e.g. a cwd of "/").
 _TOO_BROAD = frozenset({"/", "/tmp", "/var/tmp", "/home", "/root", "/etc", "/var", "/proc", "/sys", "/dev", "/run"})
@@ -146,13 +154,28 @@ def gpu_devices() -> tuple[str, ...]:
 
 
 def python_read_paths() -> tuple[str, ...]:
-    """The Python installation and import path (real paths): what every worker may read."""
+    """What every worker may read of Python: the standard library, site-packages, this package.
+
+    Not every ``sys.path`` entry: a ``PYTHONPATH`` pointing at a home directory must not make
+    that directory readable. Real paths are added too (symlinked installations).
+    """
+    import sysconfig
+
+    import pipewarden
+
     paths: list[str] = []
-    for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(os.path.realpath(sys.executable))):
-        paths.append(p)
-    paths.extend(p for p in sys.path if p and os.path.isdir(p))
+    for scheme_vars in ({}, {"base": sys.base_prefix, "platbase": sys.base_exec_prefix}):
+        for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+            try:
+                paths.append(sysconfig.get_path(key, vars=scheme_vars or None))
+            except KeyError:  # pragma: no cover - every CPython has these
+                continue
+    paths.extend(p for p in sys.path if p and ("site-packages" in p or "dist-packages" in p or "lib-dynload" in p))
+    paths.append(os.path.dirname(os.path.dirname(os.path.abspath(pipewarden.__file__))))
     out: list[str] = []
     for p in paths:
+        if not p or not os.path.isdir(p):
+            continue
         for q in (os.path.abspath(p), os.path.realpath(p)):
             if q not in out and q not in _TOO_BROAD:
                 out.append(q)
@@ -335,9 +358,8 @@ def apply_all(plan: LayerPlan) -> tuple[LayerStatus, ...]:
         sc.prctl(sc.PR_SET_NO_NEW_PRIVS, 1)
     except OSError:
         pass
-    if "landlock-fs" in plan.skip:
-        for n in ("landlock-fs", "landlock-net", "landlock-scope"):
-            skipped(n)
+    if "landlock-fs" in plan.skip:  # one ruleset: the three Landlock layers go together
+        out.extend(LayerStatus(n, False, "disabled by the host (test only)") for n in ("landlock-fs", "landlock-net", "landlock-scope"))
     else:
         out.extend(_apply_landlock(plan))
     if not skipped("seccomp"):

@@ -51,11 +51,37 @@ _MAX_REQUEST = 1 << 40  # the host is trusted; its requests are bounded by what 
 _ALLOC_MARKERS = ("can't allocate memory", "not enough memory", "out of memory", "cannot allocate memory")
 
 
-def run(req_fd: int, resp_fd: int, plan: _layers.LayerPlan, *, test_hooks: bool, close_fds: tuple[int, ...]) -> None:
-    """Entry point in the forked child; never returns."""
+def run(req_fd: int, resp_fd: int, *, close_fds: tuple[int, ...]) -> None:
+    """Entry point in the forked child; never returns.
+
+    Waits for the host's first frame (its ``LayerPlan``: trusted, from the host), then confines
+    itself and serves requests.
+    """
     code = 1
     try:
-        code = _Worker(req_fd, resp_fd, plan, test_hooks=test_hooks, close_fds=close_fds).main()
+        from pipewarden.sandbox.isolation import _syscalls as sc
+
+        parent = os.getppid()
+        try:
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+        if os.getppid() != parent:
+            os._exit(1)
+        for fd in close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            first = read_frame(req_fd, max_bytes=1 << 24)
+        except PeerClosed:
+            os._exit(0)  # a spare nobody asked for (the fork server is shutting down)
+        if first.header.get("op") != "plan":
+            os._exit(2)
+        plan = _layers.LayerPlan.from_json(first.header["plan"])
+        test_hooks = bool(first.header.get("test_hooks"))
+        code = _Worker(req_fd, resp_fd, plan, test_hooks=test_hooks, close_fds=()).main()
     except BaseException:  # noqa: B036 - last resort in a child: report on stderr, then exit
         try:
             traceback.print_exc()
@@ -83,6 +109,14 @@ def _error_header(exc: BaseException) -> dict:
     if isinstance(exc, PipewardenError):
         return {"kind": "error", "error": type(exc).__name__, "what": exc.what, "rule": exc.rule, "fix": exc.fix}
     text = str(exc)[:2000]
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return {
+            "kind": "error",
+            "error": "ResourceLimitError",
+            "what": "the pipeline wrote a file larger than the worker's limit",
+            "rule": "Limits.file_size_mb bounds every file the worker writes",
+            "fix": "raise Limits(file_size_mb=...) if the pipeline really needs to",
+        }
     if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(m in text.lower() for m in _ALLOC_MARKERS)):
         return {
             "kind": "error",
@@ -116,6 +150,8 @@ class _Worker:
     def _prepare_process(self) -> None:
         for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGHUP):
             signal.signal(sig, signal.SIG_DFL)
+        # Over RLIMIT_FSIZE a write fails with EFBIG (an error the host sees) instead of a kill.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         self._parent = os.getppid()
         self._die_with_parent()
         for fd in self.close_fds:
@@ -379,6 +415,13 @@ class _Worker:
                 else:
                     with open(str(arg), "wb") as wfh:
                         wfh.write(b"x")
+                return {"kind": "ok", "detail": json.dumps({"errno": 0})}
+            except OSError as exc:
+                return {"kind": "ok", "detail": json.dumps({"errno": exc.errno})}
+        if name == "write_big":
+            try:
+                with open(os.path.join(self.plan.scratch, "big.bin"), "wb") as bfh:
+                    bfh.write(b"\0" * (int(str(arg)) * 1024 * 1024))
                 return {"kind": "ok", "detail": json.dumps({"errno": 0})}
             except OSError as exc:
                 return {"kind": "ok", "detail": json.dumps({"errno": exc.errno})}

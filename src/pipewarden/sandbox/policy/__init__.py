@@ -105,8 +105,10 @@ class SandboxPolicy:
     allowed_dunder_attrs: frozenset[str]
     readable_dunder_names: frozenset[str]
     bindable_dunder_names: frozenset[str]
+    statement_calls_refused: frozenset[str]
     tripwire: TripwireRule
     types: tuple[TypeRule, ...]
+    no_construct_bases: tuple[str, ...] = ()
     extras: tuple[str, ...] = ()
 
     @property
@@ -245,6 +247,7 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         allowed_dunder_attrs=frozenset(_strs(comp["allowed_dunder_attrs"], "compile.allowed_dunder_attrs")),
         readable_dunder_names=frozenset(_strs(comp["readable_dunder_names"], "compile.readable_dunder_names")),
         bindable_dunder_names=frozenset(_strs(comp.get("bindable_dunder_names", []), "compile.bindable")),
+        statement_calls_refused=frozenset(_strs(comp.get("statement_calls_refused", []), "compile.statement_calls")),
         tripwire=TripwireRule(
             events=frozenset(_strs(trip["events"], "tripwire.events")),
             event_prefixes=_strs(trip["event_prefixes"], "tripwire.event_prefixes"),
@@ -252,6 +255,7 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
             deny_imports=frozenset(_strs(trip["deny_imports"], "tripwire.deny_imports")),
         ),
         types=types,
+        no_construct_bases=_strs(doc.get("no_construct", {}).get("bases", []), "no_construct.bases"),
     )
 
 
