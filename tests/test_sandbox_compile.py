@@ -84,6 +84,8 @@ REFUSED = {
     "aug-dunder": ("def f(o):\n    o.__x__ += 1\n", "attribute.dunder-write"),
     "nonlocal": ("def f():\n    x = 1\n    def g():\n        nonlocal x\n", "syntax.Nonlocal"),
     "match": ("match 1:\n    case 1:\n        pass\n", "syntax.Match"),
+    "dunder-keyword": ("import types\nx = types.SimpleNamespace(__array_interface__={})\n", "call.dunder-keyword"),
+    "hook-keyword": ("f(_getattr_=1)\n", "call.dunder-keyword"),
 }
 
 

@@ -201,12 +201,16 @@ CALL_TIME = [
     ("deprecate-take-from", "from diffusers.utils import deprecate\n"
      "deprecate(('__globals__', '9.0', ''), take_from=self.register_modules, standard_warn=False)",
      "argument.take-from"),
-    ("register-modules-dunder", "self.register_modules(**{'__class__': self.unet})", "argument.component-name"),
-    ("update-wrapper-host-class", "import functools\n"
+    ("register-modules-private", "self.register_modules(**{'_x': self.unet})", "argument.component-name"),
+    ("dunder-kwargs-mapping", "import types\ntypes.SimpleNamespace(**{'__array_interface__': {}})", "call.dunder-keyword"),
+    ("update-wrapper-attribute-list", "import functools\n"
      "functools.update_wrapper(DiffusionPipeline, lambda: 1, assigned=('save_pretrained',), updated=())",
+     "argument.attribute-list"),
+    ("wraps-attribute-list", "import functools\nfunctools.wraps(lambda: 1, assigned=('forward',), updated=())(self.unet)",
+     "argument.attribute-list"),
+    ("update-wrapper-host-class", "import functools\nfunctools.update_wrapper(DiffusionPipeline, lambda: 1)",
      "call.modifies-host-object"),
-    ("wraps-host-object", "import functools\nfunctools.wraps(lambda: 1, assigned=('forward',), updated=())(self.unet)",
-     "call.modifies-host-object"),
+    ("wraps-host-object", "import functools\nfunctools.wraps(lambda: 1)(self.unet)", "call.modifies-host-object"),
     ("dataclass-host-class", "import dataclasses\ndataclasses.dataclass(DiffusionPipeline)", "call.modifies-host-object"),
     ("hasattr-denied-probe", "hasattr(self.unet, 'register_forward_hook')", "attribute.denied"),
     ("set-processor", "for m in self.unet.modules():\n    m.set_processor(None)", "attribute.denied"),
@@ -286,8 +290,8 @@ def test_tripwire_blocks_writes_processes_and_sockets_when_armed(tmp_path):
             import ctypes  # noqa: F401  (already imported elsewhere? then the dlopen test below)
 
             ctypes.CDLL(None)
-        with open(__file__) as fh:  # reading is not the tripwire's business
-            fh.read(1)
+        with pytest.raises(PolicyViolation):  # reading outside the installed libraries
+            open(__file__).close()
     assert not target.exists()
     open(target, "w").close()  # disarmed again
     assert target.exists()
@@ -453,3 +457,47 @@ def test_tripwire_refuses_reads_outside_the_libraries(tmp_path):
         # installed library files stay readable (lazy imports, package data)
         assert json.__file__ and open(json.__file__).read(10)
     assert secret.read_text() == "top secret"
+
+
+ARRAY_INTERFACE = "{'shape': (1,), 'typestr': '|u1', 'data': (8, False), 'version': 3}"
+DUNDER_KEY_PRODUCERS = [
+    ("frozendict", "from diffusers.configuration_utils import FrozenDict\n"
+     f"x = FrozenDict({{'__array_interface__': {ARRAY_INTERFACE}}})"),
+    ("output-first-field", "from diffusers.pipelines.pipeline_utils import ImagePipelineOutput\n"
+     f"x = ImagePipelineOutput(images={{'__array_interface__': {ARRAY_INTERFACE}}})"),
+    ("model-output", "from transformers.modeling_outputs import BaseModelOutput\n"
+     f"x = BaseModelOutput(last_hidden_state={{'__reduce_ex__': 1}})"),
+    ("batch-encoding", "from transformers import BatchEncoding\nx = BatchEncoding({'__array_interface__': 1})"),
+    ("enum-functional", "import enum\nx = enum.Enum('E', {'a': 1, '__array_interface__': 5})"),
+    ("enum-functional-str", "import enum\nx = enum.Enum('E', 'a __array_interface__')"),
+    ("own-output-subclass", "from dataclasses import dataclass\nfrom diffusers.utils import BaseOutput\n"
+     "@dataclass\nclass Out(BaseOutput):\n    images: dict\n"
+     f"x = Out(images={{'__array_interface__': {ARRAY_INTERFACE}}})"),
+    ("own-output-setitem", "from dataclasses import dataclass\nfrom diffusers.utils import BaseOutput\n"
+     "@dataclass\nclass Out(BaseOutput):\n    images: list\n"
+     "x = Out(images=[1])\nx['__array_interface__'] = 1"),
+    ("from-config-keys", "from diffusers import DDPMScheduler\n"
+     "x = DDPMScheduler.from_config({'__array_interface__': 1})"),
+]
+
+
+@pytest.mark.parametrize("label, body", DUNDER_KEY_PRODUCERS, ids=[c[0] for c in DUNDER_KEY_PRODUCERS])
+def test_dunder_keys_never_become_attributes(label, body):
+    with pytest.raises(PolicyViolation) as info:
+        load_class(_pipeline("pass", body))
+    assert info.value.rule in ("argument.dunder-key", "call.dunder-keyword"), info.value.what
+
+
+def test_key_checked_classes_still_work_normally(components):
+    module = (
+        "import enum\nfrom dataclasses import dataclass\nfrom diffusers.utils import BaseOutput\n"
+        "from diffusers.configuration_utils import FrozenDict\n"
+        "class Color(enum.Enum):\n    RED = 1\n"
+        "@dataclass\nclass Out(BaseOutput):\n    images: list\n"
+    )
+    cls = load_class(_pipeline(
+        "o = Out(images=[1, 2])\nf = FrozenDict({'a': 1})\n"
+        "return o.images, o['images'], f['a'], Color.RED.value, isinstance(o, BaseOutput), isinstance(f, FrozenDict)",
+        module,
+    ))
+    assert cls(*components)() == ([1, 2], [1, 2], 1, 1, True, True)

@@ -1100,8 +1100,8 @@ add(
     """,
     call="""
     sink = Sink()
-    bar = tqdm(total=1, file=sink, desc=Desc(self.register_modules), mininterval=0,
-               bar_format="{desc.m.__func__.__globals__[os].environ[@SECRET_ENV@]}")
+    bar = tqdm(total=1, file=sink, desc=Desc(torch.nn.functional.relu), mininterval=0,
+               bar_format="{desc.m.__globals__[torch].os.environ[@SECRET_ENV@]}")
     bar.close()
     return "".join(sink.parts)
     """,
@@ -1137,8 +1137,8 @@ add(
     """,
     call="""
     sink = Sink()
-    self.set_progress_bar_config(file=sink, desc=Desc(self.register_modules), mininterval=0,
-                                 bar_format="{desc.m.__func__.__globals__[os].environ[@SECRET_ENV@]}")
+    self.set_progress_bar_config(file=sink, desc=Desc(torch.nn.functional.relu), mininterval=0,
+                                 bar_format="{desc.m.__globals__[torch].os.environ[@SECRET_ENV@]}")
     bar = self.progress_bar(total=1)
     bar.close()
     return "".join(sink.parts)
@@ -1490,6 +1490,119 @@ add(
     interface = {"data": (id(name) + 48, False), "shape": (len(name),), "typestr": "|u1", "version": 3}
     view = np.asarray(types.SimpleNamespace(__array_interface__=interface))
     view[0] = 77
+    """,
+)
+
+add(
+    "tokenizers_wordpiece_path_repr_reads_secret",
+    "tokenizers WordPiece(<path>) reached through a transformers module reads any file; repr() shows it",
+    SECRET,
+    imports="from transformers.models.bert.tokenization_bert import WordPiece",
+    call='return repr(WordPiece("@SECRET_FILE@"))',
+)
+
+# ---- seventh round: host containers handed out by method calls (results are not wrapped) --------
+add(
+    "frozen_config_get_list_append",
+    "self.unet.config.get(name) returns the host's own list: .append mutates the component config",
+    STATE,
+    call='self.unet.config.get("block_out_channels").append(99)',
+)
+add(
+    "frozen_config_values_list_append",
+    "iterating self.unet.config.values() hands out host lists: .append mutates them",
+    STATE,
+    call="""
+    for value in self.unet.config.values():
+        if isinstance(value, list):
+            value.append(99)
+    """,
+)
+add(
+    "frozen_config_list_inplace_add",
+    "lst = config.get(name); lst += [...] (in-place add on a host list)",
+    STATE,
+    call="""
+    channels = self.unet.config.get("block_out_channels")
+    channels += [99]
+    """,
+)
+add(
+    "ordereddict_clear_on_frozen_config",
+    "collections.OrderedDict.clear(self.scheduler.config) empties a host FrozenDict",
+    STATE,
+    imports="import collections",
+    call="collections.OrderedDict.clear(self.scheduler.config)",
+)
+add(
+    "inplace_or_on_frozen_config",
+    "config |= {...} (dict.__ior__ inherited by FrozenDict) mutates a host config",
+    STATE,
+    call="""
+    config = self.unet.config
+    config |= {"sample_size": 3}
+    """,
+)
+
+# ---- eighth round: around the bar_format check ---------------------------------------------------
+_TQDM_HELPERS = """
+class Sink:
+    def __init__(self):
+        self.parts = []
+
+    def write(self, text):
+        self.parts.append(text)
+
+    def flush(self):
+        return None
+
+
+class Desc:
+    def __init__(self, method):
+        self.m = method
+
+    def __getitem__(self, key):
+        return ""
+
+    def __add__(self, other):
+        return self
+
+    def __bool__(self):
+        return True
+"""
+_TRAVERSAL = "{desc.m.__globals__[torch].os.environ[@SECRET_ENV@]}"
+add(
+    "tqdm_positional_bar_format_traversal_secret",
+    "tqdm(...) with bar_format passed POSITIONALLY (16th parameter), past a kwargs-only check",
+    SECRET,
+    imports="from tqdm import tqdm",
+    module=_TQDM_HELPERS,
+    call=f"""
+    sink = Sink()
+    bar = tqdm(None, Desc(torch.nn.functional.relu), 1, True, sink, None, 0, 10.0, None, None, False, "it",
+               False, False, 0.3, "{_TRAVERSAL}")
+    bar.close()
+    return "".join(sink.parts)
+    """,
+)
+add(
+    "progress_bar_config_lying_dict_traversal_secret",
+    "self._progress_bar_config = dict subclass whose .get() hides bar_format from the check",
+    SECRET,
+    module=_TQDM_HELPERS
+    + """
+
+class Config(dict):
+    def get(self, key, default=None):
+        return default
+""",
+    call=f"""
+    sink = Sink()
+    self._progress_bar_config = Config(file=sink, desc=Desc(torch.nn.functional.relu), mininterval=0,
+                                       bar_format="{_TRAVERSAL}")
+    bar = self.progress_bar(total=1)
+    bar.close()
+    return "".join(sink.parts)
     """,
 )
 

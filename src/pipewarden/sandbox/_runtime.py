@@ -13,6 +13,7 @@ code hands it: names are checked with ``type(name) is str`` and every refusal is
 from __future__ import annotations
 
 import builtins as _builtins
+import collections
 import copy
 import enum
 import functools
@@ -223,6 +224,84 @@ class ClassRef:
         raise _violation("writing to a class reference", "write.host-class")
 
 
+def _bad_key(key: Any) -> bool:
+    return type(key) is not str or key.startswith("__")
+
+
+def _check_attribute_keys(where: str, *values: Any) -> None:
+    """Refuse mapping keys / names that host code would turn into attributes and that are dunders.
+
+    Looks at mappings, (name, value) pairs and whitespace/comma separated name strings, one level
+    down into lists and tuples (how FrozenDict, BaseOutput, BatchEncoding and the Enum functional API
+    take their names).
+    """
+    for value in values:
+        items: list[Any] = []
+        if isinstance(value, Mapping):
+            items = list(value.keys())
+        elif isinstance(value, str):
+            items = value.replace(",", " ").split()
+        elif isinstance(value, (list, tuple)):
+            for element in value[:100_000]:
+                if isinstance(element, (list, tuple)) and element:
+                    items.append(element[0])
+                elif isinstance(element, str):
+                    items.append(element)
+                elif isinstance(element, Mapping):
+                    items.extend(element.keys())
+        for key in items:
+            if isinstance(key, str) and key.startswith("__"):
+                raise _violation(
+                    f"{where} with the name {key!r} (it would become an attribute that host protocols read)",
+                    "argument.dunder-key",
+                )
+
+
+class KeyCheckedClass:
+    """A class whose constructor turns mapping keys into attributes (FrozenDict, output dataclasses,
+    BatchEncoding, Enum's functional API): constructing checks the keys; subclassing, isinstance and
+    annotations work as with the class itself."""
+
+    __slots__ = ("_pw_cls",)
+
+    def __init__(self, cls: type) -> None:
+        object.__setattr__(self, "_pw_cls", cls)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        cls = object.__getattribute__(self, "_pw_cls")
+        where = _tname(cls)
+        _check_attribute_keys(where, *args, *kwargs.values())
+        for key in kwargs:
+            if _bad_key(key):
+                raise _violation(f"{where} with keyword {key!r}", "call.dunder-keyword")
+        return cls(*args, **kwargs)
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        return (object.__getattribute__(self, "_pw_cls"),)
+
+    def __instancecheck__(self, obj: Any) -> bool:
+        return isinstance(obj, object.__getattribute__(self, "_pw_cls"))
+
+    def __subclasscheck__(self, sub: Any) -> bool:
+        return isinstance(sub, type) and issubclass(sub, object.__getattribute__(self, "_pw_cls"))
+
+    def __or__(self, other: Any) -> Any:
+        import typing
+
+        return typing.Union[self, other]  # noqa: UP007
+
+    def __ror__(self, other: Any) -> Any:
+        import typing
+
+        return typing.Union[other, self]  # noqa: UP007
+
+    def __repr__(self) -> str:
+        return repr(object.__getattribute__(self, "_pw_cls"))
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _violation("writing to a class reference", "write.host-class")
+
+
 class SandboxLogger:
     """The logger sandboxed code gets: formats with ``%`` itself and hands the host a plain string."""
 
@@ -300,6 +379,30 @@ class _WriteProxy:
         setattr(object.__getattribute__(self, "_pw_obj"), name, value)
 
 
+class _KeyCheckedWriter:
+    """``_write_`` result for the sandbox's own output-dataclass / FrozenDict-like objects, whose
+    ``obj[key] = v`` also sets an attribute named ``key``: dunder keys are refused."""
+
+    __slots__ = ("_pw_obj",)
+
+    def __init__(self, obj: Any) -> None:
+        object.__setattr__(self, "_pw_obj", obj)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if _bad_key(key):
+            raise _violation(f"setting item {key!r} (it would become an attribute)", "argument.dunder-key")
+        object.__getattribute__(self, "_pw_obj")[key] = value
+
+    def __delitem__(self, key: Any) -> None:
+        del object.__getattribute__(self, "_pw_obj")[key]
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        setattr(object.__getattribute__(self, "_pw_obj"), name, value)
+
+    def __delattr__(self, name: str) -> None:
+        delattr(object.__getattribute__(self, "_pw_obj"), name)
+
+
 class _SafeFormatter(string.Formatter):
     """str.format whose field lookups ("{0.attr[key]}") go through the sandbox guards."""
 
@@ -337,6 +440,8 @@ class Sandbox:
         self._functions: weakref.WeakSet[Any] = weakref.WeakSet()
         self._variable_functions: frozenset[str] | None = None
         self._no_construct_types: tuple[type, ...] | None = None
+        self._attribute_key_types: tuple[type, ...] | None = None
+        self._snapshot_cache: dict[int, tuple[Any, Any]] = {}
         self._formatter = _SafeFormatter(self)
         self._deny = policy.deny
         self._builtin_module = _builtins
@@ -460,6 +565,18 @@ class Sandbox:
         except TypeError:
             return False
 
+    def _keys_become_attributes(self, cls: type) -> bool:
+        bases = self._attribute_key_types
+        if bases is None:
+            bases = tuple(
+                t for t in (_resolve_type_path(p) for p in self.policy.attribute_key_bases) if t is not None
+            )
+            self._attribute_key_types = bases
+        try:
+            return bool(bases) and issubclass(cls, bases)
+        except TypeError:
+            return False
+
     def _is_allowed_class(self, value: type, rule: ModuleRule, *, in_constant: bool = False) -> bool:
         if issubclass(value, type):  # metaclasses (type, ABCMeta, DummyObject, ...)
             return False
@@ -560,6 +677,8 @@ class Sandbox:
             return self._refuse_facade(mod_name, name, for_import, rule)
         if isinstance(value, type) and self._no_construct(value):
             return ClassRef(value)
+        if isinstance(value, type) and self._keys_become_attributes(value):
+            return KeyCheckedClass(value)
         if name in rule.suspend_tripwire and callable(value):
             return _suspending(value)
         return value
@@ -573,6 +692,7 @@ class Sandbox:
         if impl == "owned-first-argument":
             # decorators that set attributes on what they decorate: only on the sandbox's own
             def guarded(*args: Any, **kwargs: Any) -> Any:
+                _no_custom_attribute_lists(where, args, kwargs)
                 if args and (isinstance(args[0], type) or callable(args[0])):
                     box.require_owned(args[0], where)
                     with tripwire.suspended():
@@ -585,12 +705,27 @@ class Sandbox:
         if impl == "owned-decorator-result":
             # factories whose result decorates (sets attributes on) its argument: wraps(...), ...
             def factory(*args: Any, **kwargs: Any) -> Any:
+                _no_custom_attribute_lists(where, args, kwargs)
                 return box._owned_decorator(target(*args, **kwargs), where)
 
             return factory
         if impl == "format-checked":
+            try:
+                signature = inspect.signature(target)
+            except (TypeError, ValueError):  # pragma: no cover
+                signature = None
+
             def checked(*args: Any, **kwargs: Any) -> Any:
-                _check_bar_format(kwargs, where)
+                bound: dict[str, Any] = dict(kwargs)
+                if signature is not None:
+                    try:
+                        bound = dict(signature.bind_partial(*args, **kwargs).arguments)
+                    except TypeError:
+                        pass
+                    extra = bound.get("kwargs")
+                    if isinstance(extra, dict):
+                        bound.update(extra)
+                _check_bar_format(bound, where)
                 return target(*args, **kwargs)
 
             return checked
@@ -668,8 +803,16 @@ class Sandbox:
     def rules_for(self, t: type) -> tuple[TypeRule, ...]:
         hit = self._rules_for_type.get(t)
         if hit is None:
+            # Only the most specific matching rule(s): a FrozenDict is an OrderedDict, but the
+            # OrderedDict rule (written for the sandbox's own containers) must not apply to it.
             try:
-                hit = tuple(rule for cls, rule in self._resolve_rules() if issubclass(t, cls))
+                matching = [(cls, rule) for cls, rule in self._resolve_rules() if issubclass(t, cls)]
+                mro = t.__mro__
+                if matching:
+                    best = min(mro.index(cls) if cls in mro else len(mro) for cls, _ in matching)
+                    hit = tuple(rule for cls, rule in matching if (mro.index(cls) if cls in mro else len(mro)) == best)
+                else:
+                    hit = ()
             except TypeError:
                 hit = ()
             self._rules_for_type[t] = hit
@@ -799,11 +942,16 @@ class Sandbox:
             raise _violation(f"{name} of a {_tname(obj)} is not a string", "attribute.dunder")
         if name in _ARGUMENT_GUARDS and callable(value):
             return _ARGUMENT_GUARDS[name](self, value, f"{_tname(obj)}.{name}")
-        if t_value in _WRITABLE_CONTAINERS and t not in _WRITABLE_CONTAINERS and self._held_by_host(obj, name):
-            # A plain list/dict/set held by a host object or a host class (a config list, a default
-            # argument, DiffusionPipeline._optional_components) is host state: the sandbox gets its
-            # own copy, so writes cannot reach the host.
-            return _private_copy(value)
+        if (t_value in _WRITABLE_CONTAINERS or t_value in _SNAPSHOT_MAPPINGS or _is_frozen_config(value)) and (
+            t not in _WRITABLE_CONTAINERS and self._held_by_host(obj, name)
+        ):
+            # A list/dict/set/config held by a host object or a host class (a component's config, a
+            # default argument, DiffusionPipeline._optional_components) is host state: the sandbox
+            # gets a read-only snapshot, so writes cannot reach the host.
+            return self._snapshot(value)
+        if name == "__post_init__" and t is super and self._keys_become_attributes(type(obj.__self__)):
+            target_self = obj.__self__
+            _first_field_check(target_self, f"{_tname(target_self)}.__post_init__")
         if isinstance(obj, type) and not self.owns(obj):
             if name in _CALL_DUNDERS and t is not super:
                 return self._owned_self_only(value, f"{_tname(obj)}.{name}")
@@ -847,6 +995,22 @@ class Sandbox:
 
         return call
 
+    def _snapshot(self, value: Any) -> Any:
+        """Read-only snapshot of host state, cached per object while it is alive (configs are read
+        every denoising step)."""
+        key = id(value)
+        hit = self._snapshot_cache.get(key)
+        if hit is not None:
+            ref, snap = hit
+            if ref() is value:
+                return snap
+        snap = _private_copy(value)
+        try:
+            self._snapshot_cache[key] = (weakref.ref(value), snap)
+        except TypeError:  # plain dict/list: not weak-referenceable, not cached
+            pass
+        return snap
+
     def _owned_self_only(self, fn: Any, where: str) -> Callable[..., Any]:
         """``HostClass.__init__(self, ...)``: only to initialise the sandbox's own objects."""
         box = self
@@ -854,6 +1018,9 @@ class Sandbox:
         def call(self_obj: Any, *args: Any, **kwargs: Any) -> Any:
             if not box.owns(self_obj):
                 raise _violation(f"{where} called on an object the sandbox did not create", "call.host-init")
+            if box._keys_become_attributes(type(self_obj)):
+                _first_field_check(self_obj, where)
+                _check_attribute_keys(where, *args, *kwargs.values())
             return fn(self_obj, *args, **kwargs)
 
         return call
@@ -872,7 +1039,7 @@ class Sandbox:
         ok: Any
         if t is ClassView:
             ok = name in ("__name__", "__qualname__", "__module__")
-        elif t is ClassRef:
+        elif t is ClassRef or t is KeyCheckedClass:
             ok = False
         elif t is SandboxLogger:
             ok = name in _LOGGER_METHODS
@@ -992,8 +1159,8 @@ class Sandbox:
         value = obj[key]
         if type(value) in _FORBIDDEN_VALUE_TYPES:
             self.check_value(value, f"an item of a {_tname(obj)}")
-        if t_value_is_container(value) and t not in _WRITABLE_CONTAINERS and not self.owns(obj):
-            return _private_copy(value)  # e.g. a list inside a host FrozenDict config
+        if _is_snapshot_type(value) and t not in _WRITABLE_CONTAINERS and t not in _READONLY_TYPES and not self.owns(obj):
+            return self._snapshot(value)  # e.g. a list inside a host FrozenDict config
         return value
 
     def guarded_getiter(self, obj: Any) -> Any:
@@ -1005,9 +1172,11 @@ class Sandbox:
         t = type(obj)
         if t in _WRITABLE_CONTAINERS:
             return obj
-        if t is Facade or t is DeniedName or t is ClassView or t is ClassRef or isinstance(obj, types.ModuleType):
+        if t in (Facade, DeniedName, ClassView, ClassRef, KeyCheckedClass) or isinstance(obj, types.ModuleType):
             raise _violation("writing to a module facade", "write.facade", "module attributes are shared host state")
         if self.owns(obj):
+            if self._keys_become_attributes(t):
+                return _KeyCheckedWriter(obj)
             return obj
         tensor_types = self._tensor_types()
         if isinstance(obj, tensor_types):
@@ -1039,6 +1208,12 @@ class Sandbox:
         return fn(x, y)
 
     def apply(self, f: Any, *args: Any, **kwargs: Any) -> Any:
+        # ``f(**mapping)``: a key chosen at run time becomes a keyword; host constructors turn
+        # keywords into attributes (SimpleNamespace, PretrainedConfig, FrozenDict), and a
+        # ``__array_interface__`` or ``__reduce_ex__`` attribute would be read by numpy or copy.
+        for key in kwargs:
+            if type(key) is not str or key.startswith("__"):
+                raise _violation(f"a call with keyword {key!r}", "call.dunder-keyword")
         return f(*args, **kwargs)
 
     # ------------------------------------------------------------------ classes and functions
@@ -1161,6 +1336,8 @@ class Sandbox:
                 raise _violation(f"class {name} passes keyword {kw!r}", "class.keywords")
         with tripwire.suspended():
             cls = meta(name, bases, ns, **kwds)
+        if self._keys_become_attributes(cls):
+            _install_checked_post_init(cls)
         self._classes.add(cls)
         self._owned_type_cache.clear()
         self._decisions.clear()
@@ -1320,6 +1497,8 @@ def _is_type_hint(value: Any) -> bool:
 
 
 _CONTAINER_TYPES: frozenset[type] = frozenset({list, dict, set, bytearray, tuple})
+#: Host mappings handed to the sandbox as read-only snapshots (configs are FrozenDicts).
+_SNAPSHOT_MAPPINGS: frozenset[type] = frozenset({dict, collections.OrderedDict, collections.defaultdict})
 _PLAIN_SCALARS = (str, bytes, int, float, bool, complex, type(None))
 
 
@@ -1352,6 +1531,19 @@ _HostList = _readonly_type(
 _HostDict = _readonly_type(
     dict, ("update", "pop", "popitem", "clear", "setdefault", "__setitem__", "__delitem__", "__ior__")
 )
+
+
+def _host_dict_getattr(self: Any, name: str) -> Any:
+    # configs are read as attributes (``self.unet.config.sample_size``)
+    if not name.startswith("_"):
+        try:
+            return self[name]
+        except KeyError:
+            pass
+    raise AttributeError(name)
+
+
+_HostDict.__getattr__ = _host_dict_getattr  # type: ignore[attr-defined]
 _HostSet = _readonly_type(
     set, ("add", "discard", "remove", "pop", "clear", "update", "difference_update", "intersection_update",
           "symmetric_difference_update", "__ior__", "__iand__", "__isub__", "__ixor__")
@@ -1370,12 +1562,57 @@ def _private_copy(value: Any, depth: int = 0) -> Any:
         return tuple(_private_copy(v, depth + 1) if type(v) in _CONTAINER_TYPES else v for v in value)
     if t is bytearray:
         return bytes(value)
+    if t in _SNAPSHOT_MAPPINGS or _is_frozen_config(value):
+        return _HostDict(
+            {k: _private_copy(v, depth + 1) if _is_snapshot_type(v) else v for k, v in value.items()}
+        )
     ro = _READONLY.get(t)
     if ro is None:
         return value
-    if t is dict:
-        return ro({k: _private_copy(v, depth + 1) if type(v) in _CONTAINER_TYPES else v for k, v in value.items()})
-    return ro(_private_copy(v, depth + 1) if type(v) in _CONTAINER_TYPES else v for v in value)
+    return ro(_private_copy(v, depth + 1) if _is_snapshot_type(v) else v for v in value)
+
+
+def _is_frozen_config(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    frozen = _resolve_type_path("diffusers.configuration_utils.FrozenDict")
+    return frozen is not None and isinstance(value, frozen)
+
+
+def _is_snapshot_type(value: Any) -> bool:
+    t = type(value)
+    return t in _CONTAINER_TYPES or t in _SNAPSHOT_MAPPINGS or _is_frozen_config(value)
+
+
+def _no_custom_attribute_lists(where: str, args: tuple[Any, ...], kwargs: Mapping[str, Any]) -> None:
+    """functools.update_wrapper/wraps copy the attributes named in ``assigned``/``updated``."""
+    if "assigned" in kwargs or "updated" in kwargs or (where.endswith("update_wrapper") and len(args) > 2) or (
+        where.endswith(".wraps") and len(args) > 1
+    ):
+        raise _violation(f"{where} with custom assigned/updated attribute lists", "argument.attribute-list")
+
+
+def _first_field_check(obj: Any, where: str) -> None:
+    fields = getattr(type(obj), "__dataclass_fields__", None)
+    if isinstance(fields, dict) and fields:
+        first = next(iter(fields))
+        _check_attribute_keys(where, getattr(obj, first, None))
+
+
+def _install_checked_post_init(cls: type) -> None:
+    """``__post_init__`` of a sandbox subclass of BaseOutput/ModelOutput: the base spreads a dict
+    first field into attributes, so its keys are checked first (and again at super().__post_init__)."""
+    own = cls.__dict__.get("__post_init__")
+    where = f"{cls.__name__}(...)"
+
+    def __post_init__(self: Any) -> None:
+        _first_field_check(self, where)
+        if own is not None:
+            own(self)
+        else:
+            super(cls, self).__post_init__()
+
+    type.__setattr__(cls, "__post_init__", __post_init__)
 
 
 def _static_lookup(cls: type, name: str) -> Any:
@@ -1409,7 +1646,9 @@ def _simple_format_string(fmt: Any) -> bool:
 
 
 def _check_bar_format(kwargs: Mapping[str, Any], where: str) -> None:
-    if not _simple_format_string(kwargs.get("bar_format")):
+    if type(kwargs) is not dict:
+        raise _violation(f"{where} with a {_tname(kwargs)} as its configuration", "argument.format-traversal")
+    if not _simple_format_string(dict.get(kwargs, "bar_format")):
         raise _violation(
             f"{where} with a bar_format that traverses attributes or items (host-side str.format)",
             "argument.format-traversal",
@@ -1429,8 +1668,9 @@ def _progress_bar_guard(box: Sandbox, fn: Callable[..., Any], where: str) -> Cal
     owner = getattr(fn, "__self__", None)
 
     def progress_bar(*args: Any, **kwargs: Any) -> Any:
-        config = getattr(owner, "_progress_bar_config", None)
-        if isinstance(config, dict):
+        d = getattr(owner, "__dict__", None)
+        config = d.get("_progress_bar_config") if isinstance(d, dict) else None
+        if config is not None:
             _check_bar_format(config, where)
         return fn(*args, **kwargs)
 
@@ -1459,6 +1699,7 @@ def _config_dict_only(box: Sandbox, fn: Callable[..., Any], where: str) -> Calla
                 "argument.config-path",
                 "pass an in-memory config such as self.scheduler.config",
             )
+        _check_attribute_keys(where, config)
         return fn(config, *args, **kwargs)
 
     return from_config

@@ -285,6 +285,13 @@ class PipewardenTransformer(RestrictingNodeTransformer):
                 )
         return super().visit_Call(node)
 
+    def visit_keyword(self, node: ast.keyword) -> Any:
+        # f(__array_interface__=...): host constructors turn keywords into attributes that host
+        # protocols (numpy's array interface, copy's __reduce_ex__) read.
+        if node.arg is not None and (node.arg.startswith("__") or _HOOK_ATTRS.match(node.arg)):
+            self._record(node, "call.dunder-keyword", f'keyword argument "{node.arg}" is not allowed')
+        return self.node_contents_visit(node)
+
     def _check_yield(self, node: ast.AST) -> None:
         # A generator suspended inside `with torch.no_grad()` / `inference_mode()` / `autocast()` /
         # `warnings.catch_warnings()` hands control back to the host with the sandbox's process-wide

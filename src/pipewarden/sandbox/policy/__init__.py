@@ -109,6 +109,7 @@ class SandboxPolicy:
     tripwire: TripwireRule
     types: tuple[TypeRule, ...]
     no_construct_bases: tuple[str, ...] = ()
+    attribute_key_bases: tuple[str, ...] = ()
     extras: tuple[str, ...] = ()
 
     @property
@@ -256,6 +257,7 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         ),
         types=types,
         no_construct_bases=_strs(doc.get("no_construct", {}).get("bases", []), "no_construct.bases"),
+        attribute_key_bases=_strs(doc.get("attribute_keys", {}).get("bases", []), "attribute_keys.bases"),
     )
 
 
