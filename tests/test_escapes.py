@@ -19,9 +19,9 @@ process, and every payload marked ``live`` must actually escape plain Python (ch
 subprocess, one forked child per payload).
 
 Modes: ``inprocess`` = ``pipewarden.sandbox.load_class`` + construct + call here;
-``process`` = ``pipewarden.load_pipeline(..., isolation="process")``. While process isolation
-has not landed (ImportError / NotImplementedError from the API, and only then, after the
-side-effect checks have passed) a process-mode case is reported as xfail, never as a pass.
+``process`` = ``pipewarden.load_pipeline(..., isolation="process")`` (the payload runs in the
+worker; host-side detectors still apply, and the refusal must come back as a PipewardenError
+subclass). A sample also runs through ``load_pipeline(isolation="inprocess")``.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ corpus = _load_sibling("payloads")
 
 PAYLOADS = corpus.PAYLOADS
 MODES = ("inprocess", "process")
-PROCESS_NOT_LANDED = "process isolation not landed (ImportError/NotImplementedError from load_pipeline)"
 
 #: The techniques issue 3 lists, each mapped to the payloads that attempt it. The corpus test
 #: below fails if any of these payloads disappears.
@@ -237,16 +236,6 @@ def escape_world(tiny_weights, tmp_path_factory):
     world.close()
 
 
-def _process_isolation_missing(obs) -> bool:
-    """True only when the refusal is the API saying process isolation does not exist yet."""
-    exc = obs.exception
-    return (
-        obs.mode == "process"
-        and isinstance(exc, (ImportError, NotImplementedError))
-        and not isinstance(exc, PipewardenError)
-    )
-
-
 def _render(world, payload) -> str:
     return world.render(payload.template)
 
@@ -262,8 +251,6 @@ def test_escape_is_refused_without_side_effect(escape_world, payload, mode):
     obs = harness.observe(escape_world, _render(escape_world, payload), mode)
     # 1. The side effect must not have happened (checked first: nothing may hide an escape).
     assert obs.violations == [], f"ESCAPE via {payload.technique}: {obs.describe()}"
-    if _process_isolation_missing(obs):
-        pytest.xfail(PROCESS_NOT_LANDED)
     # 2. The refusal must be one of ours, not a stray Python error or a normal return. The bare base
     #    class is what the worker uses to report an ordinary exception from inside the sandbox
     #    ("the pipeline raised KeyError"): the escape ran there, so that is not a refusal either.
@@ -335,8 +322,6 @@ def test_benign_pipeline_runs_and_matches_plain_python(escape_world, name, mode)
     assert plain.exception is None and plain.violations == [], plain.describe()
     obs = harness.observe(escape_world, source, mode, call_kwargs=kwargs())
     assert obs.violations == [], obs.describe()
-    if _process_isolation_missing(obs):
-        pytest.xfail(PROCESS_NOT_LANDED)
     assert obs.exception is None, f"benign pipeline refused: {obs.describe()}"
     result = obs.result
     assert isinstance(result, torch.Tensor), f"expected a tensor, got {type(result)!r}"

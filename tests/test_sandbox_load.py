@@ -179,7 +179,7 @@ CALL_TIME = [
     ("tensor-data-ptr", "torch.zeros(2).data_ptr()", "attribute.denied"),
     ("ndarray-tofile", "torch.zeros(2).numpy().tofile(canary)", "attribute.denied"),
     ("unet-private", "self.unet._forward_hooks", "attribute.denied"),
-    ("unet-private-modules", "self.unet._modules", "attribute.not-allowlisted"),
+    ("unet-private-modules", "self.unet._modules", "attribute.denied"),
     ("unet-write", "self.unet.forward = None", "write.host-object"),
     ("config-write", "self.unet.config.sample_size = 3", "write.host-object"),
     ("class-write", "torch.Tensor.add = None", "write.host-class"),
@@ -198,6 +198,18 @@ CALL_TIME = [
      "argument.format-traversal"),
     ("progress-bar-own-config", "self._progress_bar_config = {'bar_format': '{desc[0]}'}\nself.progress_bar(total=1)",
      "argument.format-traversal"),
+    ("tqdm-positional-bar-format", "from tqdm.auto import tqdm\n"
+     "tqdm(None, None, 1, True, None, None, 0.1, 10.0, None, None, False, 'it', False, False, 0.3, '{desc.x}')",
+     "argument.format-traversal"),
+    ("progress-bar-config-subclass", "class Sneaky(dict):\n    def get(self, key, default=None):\n        return None\n"
+     "self._progress_bar_config = Sneaky(bar_format='{desc[0]}')\nself.progress_bar(total=1)",
+     "argument.format-traversal"),
+    ("config-get-list-append", "self.unet.config.get('block_out_channels').append(1)", "write.host-state"),
+    ("config-values-append", "for v in self.unet.config.values():\n    if isinstance(v, list):\n        v.append(1)",
+     "write.host-state"),
+    ("ordereddict-clear-config", "import collections\ncollections.OrderedDict.clear(self.scheduler.config)",
+     "call.unbound-host-method"),
+    ("config-ior", "c = self.unet.config\nc |= {'sample_size': 1}", "write.host-state"),
     ("deprecate-take-from", "from diffusers.utils import deprecate\n"
      "deprecate(('__globals__', '9.0', ''), take_from=self.register_modules, standard_warn=False)",
      "argument.take-from"),
@@ -212,6 +224,7 @@ CALL_TIME = [
      "call.modifies-host-object"),
     ("wraps-host-object", "import functools\nfunctools.wraps(lambda: 1)(self.unet)", "call.modifies-host-object"),
     ("dataclass-host-class", "import dataclasses\ndataclasses.dataclass(DiffusionPipeline)", "call.modifies-host-object"),
+    ("deepcopy-memo", "import copy\nmemo = {}\ncopy.deepcopy(self.unet, memo)", "argument.memo"),
     ("hasattr-denied-probe", "hasattr(self.unet, 'register_forward_hook')", "attribute.denied"),
     ("set-processor", "for m in self.unet.modules():\n    m.set_processor(None)", "attribute.denied"),
 ]
@@ -466,7 +479,7 @@ DUNDER_KEY_PRODUCERS = [
     ("output-first-field", "from diffusers.pipelines.pipeline_utils import ImagePipelineOutput\n"
      f"x = ImagePipelineOutput(images={{'__array_interface__': {ARRAY_INTERFACE}}})"),
     ("model-output", "from transformers.modeling_outputs import BaseModelOutput\n"
-     f"x = BaseModelOutput(last_hidden_state={{'__reduce_ex__': 1}})"),
+     "x = BaseModelOutput(last_hidden_state={'__reduce_ex__': 1})"),
     ("batch-encoding", "from transformers import BatchEncoding\nx = BatchEncoding({'__array_interface__': 1})"),
     ("enum-functional", "import enum\nx = enum.Enum('E', {'a': 1, '__array_interface__': 5})"),
     ("enum-functional-str", "import enum\nx = enum.Enum('E', 'a __array_interface__')"),
@@ -478,6 +491,10 @@ DUNDER_KEY_PRODUCERS = [
      "x = Out(images=[1])\nx['__array_interface__'] = 1"),
     ("from-config-keys", "from diffusers import DDPMScheduler\n"
      "x = DDPMScheduler.from_config({'__array_interface__': 1})"),
+    ("own-module-registry", "class M(torch.nn.Module):\n    def __init__(self):\n        super().__init__()\n"
+     "        self._parameters['__array_interface__'] = {}\nM()"),
+    ("subclass-forwarding-class", "from transformers import BatchEncoding\nclass B(BatchEncoding):\n    pass\n"),
+    ("enum-without-members", "import enum\nclass Base(enum.Enum):\n    pass\n"),
 ]
 
 
@@ -485,7 +502,9 @@ DUNDER_KEY_PRODUCERS = [
 def test_dunder_keys_never_become_attributes(label, body):
     with pytest.raises(PolicyViolation) as info:
         load_class(_pipeline("pass", body))
-    assert info.value.rule in ("argument.dunder-key", "call.dunder-keyword"), info.value.what
+    assert info.value.rule in (
+        "argument.dunder-key", "call.dunder-keyword", "attribute.denied", "class.bases", "class.enum-without-members"
+    ), info.value.what
 
 
 def test_key_checked_classes_still_work_normally(components):
@@ -501,3 +520,25 @@ def test_key_checked_classes_still_work_normally(components):
         module,
     ))
     assert cls(*components)() == ([1, 2], [1, 2], 1, 1, True, True)
+
+
+def test_modular_pipelines_cannot_be_built_in_the_sandbox(components, tmp_path):
+    cls = load_class(_pipeline("ModularPipeline(pretrained_model_name_or_path=canary)",
+                               "from diffusers import ModularPipeline\n"))
+    with pytest.raises(PolicyViolation) as info:
+        cls(*components)(canary=str(tmp_path))
+    assert info.value.rule == "construct.file-reading-class"
+
+
+def test_stdlib_logging_gives_the_sandbox_logger(components, caplog):
+    import logging as std_logging
+
+    cls = load_class(_pipeline(
+        "log = logging.getLogger(__name__)\nlog.warning('x=%s', 3)\nreturn log.isEnabledFor(logging.WARNING)",
+        "import logging\n",
+    ))
+    with caplog.at_level(std_logging.WARNING):
+        assert cls(*components)() is True
+    assert "x=3" in caplog.text
+    with pytest.raises(PolicyViolation):
+        load_class(_pipeline("pass", "import logging\nlogging.Formatter('{0.__class__}', style='{')\n"))

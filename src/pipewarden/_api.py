@@ -254,6 +254,10 @@ def load_pipeline(
     if _remote_code_disabled() or trust_remote_code is not True:
         _admit_precheck(custom_pipeline, trust_remote_code)
 
+    if isolation == "process":  # boot the fork server while we resolve and hash
+        from pipewarden.sandbox.isolation import prestart
+
+        prestart()
     allow = _load_allowlist(allowlist)
     lock = _load_lock(lockfile)
     code = _resolve_code(custom_pipeline, revision=custom_revision)

@@ -218,7 +218,9 @@ def build_world(root: Path, weights: Path) -> World:
         def forward(self, x):
             return x + 1
 
-    torch.jit.save(torch.jit.script(_Tiny()), str(evil / "evil_jit.pt"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated, still loadable
+        torch.jit.save(torch.jit.script(_Tiny()), str(evil / "evil_jit.pt"))
 
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.bind(("127.0.0.1", 0))
@@ -950,6 +952,7 @@ def observe(world: World, source: str, mode: str, *, call_kwargs: dict | None = 
     result: Any = None
     exc: BaseException | None = None
     closer: Callable[[], Any] | None = None
+    stream: Any = None
     root.addHandler(handler)
     try:
         with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
@@ -967,6 +970,12 @@ def observe(world: World, source: str, mode: str, *, call_kwargs: dict | None = 
                 stage = "call"
                 result = pipe(**(call_kwargs or {}))
                 stage = "done"
+                if isinstance(result, types.GeneratorType):
+                    # A user consumes a returned stream: that runs sandboxed code from host code.
+                    stage = "consume"
+                    stream = result  # kept alive until after the snapshot, like a user's variable
+                    result = next(stream)
+                    stage = "done"
             except BaseException as e:  # noqa: BLE001 - everything is evidence here
                 if isinstance(e, KeyboardInterrupt):
                     raise
@@ -978,6 +987,7 @@ def observe(world: World, source: str, mode: str, *, call_kwargs: dict | None = 
     finally:
         root.removeHandler(handler)
     after = take_snapshot(unet, components)
+    del stream
     violations = compare(before, after, process_mode=(mode == "process"))
     entries = world.canary_entries()
     if entries:

@@ -1606,6 +1606,73 @@ class Config(dict):
     """,
 )
 
+# ---- ninth round: a returned stream, resumed by the host ------------------------------------------
+add(
+    "returned_generator_resumed_by_host_leaks_no_grad",
+    "__call__ returns a generator; the host's next() leaves it suspended inside torch.no_grad()",
+    STATE,
+    module="""
+    def stream():
+        with torch.no_grad():
+            yield torch.zeros(1)
+            yield torch.zeros(1)
+    """,
+    call="return stream()",
+)
+
+# ---- tenth round: copy.deepcopy's memo keeps the ORIGINAL objects it walked ---------------------
+add(
+    "deepcopy_memo_harvests_real_hook_dict",
+    "copy.deepcopy(self.unet, memo): the real _forward_hooks OrderedDict, then .update() a hook into it",
+    HOOKS,
+    imports="import copy",
+    call="""
+    memo = {}
+    copy.deepcopy(self.unet, memo)
+    for original in memo[id(memo)]:
+        if isinstance(original, dict) and "_forward_hooks" in original and "conv_in" in original.get("_modules", {}):
+            original.get("_forward_hooks").update({4245: lambda module, args, output: None})
+    """,
+)
+
+add(
+    "deepcopy_memo_harvests_real_modules_dict",
+    "copy.deepcopy(self.unet, memo): the real _modules OrderedDict, then .update() swaps a host submodule",
+    STATE,
+    imports="import copy",
+    call="""
+    memo = {}
+    copy.deepcopy(self.unet, memo)
+    for original in memo[id(memo)]:
+        if isinstance(original, dict) and "_forward_hooks" in original and "conv_in" in original.get("_modules", {}):
+            original.get("_modules").update({"conv_act": torch.nn.Identity()})
+    """,
+)
+
+# ---- eleventh round: dunder attributes through mappings that become attributes ------------------
+add(
+    "baseoutput_positional_dict_array_interface",
+    "diffusers BaseOutput({'__array_interface__': ...}) (a positional mapping, no dunder keyword)",
+    STATE,
+    imports="import numpy as np\nfrom diffusers.utils import BaseOutput",
+    call="""
+    name = self.config_name
+    interface = {"data": (id(name) + 48, False), "shape": (len(name),), "typestr": "|u1", "version": 3}
+    view = np.asarray(BaseOutput({"__array_interface__": interface}))
+    view[0] = 77
+    """,
+)
+add(
+    "modeloutput_pairs_reduce_ex_copy",
+    "transformers ModelOutput([('__reduce_ex__', recipe)]) + copy.copy: host setattr on a host class",
+    STATE,
+    imports="import copy\nfrom transformers.utils import ModelOutput",
+    call="""
+    recipe = lambda proto: ((lambda: DiffusionPipeline), (), (None, {"save_pretrained": None}))
+    copy.copy(ModelOutput([("__reduce_ex__", recipe)]))
+    """,
+)
+
 PAYLOADS: tuple[Payload, ...] = tuple(_P)
 assert len({p.id for p in PAYLOADS}) == len(PAYLOADS), "duplicate payload ids"
 

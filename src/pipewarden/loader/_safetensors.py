@@ -20,6 +20,7 @@ import json
 import math
 import os
 import queue
+import stat
 import sys
 import threading
 from typing import Any
@@ -49,8 +50,12 @@ _DTYPE_NAMES = {
 
 def read_and_hash(path: str | os.PathLike[str]) -> tuple[bytearray, str]:
     """Read the whole file into a private buffer; return it with the sha256 of exactly its bytes."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+    # Symlinks are followed: the HF cache's snapshot entries are links into blobs/. What is
+    # trusted is the digest of the bytes read, not the path.
+    fd = os.open(path, os.O_RDONLY)
     with os.fdopen(fd, "rb", buffering=0) as fh:
+        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+            raise InputError(f"{os.fspath(path)} is not a regular file", rule="weights are regular files")
         size = os.fstat(fh.fileno()).st_size
         buf = bytearray(size)
         view = memoryview(buf)

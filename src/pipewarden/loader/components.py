@@ -290,7 +290,7 @@ def _load_safetensors(root: Path, relpath: str, *, expected, digests_out) -> dic
     except OSError as exc:
         raise InputError(
             f"cannot read {path}: {exc.strerror}",
-            rule="weights must be readable regular files (not symlinks)",
+            rule="weights must be readable regular files",
             fix="check the weights directory",
         ) from None
     _compare(relpath, digest, expected)  # raises before any tensor exists

@@ -262,10 +262,11 @@ class KeyCheckedClass:
     BatchEncoding, Enum's functional API): constructing checks the keys; subclassing, isinstance and
     annotations work as with the class itself."""
 
-    __slots__ = ("_pw_cls",)
+    __slots__ = ("_pw_cls", "_pw_subclassable")
 
-    def __init__(self, cls: type) -> None:
+    def __init__(self, cls: type, subclassable: bool = True) -> None:
         object.__setattr__(self, "_pw_cls", cls)
+        object.__setattr__(self, "_pw_subclassable", subclassable)
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         cls = object.__getattribute__(self, "_pw_cls")
@@ -277,7 +278,12 @@ class KeyCheckedClass:
         return cls(*args, **kwargs)
 
     def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
-        return (object.__getattribute__(self, "_pw_cls"),)
+        cls = object.__getattribute__(self, "_pw_cls")
+        if not object.__getattribute__(self, "_pw_subclassable"):
+            raise _violation(
+                f"subclassing {_tname(cls)} (it forwards or copies keys into attributes)", "class.bases"
+            )
+        return (cls,)
 
     def __instancecheck__(self, obj: Any) -> bool:
         return isinstance(obj, object.__getattribute__(self, "_pw_cls"))
@@ -565,6 +571,17 @@ class Sandbox:
         except TypeError:
             return False
 
+    def _key_class_subclassable(self, cls: type) -> bool:
+        allowed = tuple(
+            t for t in (_resolve_type_path(p) for p in self.policy.attribute_key_subclassable) if t is not None
+        )
+        forwarding = tuple(
+            t
+            for t in (_resolve_type_path(p) for p in self.policy.attribute_key_bases)
+            if t is not None and t not in allowed
+        )
+        return bool(allowed) and issubclass(cls, allowed) and not issubclass(cls, forwarding)
+
     def _keys_become_attributes(self, cls: type) -> bool:
         bases = self._attribute_key_types
         if bases is None:
@@ -678,7 +695,7 @@ class Sandbox:
         if isinstance(value, type) and self._no_construct(value):
             return ClassRef(value)
         if isinstance(value, type) and self._keys_become_attributes(value):
-            return KeyCheckedClass(value)
+            return KeyCheckedClass(value, self._key_class_subclassable(value))
         if name in rule.suspend_tripwire and callable(value):
             return _suspending(value)
         return value
@@ -710,27 +727,36 @@ class Sandbox:
 
             return factory
         if impl == "format-checked":
-            try:
-                signature = inspect.signature(target)
-            except (TypeError, ValueError):  # pragma: no cover
-                signature = None
+            signature = _signature_naming(target, "bar_format")
+            leading = (None,) if isinstance(target, type) else ()
 
             def checked(*args: Any, **kwargs: Any) -> Any:
+                # bar_format may come by keyword or by position (tqdm's 16th parameter)
                 bound: dict[str, Any] = dict(kwargs)
+                if signature is None and args:
+                    raise _violation(f"{where} with positional arguments", "argument.format-traversal")
                 if signature is not None:
                     try:
-                        bound = dict(signature.bind_partial(*args, **kwargs).arguments)
+                        bound = dict(signature.bind_partial(*leading, *args, **kwargs).arguments)
                     except TypeError:
-                        pass
-                    extra = bound.get("kwargs")
-                    if isinstance(extra, dict):
-                        bound.update(extra)
+                        raise _violation(f"{where} with arguments that do not match its signature",
+                                         "argument.format-traversal") from None
+                    for param in signature.parameters.values():
+                        if param.kind is inspect.Parameter.VAR_KEYWORD and isinstance(bound.get(param.name), dict):
+                            bound.update(bound.pop(param.name))
                 _check_bar_format(bound, where)
                 return target(*args, **kwargs)
 
             return checked
         if impl == "grad-mode":
             return _GradMode
+        if impl == "deepcopy-no-memo":
+            def deepcopy(x: Any, *args: Any, **kwargs: Any) -> Any:
+                if args or kwargs:
+                    raise _violation(f"{where} with a memo dict (it would hold the originals' state)", "argument.memo")
+                return target(x)
+
+            return deepcopy
         if impl == "deprecate-checked":
             # diffusers.utils.deprecate(take_from=x) does getattr(x, name) / x.pop(name) with names
             # the caller chooses: only a plain dict (the pipeline's own kwargs) may be given.
@@ -1337,7 +1363,15 @@ class Sandbox:
         with tripwire.suspended():
             cls = meta(name, bases, ns, **kwds)
         if self._keys_become_attributes(cls):
-            _install_checked_post_init(cls)
+            if not self._key_class_subclassable(cls):
+                raise _violation(f"class {name} derives from a class that turns keys into attributes", "class.bases")
+            if isinstance(cls, enum.EnumMeta) and not cls.__members__:
+                raise _violation(
+                    f"enum {name} has no members (its functional API would set arbitrary class attributes)",
+                    "class.enum-without-members",
+                )
+            if not isinstance(cls, enum.EnumMeta):
+                _install_checked_post_init(cls)
         self._classes.add(cls)
         self._owned_type_cache.clear()
         self._decisions.clear()
@@ -1592,6 +1626,20 @@ def _no_custom_attribute_lists(where: str, args: tuple[Any, ...], kwargs: Mappin
         raise _violation(f"{where} with custom assigned/updated attribute lists", "argument.attribute-list")
 
 
+def _signature_naming(target: Any, param: str) -> inspect.Signature | None:
+    """The signature that names ``param`` explicitly: tqdm.auto's class takes ``*args`` and passes
+    them on to tqdm.std.tqdm.__init__, whose parameters decide where a positional argument lands."""
+    candidates = [c.__init__ for c in target.__mro__] if isinstance(target, type) else [target]  # type: ignore[misc]
+    for fn in candidates:
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):
+            continue
+        if param in sig.parameters:
+            return sig
+    return None
+
+
 def _first_field_check(obj: Any, where: str) -> None:
     fields = getattr(type(obj), "__dataclass_fields__", None)
     if isinstance(fields, dict) and fields:
@@ -1610,7 +1658,7 @@ def _install_checked_post_init(cls: type) -> None:
         if own is not None:
             own(self)
         else:
-            super(cls, self).__post_init__()
+            super(cls, self).__post_init__()  # type: ignore[arg-type]
 
     type.__setattr__(cls, "__post_init__", __post_init__)
 

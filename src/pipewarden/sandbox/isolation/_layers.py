@@ -172,6 +172,17 @@ def python_read_paths() -> tuple[str, ...]:
                 continue
     paths.extend(p for p in sys.path if p and ("site-packages" in p or "dist-packages" in p or "lib-dynload" in p))
     paths.append(os.path.dirname(os.path.dirname(os.path.abspath(pipewarden.__file__))))
+    # The install locations of the packages already imported by the host (torch, diffusers,
+    # RestrictedPython, ...): the folder holding each top-level package, wherever it was
+    # installed (a --target dir on PYTHONPATH, a vendored site dir), never a broad parent.
+    for name, module in list(sys.modules.items()):
+        if "." in name or module is None or name == "__main__":
+            continue
+        file = getattr(module, "__file__", None)
+        if not isinstance(file, str) or not os.path.isabs(file):
+            continue
+        pkg_dir = os.path.dirname(file)
+        paths.append(os.path.dirname(pkg_dir) if os.path.basename(file).startswith("__init__.") else pkg_dir)
     out: list[str] = []
     for p in paths:
         if not p or not os.path.isdir(p):
@@ -302,6 +313,9 @@ def landlock_rules(plan: LayerPlan) -> list[_landlock.Rule]:
     rules.append(_landlock.Rule("/dev/null", _landlock.READ_FILE | _landlock.WRITE_FILE | _landlock.TRUNCATE))
     rules.append(_landlock.Rule(plan.scratch, _landlock.fs_rights(99)))
     if plan.gpu:
+        # The CUDA driver opens files of its own /proc/<pid> for writing with O_TRUNC (measured on
+        # an H200: without WRITE_FILE|TRUNCATE there, cudaGetDeviceCount fails). Own process only.
+        rules.append(_landlock.Rule(pid_dir, _landlock.READ | _landlock.WRITE_FILE | _landlock.TRUNCATE))
         rules.extend(_landlock.Rule(p, _landlock.READ) for p in _GPU_READ)
         rules.extend(_landlock.Rule(p, _landlock.DEVICE_RW) for p in gpu_devices())
     return rules
@@ -326,14 +340,15 @@ def _apply_landlock(plan: LayerPlan) -> list[LayerStatus]:
     ]
 
 
-def _apply_seccomp() -> LayerStatus:
+def _apply_seccomp(plan: LayerPlan) -> LayerStatus:
     if sc.ARCH is None:
         return LayerStatus("seccomp", False, "unsupported architecture")
     try:
-        count = _seccomp.install(sc.ARCH)
+        count = _seccomp.install(sc.ARCH, allow_unix_sockets=plan.gpu)
     except OSError as exc:
         return LayerStatus("seccomp", False, f"filter refused: {exc.strerror or exc}")
-    return LayerStatus("seccomp", True, f"{sc.ARCH}: {count} syscalls denied, no fork/exec/sockets")
+    sockets = "AF_UNIX sockets only (GPU)" if plan.gpu else "no sockets"
+    return LayerStatus("seccomp", True, f"{sc.ARCH}: {count} syscalls denied, no fork/exec, {sockets}")
 
 
 def apply_all(plan: LayerPlan) -> tuple[LayerStatus, ...]:
@@ -363,7 +378,7 @@ def apply_all(plan: LayerPlan) -> tuple[LayerStatus, ...]:
     else:
         out.extend(_apply_landlock(plan))
     if not skipped("seccomp"):
-        out.append(_apply_seccomp())
+        out.append(_apply_seccomp(plan))
     return tuple(out)
 
 

@@ -91,8 +91,14 @@ def denied_syscalls(arch: str) -> tuple[str, ...]:
     return _COMMON_DENY + _ARCH_ONLY_DENY[arch]
 
 
-def build_filter(arch: str) -> bytes:
-    """The BPF program (bytes of sock_filter) for ``arch``."""
+def build_filter(arch: str, *, allow_unix_sockets: bool = False) -> bytes:
+    """The BPF program (bytes of sock_filter) for ``arch``.
+
+    ``allow_unix_sockets`` (GPU workers only): ``socket(AF_UNIX, ...)`` is allowed, every other
+    family still refused. The CUDA driver fails to initialise without an AF_UNIX socket (measured
+    on an H200: any errno from ``socket`` breaks ``cudaGetDeviceCount``). The worker has its own
+    network namespace and Landlock's TCP denial; a unix socket reaches only paths it can see.
+    """
     nums = _NUMBERS[arch]
     eperm = _RET_ERRNO | errno.EPERM
     enosys = _RET_ERRNO | errno.ENOSYS
@@ -104,6 +110,12 @@ def build_filter(arch: str) -> bytes:
     prog.append(_insn(_LD_W_ABS, 0, 0, 0))  # nr
     if arch == "x86_64":
         prog.append(_insn(_JGE_K, 0, 1, _X32_BIT))
+        prog.append(_insn(_RET_K, 0, 0, eperm))
+    if allow_unix_sockets:
+        prog.append(_insn(_JEQ_K, 0, 4, nums["socket"]))
+        prog.append(_insn(_LD_W_ABS, 0, 0, 16))  # low word of args[0] = domain
+        prog.append(_insn(_JEQ_K, 0, 1, 1))  # AF_UNIX
+        prog.append(_insn(_RET_K, 0, 0, _RET_ALLOW))
         prog.append(_insn(_RET_K, 0, 0, eperm))
     for nr in deny:
         prog.append(_insn(_JEQ_K, 0, 1, nr))
@@ -123,13 +135,13 @@ class _SockFprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
 
 
-def install(arch: str) -> int:
+def install(arch: str, *, allow_unix_sockets: bool = False) -> int:
     """Install the filter on the calling thread (and its future threads); returns the deny count.
 
     ``no_new_privs`` must already be set. Must run before any other thread exists in the process
     (seccomp filters are per thread; we do not use TSYNC so that failure is visible).
     """
-    program = build_filter(arch)
+    program = build_filter(arch, allow_unix_sockets=allow_unix_sockets)
     buf = ctypes.create_string_buffer(program, len(program))
     fprog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
     sc.prctl(sc.PR_SET_SECCOMP, sc.SECCOMP_MODE_FILTER, ctypes.addressof(fprog))

@@ -110,6 +110,7 @@ class SandboxPolicy:
     types: tuple[TypeRule, ...]
     no_construct_bases: tuple[str, ...] = ()
     attribute_key_bases: tuple[str, ...] = ()
+    attribute_key_subclassable: tuple[str, ...] = ()
     extras: tuple[str, ...] = ()
 
     @property
@@ -258,6 +259,9 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         types=types,
         no_construct_bases=_strs(doc.get("no_construct", {}).get("bases", []), "no_construct.bases"),
         attribute_key_bases=_strs(doc.get("attribute_keys", {}).get("bases", []), "attribute_keys.bases"),
+        attribute_key_subclassable=_strs(
+            doc.get("attribute_keys", {}).get("subclassable", []), "attribute_keys.subclassable"
+        ),
     )
 
 
