@@ -111,3 +111,27 @@ def test_lockfile_without_entry_for_this_code(tiny_weights, example_pipeline, tm
     write_lock(lock, [entry_for_local_code(other), entry_for_local_weights(tiny_weights)])
     with pytest.raises(IntegrityError):
         _load(tiny_weights, example_pipeline.parent, lockfile=lock)
+
+
+def test_allowlist_required_layers_are_parsed_and_checked(tiny_weights, signed_pipeline):
+    from pipewarden.errors import InputError
+    from pipewarden.registry.allowlist import KNOWN_LAYERS
+    from pipewarden.sandbox.isolation import LAYER_NAMES
+
+    assert set(KNOWN_LAYERS) == set(LAYER_NAMES)
+    code, alice, bob = signed_pipeline
+    with pytest.raises(InputError):
+        allowlist({"alice": alice}, [("local:**", ["alice"], 1)], policy='[policy]\nrequired_isolation = "process"\nrequired_layers = ["moat"]')
+    with pytest.raises(InputError):
+        allowlist({"alice": alice}, [("local:**", ["alice"], 1)], policy='[policy]\nrequired_layers = ["seccomp"]')
+    allow = allowlist(
+        {"alice": alice},
+        [("local:**", ["alice"], 1)],
+        policy='[policy]\nrequired_isolation = "process"\nrequired_layers = ["seccomp", "landlock-fs", "env"]',
+    )
+    assert allow.policy.required_layers == ("env", "landlock-fs", "seccomp")
+    with pipewarden.load_pipeline(tiny_weights, custom_pipeline=code, trust_remote_code=True, allowlist=allow) as pipe:
+        active = {s.name for s in pipe.layers if s.active}
+        assert {"seccomp", "landlock-fs", "env"} <= active
+        torch.manual_seed(0)
+        assert pipe().shape == (1, 3, 8, 8)

@@ -49,6 +49,7 @@ class AdmittedCode:
     import_aliases: Mapping[str, str] = field(default_factory=dict)
     extra_modules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     required_isolation: str | None = None
+    required_layers: tuple[str, ...] = ()
 
     def source_text(self) -> str:
         """The exact admitted bytes, re-hashed right before they are handed to the compiler."""
@@ -183,6 +184,7 @@ def _admit(
         import_aliases=MappingProxyType(aliases),
         extra_modules=MappingProxyType(dict(decision.extra_modules)),
         required_isolation=decision.required_isolation,
+        required_layers=tuple(decision.required_layers),
     )
 
 
@@ -397,6 +399,7 @@ def _run_in_worker(
         policy_extras={k: list(v) for k, v in admitted.extra_modules.items()} or None,
         import_aliases=dict(admitted.import_aliases) or None,
         limits=limits,
+        required_layers=set(admitted.required_layers) or None,
     )
     report("worker", "pipeline loaded in an isolated worker process")
     return handle

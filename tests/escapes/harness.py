@@ -13,12 +13,17 @@ The world (built once per session) holds
 
 Detectors compare host state before and after a run: module and class dictionaries (identity of
 every value), ``builtins``, ``sys`` hooks and paths, ``os.environ``, cwd, signal handlers, torch
-global flags, logging handlers, threads, child processes and the UNet's hooks. ``Observation``
+global flags and modes (grad, inference, autocast), ``warnings.filters``, logging handlers, threads,
+child processes, the contents of list/dict class attributes, the bytes of a host str constant (raw
+memory writes), the components' configs and every UNet submodule's attributes and hooks. ``Observation``
 lists every violation as text; an empty list means no side effect was seen.
 
-Runners: ``plain`` (unsandboxed ``exec``: used only by the self-tests, to prove the detectors and
-the payloads are live), ``inprocess`` (``pipewarden.sandbox.load_class``) and ``process``
-(``pipewarden.load_pipeline(..., isolation="process")``).
+Runners (``observe(world, source, mode)``): ``plain`` (unsandboxed ``exec``: used only by the
+self-tests, to prove the detectors and the payloads are live), ``inprocess``
+(``pipewarden.sandbox.load_class`` + construct + call), ``api``
+(``pipewarden.load_pipeline(..., isolation="inprocess")`` with our own components) and ``process``
+(``pipewarden.load_pipeline(..., isolation="process")``). A generator returned by ``__call__`` is
+advanced once, as a user consuming a stream would.
 """
 
 from __future__ import annotations

@@ -138,6 +138,13 @@ class SourceRule:
         return glob_match(self.pattern, source)
 
 
+#: Names of the worker confinement layers (``pipewarden.sandbox.isolation.LAYER_NAMES``; a test
+#: keeps the two in sync without importing the isolation package here).
+KNOWN_LAYERS: tuple[str, ...] = (
+    "env", "netns", "uid", "rlimits", "landlock-fs", "landlock-net", "landlock-scope", "seccomp", "tripwire", "wall-clock",
+)
+
+
 @dataclass(frozen=True)
 class AllowlistPolicy:
     """Sandbox settings an organisation adds: a minimum isolation mode and extra modules/aliases."""
@@ -145,12 +152,15 @@ class AllowlistPolicy:
     required_isolation: str | None = None
     extra_modules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     import_aliases: Mapping[str, str] = field(default_factory=dict)
+    #: Worker confinement layers that must be active (names as in ``pipewarden doctor``).
+    required_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(
             self, "extra_modules", MappingProxyType({k: tuple(v) for k, v in self.extra_modules.items()})
         )
         object.__setattr__(self, "import_aliases", MappingProxyType(dict(self.import_aliases)))
+        object.__setattr__(self, "required_layers", tuple(sorted(set(self.required_layers))))
 
     def allows_isolation(self, mode: str) -> bool:
         if self.required_isolation is None:
@@ -287,6 +297,7 @@ class Allowlist:
             required_isolation=iso,
             extra_modules={k: tuple(v) for k, v in extra.items()},
             import_aliases=dict(aliases),
+            required_layers=pol.required_layers,
         )
         return self._bumped(policy=new)
 
@@ -305,6 +316,8 @@ class Allowlist:
             pol["extra_modules"] = {k: list(v) for k, v in self.policy.extra_modules.items()}
         if self.policy.import_aliases:
             pol["import_aliases"] = dict(self.policy.import_aliases)
+        if self.policy.required_layers:
+            pol["required_layers"] = list(self.policy.required_layers)
         if pol:
             doc["policy"] = pol
         if self.signers:
@@ -515,7 +528,7 @@ def _parse(doc: Mapping[str, Any], *, sha256: str, origin: str) -> Allowlist:
 
 def _parse_policy(raw: Any, where: str) -> AllowlistPolicy:
     t = _table(raw, where)
-    _keys(t, {"required_isolation", "extra_modules", "import_aliases"}, set(), where)
+    _keys(t, {"required_isolation", "extra_modules", "import_aliases", "required_layers"}, set(), where)
     iso = t.get("required_isolation")
     if iso is not None and iso not in ISOLATION_MODES:
         raise _bad(
@@ -546,4 +559,16 @@ def _parse_policy(raw: Any, where: str) -> AllowlistPolicy:
                 "dotted Python identifiers",
             )
         aliases[alias] = target
-    return AllowlistPolicy(required_isolation=iso, extra_modules=extra, import_aliases=aliases)
+    layers = tuple(_str(x, f"{where}.required_layers[]", max_len=40) for x in _array(t.get("required_layers", []), f"{where}.required_layers"))
+    unknown = sorted(set(layers) - set(KNOWN_LAYERS))
+    if unknown:
+        raise _bad(
+            f"{where}.required_layers names unknown layers {unknown}",
+            f"layer names are those `pipewarden doctor` prints: {', '.join(KNOWN_LAYERS)}",
+        )
+    if layers and iso != "process":
+        raise _bad(
+            f"{where}.required_layers is set but required_isolation is not \"process\"",
+            "worker layers can only be demanded together with required_isolation = \"process\"",
+        )
+    return AllowlistPolicy(required_isolation=iso, extra_modules=extra, import_aliases=aliases, required_layers=layers)

@@ -62,6 +62,7 @@ class TrustDecision:
     required_isolation: str | None = None
     extra_modules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     import_aliases: Mapping[str, str] = field(default_factory=dict)
+    required_layers: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "extra_modules", MappingProxyType(dict(self.extra_modules)))
@@ -187,6 +188,7 @@ def decide(
         required_isolation=allow.required_isolation if allow is not None else None,
         extra_modules=allow.extra_modules if allow is not None else {},
         import_aliases=allow.import_aliases if allow is not None else {},
+        required_layers=allow.policy.required_layers if allow is not None else (),
     )
 
 
