@@ -249,3 +249,17 @@ def test_layer_plan_round_trips_through_json():
     plan = LayerPlan(scratch="/s", read_paths=("/a", "/b"), memory_mb=1, cpu_s=2, file_size_mb=3, open_files=4, processes=5, gpu=True, skip=frozenset({"seccomp"}))
     assert LayerPlan.from_json(plan.to_json()) == plan
     assert "wall-clock" in LAYER_NAMES
+
+
+def test_frozen_config_never_exposes_underscore_keys_as_attributes():
+    import numpy as np
+
+    from pipewarden.sandbox.isolation._messages import FrozenConfig
+
+    cfg = FrozenConfig({"__array_interface__": {"data": (0, False), "shape": (8,), "typestr": "|u1", "version": 3}, "x": 1})
+    assert cfg.x == 1
+    assert cfg["__array_interface__"]["shape"] == (8,) or cfg["__array_interface__"]["shape"] == [8]
+    with pytest.raises(AttributeError):
+        cfg.__array_interface__  # noqa: B018
+    assert not hasattr(cfg, "__array_interface__")
+    assert np.asarray(cfg).dtype.kind == "U"  # numpy sees the keys, never a raw-memory interface

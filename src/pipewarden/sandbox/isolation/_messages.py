@@ -60,6 +60,10 @@ class FrozenConfig(Mapping):
         return len(self._data)
 
     def __getattr__(self, name: str) -> Any:
+        # Worker-chosen keys never become protocol attributes (e.g. "__array_interface__",
+        # which numpy would use to read raw host memory): underscore names stay item-only.
+        if name.startswith("_"):
+            raise AttributeError(name)
         try:
             return self._data[name]
         except KeyError:
