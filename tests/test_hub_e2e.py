@@ -184,3 +184,22 @@ def test_hub_weights_in_isolated_worker(world: SimpleNamespace) -> None:
         close = getattr(pipe, "close", None)
         if callable(close):
             close()
+
+
+def test_lock_cli_locks_hub_sources_and_load_enforces_them(world: SimpleNamespace, tmp_path: Path) -> None:
+    from pipewarden.cli import main
+
+    lock = tmp_path / "pipewarden.lock"
+    assert main(["lock", "--weights", "org/weights", "--custom-pipeline", "org/code", "--out", str(lock)]) == 0
+    text = lock.read_text()
+    assert world.weights_commit in text and world.code_commit in text
+    pipe = pipewarden.load_pipeline(
+        "org/weights", custom_pipeline="org/code", trust_remote_code=True, lockfile=lock, isolation="inprocess"
+    )
+    _run(pipe)
+    # The branch moves to new code: the lock (not a sha256 argument) refuses it.
+    world.hub.add_commit("org/code", {"pipeline.py": SOURCE + b"\\n# changed\\n", "README.md": b"# code\\n"})
+    with pytest.raises(IntegrityError):
+        pipewarden.load_pipeline(
+            "org/weights", custom_pipeline="org/code", trust_remote_code=True, lockfile=lock, isolation="inprocess"
+        )

@@ -83,7 +83,7 @@ def _classify_code(spec: str) -> Literal["local", "hub", "community"]:
     raise ValueError(f"custom_pipeline {spec!r} is neither an existing path, a hub repo id nor a community name")
 
 
-def _resolve_code(spec: str | os.PathLike[str], *, revision: str | None) -> CodeSource:
+def _resolve_code(spec: str | os.PathLike[str], *, revision: str | None, token: Any = None) -> CodeSource:
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec:
@@ -95,10 +95,10 @@ def _resolve_code(spec: str | os.PathLike[str], *, revision: str | None) -> Code
         return resolve_local_code(spec)
     from pipewarden.loader import hub
 
-    return hub.resolve_code(spec, kind=kind, revision=revision)
+    return hub.resolve_code(spec, kind=kind, revision=revision, token=token)
 
 
-def _resolve_weights(spec: str | os.PathLike[str], *, revision: str | None) -> Snapshot:
+def _resolve_weights(spec: str | os.PathLike[str], *, revision: str | None, token: Any = None) -> Snapshot:
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec:
@@ -109,7 +109,7 @@ def _resolve_weights(spec: str | os.PathLike[str], *, revision: str | None) -> S
         return resolve_local_weights(spec)
     from pipewarden.loader import hub
 
-    return hub.resolve_weights(spec, revision=revision)
+    return hub.resolve_weights(spec, revision=revision, token=token)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +231,7 @@ def load_pipeline(
     limits: Limits | None = None,
     torch_dtype: Any = None,
     import_aliases: Mapping[str, str] | None = None,
+    token: Any = None,
     on_gate: GateReporter | None = None,
     **components: Any,
 ) -> Any:
@@ -243,6 +244,7 @@ def load_pipeline(
     signatures). ``isolation="process"`` (default) runs it in a locked-down worker;
     ``"inprocess"`` runs it here under the restricted sandbox. Extra keyword arguments are
     components passed to the pipeline as they are (like diffusers' ``from_pretrained``).
+    ``token`` is passed to huggingface_hub for private or gated repos (never to the worker).
     """
     if isolation not in ("process", "inprocess"):
         raise ValueError(f"isolation must be 'process' or 'inprocess', got {isolation!r}")
@@ -262,9 +264,9 @@ def load_pipeline(
         prestart()
     allow = _load_allowlist(allowlist)
     lock = _load_lock(lockfile)
-    code = _resolve_code(custom_pipeline, revision=custom_revision)
+    code = _resolve_code(custom_pipeline, revision=custom_revision, token=token)
     report("code", f"read {code.module_relpath} from {code.source_id} ({len(code.source_bytes)} bytes, sha256 {code.sha256})")
-    weights = _resolve_weights(pretrained, revision=revision)
+    weights = _resolve_weights(pretrained, revision=revision, token=token)
     report("weights", f"{weights.source}" + (f" @ {weights.commit}" if weights.commit else ""))
 
     expected: dict[str, str] = {k: v.sha256 for k, v in weights.files.items() if v.sha256}

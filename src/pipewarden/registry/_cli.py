@@ -85,9 +85,11 @@ def add_parsers(subparsers) -> None:
     a.add_argument("file", type=Path)
     a.set_defaults(func=_show)
 
-    p = subparsers.add_parser("lock", help="write pipewarden.lock for local weights and pipeline code")
-    p.add_argument("--weights", help="local weights directory")
-    p.add_argument("--custom-pipeline", help="local pipeline directory or .py file")
+    p = subparsers.add_parser("lock", help="write pipewarden.lock for weights and pipeline code (local or hub)")
+    p.add_argument("--weights", help="local weights directory or hub repo id")
+    p.add_argument("--custom-pipeline", help="local pipeline directory or .py file, hub repo id or community name")
+    p.add_argument("--revision", help="weights revision on the hub (resolved to a commit once)")
+    p.add_argument("--custom-revision", help="code revision on the hub (resolved to a commit once)")
     p.add_argument("--out", type=Path, default=Path("pipewarden.lock"))
     p.set_defaults(func=_lock)
 
@@ -262,30 +264,50 @@ def _show(args) -> int:
 
 
 def _lock(args) -> int:
-    from pipewarden.registry.lockfile import entry_for_local_code, entry_for_local_weights, write_lock
+    from pipewarden.registry.lockfile import LockEntry, entry_for_local_code, entry_for_local_weights, write_lock
 
     if not args.weights and not args.custom_pipeline:
         raise InputError(
             "nothing to lock",
             rule="lock needs --weights and/or --custom-pipeline",
-            fix="pipewarden lock --weights DIR --custom-pipeline DIR",
+            fix="pipewarden lock --weights DIR_OR_REPO --custom-pipeline DIR_OR_REPO",
         )
     entries = []
-    for value, make, what in (
-        (args.weights, entry_for_local_weights, "--weights"),
-        (args.custom_pipeline, entry_for_local_code, "--custom-pipeline"),
-    ):
-        if not value:
-            continue
-        if not Path(value).exists():
-            raise InputError(
-                f"{what} {value!r} is not a local path",
-                rule="`pipewarden lock` locks local paths; hub sources are locked when loaded",
-                fix="pass a local directory (or download the repo first)",
-            )
-        entries.append(make(value))
+    if args.weights:
+        if Path(args.weights).exists():
+            entries.append(entry_for_local_weights(args.weights))
+        else:
+            from pipewarden.loader import hub
+
+            if not hub.is_hub_repo_id(args.weights):
+                raise InputError(
+                    f"--weights {args.weights!r} is neither a local directory nor a hub repo id",
+                    rule="lock local paths or hub repos",
+                    fix="check the path or the repo id (org/name)",
+                )
+            snap = hub.resolve_weights(args.weights, revision=args.revision)
+            entries.append(LockEntry(source=snap.source, role="weights", files=dict(snap.digests()), commit=snap.commit))
+    if args.custom_pipeline:
+        if Path(args.custom_pipeline).exists():
+            entries.append(entry_for_local_code(args.custom_pipeline))
+        else:
+            from pipewarden.loader import hub
+
+            if hub.is_hub_repo_id(args.custom_pipeline):
+                kind = "hub"
+            elif hub.is_community_name(args.custom_pipeline):
+                kind = "community"
+            else:
+                raise InputError(
+                    f"--custom-pipeline {args.custom_pipeline!r} is not a local path, hub repo id or community name",
+                    rule="lock local paths, hub repos or community pipelines",
+                    fix="check the spelling",
+                )
+            code = hub.resolve_code(args.custom_pipeline, kind=kind, revision=args.custom_revision)
+            entries.append(LockEntry(source=code.source_id, role="code", files=dict(code.files), commit=code.commit))
     lock = write_lock(args.out, entries)
     for e in entries:
-        print(f"locked {e.role} {e.source}: {len(e.files)} file(s)")
+        at = f" @ {e.commit}" if e.commit else ""
+        print(f"locked {e.role} {e.source}{at}: {len(e.files)} file(s)")
     print(f"{args.out}: {len(lock.entries)} entr{'y' if len(lock.entries) == 1 else 'ies'}")
     return 0
