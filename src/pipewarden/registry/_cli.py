@@ -264,7 +264,12 @@ def _show(args) -> int:
 
 
 def _lock(args) -> int:
-    from pipewarden.registry.lockfile import LockEntry, entry_for_local_code, entry_for_local_weights, write_lock
+    from pipewarden.registry.lockfile import (
+        LockEntry,
+        entry_for_local_code,
+        entry_for_local_weights,
+        write_lock,
+    )
 
     if not args.weights and not args.custom_pipeline:
         raise InputError(
