@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import mmap
 import os
 import queue
 import stat
@@ -48,7 +49,26 @@ _DTYPE_NAMES = {
 }
 
 
-def read_and_hash(path: str | os.PathLike[str]) -> tuple[bytearray, str]:
+def _private_buffer(size: int) -> bytearray | mmap.mmap:
+    """A private, writable buffer for ``size`` bytes that nobody else can map or write.
+
+    Large buffers are anonymous mappings with transparent huge pages requested: no zero-fill
+    pass (``bytearray`` writes every byte once before the read does) and ~500x fewer page
+    faults, which is what lets reading keep up with hashing.
+    """
+    if size < 2 * CHUNK:
+        return bytearray(size)
+    buf = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+    advice = getattr(mmap, "MADV_HUGEPAGE", None)
+    if advice is not None:
+        try:
+            buf.madvise(advice)
+        except OSError:  # pragma: no cover - THP disabled: still correct, only slower
+            pass
+    return buf
+
+
+def read_and_hash(path: str | os.PathLike[str]) -> tuple[bytearray | mmap.mmap, str]:
     """Read the whole file into a private buffer; return it with the sha256 of exactly its bytes."""
     # Symlinks are followed: the HF cache's snapshot entries are links into blobs/. What is
     # trusted is the digest of the bytes read, not the path.
@@ -57,7 +77,7 @@ def read_and_hash(path: str | os.PathLike[str]) -> tuple[bytearray, str]:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
             raise InputError(f"{os.fspath(path)} is not a regular file", rule="weights are regular files")
         size = os.fstat(fh.fileno()).st_size
-        buf = bytearray(size)
+        buf = _private_buffer(size)
         view = memoryview(buf)
         digest = hashlib.sha256()
         if size < 2 * CHUNK:  # small: no thread
@@ -84,6 +104,7 @@ def read_and_hash(path: str | os.PathLike[str]) -> tuple[bytearray, str]:
                 ready.put(None)
                 worker.join()
         grew = fh.read(1)
+        view.release()
     if got != size or grew:
         raise InputError(
             f"{os.fspath(path)} changed size while it was read",
@@ -101,7 +122,7 @@ def _bad(where: str, why: str) -> InputError:
     )
 
 
-def parse(buf: bytearray, *, where: str) -> dict[str, Any]:
+def parse(buf: bytearray | mmap.mmap, *, where: str) -> dict[str, Any]:
     """Tensors as zero-copy views of ``buf`` (validated header; no code runs)."""
     import torch
 
