@@ -302,11 +302,24 @@ def _audit_bytes(raw: bytes, path: str, digest: str, options: AuditOptions) -> F
         ))
 
     # 5. Would it compile under the restricted policy? One finding per issue.
-    from pipewarden.sandbox.compile import check_compile
+    from pipewarden.sandbox.compile import check_compile_tree
+    from pipewarden.sandbox.scan import decode_source
 
+    # The sandbox also byte-compiles the restricted tree; errors only the compiler finds (``return``
+    # outside a function, bad ``nonlocal``, ...) are parse errors here too, reported when the
+    # restricted check finds nothing. The plain tree is compiled now, before the check transforms
+    # it in place; what compile() raised is used only where it would have been reached.
+    compile_error: Exception | None = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            compile(tree, path, "exec", dont_inherit=True)
+    except Exception as exc:
+        compile_error = exc
     issues: tuple[Any, ...] = ()
     try:
-        issues = check_compile(text, filename=path, policy=policy)
+        decode_source(text, filename=path)  # the sandbox's own text checks (size limit, ...)
+        issues = check_compile_tree(tree, filename=path, policy=policy)  # the audit's last use of tree
     except (RecursionError, MemoryError) as exc:
         what = "memory" if isinstance(exc, MemoryError) else "recursion depth"
         findings.append(_file_finding("PW004", f"the restricted compile check ran out of {what}"))
@@ -315,15 +328,10 @@ def _audit_bytes(raw: bytes, path: str, digest: str, options: AuditOptions) -> F
         rule_id = "PW002" if exc.rule == "scan.source-size" else "PW001"
         findings.append(_file_finding(rule_id, _one_line(exc.what).removeprefix(f"{path} ")))
         return _file_report(path, pipeline_class, candidates, findings, digest)
-    if not issues:
-        # The sandbox also byte-compiles the restricted tree; errors only the compiler finds
-        # (``return`` outside a function, bad ``nonlocal``, ...) are parse errors here too.
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                compile(tree, path, "exec", dont_inherit=True)
-        except SyntaxError as exc:
-            findings.append(_syntax_finding(exc, text))
+    if not issues and compile_error is not None:
+        if not isinstance(compile_error, SyntaxError):
+            raise compile_error
+        findings.append(_syntax_finding(compile_error, text))
     for issue in issues:
         findings.append(_file_finding(
             "PW050", f"{_one_line(issue.message)} [{issue.rule}]",

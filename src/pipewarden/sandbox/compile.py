@@ -28,6 +28,7 @@ import ast
 import re
 import warnings
 from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from RestrictedPython.transformer import (
@@ -42,7 +43,13 @@ from pipewarden.errors import PolicyViolation
 from pipewarden.sandbox.policy import SandboxPolicy, default_policy
 from pipewarden.sandbox.scan import decode_source, parse_source
 
-__all__ = ["CompileIssue", "check_compile", "compile_restricted_module", "FUNCTION_WRAPPER_NAME"]
+__all__ = [
+    "CompileIssue",
+    "check_compile",
+    "check_compile_tree",
+    "compile_restricted_module",
+    "FUNCTION_WRAPPER_NAME",
+]
 
 #: Names the transformer injects; user code can never bind or read them (they match _GUARD_SHAPE).
 FUNCTION_WRAPPER_NAME = "_pw_fn_"
@@ -86,11 +93,73 @@ _BASE_RULES = (
 class PipewardenTransformer(RestrictingNodeTransformer):
     """RestrictedPython's transformer with pipewarden's reviewed relaxations (see module docstring)."""
 
-    def __init__(self, policy: SandboxPolicy) -> None:
+    def __init__(self, policy: SandboxPolicy, *, for_code: bool = True) -> None:
         super().__init__()
         self.policy = policy
         self.issues: list[CompileIssue] = []
-        self._parents: dict[int, ast.AST] = {}
+        #: False when only the issues are wanted: the locations of the nodes the transformer adds
+        #: (needed only to build a code object) are then not filled in. Decisions do not change.
+        self._for_code = for_code
+        #: The nodes being visited, outermost first: each entry's parent in the parsed tree is the
+        #: entry before it (the parent relation of the tree as parsed, kept without a separate pass).
+        self._stack: list[ast.AST] = []
+        self._visitors: dict[type, Callable[[Any], Any]] = {}
+
+    # -- traversal --------------------------------------------------------------------------------
+
+    def visit(self, node: ast.AST) -> Any:
+        """``ast.NodeVisitor.visit`` (same ``visit_<ClassName>`` dispatch, looked up once per node
+        class), keeping the stack of nodes being visited."""
+        cls = node.__class__
+        visitor = self._visitors.get(cls)
+        if visitor is None:
+            visitor = getattr(self, "visit_" + cls.__name__, self.generic_visit)
+            self._visitors[cls] = visitor
+        stack = self._stack
+        stack.append(node)
+        try:
+            return visitor(node)
+        finally:
+            stack.pop()
+
+    def node_contents_visit(self, node: Any) -> Any:
+        """``ast.NodeTransformer.generic_visit``, statement for statement, without its generator."""
+        visit = self.visit
+        for field in node._fields:
+            try:
+                old_value = getattr(node, field)
+            except AttributeError:
+                continue
+            if isinstance(old_value, list):
+                new_values = []
+                for value in old_value:
+                    if isinstance(value, ast.AST):
+                        value = visit(value)
+                        if value is None:
+                            continue
+                        elif not isinstance(value, ast.AST):
+                            new_values.extend(value)
+                            continue
+                    new_values.append(value)
+                old_value[:] = new_values
+            elif isinstance(old_value, ast.AST):
+                new_node = visit(old_value)
+                if new_node is None:
+                    delattr(node, field)
+                else:
+                    setattr(node, field, new_node)
+        return node
+
+    def _copy_locations(self, new_node: Any, old_node: Any) -> None:
+        """RestrictedPython's ``copy_locations``; when only checking, the locations of the new
+        node's own new children are left unset (nothing reads them: no code object is built)."""
+        if self._for_code:
+            copy_locations(new_node, old_node)
+            return
+        new_node.lineno = old_node.lineno
+        new_node.end_lineno = old_node.end_lineno
+        new_node.col_offset = old_node.col_offset
+        new_node.end_col_offset = old_node.end_col_offset
 
     # -- error bookkeeping ------------------------------------------------------------------------
 
@@ -160,7 +229,10 @@ class PipewardenTransformer(RestrictingNodeTransformer):
     # -- attributes -------------------------------------------------------------------------------
 
     def _parent(self, node: ast.AST) -> ast.AST | None:
-        return self._parents.get(id(node))
+        """``node``'s parent in the parsed tree; ``node`` is being visited (it is on the stack)."""
+        for ancestor in self._ancestors(node):
+            return ancestor
+        return None
 
     def visit_Attribute(self, node: ast.Attribute) -> Any:
         attr = node.attr
@@ -190,11 +262,11 @@ class PipewardenTransformer(RestrictingNodeTransformer):
             new_node = ast.Call(
                 func=ast.Name("_getattr_", ast.Load()), args=[node.value, ast.Constant(node.attr)], keywords=[]
             )
-            copy_locations(new_node, node)
+            self._copy_locations(new_node, node)
             return new_node
         node = self.node_contents_visit(node)
         new_value = ast.Call(func=ast.Name("_write_", ast.Load()), args=[node.value], keywords=[])
-        copy_locations(new_value, node.value)
+        self._copy_locations(new_value, node.value)
         node.value = new_value
         return node
 
@@ -229,7 +301,7 @@ class PipewardenTransformer(RestrictingNodeTransformer):
                 return node
             node = self.node_contents_visit(node)
             new_node = ast.Call(func=ast.Name(CLASS_OF_NAME, ast.Load()), args=[node.value], keywords=[])
-            copy_locations(new_node, node)
+            self._copy_locations(new_node, node)
             return new_node
         if attr == "__get__":
             if not (isinstance(parent, ast.Call) and parent.func is node):
@@ -237,7 +309,7 @@ class PipewardenTransformer(RestrictingNodeTransformer):
                 return node
             node = self.node_contents_visit(node)
             new_node = ast.Call(func=ast.Name(BIND_NAME, ast.Load()), args=[node.value], keywords=[])
-            copy_locations(new_node, node)
+            self._copy_locations(new_node, node)
             return new_node
         # __name__, __qualname__, __version__, __init__, __call__, __post_init__, __doc__: the
         # run-time _getattr_ decides per object.
@@ -247,7 +319,7 @@ class PipewardenTransformer(RestrictingNodeTransformer):
 
     def _wrap_decorator(self, node: ast.AST) -> ast.Name:
         deco = ast.Name(FUNCTION_WRAPPER_NAME, ast.Load())
-        copy_locations(deco, node)  # type: ignore[arg-type]
+        self._copy_locations(deco, node)
         return deco
 
     def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
@@ -258,7 +330,7 @@ class PipewardenTransformer(RestrictingNodeTransformer):
     def visit_Lambda(self, node: ast.Lambda) -> Any:
         new: Any = super().visit_Lambda(node)
         call = ast.Call(func=ast.Name(FUNCTION_WRAPPER_NAME, ast.Load()), args=[new], keywords=[])
-        copy_locations(call, node)
+        self._copy_locations(call, node)
         return call
 
     def check_function_argument_names(self, node: Any) -> None:
@@ -303,11 +375,15 @@ class PipewardenTransformer(RestrictingNodeTransformer):
                 self._record(node, "syntax.yield-in-with", "yield inside a with block is not allowed")
                 return
 
-    def _ancestors(self, node: ast.AST) -> Any:
-        current = self._parent(node)
-        while current is not None:
-            yield current
-            current = self._parent(current)
+    def _ancestors(self, node: ast.AST) -> Iterator[ast.AST]:
+        """``node``'s ancestors in the parsed tree, innermost first (``node`` is being visited)."""
+        stack = self._stack
+        index = len(stack) - 1
+        while index >= 0 and stack[index] is not node:
+            index -= 1
+        while index > 0:
+            index -= 1
+            yield stack[index]
 
     def visit_Yield(self, node: ast.Yield) -> Any:
         self._check_yield(node)
@@ -334,7 +410,11 @@ class PipewardenTransformer(RestrictingNodeTransformer):
                 return node
             obj_tmp = self.gen_tmp_name()
             w_tmp = self.gen_tmp_name()
-            value = self.visit(target.value)
+            self._stack.append(target)  # target.value's parent is the target
+            try:
+                value = self.visit(target.value)
+            finally:
+                self._stack.pop()
             rhs = self.visit(node.value)
             # The write guard runs FIRST, so a refused target is never mutated in place.
             stmts: list[ast.stmt] = [
@@ -356,8 +436,12 @@ class PipewardenTransformer(RestrictingNodeTransformer):
             obj_tmp = self.gen_tmp_name()
             key_tmp = self.gen_tmp_name()
             w_tmp = self.gen_tmp_name()
-            value = self.visit(target.value)
-            key = self.visit(target.slice)
+            self._stack.append(target)  # target.value's and target.slice's parent is the target
+            try:
+                value = self.visit(target.value)
+                key = self.visit(target.slice)
+            finally:
+                self._stack.pop()
             rhs = self.visit(node.value)
             stmts = [
                 ast.Assign(targets=[ast.Name(obj_tmp, ast.Store())], value=value),
@@ -383,24 +467,41 @@ class PipewardenTransformer(RestrictingNodeTransformer):
         )
         stmts.append(ast.Assign(targets=[new_target], value=compute))
         for s in stmts:
-            copy_locations(s, node)
+            self._copy_locations(s, node)
         return stmts
 
     # -- module -----------------------------------------------------------------------------------
 
     def visit_Module(self, node: ast.Module) -> Any:
-        for parent in ast.walk(node):
-            for child in ast.iter_child_nodes(parent):
-                self._parents[id(child)] = parent
         return self.node_contents_visit(node)
 
 
-def _transform(tree: ast.Module, policy: SandboxPolicy) -> tuple[ast.Module, tuple[CompileIssue, ...]]:
-    transformer = PipewardenTransformer(policy)
+def _transform(
+    tree: ast.Module, policy: SandboxPolicy, *, for_code: bool = True
+) -> tuple[ast.Module, tuple[CompileIssue, ...]]:
+    transformer = PipewardenTransformer(policy, for_code=for_code)
     new_tree = transformer.visit(tree)
-    ast.fix_missing_locations(new_tree)
+    if for_code:
+        ast.fix_missing_locations(new_tree)
     issues = tuple(sorted(transformer.issues, key=lambda i: (i.lineno, i.col_offset)))
     return new_tree, issues
+
+
+def check_compile_tree(
+    tree: ast.Module, *, filename: str = "pipeline.py", policy: SandboxPolicy | None = None
+) -> tuple[CompileIssue, ...]:
+    """The restricted-compilation refusals for an already parsed module (empty tuple: it compiles).
+
+    The same transformer decides as for ``check_compile`` and ``compile_restricted_module``, but
+    no code object is prepared. ``tree`` must come from ``ast.parse(..., mode="exec")`` of text
+    that ``scan.decode_source`` accepts; it is transformed in place (do not use it afterwards).
+    ``filename`` is accepted for symmetry with ``check_compile`` (nothing is parsed here).
+    """
+    if not isinstance(tree, ast.Module):
+        raise TypeError(f"tree must be an ast.Module, not {type(tree).__name__}")
+    del filename
+    _, issues = _transform(tree, policy or default_policy(), for_code=False)
+    return issues
 
 
 def check_compile(
@@ -413,8 +514,7 @@ def check_compile(
     policy = policy or default_policy()
     text = decode_source(source, filename=filename)
     tree = parse_source(text, filename=filename)
-    _, issues = _transform(tree, policy)
-    return issues
+    return check_compile_tree(tree, filename=filename, policy=policy)
 
 
 def compile_restricted_module(
