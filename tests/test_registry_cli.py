@@ -139,7 +139,7 @@ def test_lock_cli(org, tiny_weights, capsys):
     text = out.read_text()
     assert f'source = "local:{pipe}"' in text and "diffusion_pytorch_model.safetensors" in text
     assert main(["lock", "--out", str(out)]) == 2
-    assert main(["lock", "--custom-pipeline", "acme/pipes", "--out", str(out)]) == 2
+    assert main(["lock", "--custom-pipeline", "no/such/path.py", "--out", str(out)]) == 2
     assert out.read_text() == text
 
 

@@ -11,6 +11,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from typing import Literal
 
 from pipewarden.errors import InputError
 
@@ -298,6 +299,7 @@ def _lock(args) -> int:
         else:
             from pipewarden.loader import hub
 
+            kind: Literal["hub", "community"]
             if hub.is_hub_repo_id(args.custom_pipeline):
                 kind = "hub"
             elif hub.is_community_name(args.custom_pipeline):
