@@ -403,5 +403,9 @@ def _run_in_worker(
         limits=limits,
         required_layers=set(admitted.required_layers) or None,
     )
-    report("worker", "pipeline loaded in an isolated worker process")
+    layers = list(getattr(handle, "layers", ()))
+    active = [s.name for s in layers if s.active]
+    missing = [s.name for s in layers if not s.active]
+    report("worker", f"fresh worker, layers active: {', '.join(active) or 'none'}" + (f"; missing: {', '.join(missing)}" if missing else ""))
+    report("sandbox", f"vetted class {handle.class_name}: re-hashed, scanned, restricted-compiled and run in the worker")
     return handle

@@ -302,7 +302,7 @@ def _audit_bytes(raw: bytes, path: str, digest: str, options: AuditOptions) -> F
         ))
 
     # 5. Would it compile under the restricted policy? One finding per issue.
-    from pipewarden.sandbox.compile import check_compile_tree
+    from pipewarden.sandbox.compile import check_compile, check_compile_tree
     from pipewarden.sandbox.scan import decode_source
 
     # The sandbox also byte-compiles the restricted tree; errors only the compiler finds (``return``
@@ -318,8 +318,13 @@ def _audit_bytes(raw: bytes, path: str, digest: str, options: AuditOptions) -> F
         compile_error = exc
     issues: tuple[Any, ...] = ()
     try:
-        decode_source(text, filename=path)  # the sandbox's own text checks (size limit, ...)
-        issues = check_compile_tree(tree, filename=path, policy=policy)  # the audit's last use of tree
+        try:
+            decode_source(text, filename=path)  # the sandbox's own text checks (size limit, ...)
+            issues = check_compile_tree(tree, filename=path, policy=policy)  # the audit's last use of tree
+        except RecursionError:
+            # Too deep for the check: the sandbox's own parse of the text has the first word, as it
+            # has when the sandbox loads the file (it may refuse the file before the check runs).
+            issues = check_compile(text, filename=path, policy=policy)
     except (RecursionError, MemoryError) as exc:
         what = "memory" if isinstance(exc, MemoryError) else "recursion depth"
         findings.append(_file_finding("PW004", f"the restricted compile check ran out of {what}"))

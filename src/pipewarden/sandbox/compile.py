@@ -27,8 +27,8 @@ from __future__ import annotations
 import ast
 import re
 import warnings
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 from RestrictedPython.transformer import (
@@ -113,8 +113,8 @@ class PipewardenTransformer(RestrictingNodeTransformer):
         cls = node.__class__
         visitor = self._visitors.get(cls)
         if visitor is None:
-            visitor = getattr(self, "visit_" + cls.__name__, self.generic_visit)
-            self._visitors[cls] = visitor
+            found: Callable[[Any], Any] = getattr(self, "visit_" + cls.__name__, self.generic_visit)
+            visitor = self._visitors[cls] = found
         stack = self._stack
         stack.append(node)
         try:
@@ -143,6 +143,8 @@ class PipewardenTransformer(RestrictingNodeTransformer):
                     new_values.append(value)
                 old_value[:] = new_values
             elif isinstance(old_value, ast.AST):
+                if old_value.__class__ in _PASSTHROUGH_CONTEXTS:
+                    continue  # visiting it would return it unchanged, with no other effect
                 new_node = visit(old_value)
                 if new_node is None:
                     delattr(node, field)
@@ -474,6 +476,26 @@ class PipewardenTransformer(RestrictingNodeTransformer):
 
     def visit_Module(self, node: ast.Module) -> Any:
         return self.node_contents_visit(node)
+
+
+def _passthrough(self: Any, node: Any) -> Any:
+    return self.node_contents_visit(node)
+
+
+def _is_passthrough(cls: type[ast.AST]) -> bool:
+    """Whether the transformer's visitor for ``cls`` (a node class without fields) is exactly
+    RestrictedPython's ``return self.node_contents_visit(node)``, i.e. returns the node unchanged."""
+    name = "visit_" + cls.__name__
+    method = getattr(PipewardenTransformer, name, None)
+    if cls._fields or method is None or method is not getattr(RestrictingNodeTransformer, name, None):
+        return False
+    code, ref = method.__code__, _passthrough.__code__
+    return (code.co_code, code.co_names, code.co_argcount) == (ref.co_code, ref.co_names, ref.co_argcount)
+
+
+#: Expression contexts whose visit is a no-op (checked against the installed RestrictedPython):
+#: ``node_contents_visit`` does not descend into them (about a third of all nodes).
+_PASSTHROUGH_CONTEXTS = frozenset(cls for cls in (ast.Load, ast.Store, ast.Del) if _is_passthrough(cls))
 
 
 def _transform(
