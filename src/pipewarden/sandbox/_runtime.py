@@ -179,27 +179,11 @@ class ClassView:
         raise _violation("writing to a class view", "write.host-object")
 
 
-class ClassRef:
-    """A class the sandbox may name (annotations, isinstance) but never construct or subclass."""
+class _ClassStandIn:
+    """What a class reference handed to sandboxed code shares: isinstance/issubclass, ``X | Y``
+    annotations and repr work; writing to it is refused."""
 
-    __slots__ = ("_pw_cls",)
-
-    def __init__(self, cls: type) -> None:
-        object.__setattr__(self, "_pw_cls", cls)
-
-    def _refuse(self) -> PolicyViolation:
-        cls = object.__getattribute__(self, "_pw_cls")
-        return _violation(
-            f"constructing or subclassing {_tname(cls)} in the sandbox (its constructor reads files by path)",
-            "construct.file-reading-class",
-            "pass the component to the pipeline ready-made",
-        )
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise self._refuse()
-
-    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
-        raise self._refuse()
+    __slots__ = ()
 
     def __instancecheck__(self, obj: Any) -> bool:
         return isinstance(obj, object.__getattribute__(self, "_pw_cls"))
@@ -222,6 +206,30 @@ class ClassRef:
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise _violation("writing to a class reference", "write.host-class")
+
+
+class ClassRef(_ClassStandIn):
+    """A class the sandbox may name (annotations, isinstance) but never construct or subclass."""
+
+    __slots__ = ("_pw_cls",)
+
+    def __init__(self, cls: type) -> None:
+        object.__setattr__(self, "_pw_cls", cls)
+
+    def _refuse(self) -> PolicyViolation:
+        cls = object.__getattribute__(self, "_pw_cls")
+        return _violation(
+            f"constructing or subclassing {_tname(cls)} in the sandbox (its constructor reads files by path)",
+            "construct.file-reading-class",
+            "pass the component to the pipeline ready-made",
+        )
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise self._refuse()
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        raise self._refuse()
+
 
 
 def _bad_key(key: Any) -> bool:
@@ -257,7 +265,7 @@ def _check_attribute_keys(where: str, *values: Any) -> None:
                 )
 
 
-class KeyCheckedClass:
+class KeyCheckedClass(_ClassStandIn):
     """A class whose constructor turns mapping keys into attributes (FrozenDict, output dataclasses,
     BatchEncoding, Enum's functional API): constructing checks the keys; subclassing, isinstance and
     annotations work as with the class itself."""
@@ -285,27 +293,6 @@ class KeyCheckedClass:
             )
         return (cls,)
 
-    def __instancecheck__(self, obj: Any) -> bool:
-        return isinstance(obj, object.__getattribute__(self, "_pw_cls"))
-
-    def __subclasscheck__(self, sub: Any) -> bool:
-        return isinstance(sub, type) and issubclass(sub, object.__getattribute__(self, "_pw_cls"))
-
-    def __or__(self, other: Any) -> Any:
-        import typing
-
-        return typing.Union[self, other]  # noqa: UP007
-
-    def __ror__(self, other: Any) -> Any:
-        import typing
-
-        return typing.Union[other, self]  # noqa: UP007
-
-    def __repr__(self) -> str:
-        return repr(object.__getattribute__(self, "_pw_cls"))
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        raise _violation("writing to a class reference", "write.host-class")
 
 
 class SandboxLogger:
