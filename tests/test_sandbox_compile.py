@@ -165,3 +165,56 @@ def test_grad_mode_switch_only_scoped(src, ok):
 def test_yield_inside_with_is_refused(src, ok):
     found = rules(src)
     assert (found == []) if ok else ("syntax.yield-in-with" in found)
+
+
+# -- check_compile_tree: the same decisions on an already parsed tree --------------------------------
+
+PARENT_DEPENDENT = [
+    ("y = x.__class__.__name__\n", []),
+    ("y = x.__class__\n", ["attribute.dunder-class"]),
+    ('y = f"{x.__class__}"\n', []),
+    ("y = x.__class__ == z\n", []),
+    ("b = f.__get__(obj)\n", []),
+    ("g = f.__get__\n", ["attribute.dunder-get"]),
+    ("d[x.__class__.__name__] += 1\n", []),
+    ("x.__class__.count += 1\n", ["attribute.dunder-class"]),
+    ("d[x.__class__] += 1\n", ["attribute.dunder-class"]),
+    ("def g(d):\n    with ctx():\n        d[(yield)] += 1\n", ["syntax.yield-in-with"]),
+    ("def g(o):\n    with ctx():\n        o.n += (yield)\n", ["syntax.yield-in-with"]),
+    ("import torch\nx = [torch.set_grad_enabled(False)]\n", ["call.global-state"]),
+    ("import torch\nwith torch.inference_mode(), torch.set_grad_enabled(False):\n    pass\n", []),
+]
+
+
+@pytest.mark.parametrize("src, expected", PARENT_DEPENDENT)
+def test_parent_dependent_rules(src, expected):
+    assert rules(src) == expected
+
+
+@pytest.mark.parametrize(
+    "src",
+    [*ACCEPTED.values(), *(s for s, _ in REFUSED.values()), *(s for s, _ in PARENT_DEPENDENT)],
+)
+def test_check_compile_tree_matches_check_compile(src):
+    import ast
+
+    from pipewarden.sandbox.compile import check_compile_tree
+
+    src = textwrap.dedent(src)
+    assert check_compile_tree(ast.parse(src)) == check_compile(src)
+
+
+def test_check_compile_tree_refuses_a_non_module():
+    import ast
+
+    from pipewarden.sandbox.compile import check_compile_tree
+
+    with pytest.raises(TypeError):
+        check_compile_tree(ast.parse("x + 1", mode="eval"))  # type: ignore[arg-type]
+
+
+def test_restricted_code_still_runs_after_the_faster_traversal():
+    # compile_restricted_module fills in every location the transformer adds (a code object is
+    # built); an augmented attribute assignment and a lambda exercise the rewritten nodes.
+    code = compile_restricted_module("def f(o):\n    o.n += 1\n    return (lambda: o.n)()\n")
+    assert code.co_filename == "pipeline.py"

@@ -2,9 +2,9 @@
 
 Decides the findings for each file and the order of files and findings. It never executes,
 imports or unpickles anything from an audited file: bytes are read (bounded by a size limit),
-decoded, parsed with ``ast`` and compiled with the sandbox's restricted transformer, which
-produces a code object that is thrown away. Class detection (``sandbox.scan``), the module
-allowlist (``sandbox.policy``) and the restricted compile check (``sandbox.compile``) are the
+decoded, parsed with ``ast`` once, checked with the sandbox's restricted transformer (the parsed
+tree is handed to it last) and byte-compiled to a code object that is thrown away. Class
+detection (``sandbox.scan``), the module allowlist (``sandbox.policy``) and the restricted compile check (``sandbox.compile``) are the
 sandbox's own, so the audit cannot drift from what the loader enforces; the rest of the rules
 are data in ``audit_rules``. Hostile input (binary data, NUL bytes, huge or deeply nested
 files) becomes findings, never a traceback. torch and diffusers are never imported.

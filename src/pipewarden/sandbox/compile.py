@@ -489,8 +489,10 @@ def _is_passthrough(cls: type[ast.AST]) -> bool:
     method = getattr(PipewardenTransformer, name, None)
     if cls._fields or method is None or method is not getattr(RestrictingNodeTransformer, name, None):
         return False
-    code, ref = method.__code__, _passthrough.__code__
-    return (code.co_code, code.co_names, code.co_argcount) == (ref.co_code, ref.co_names, ref.co_argcount)
+    code, ref = getattr(method, "__code__", None), _passthrough.__code__
+    return code is not None and (code.co_code, code.co_names, code.co_argcount) == (
+        ref.co_code, ref.co_names, ref.co_argcount
+    )
 
 
 #: Expression contexts whose visit is a no-op (checked against the installed RestrictedPython):
