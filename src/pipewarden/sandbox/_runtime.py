@@ -885,16 +885,18 @@ class Sandbox:
                     return True
         return False
 
-    def _owned_allowed(self, obj: Any, t: type, name: str) -> bool:
-        """Attribute of an object whose class the sandbox defined (the pipeline, its helpers)."""
+    @staticmethod
+    def _owned_name_verdict(name: str) -> bool | None:
+        """The name-only part of the rules for the sandbox's own objects (None: undecided)."""
         if name.startswith("__"):
             return name in _STR_DUNDERS or name in _CALL_DUNDERS
         if name.endswith("_") and name.startswith("_"):
             return False
-        d = getattr(obj, "__dict__", None) if not isinstance(obj, type) else None
-        if isinstance(d, dict) and name in d:
-            return not self._deny.denies(name.lstrip("_"))
-        klass_t = obj if isinstance(obj, type) else t
+        return None
+
+    def _owned_type_verdict(self, klass_t: type, name: str, *, on_class: bool) -> bool | None:
+        """The class-level part: True/False when the class decides, None when only the
+        instance's dynamic rules can still allow the name."""
         defined = False
         for klass in klass_t.__mro__:
             if name in klass.__dict__:
@@ -908,9 +910,21 @@ class Sandbox:
             # Not defined anywhere: the lookup raises a fresh AttributeError (or reads the config
             # through ConfigMixin.__getattr__), so ``hasattr(self, "x")`` idioms keep working.
             return self._fallback_getattr_reviewed(klass_t)
-        if self._static_allowed(klass_t, name, on_class=isinstance(obj, type)):
-            return True
-        return self._dynamic_allowed(obj, t, name)
+        return True if self._static_allowed(klass_t, name, on_class=on_class) else None
+
+    def _owned_allowed(self, obj: Any, t: type, name: str) -> bool:
+        """Attribute of an object whose class the sandbox defined (the pipeline, its helpers)."""
+        by_name = self._owned_name_verdict(name)
+        if by_name is not None:
+            return by_name
+        d = getattr(obj, "__dict__", None) if not isinstance(obj, type) else None
+        if isinstance(d, dict) and name in d:
+            return not self._deny.denies(name.lstrip("_"))
+        on_class = isinstance(obj, type)
+        verdict = self._owned_type_verdict(obj if on_class else t, name, on_class=on_class)
+        if verdict is None:
+            return self._dynamic_allowed(obj, t, name)
+        return verdict
 
     def guarded_getattr(self, obj: Any, name: Any) -> Any:
         if type(name) is not str:
@@ -1122,23 +1136,10 @@ class Sandbox:
 
     def _owned_allowed_static(self, t: type, name: str) -> bool:
         """The type-level part of ``_owned_allowed`` for an instance of a sandbox class."""
-        if name.startswith("__"):
-            return name in _STR_DUNDERS or name in _CALL_DUNDERS
-        if name.endswith("_") and name.startswith("_"):
-            return False
-        defined = False
-        for klass in t.__mro__:
-            if name in klass.__dict__:
-                if klass in self._classes:
-                    return True
-                defined = True
-                break
-        if self._deny.denies(name) or self._deny.denies(name.lstrip("_")):
-            return False
-        if not defined:
-            # the lookup raises a fresh AttributeError, or goes to a reviewed __getattr__
-            return self._fallback_getattr_reviewed(t)
-        return self._static_allowed(t, name, on_class=False)
+        by_name = self._owned_name_verdict(name)
+        if by_name is not None:
+            return by_name
+        return bool(self._owned_type_verdict(t, name, on_class=False))
 
     def _fallback_getattr_reviewed(self, t: type) -> bool:
         """A name no class defines reaches ``__getattr__``: only the reviewed ones (nn.Module's
