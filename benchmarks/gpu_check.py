@@ -67,9 +67,9 @@ def _diagnose(weights: Path, code: Path) -> dict:
 
     import torch
 
+    from pipewarden.isolation import WorkerLoadRequest, start_worker_pipeline
     from pipewarden.limits import Limits
     from pipewarden.loader.local import resolve_local_weights
-    from pipewarden.sandbox.isolation import WorkerLoadRequest, start_worker_pipeline
 
     source = code.read_bytes()
     req = WorkerLoadRequest(source, hashlib.sha256(source).hexdigest(), "pipeline.py", resolve_local_weights(weights))

@@ -35,7 +35,7 @@ _FIRST_START = r"""
 import time
 t0 = time.perf_counter()
 from pipewarden.limits import Limits
-from pipewarden.sandbox.isolation._client import WorkerProcess
+from pipewarden.isolation._client import WorkerProcess
 w = WorkerProcess(Limits(), read_paths=())
 t1 = time.perf_counter()
 print("READY", t1 - t0, sum(s.active for s in w.layers), len(w.layers), flush=True)
@@ -98,8 +98,8 @@ def first_start(repeats: int = 5) -> dict[str, Any]:
 
 
 def later_starts(n: int = 15) -> dict[str, Any]:
+    from pipewarden.isolation._client import WorkerProcess, fork_server
     from pipewarden.limits import Limits
-    from pipewarden.sandbox.isolation._client import WorkerProcess, fork_server
 
     server = fork_server()
     # let the fork server finish its idle warm-up imports (what a long-lived host would see)

@@ -259,7 +259,7 @@ def load_pipeline(
         _admit_precheck(custom_pipeline, trust_remote_code)
 
     if isolation == "process":  # boot the fork server while we resolve and hash
-        from pipewarden.sandbox.isolation import prestart
+        from pipewarden.isolation import prestart
 
         prestart()
     allow = _load_allowlist(allowlist)
@@ -377,8 +377,8 @@ def _run_in_worker(
     limits: Limits | None,
     report: GateReporter,
 ) -> Any:
+    from pipewarden.isolation import run_in_worker
     from pipewarden.loader.snapshot import FileRecord
-    from pipewarden.sandbox.isolation import run_in_worker
 
     # The worker re-reads every file and re-verifies it against these digests (pins from the
     # hub metadata or the lock file; an empty digest means "hash and record, nothing to compare").

@@ -138,7 +138,7 @@ class SourceRule:
         return glob_match(self.pattern, source)
 
 
-#: Names of the worker confinement layers (``pipewarden.sandbox.isolation.LAYER_NAMES``; a test
+#: Names of the worker confinement layers (``pipewarden.isolation.LAYER_NAMES``; a test
 #: keeps the two in sync without importing the isolation package here).
 KNOWN_LAYERS: tuple[str, ...] = (
     "env", "netns", "uid", "rlimits", "landlock-fs", "landlock-net", "landlock-scope", "seccomp", "tripwire", "wall-clock",

@@ -62,7 +62,7 @@ def load_class(
     import torch  # noqa: F401
     from diffusers import DiffusionPipeline
 
-    from pipewarden.sandbox._runtime import Sandbox
+    from pipewarden.sandbox.runtime import Sandbox
 
     tripwire.install(policy.tripwire)
     module_name = _module_name(filename)

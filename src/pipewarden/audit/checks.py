@@ -1,0 +1,339 @@
+"""The audit's own AST checks: calls, dunder and frame-introspection attributes.
+
+Decides which calls and attribute accesses of an already parsed module are reported, using the
+pattern tables of ``audit_rules``. Trusts nothing in the tree: it only reads it (never executes,
+never imports what the file names) and walks it iteratively, so a deeply nested tree cannot
+exhaust the recursion limit here. Class detection, the module allowlist and the restricted
+compile check are the sandbox's (``sandbox.scan``, ``sandbox.policy``, ``sandbox.compile``).
+"""
+
+from __future__ import annotations
+
+import ast
+import builtins
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+from pipewarden.audit import rules as _rules
+
+_BUILTIN_NAMES = frozenset(dir(builtins))
+_HEX40 = re.compile(r"[0-9a-f]{40}")
+_PREFIXES_LONGEST_FIRST = tuple(sorted(_rules.PREFIX_CALLS, key=lambda p: (-len(p), p)))
+_ATTRIBUTE_BUILTINS = frozenset(f"builtins.{n}" for n in _rules.ATTRIBUTE_BUILTINS)
+# Builtins the call rules already report (open, eval, ...): no second finding from PW021.
+_BUILTINS_WITH_CALL_RULES = frozenset(
+    name.split(".", 1)[1] for name, patterns in _rules.EXACT_CALLS.items()
+    if name.startswith("builtins.") and any(p.rule for p in patterns)
+)
+_DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+
+
+@dataclass(frozen=True)
+class RawFinding:
+    """A finding before columns are converted: ``col_offset`` is ast's 0-based UTF-8 byte offset."""
+
+    rule: str
+    lineno: int
+    col_offset: int
+    message: str
+
+
+def check_tree(
+    tree: ast.Module,
+    benign_dunders: frozenset[str] | None = None,
+    sandbox_builtins: frozenset[str] | None = None,
+) -> list[RawFinding]:
+    """All call/attribute/builtin findings of ``tree`` in source order (line, column, rule).
+
+    ``benign_dunders``: dunder attributes not reported (the policy's reviewed idioms);
+    ``sandbox_builtins``: builtin names the sandbox provides (None: PW021 is not checked).
+    """
+    benign = _rules.BENIGN_DUNDERS if benign_dunders is None else benign_dunders
+    imports: list[ast.Import | ast.ImportFrom] = []
+    calls: list[ast.Call] = []
+    attributes: list[ast.Attribute] = []
+    names: list[ast.Name] = []
+    builtin_uses: list[ast.Name] = []
+    bound: set[str] = set()
+    load = ast.Load
+    for node in _walk(tree):
+        kind = type(node)
+        if kind is ast.Name:
+            ident = node.id  # type: ignore[attr-defined]
+            if type(node.ctx) is not load:  # type: ignore[attr-defined]
+                bound.add(ident)
+            elif ident in _BUILTIN_NAMES:
+                builtin_uses.append(node)  # type: ignore[arg-type]
+            if ident.startswith("__"):
+                names.append(node)  # type: ignore[arg-type]
+        elif kind is ast.Call:
+            calls.append(node)  # type: ignore[arg-type]
+        elif kind is ast.Attribute:
+            attributes.append(node)  # type: ignore[arg-type]
+        elif kind is ast.arg:
+            bound.add(node.arg)  # type: ignore[attr-defined]
+        elif kind in _DEFINITIONS:
+            bound.add(node.name)  # type: ignore[attr-defined]
+        elif kind is ast.ExceptHandler or kind is ast.MatchAs or kind is ast.MatchStar:
+            if node.name:  # type: ignore[attr-defined]
+                bound.add(node.name)  # type: ignore[attr-defined]
+        elif kind is ast.Global or kind is ast.Nonlocal:
+            bound.update(node.names)  # type: ignore[attr-defined]
+        elif kind is ast.Import or kind is ast.ImportFrom:
+            imports.append(node)  # type: ignore[arg-type]
+
+    bindings = _import_bindings(imports)
+    bound.update(bindings)
+    shadowed = _module_level_names(tree)
+    out: list[RawFinding] = []
+    if sandbox_builtins is not None:
+        # One finding per builtin name, at its first use, with the number of uses (an idiom such
+        # as ``type(a) is not type(b)`` would otherwise flood the report).
+        refused: dict[str, list[ast.Name]] = {}
+        for use in builtin_uses:
+            ident = use.id
+            if ident not in sandbox_builtins and ident not in bound and ident not in _BUILTINS_WITH_CALL_RULES:
+                refused.setdefault(ident, []).append(use)
+        for ident, uses in refused.items():
+            first = min(uses, key=lambda n: (n.lineno, n.col_offset))
+            more = f" ({len(uses)} uses in this file; first shown)" if len(uses) > 1 else ""
+            out.append(RawFinding("PW021", first.lineno, first.col_offset,
+                                  f"builtin {ident!r} is not provided inside the sandbox{more}"))
+    for attr in attributes:
+        finding = _attribute_finding(attr.attr, attr, benign)
+        if finding is not None:
+            out.append(finding)
+    for name in names:
+        if name.id in _rules.INTROSPECTION_ATTRIBUTES and name.id != "__import__":
+            out.append(RawFinding("PW031", name.lineno, name.col_offset, f"use of {name.id}"))
+    for call in calls:
+        out.extend(_call_findings(call, bindings, shadowed, benign))
+    out.sort(key=lambda f: (f.lineno, f.col_offset, f.rule, f.message))
+    return out
+
+
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+_NO_NODES = frozenset({"ctx", "type_ignores"})  # expression contexts: singletons, never interesting
+
+
+def _walk(tree: ast.AST) -> Iterator[ast.AST]:
+    """Every node of ``tree`` (any order) with an explicit stack: no recursion, about twice as
+    fast as ``ast.walk`` (no generator per node)."""
+    stack: list[ast.AST] = [tree]
+    pop, push = stack.pop, stack.append
+    fields_of = _CHILD_FIELDS
+    node_type = ast.AST
+    while stack:
+        node = pop()
+        yield node
+        kind = type(node)
+        fields = fields_of.get(kind)
+        if fields is None:
+            fields = fields_of[kind] = tuple(f for f in kind._fields if f not in _NO_NODES)
+        for name in fields:
+            value = getattr(node, name, None)
+            if type(value) is list:
+                for item in value:
+                    if isinstance(item, node_type):
+                        push(item)
+            elif isinstance(value, node_type):
+                push(value)
+
+
+def _attribute_finding(attr: str, node: ast.AST, benign: frozenset[str]) -> RawFinding | None:
+    lineno = getattr(node, "lineno", 1)
+    col = getattr(node, "col_offset", 0)
+    if attr in _rules.INTROSPECTION_ATTRIBUTES:
+        return RawFinding("PW031", lineno, col, f"access to attribute {attr}")
+    if len(attr) > 4 and attr.startswith("__") and attr.endswith("__") and attr not in benign:
+        return RawFinding("PW030", lineno, col, f"access to dunder attribute {attr}")
+    return None
+
+
+def _import_bindings(imports: Iterable[ast.Import | ast.ImportFrom]) -> dict[str, str]:
+    """Local name -> dotted module path, from every import statement in the file (any scope)."""
+    bindings: dict[str, str] = {}
+    for node in imports:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.asname:
+                    bindings[alias.asname] = alias.name
+                else:
+                    top = alias.name.split(".", 1)[0]
+                    bindings[top] = top
+        elif node.level == 0 and node.module:
+            for alias in node.names:
+                if alias.name != "*":
+                    bindings[alias.asname or alias.name] = f"{node.module}.{alias.name}"
+    return bindings
+
+
+def _module_level_names(tree: ast.Module) -> frozenset[str]:
+    """Names the module itself defines at top level (they shadow builtins such as ``open``)."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return frozenset(names)
+
+
+def _target(func: ast.expr) -> tuple[list[str], bool]:
+    """Dotted parts of a call target, and whether its root is a plain name (iterative)."""
+    parts: list[str] = []
+    node = func
+    while isinstance(node, ast.Attribute):
+        parts.append(node.attr)
+        node = node.value
+    rooted = isinstance(node, ast.Name)
+    if rooted:
+        parts.append(node.id)  # type: ignore[attr-defined]
+    parts.reverse()
+    return parts, rooted
+
+
+def _resolve(parts: list[str], rooted: bool, bindings: dict[str, str], shadowed: frozenset[str]) -> str | None:
+    if not rooted or not parts:
+        return None
+    root = parts[0]
+    if root in bindings:
+        return ".".join([bindings[root], *parts[1:]])
+    if root in _BUILTIN_NAMES and root not in shadowed:
+        return ".".join(["builtins", *parts])
+    return None
+
+
+def _call_findings(
+    call: ast.Call, bindings: dict[str, str], shadowed: frozenset[str], benign: frozenset[str]
+) -> list[RawFinding]:
+    parts, rooted = _target(call.func)
+    if not parts:
+        return []
+    qualified = _resolve(parts, rooted, bindings, shadowed)
+    if qualified is None:
+        display = ".".join(parts if rooted else ["...", *parts])
+    elif qualified.startswith("builtins."):
+        display = qualified[len("builtins.") :]
+    else:
+        display = qualified
+    found: list[RawFinding] = []
+
+    # getattr(obj, "__globals__") is attribute access in disguise.
+    if qualified in _ATTRIBUTE_BUILTINS and len(call.args) >= 2:
+        name_arg = call.args[1]
+        if isinstance(name_arg, ast.Constant) and isinstance(name_arg.value, str):
+            finding = _attribute_finding(name_arg.value, call, benign)
+            if finding is not None:
+                found.append(finding)
+
+    patterns = None
+    if qualified is not None:
+        patterns = _rules.EXACT_CALLS.get(qualified)
+    if patterns is None:
+        last = qualified.rsplit(".", 1)[-1] if qualified is not None else parts[-1]
+        patterns = _rules.LAST_NAME_CALLS.get(last)
+    if patterns is None and qualified is not None:
+        for prefix in _PREFIXES_LONGEST_FIRST:
+            if qualified == prefix or qualified.startswith(prefix + "."):
+                patterns = _rules.PREFIX_CALLS[prefix]
+                break
+    if patterns:
+        for pattern in patterns:
+            if pattern.condition is None or _CONDITIONS[pattern.condition](call):
+                if pattern.rule is not None:
+                    message = pattern.what.replace("{name}", display)
+                    found.append(RawFinding(pattern.rule, call.lineno, call.col_offset, message))
+                break
+    return found
+
+
+def _keyword(call: ast.Call, name: str) -> ast.keyword | None:
+    for kw in call.keywords:
+        if kw.arg == name:
+            return kw
+    return None
+
+
+def _no_weights_only(call: ast.Call) -> bool:
+    kw = _keyword(call, "weights_only")
+    return not (kw is not None and isinstance(kw.value, ast.Constant) and kw.value.value is True)
+
+
+def _allow_pickle(call: ast.Call) -> bool:
+    kw = _keyword(call, "allow_pickle")
+    value = kw.value if kw is not None else (call.args[2] if len(call.args) > 2 else None)
+    if value is None:
+        return False
+    return not (isinstance(value, ast.Constant) and value.value in (False, None, 0))
+
+
+def _unpinned(call: ast.Call) -> bool:
+    kw = _keyword(call, "revision")
+    if kw is None:
+        return True
+    value = kw.value
+    return not (isinstance(value, ast.Constant) and isinstance(value.value, str) and _HEX40.fullmatch(value.value))
+
+
+_CONDITIONS = {
+    "no_weights_only": _no_weights_only,
+    "allow_pickle": _allow_pickle,
+    "unpinned": _unpinned,
+}
+
+
+_IMPORT_ERROR_HANDLERS = frozenset({"ImportError", "ModuleNotFoundError", "Exception", "BaseException"})
+
+
+def conditional_imports(tree: ast.Module) -> dict[tuple[int, int], str]:
+    """(lineno, col_offset) of each import statement that does not run unconditionally when the
+    module body runs -> why (``inside if``, ``inside a function``, ``guarded by except ImportError``, ...).
+
+    Walks statements only (iteratively); class and ``with`` bodies run with the module body.
+    """
+    out: dict[tuple[int, int], str] = {}
+    stack: list[tuple[ast.stmt, str | None]] = [(stmt, None) for stmt in tree.body]
+    while stack:
+        stmt, why = stack.pop()
+        kind = type(stmt)
+        if kind is ast.Import or kind is ast.ImportFrom:
+            if why is not None:
+                out[(stmt.lineno, stmt.col_offset)] = why
+            continue
+        if kind is ast.If:
+            inner = why or "inside an if statement"
+            stack.extend((s, inner) for s in stmt.body + stmt.orelse)  # type: ignore[attr-defined]
+        elif kind in (ast.For, ast.AsyncFor, ast.While):
+            inner = why or "inside a loop"
+            stack.extend((s, inner) for s in stmt.body + stmt.orelse)  # type: ignore[attr-defined]
+        elif kind in _DEFINITIONS[:2]:
+            stack.extend((s, why or "inside a function") for s in stmt.body)  # type: ignore[attr-defined]
+        elif kind is ast.ClassDef or kind is ast.With or kind is ast.AsyncWith:
+            stack.extend((s, why) for s in stmt.body)  # type: ignore[attr-defined]
+        elif kind is ast.Try or kind.__name__ == "TryStar":
+            handlers = stmt.handlers  # type: ignore[attr-defined]
+            caught = any(_catches_import_error(h.type) for h in handlers)
+            body_why = why or ("guarded by an except clause that catches ImportError" if caught else None)
+            stack.extend((s, body_why) for s in stmt.body)  # type: ignore[attr-defined]
+            for handler in handlers:
+                stack.extend((s, why or "inside an except clause") for s in handler.body)
+            stack.extend((s, why) for s in stmt.orelse + stmt.finalbody)  # type: ignore[attr-defined]
+        elif kind is ast.Match:
+            for case in stmt.cases:  # type: ignore[attr-defined]
+                stack.extend((s, why or "inside a match case") for s in case.body)
+    return out
+
+
+def _catches_import_error(node: ast.expr | None) -> bool:
+    if node is None:
+        return True  # bare except
+    names = node.elts if isinstance(node, ast.Tuple) else [node]
+    for name in names:
+        ident = name.id if isinstance(name, ast.Name) else name.attr if isinstance(name, ast.Attribute) else ""
+        if ident in _IMPORT_ERROR_HANDLERS:
+            return True
+    return False

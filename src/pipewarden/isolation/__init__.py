@@ -1,0 +1,228 @@
+"""isolation: run the vetted pipeline in a locked-down worker process (``isolation="process"``).
+
+Public API::
+
+    run_in_worker(*, source_bytes, source_sha256, filename, weights, extra_components, torch_dtype,
+                  policy_extras, import_aliases, limits, required_layers=None) -> PipelineHandle
+    start_worker_pipeline(request: WorkerLoadRequest, limits=None) -> PipelineHandle
+    probe_layers() -> tuple[LayerStatus, ...]      # what `pipewarden doctor` prints
+    prestart()                                     # start the fork server in the background
+
+Decides: each pipeline gets a fresh worker forked from a fork server that has only imported
+torch and diffusers; the worker applies every layer (``_layers``) before it reads an untrusted
+byte, re-verifies the source and every weight file against the host's digests, and runs the
+same sandbox as in-process. Trusts the host's verified ``Snapshot`` and source digest as
+*claims* to check again in the worker; trusts nothing the worker sends back.
+
+This module does not import torch (``pipewarden doctor`` and ``audit`` stay fast).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipewarden.errors import InputError, IntegrityError, NotAllowedError, WorkerError
+from pipewarden.isolation.layers.apply import LAYER_NAMES, LAYER_PURPOSE, LayerStatus
+from pipewarden.limits import Limits
+
+__all__ = [
+    "LAYER_NAMES",
+    "LAYER_PURPOSE",
+    "IsolationWarning",
+    "LayerStatus",
+    "PipelineHandle",
+    "WorkerLoadRequest",
+    "prestart",
+    "probe_layers",
+    "run_in_worker",
+    "start_worker_pipeline",
+]
+
+
+class IsolationWarning(UserWarning):
+    """A confinement layer is not active in a worker (see ``pipewarden doctor``)."""
+
+
+@dataclass(frozen=True)
+class WorkerLoadRequest:
+    """Everything a worker needs to load one pipeline; built by the host from verified inputs."""
+
+    source_bytes: bytes
+    source_sha256: str
+    filename: str
+    weights: Any  # pipewarden.loader.snapshot.Snapshot
+    torch_dtype: Any = None
+    policy_extras: Mapping[str, Any] | None = None
+    import_aliases: Mapping[str, str] | None = None
+    required_layers: frozenset[str] = field(default_factory=frozenset)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "PipelineHandle":
+        from pipewarden.isolation._handle import PipelineHandle
+
+        return PipelineHandle
+    raise AttributeError(name)
+
+
+def prestart() -> None:
+    """Start the fork server now (in the background) so the first load does not wait for it."""
+    from pipewarden.isolation._client import fork_server
+
+    fork_server(wait=False)
+
+
+def probe_layers() -> tuple[LayerStatus, ...]:
+    """Apply every layer in a throw-away child of this process and report what is active."""
+    from pipewarden.isolation.layers.probe import probe
+
+    return probe()
+
+
+def _read_paths(weights: Any) -> tuple[str, ...]:
+    root = os.path.abspath(str(weights.root))
+    paths = [root, os.path.realpath(root)]
+    for rel in weights.files:
+        real = os.path.realpath(os.path.join(root, rel))
+        if not real.startswith(os.path.realpath(root) + os.sep):
+            paths.append(real)  # e.g. HF cache: snapshots/<commit>/x -> ../../blobs/<sha>
+    return tuple(dict.fromkeys(paths))
+
+
+def _dtype_name(torch_dtype: Any) -> str | None:
+    if torch_dtype is None:
+        return None
+    import torch
+
+    if not isinstance(torch_dtype, torch.dtype):
+        raise TypeError(f"torch_dtype must be a torch.dtype, got {type(torch_dtype).__name__}")
+    return str(torch_dtype).removeprefix("torch.")
+
+
+def _check_required(required: Iterable[str]) -> frozenset[str]:
+    req = frozenset(required)
+    unknown = sorted(req - set(LAYER_NAMES))
+    if unknown:
+        raise ValueError(f"unknown isolation layers {unknown}; known: {', '.join(LAYER_NAMES)}")
+    return req
+
+
+def start_worker_pipeline(
+    request: WorkerLoadRequest,
+    limits: Limits | None = None,
+    *,
+    _unsafe_test_hooks: bool = False,
+    _unsafe_skip_layers: Iterable[str] = (),
+) -> Any:
+    """Fork a fresh worker, confine it, load the pipeline in it; return a ``PipelineHandle``.
+
+    Raises ``NotAllowedError`` when a layer in ``request.required_layers`` is not active, and
+    warns (``IsolationWarning``) for every other inactive layer.
+    """
+    from pipewarden.isolation._client import WorkerProcess
+    from pipewarden.isolation._handle import PipelineHandle
+    from pipewarden.isolation.wire.messages import Loaded
+
+    limits = limits if limits is not None else Limits()
+    if not isinstance(limits, Limits):
+        raise TypeError(f"limits must be a pipewarden.Limits, got {type(limits).__name__}")
+    required = _check_required(request.required_layers)
+    # 1. The source we send is the source that was verified: check the digest here as well
+    #    (the worker checks again before compiling).
+    if hashlib.sha256(request.source_bytes).hexdigest() != request.source_sha256:
+        raise IntegrityError(
+            f"{request.filename}: source bytes do not match the verified sha256",
+            rule="only verified source is sent to a worker",
+            fix="reload the pipeline",
+        )
+    files = {rel: {"sha256": rec.sha256, "size": rec.size} for rel, rec in request.weights.files.items()}
+    # 2. A fresh, confined worker (layers applied before it reads anything untrusted).
+    worker = WorkerProcess(
+        limits,
+        read_paths=_read_paths(request.weights),
+        test_hooks=_unsafe_test_hooks,
+        skip=frozenset(_unsafe_skip_layers),
+    )
+    try:
+        inactive = [s for s in worker.layers if not s.active]
+        missing = sorted(s.name for s in inactive if s.name in required)
+        if missing:
+            raise NotAllowedError(
+                f"isolation layers required by the policy are not active: {', '.join(missing)}",
+                rule="the allowlist policy requires these layers (required_layers)",
+                fix="run `pipewarden doctor` to see why, and run on a host where they are available",
+            )
+        if inactive:
+            warnings.warn(
+                "isolation layers not active in the worker: "
+                + "; ".join(f"{s.name} ({s.detail})" for s in inactive),
+                IsolationWarning,
+                stacklevel=3,
+            )
+        # 3. Load: the worker re-reads and re-hashes every file (expected = our digests).
+        header = {
+            "op": "load",
+            "source_sha256": request.source_sha256,
+            "filename": request.filename,
+            "root": os.path.abspath(str(request.weights.root)),
+            "source": str(request.weights.source),
+            "commit": request.weights.commit,
+            "files": files,
+            "torch_dtype": _dtype_name(request.torch_dtype),
+            "policy_extras": {k: list(v) for k, v in (request.policy_extras or {}).items()} or None,
+            "import_aliases": dict(request.import_aliases or {}) or None,
+            "gpu_memory_fraction": limits.gpu_memory_fraction,
+        }
+        loaded = worker.request(header, request.source_bytes, what="loading the pipeline")
+        if not isinstance(loaded, Loaded):
+            raise WorkerError("the worker answered a load with the wrong message", rule="worker protocol", fix="reload")
+    except BaseException:
+        worker.kill()
+        raise
+    return PipelineHandle(worker, loaded)
+
+
+def run_in_worker(
+    *,
+    source_bytes: bytes,
+    source_sha256: str,
+    filename: str,
+    weights: Any,
+    extra_components: Mapping[str, Any] | None = None,
+    torch_dtype: Any = None,
+    policy_extras: Mapping[str, Any] | None = None,
+    import_aliases: Mapping[str, str] | None = None,
+    limits: Limits | None = None,
+    required_layers: Iterable[str] | None = None,
+) -> Any:
+    """The entry point of ``load_pipeline(..., isolation="process")``.
+
+    ``extra_components`` (host objects given as keyword arguments) cannot cross the process
+    boundary, which carries no pickles: any are refused with ``NotAllowedError``.
+    """
+    if not isinstance(source_bytes, (bytes, bytearray)):
+        raise TypeError("source_bytes must be bytes")
+    if extra_components:
+        raise NotAllowedError(
+            f"components given as objects ({', '.join(sorted(extra_components))}) cannot be sent to an isolated worker",
+            rule='isolation="process" sends only verified files to the worker, never Python objects',
+            fix='put the component in the weights repository (safetensors + config), or load with isolation="inprocess"',
+        )
+    if weights is None or not hasattr(weights, "files"):
+        raise InputError("no weights snapshot to load in the worker", rule="isolation", fix="pass a weights directory")
+    request = WorkerLoadRequest(
+        source_bytes=bytes(source_bytes),
+        source_sha256=source_sha256,
+        filename=filename,
+        weights=weights,
+        torch_dtype=torch_dtype,
+        policy_extras=policy_extras,
+        import_aliases=import_aliases,
+        required_layers=_check_required(required_layers or ()),
+    )
+    return start_worker_pipeline(request, limits)

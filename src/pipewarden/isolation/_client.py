@@ -1,0 +1,356 @@
+"""The host side of isolation: the fork-server connection and one worker's pipes.
+
+Decides how the host waits for, bounds and stops a worker: every request has a wall-clock
+deadline (``Limits.wall_s``), every reply is bounded (``Limits.max_message_mb``) and parsed by
+``_messages.parse``; on timeout, oversize, garbage or hang-up the worker is killed through its
+pidfd and the error says why. Trusts the fork server (our code, our socketpair); trusts nothing
+a worker sends. Never forks the host (which may have run torch ops) and never unpickles.
+"""
+
+from __future__ import annotations
+
+import atexit
+import errno
+import fcntl
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from pipewarden.errors import ResourceLimitError, WorkerError, error_class
+from pipewarden.isolation.layers import apply as _layers
+from pipewarden.isolation.wire import messages as _messages
+from pipewarden.isolation.wire.framing import FrameTimeout, PeerClosed, encode_frame, read_frame
+from pipewarden.limits import Limits
+
+_START_TIMEOUT_S = 180.0
+_READY_TIMEOUT_S = 60.0
+
+
+def _spawn_env() -> dict[str, str]:
+    import pipewarden
+
+    pkg_root = str(Path(pipewarden.__file__).resolve().parent.parent)
+    env = {k: os.environ[k] for k in _layers.ENV_PASSTHROUGH if k in os.environ}
+    extra = os.environ.get("PYTHONPATH", "")
+    env.update(
+        {
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "PYTHONPATH": os.pathsep.join(p for p in (pkg_root, extra) if p),
+            "HF_HUB_OFFLINE": "1",
+            "DIFFUSERS_DISABLE_REMOTE_CODE": "1",
+            "PYTHONNOUSERSITE": "1",
+            # torch.cuda.is_available() (e.g. called by a library at import) must not initialise
+            # the CUDA driver in the fork server: children of a CUDA-initialised parent cannot
+            # use CUDA. The NVML-based check does not initialise it.
+            "PYTORCH_NVML_BASED_CUDA_CHECK": "1",
+            "HOME": tempfile.gettempdir(),
+        }
+    )
+    return env
+
+
+class ForkServer:
+    """One ``_forkserver`` process for this host process, started on first use."""
+
+    def __init__(self) -> None:
+        import pipewarden
+
+        host_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        self._sock = host_sock
+        self._lock = threading.Lock()
+        cwd = str(Path(pipewarden.__file__).resolve().parent.parent)
+        self._proc = subprocess.Popen(
+            [sys.executable, "-m", "pipewarden.isolation._forkserver", "--fd", str(child_sock.fileno())],
+            pass_fds=(child_sock.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            env=_spawn_env(),
+            cwd=cwd,
+        )
+        child_sock.close()
+        self.ready_info: dict | None = None
+
+    def wait_ready(self, timeout: float = _START_TIMEOUT_S) -> dict:
+        if self.ready_info is None:
+            with self._lock:
+                if self.ready_info is None:
+                    msg, _ = self._recv(timeout)
+                    if not msg.get("ready"):
+                        raise WorkerError("the fork server did not start", rule="isolation", fix="run `pipewarden doctor`")
+                    self.ready_info = msg
+        return self.ready_info
+
+    def alive(self) -> bool:
+        return self._proc.poll() is None
+
+    def _recv(self, timeout: float) -> tuple[dict, list[int]]:
+        ready, _, _ = select.select([self._sock], [], [], timeout)
+        if not ready:
+            raise WorkerError(
+                f"the fork server did not answer within {timeout:.0f} s",
+                rule="isolation needs a fork server",
+                fix="run `pipewarden doctor`; check that torch and diffusers import",
+            )
+        data, fds, _flags, _addr = socket.recv_fds(self._sock, 1 << 20, 4)
+        if not data:
+            raise WorkerError("the fork server exited", rule="isolation needs a fork server", fix="run `pipewarden doctor`")
+        return json.loads(data), fds
+
+    def _request(self, obj: dict, fds: list[int] | None = None, timeout: float = 30.0) -> tuple[dict, list[int]]:
+        self.wait_ready()
+        with self._lock:
+            data = json.dumps(obj).encode("utf-8")
+            try:
+                if fds:
+                    socket.send_fds(self._sock, [data], fds)
+                else:
+                    self._sock.send(data)
+            except OSError:
+                raise WorkerError("the fork server is gone", rule="isolation needs a fork server", fix="retry") from None
+            return self._recv(timeout)
+
+    def fork(self, plan: _layers.LayerPlan, *, test_hooks: bool) -> tuple[int, int, int, int]:
+        """Start a worker; returns (pid, pidfd, request write fd, response read fd).
+
+        The worker (a spare forked in advance, or a fresh child) has applied nothing yet: the
+        first frame it reads is its plan, and it confines itself before answering "ready".
+        """
+        reply, fds = self._request({"op": "fork"})
+        if not reply.get("ok") or len(fds) != 3:
+            for fd in fds:
+                os.close(fd)
+            raise WorkerError("the fork server could not start a worker", rule="isolation", fix="run `pipewarden doctor`")
+        pidfd, req_w, resp_r = fds
+        for fd in fds:
+            os.set_inheritable(fd, False)
+        try:
+            os.write(req_w, encode_frame({"op": "plan", "plan": plan.to_json(), "test_hooks": test_hooks}))
+        except OSError:
+            for fd in fds:
+                os.close(fd)
+            raise WorkerError("a new worker died before it got its plan", rule="isolation", fix="retry") from None
+        return int(reply["pid"]), pidfd, req_w, resp_r
+
+    def exit_code(self, pid: int, *, wait: bool) -> int | None:
+        reply, _ = self._request({"op": "status", "pid": pid, "wait": wait})
+        return int(reply["code"]) if "code" in reply else None
+
+    def ping(self) -> dict:
+        return self._request({"op": "ping"})[0]
+
+    def close(self) -> None:
+        try:
+            self._sock.close()
+        finally:
+            try:
+                self._proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+
+
+_SERVER: ForkServer | None = None
+_SERVER_LOCK = threading.Lock()
+
+
+def fork_server(*, wait: bool = True) -> ForkServer:
+    """The host's fork server, started on first use (and restarted if it died)."""
+    global _SERVER
+    with _SERVER_LOCK:
+        if _SERVER is None or not _SERVER.alive():
+            _SERVER = ForkServer()
+        server = _SERVER
+    if wait:
+        server.wait_ready()
+    return server
+
+
+@atexit.register
+def _shutdown() -> None:
+    global _SERVER
+    if _SERVER is not None:
+        _SERVER.close()
+        _SERVER = None
+
+
+_PRINTABLE = re.compile(r"[^\x20-\x7e\n]")
+
+
+class WorkerProcess:
+    """One worker, seen from the host: pipes, pidfd, limits, scratch dir."""
+
+    def __init__(self, limits: Limits, *, read_paths: tuple[str, ...], test_hooks: bool = False, skip: frozenset[str] = frozenset()):
+        self.limits = limits
+        self.max_bytes = int(limits.max_message_mb) * 1024 * 1024
+        self.scratch = tempfile.mkdtemp(prefix="pipewarden-worker-")
+        self.plan = _layers.LayerPlan(
+            scratch=self.scratch,
+            read_paths=read_paths,
+            memory_mb=int(limits.memory_mb),
+            cpu_s=int(limits.cpu_s),
+            file_size_mb=int(limits.file_size_mb),
+            open_files=int(limits.open_files),
+            processes=int(limits.processes),
+            gpu=bool(_layers.gpu_devices()),
+            skip=skip,
+        )
+        self._server = fork_server()
+        self.pid, self._pidfd, self._req, self._resp = self._server.fork(self.plan, test_hooks=test_hooks)
+        fl = fcntl.fcntl(self._req, fcntl.F_GETFL)
+        fcntl.fcntl(self._req, fcntl.F_SETFL, fl | os.O_NONBLOCK)
+        self.closed = False
+        self._killed_by_host = False
+        self._lock = threading.RLock()
+        ready = self._receive(time.monotonic() + min(_READY_TIMEOUT_S, float(limits.wall_s) + 30.0), "start")
+        if not isinstance(ready, _messages.Ready):
+            self.kill()
+            raise WorkerError("the worker did not report ready", rule="worker protocol", fix="run `pipewarden doctor`")
+        self.layers = (
+            *ready.layers,
+            _layers.LayerStatus("wall-clock", True, f"host kills the worker (pidfd) after {limits.wall_s:g} s per request"),
+        )
+
+    # ---------------------------------------------------------------------------- messaging
+
+    def request(self, header: dict, payload: bytes = b"", *, what: str) -> _messages.WorkerMessage:
+        with self._lock:
+            if self.closed:
+                raise WorkerError("the isolated pipeline is closed", rule="a closed worker cannot run", fix="load it again")
+            deadline = time.monotonic() + float(self.limits.wall_s)
+            self._send(encode_frame(header, payload), deadline, what)
+            msg = self._receive(deadline, what)
+            if isinstance(msg, _messages.Failure):
+                raise error_class(msg.error_class)(msg.what, rule=msg.rule, fix=msg.fix)
+            return msg
+
+    def _send(self, data: bytes, deadline: float, what: str) -> None:
+        view = memoryview(data)
+        poller = select.poll()
+        poller.register(self._req, select.POLLOUT | select.POLLERR)
+        while len(view):
+            try:
+                n = os.write(self._req, view)
+                view = view[n:]
+            except BlockingIOError:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise self._timeout(what) from None
+                poller.poll(int(left * 1000) + 1)
+            except (BrokenPipeError, OSError):
+                raise self._crashed(what) from None
+
+    def _receive(self, deadline: float, what: str) -> _messages.WorkerMessage:
+        try:
+            frame = read_frame(self._resp, max_bytes=self.max_bytes, deadline=deadline)
+            return _messages.parse(frame)
+        except FrameTimeout:
+            raise self._timeout(what) from None
+        except PeerClosed:
+            raise self._crashed(what) from None
+        except (ResourceLimitError, WorkerError):
+            self.kill()
+            raise
+
+    # ------------------------------------------------------------------------------- endings
+
+    def _timeout(self, what: str) -> ResourceLimitError:
+        self.kill()
+        return ResourceLimitError(
+            f"the isolated pipeline did not finish {what} within {self.limits.wall_s:g} s; the worker was killed",
+            rule="Limits.wall_s bounds every request to the worker",
+            fix="raise Limits(wall_s=...) if the pipeline really needs longer",
+        )
+
+    def _crashed(self, what: str) -> Exception:
+        if not self._wait_exit(2.0):
+            self._sigkill()
+            self._wait_exit(2.0)
+        tail = self._log_tail()
+        code = None
+        try:
+            code = self._server.exit_code(self.pid, wait=True)
+        except WorkerError:
+            pass
+        self._finish()
+        if code is not None and code < 0 and -code == signal.SIGXCPU:
+            return ResourceLimitError(
+                f"the isolated pipeline used more than {self.limits.cpu_s} s of CPU during {what}; the worker was stopped",
+                rule="Limits.cpu_s bounds the worker's CPU time",
+                fix="raise Limits(cpu_s=...) if the pipeline really needs more",
+            )
+        how = "hung up" if code is None else (f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}")
+        return WorkerError(
+            f"the isolated worker {how} during {what}" + (f"; worker log ends: {tail}" if tail else ""),
+            rule="a crashing worker cannot harm the host; its pipeline is gone",
+            fix="load the pipeline again; if it keeps crashing, the pipeline or its inputs are at fault",
+        )
+
+    def _log_tail(self) -> str:
+        try:
+            with open(os.path.join(self.scratch, "worker.log"), "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 400))
+                text = fh.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+        return _PRINTABLE.sub("?", text.strip())[-300:]
+
+    def _wait_exit(self, timeout: float) -> bool:
+        if self._pidfd < 0:
+            return True
+        ready, _, _ = select.select([self._pidfd], [], [], timeout)
+        return bool(ready)
+
+    def _sigkill(self) -> None:
+        if self._pidfd >= 0:
+            try:
+                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                self._killed_by_host = True
+            except ProcessLookupError:
+                pass
+            except OSError as exc:
+                if exc.errno != errno.ESRCH:
+                    raise
+
+    def kill(self) -> None:
+        self._sigkill()
+        self._finish()
+
+    def _finish(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for fd in (self._req, self._resp, self._pidfd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._pidfd = -1
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+    def close(self) -> None:
+        """Ask the worker to exit, then make sure it has (kill after a short grace period)."""
+        with self._lock:
+            if self.closed:
+                return
+            try:
+                os.write(self._req, encode_frame({"op": "close"}))
+            except OSError:
+                pass
+            if not self._wait_exit(2.0):
+                self.kill()
+            else:
+                self._finish()
+            try:
+                self._server.exit_code(self.pid, wait=False)
+            except WorkerError:
+                pass

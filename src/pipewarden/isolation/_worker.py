@@ -1,0 +1,471 @@
+"""The worker side: confine this freshly forked process, then load and run one vetted pipeline.
+
+Runs only in a child of the fork server. Decides the order: stdio -> layers (see ``_layers``) ->
+tripwire -> "ready"; only then does it read the pipeline source and weights (from the host's
+request and the verified snapshot), re-verifying every sha256 itself before use. Trusts the
+host's requests (the host is the trusted side of the pipes); trusts nothing it loads.
+Exceptions never cross as objects: they are sent as (class name, what, rule, fix) text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import importlib
+import inspect
+import json
+import math
+import os
+import signal
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from pipewarden.errors import IntegrityError, PipewardenError, PolicyViolation
+from pipewarden.isolation.layers import apply as _layers
+from pipewarden.isolation.wire.codec import Decoder, Encoder, load_tensors
+from pipewarden.isolation.wire.framing import PeerClosed, read_frame, write_frame
+
+
+def trusted_modules() -> tuple[str, ...]:
+    """pipewarden modules a worker may need; imported before the tripwire is armed (cheap).
+
+    Library modules (torch, diffusers) may still be imported lazily after arming: the tripwire
+    lets installed library files through, but not project files outside site-packages.
+    """
+    import pkgutil
+
+    import pipewarden.sandbox
+
+    names = ["pipewarden.loader.components", "pipewarden.loader.snapshot", "pipewarden.loader.digests"]
+    for info in pkgutil.iter_modules(pipewarden.sandbox.__path__):
+        if info.name == "isolation" or info.name.startswith(("audit", "_audit")):
+            continue
+        names.append(f"pipewarden.sandbox.{info.name}")
+    return tuple(names)
+
+
+_MAX_REQUEST = 1 << 40  # the host is trusted; its requests are bounded by what it sends
+_ALLOC_MARKERS = ("can't allocate memory", "not enough memory", "out of memory", "cannot allocate memory")
+
+
+def run(req_fd: int, resp_fd: int, *, close_fds: tuple[int, ...]) -> None:
+    """Entry point in the forked child; never returns.
+
+    Waits for the host's first frame (its ``LayerPlan``: trusted, from the host), then confines
+    itself and serves requests.
+    """
+    code = 1
+    try:
+        from pipewarden.isolation.layers import syscalls as sc
+        parent = os.getppid()
+        try:
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+        if os.getppid() != parent:
+            os._exit(1)
+        for fd in close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            first = read_frame(req_fd, max_bytes=1 << 24)
+        except PeerClosed:
+            os._exit(0)  # a spare nobody asked for (the fork server is shutting down)
+        if first.header.get("op") != "plan":
+            os._exit(2)
+        plan = _layers.LayerPlan.from_json(first.header["plan"])
+        test_hooks = bool(first.header.get("test_hooks"))
+        code = _Worker(req_fd, resp_fd, plan, test_hooks=test_hooks, close_fds=()).main()
+    except BaseException:  # noqa: B036 - last resort in a child: report on stderr, then exit
+        try:
+            traceback.print_exc()
+        except BaseException:  # noqa: B036
+            pass
+    finally:
+        os._exit(code)
+
+
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    if depth > 16:
+        return repr(value)[:200]
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+    return repr(value)[:200]
+
+
+def _error_header(exc: BaseException) -> dict:
+    if isinstance(exc, PipewardenError):
+        return {"kind": "error", "error": type(exc).__name__, "what": exc.what, "rule": exc.rule, "fix": exc.fix}
+    text = str(exc)[:2000]
+    if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
+        return {
+            "kind": "error",
+            "error": "ResourceLimitError",
+            "what": "the pipeline wrote a file larger than the worker's limit",
+            "rule": "Limits.file_size_mb bounds every file the worker writes",
+            "fix": "raise Limits(file_size_mb=...) if the pipeline really needs to",
+        }
+    if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(m in text.lower() for m in _ALLOC_MARKERS)):
+        return {
+            "kind": "error",
+            "error": "ResourceLimitError",
+            "what": f"the pipeline ran out of memory in the worker ({type(exc).__name__}: {text[:300]})",
+            "rule": "Limits.memory_mb bounds the worker's memory",
+            "fix": "raise Limits(memory_mb=...) if the pipeline really needs more",
+        }
+    return {
+        "kind": "error",
+        "error": "PipewardenError",
+        "what": f"the pipeline raised {type(exc).__name__}: {text}",
+        "rule": "errors inside the isolated worker are reported by type name and message only",
+        "fix": "see the message; the pipeline code or its inputs caused it",
+    }
+
+
+class _Worker:
+    def __init__(self, req_fd: int, resp_fd: int, plan: _layers.LayerPlan, *, test_hooks: bool, close_fds: tuple[int, ...]):
+        self.req_fd = req_fd
+        self.resp_fd = resp_fd
+        self.plan = plan
+        self.test_hooks = test_hooks
+        self.close_fds = close_fds
+        self.pipe: Any = None
+        self.gpu_fraction: float | None = None
+        self._parent = 0
+
+    # -------------------------------------------------------------------------------- setup
+
+    def _prepare_process(self) -> None:
+        for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGPIPE, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_DFL)
+        # Over RLIMIT_FSIZE a write fails with EFBIG (an error the host sees) instead of a kill.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        self._parent = os.getppid()
+        self._die_with_parent()
+        for fd in self.close_fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        os.setsid()
+        devnull = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(devnull, 0)
+        os.close(devnull)
+        log = os.open(os.path.join(self.plan.scratch, "worker.log"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        os.dup2(log, 1)
+        os.dup2(log, 2)
+        os.close(log)
+
+    def _die_with_parent(self) -> None:
+        """SIGKILL this worker when the fork server dies (it dies with the host)."""
+        from pipewarden.isolation.layers import syscalls as sc
+        try:
+            sc.prctl(sc.PR_SET_PDEATHSIG, signal.SIGKILL)
+        except OSError:
+            pass
+        if os.getppid() != self._parent:
+            os._exit(1)
+
+    def _arm_tripwire(self) -> _layers.LayerStatus:
+        if "tripwire" in self.plan.skip:
+            return _layers.LayerStatus("tripwire", False, "disabled by the host (test only)")
+        try:
+            from pipewarden.sandbox import tripwire
+        except ImportError:
+            return _layers.LayerStatus("tripwire", False, "pipewarden.sandbox.tripwire not available")
+        arm = getattr(tripwire, "arm_process_wide", None) or getattr(tripwire, "arm_process", None)
+        if arm is None:
+            return _layers.LayerStatus("tripwire", False, "no process-wide arm function in the tripwire module")
+        try:
+            arm()
+        except Exception as exc:  # a failing tripwire is reported, not fatal
+            return _layers.LayerStatus("tripwire", False, f"arming failed: {type(exc).__name__}")
+        return _layers.LayerStatus("tripwire", True, "audit hook armed process-wide (all threads)")
+
+    def main(self) -> int:
+        self._prepare_process()
+        statuses = list(_layers.apply_all(self.plan))
+        self._die_with_parent()  # again: a uid change clears the parent-death signal
+        # Trusted imports the worker needs, done before the tripwire is armed process-wide
+        # (the fork server may not have finished warming up).
+        for name in trusted_modules():
+            try:
+                importlib.import_module(name)
+            except ImportError:
+                pass
+        statuses.append(self._arm_tripwire())
+        self._send({"kind": "ready", "pid": os.getpid(), "layers": [s.to_json() for s in statuses]})
+        while True:
+            try:
+                frame = read_frame(self.req_fd, max_bytes=_MAX_REQUEST)
+            except PeerClosed:
+                return 0
+            op = frame.header.get("op")
+            if op == "close":
+                return 0
+            try:
+                with self._trusted_context(op):
+                    header, payload = self._dispatch(op, frame)
+            except BaseException as exc:  # noqa: B036 - everything goes back as text
+                if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+                    return 1
+                header, payload = _error_header(exc), b""
+            self._send(header, payload)
+
+    def _trusted_context(self, op: object):
+        """The worker's own (trusted) request handling runs like host code does in-process.
+
+        The tripwire is armed process-wide, so every other thread (a new thread has an empty
+        context) is armed for good. In this main-thread context the worker's trusted steps (the
+        sandbox's restricted compile, loading weights, lazy library imports, encoding results)
+        run suspended, exactly as on the host in-process; every function of the vetted pipeline
+        re-arms itself when called. Test hooks choose for themselves.
+        """
+        if op == "hook":
+            return contextlib.nullcontext()
+        from pipewarden.sandbox import tripwire
+
+        return tripwire.suspended()
+
+    def _dispatch(self, op: object, frame) -> tuple[dict, bytes]:
+        if op == "load":
+            return self._load(frame.header, frame.payload), b""
+        if op == "call":
+            return self._call(frame.header, frame.payload)
+        if op == "to":
+            return self._to(frame.header, frame.payload), b""
+        if op == "hook" and self.test_hooks:
+            with self._hook_context(frame.header):
+                return self._hook(frame.header), b""
+        raise PolicyViolation(f"unknown request {op!r}", rule="worker protocol")
+
+    def _send(self, header: dict, payload: bytes = b"") -> None:
+        write_frame(self.resp_fd, header, payload)
+
+    # ------------------------------------------------------------------------------- requests
+
+    def _load(self, h: dict, payload: bytes) -> dict:
+        import torch
+
+        from pipewarden.loader.components import load_components
+        from pipewarden.loader.snapshot import FileRecord, Snapshot
+
+        source_bytes = payload
+        if hashlib.sha256(source_bytes).hexdigest() != h["source_sha256"]:
+            raise IntegrityError(
+                f"{h['filename']}: the source received by the worker does not match its sha256",
+                rule="the worker re-verifies the pipeline source before compiling it",
+                fix="reload the pipeline",
+            )
+        files = {
+            rel: FileRecord(relpath=rel, sha256=str(rec["sha256"]), size=int(rec["size"])) for rel, rec in h["files"].items()
+        }
+        snapshot = Snapshot(root=Path(h["root"]), source=str(h["source"]), commit=h.get("commit"), files=files)
+        expected = {rel: rec.sha256 for rel, rec in files.items() if rec.sha256}
+        dtype = None
+        if h.get("torch_dtype"):
+            dtype = getattr(torch, h["torch_dtype"])
+            if not isinstance(dtype, torch.dtype):
+                raise ValueError("torch_dtype")
+        from pipewarden.sandbox import load_class
+
+        policy = None
+        extras = h.get("policy_extras") or None
+        aliases = h.get("import_aliases") or None
+        if extras or aliases:
+            from pipewarden.sandbox.policy import default_policy
+
+            policy = default_policy().with_extras(extra_modules=extras, import_aliases=aliases)
+        cls = load_class(source_bytes, filename=h["filename"], policy=policy, import_aliases=aliases)
+        built = load_components(snapshot, torch_dtype=dtype, expected=expected)
+        wanted = _init_component_names(cls)
+        kwargs = {k: v for k, v in built.items() if wanted is None or k in wanted}
+        self.pipe = cls(**kwargs)
+        self.gpu_fraction = h.get("gpu_memory_fraction")
+        return self._describe()
+
+    def _describe(self) -> dict:
+        pipe = self.pipe
+        components: dict[str, Any] = {}
+        types: dict[str, str] = {}
+        for name, comp in dict(getattr(pipe, "components", {}) or {}).items():
+            cfg = getattr(comp, "config", None)
+            components[name] = _jsonable(dict(cfg)) if isinstance(cfg, dict) else None
+            types[name] = type(comp).__name__
+        config = getattr(pipe, "config", None)
+        return {
+            "kind": "loaded",
+            "class_name": type(pipe).__name__,
+            "config": _jsonable(dict(config)) if isinstance(config, dict) else {},
+            "components": components,
+            "types": types,
+        }
+
+    def _call(self, h: dict, payload: bytes) -> tuple[dict, bytes]:
+        if self.pipe is None:
+            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker protocol")
+        import torch
+
+        dec = Decoder(load_tensors(payload), allow_generators=True)
+        args = dec.decode(h["args"])
+        kwargs = dec.decode(h["kwargs"])
+        if h.get("rng") is not None:  # the host's global CPU RNG, so torch.manual_seed() works as in-process
+            torch.set_rng_state(dec.decode({"__pw__": "tensor", "ref": h["rng"]}))
+        result = self.pipe(*args, **kwargs)
+        enc = Encoder(allow_generators=False)
+        tree = enc.encode(result)
+        refs = [enc.tensor_ref(g.get_state()) for g in dec.generators]
+        rng = enc.tensor_ref(torch.get_rng_state())
+        return {"kind": "result", "value": tree, "generators": refs, "rng": rng}, enc.payload()
+
+    def _to(self, h: dict, payload: bytes) -> dict:
+        import torch
+
+        if self.pipe is None:
+            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker protocol")
+        dec = Decoder(load_tensors(payload), allow_generators=False)
+        args = dec.decode(h["args"])
+        kwargs = dec.decode(h["kwargs"])
+        self.pipe.to(*args, **kwargs)
+        device = getattr(self.pipe, "device", None)
+        if device is not None and getattr(device, "type", "") == "cuda" and self.gpu_fraction:
+            torch.cuda.set_per_process_memory_fraction(float(self.gpu_fraction), device)
+        return {"kind": "ok", "detail": str(device)}
+
+    # ------------------------------------------------------------------------ test-only hooks
+
+    def _hook_context(self, h: dict):
+        """Test hooks probe the OS layers, so they may run with the Python tripwire suspended."""
+        if not h.get("suspend_tripwire"):
+            return contextlib.nullcontext()
+        from pipewarden.sandbox import tripwire
+
+        return tripwire.suspended()
+
+    def _hook(self, h: dict) -> dict:
+        import ctypes
+
+        name = h.get("name")
+        arg = h.get("arg")
+        if name == "abort":
+            os.abort()
+        if name == "fork":
+            libc = ctypes.CDLL(None, use_errno=True)
+            pid = libc.fork()
+            if pid == 0:
+                if isinstance(arg, str):
+                    try:
+                        with open(arg, "w") as fh:
+                            fh.write("child ran")
+                    finally:
+                        os._exit(0)
+                os._exit(0)
+            err = ctypes.get_errno()
+            if pid < 0:
+                raise PolicyViolation(
+                    f"fork() refused in the worker: {errno.errorcode.get(err, err)}",
+                    rule="seccomp: no new processes",
+                )
+            os.waitpid(pid, 0)
+            return {"kind": "ok", "detail": "forked"}
+        if name == "socket":
+            libc = ctypes.CDLL(None, use_errno=True)
+            fd = libc.socket(2, 1, 0)
+            return {"kind": "ok", "detail": json.dumps({"ret": fd, "errno": ctypes.get_errno()})}
+        if name in ("unshare", "ptrace", "setuid"):
+            libc = ctypes.CDLL(None, use_errno=True)
+            if name == "unshare":
+                ret = libc.unshare(0x10000000 | 0x40000000)  # CLONE_NEWUSER | CLONE_NEWNET
+            elif name == "ptrace":
+                ret = libc.ptrace(16, os.getppid(), None, None)  # PTRACE_ATTACH to the fork server
+            else:
+                ret = libc.setuid(0)
+            return {"kind": "ok", "detail": json.dumps({"ret": ret, "errno": ctypes.get_errno()})}
+        if name == "connect":
+            import socket
+
+            try:
+                with socket.create_connection(("127.0.0.1", int(str(arg))), timeout=2):
+                    return {"kind": "ok", "detail": json.dumps({"errno": 0})}
+            except OSError as exc:
+                return {"kind": "ok", "detail": json.dumps({"errno": exc.errno if exc.errno is not None else -1})}
+        if name == "exec":
+            try:
+                os.execv("/bin/true", ["/bin/true"])
+            except OSError as exc:
+                return {"kind": "ok", "detail": json.dumps({"errno": exc.errno})}
+        if name in ("read", "write"):
+            try:
+                if name == "read":
+                    with open(str(arg), "rb") as rfh:
+                        rfh.read(16)
+                else:
+                    with open(str(arg), "wb") as wfh:
+                        wfh.write(b"x")
+                return {"kind": "ok", "detail": json.dumps({"errno": 0})}
+            except OSError as exc:
+                return {"kind": "ok", "detail": json.dumps({"errno": exc.errno})}
+        if name == "write_big":
+            try:
+                with open(os.path.join(self.plan.scratch, "big.bin"), "wb") as bfh:
+                    bfh.write(b"\0" * (int(str(arg)) * 1024 * 1024))
+                return {"kind": "ok", "detail": json.dumps({"errno": 0})}
+            except OSError as exc:
+                return {"kind": "ok", "detail": json.dumps({"errno": exc.errno})}
+        if name == "identity":
+            import torch
+
+            info = {"uid": os.getuid(), "euid": os.geteuid(), "env": sorted(os.environ), "pid": os.getpid()}
+            info["torch_threads"] = torch.get_num_threads()
+            info["tasks"] = len(os.listdir(f"/proc/{os.getpid()}/task"))
+            fds = {}
+            for fd in os.listdir(f"/proc/{os.getpid()}/fd"):
+                try:
+                    fds[fd] = os.readlink(f"/proc/{os.getpid()}/fd/{fd}")
+                except OSError:
+                    fds[fd] = "?"
+            info["fds"] = fds
+            return {"kind": "ok", "detail": json.dumps(info)}
+        if name == "alloc":
+            import torch
+
+            t = torch.ones(int(str(arg)) * 1024 * 1024, dtype=torch.uint8)
+            return {"kind": "ok", "detail": str(int(t.sum()))}
+        if name == "spin":
+            while True:
+                pass
+        if name == "recurse":
+            def deep(n: int) -> int:
+                return deep(n + 1) + 1
+
+            sys.setrecursionlimit(10**6)
+            deep(0)
+        if name == "garbage":
+            os.write(self.resp_fd, bytes(arg.encode("latin-1")) if isinstance(arg, str) else b"\x80\x04garbage")
+            os.close(self.resp_fd)
+            signal.pause()
+        if name == "oversize":
+            os.write(self.resp_fd, b"PWF1" + (16).to_bytes(4, "big") + (1 << 40).to_bytes(8, "big"))
+            signal.pause()
+        raise PolicyViolation(f"unknown test hook {name!r}", rule="worker protocol")
+
+
+def _init_component_names(cls: type) -> set[str] | None:
+    try:
+        params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return None
+    return {n for n in params if n != "self"}

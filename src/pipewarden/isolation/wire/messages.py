@@ -1,0 +1,167 @@
+"""Worker -> host messages, parsed at one boundary into frozen typed objects.
+
+Decides the message kinds the host accepts and validates every field; trusts nothing in a
+frame. Anything unexpected raises ``WorkerError`` (the host then stops the worker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from pipewarden.errors import WorkerError
+from pipewarden.isolation.layers.apply import LAYER_NAMES, LayerStatus
+from pipewarden.isolation.wire.codec import Decoder, load_tensors
+from pipewarden.isolation.wire.framing import Frame
+
+_MAX_TEXT = 4000
+
+
+def _bad(what: str) -> WorkerError:
+    return WorkerError(
+        f"the worker sent a malformed message: {what}",
+        rule="worker messages have a fixed schema, validated on receipt",
+        fix="the worker is broken or compromised; it was stopped",
+    )
+
+
+def _text(value: object, field: str, *, limit: int = _MAX_TEXT) -> str:
+    if not isinstance(value, str):
+        raise _bad(f"{field} is not a string")
+    return value[:limit]
+
+
+def freeze(value: Any) -> Any:
+    """JSON -> read-only: dicts become ``FrozenConfig``, lists tuples."""
+    if isinstance(value, dict):
+        return FrozenConfig({str(k): freeze(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return tuple(freeze(v) for v in value)
+    return value
+
+
+class FrozenConfig(Mapping):
+    """A read-only config mapping with attribute access (like diffusers' FrozenDict)."""
+
+    __slots__ = ("_data",)
+
+    def __init__(self, data: Mapping[str, Any]) -> None:
+        object.__setattr__(self, "_data", MappingProxyType(dict(data)))
+
+    def __getitem__(self, key: str) -> Any:
+        return self._data[key]
+
+    def __iter__(self):
+        return iter(self._data)
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __getattr__(self, name: str) -> Any:
+        # Worker-chosen keys never become protocol attributes (e.g. "__array_interface__",
+        # which numpy would use to read raw host memory): underscore names stay item-only.
+        if name.startswith("_"):
+            raise AttributeError(name)
+        try:
+            return self._data[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("the config of an isolated pipeline is read-only")
+
+    def __repr__(self) -> str:
+        return f"FrozenConfig({dict(self._data)!r})"
+
+
+@dataclass(frozen=True)
+class Ready:
+    pid: int
+    layers: tuple[LayerStatus, ...]
+
+
+@dataclass(frozen=True)
+class Loaded:
+    class_name: str
+    config: FrozenConfig
+    components: Mapping[str, FrozenConfig | None]
+    component_types: Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Result:
+    value: Any
+    generator_states: tuple[Any, ...]
+    rng_state: Any = None  # the worker's global CPU RNG state after the call (a uint8 tensor)
+
+
+@dataclass(frozen=True)
+class Ack:
+    detail: str
+
+
+@dataclass(frozen=True)
+class Failure:
+    error_class: str
+    what: str
+    rule: str
+    fix: str
+
+
+WorkerMessage = Ready | Loaded | Result | Ack | Failure
+
+
+def parse(frame: Frame) -> WorkerMessage:
+    h = frame.header
+    kind = h.get("kind")
+    if kind == "error":
+        name = _text(h.get("error"), "error", limit=64)
+        if not name.isidentifier():
+            raise _bad("error class is not a name")
+        return Failure(name, _text(h.get("what"), "what"), _text(h.get("rule", ""), "rule"), _text(h.get("fix", ""), "fix"))
+    if kind == "ready":
+        pid = h.get("pid")
+        layers = h.get("layers")
+        if not isinstance(pid, int) or isinstance(pid, bool) or not isinstance(layers, list) or len(layers) > 64:
+            raise _bad("ready")
+        parsed = []
+        for item in layers:
+            if not isinstance(item, dict) or item.get("name") not in LAYER_NAMES or not isinstance(item.get("active"), bool):
+                raise _bad("layer status")
+            parsed.append(LayerStatus(str(item["name"]), bool(item["active"]), _text(item.get("detail", ""), "detail", limit=300)))
+        return Ready(pid, tuple(parsed))
+    if kind == "loaded":
+        cfg = h.get("config")
+        comps = h.get("components")
+        types = h.get("types")
+        if not isinstance(cfg, dict) or not isinstance(comps, dict) or not isinstance(types, dict):
+            raise _bad("loaded")
+        components: dict[str, FrozenConfig | None] = {}
+        for name, value in comps.items():
+            if not str(name).isidentifier() or not (value is None or isinstance(value, dict)):
+                raise _bad("component config")
+            components[name] = None if value is None else freeze(value)
+        return Loaded(
+            _text(h.get("class_name"), "class_name", limit=128),
+            freeze(cfg),
+            MappingProxyType(components),
+            MappingProxyType({str(k): _text(v, "type", limit=128) for k, v in types.items()}),
+        )
+    if kind == "result":
+        if "value" not in h:
+            raise _bad("result without value")
+        tensors = load_tensors(frame.payload)
+        dec = Decoder(tensors, allow_generators=False)
+        value = dec.decode(h["value"])
+        states = h.get("generators", [])
+        if not isinstance(states, list) or len(states) > 64:
+            raise _bad("generator states")
+        gen_states = tuple(dec.decode({"__pw__": "tensor", "ref": ref}) for ref in states)
+        rng = h.get("rng")
+        rng_state = None if rng is None else dec.decode({"__pw__": "tensor", "ref": rng})
+        return Result(value, gen_states, rng_state)
+    if kind == "ok":
+        return Ack(_text(h.get("detail", ""), "detail"))
+    raise _bad(f"unknown kind {str(kind)[:40]!r}")

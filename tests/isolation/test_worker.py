@@ -1,0 +1,380 @@
+"""Each confinement layer of a real worker, tested by the side effect it must prevent.
+
+Workers are forked from the session's fork server and driven through test-only hooks (trusted
+code inside the worker that makes the raw system calls a hostile pipeline's C code could make).
+Where a layer reports itself inactive on a machine, the test asserts that the report says so;
+where it is active (every layer on the reference machine), the side effect must be absent.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from pipewarden.errors import (
+    NotAllowedError,
+    PipewardenError,
+    PolicyViolation,
+    ResourceLimitError,
+    WorkerError,
+)
+from pipewarden.isolation import LAYER_NAMES, WorkerLoadRequest, probe_layers, start_worker_pipeline
+from pipewarden.isolation._client import WorkerProcess, fork_server
+from pipewarden.limits import Limits
+
+
+@pytest.fixture(scope="module", autouse=True)
+def server():
+    return fork_server()
+
+
+@pytest.fixture(scope="module")
+def doctor():
+    return {s.name: s for s in probe_layers()}
+
+
+@contextmanager
+def worker(limits: Limits | None = None, *, skip: frozenset[str] = frozenset(), read_paths: tuple[str, ...] = ()):
+    w = WorkerProcess(limits or Limits(wall_s=60), read_paths=read_paths, test_hooks=True, skip=skip)
+    try:
+        yield w
+    finally:
+        w.close()
+
+
+def hook(w: WorkerProcess, name: str, arg=None, *, suspend: bool = True) -> dict:
+    msg = w.request({"op": "hook", "name": name, "arg": arg, "suspend_tripwire": suspend}, what=f"hook {name}")
+    return json.loads(msg.detail) if msg.detail.startswith("{") else {"detail": msg.detail}
+
+
+def active(w: WorkerProcess, name: str) -> bool:
+    return {s.name: s.active for s in w.layers}[name]
+
+
+def _gone(pid: int, timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # a zombie until the fork server reaps it
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                if fh.read().split(") ")[1].startswith("Z"):
+                    return True
+        except OSError:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def _host_still_works(server) -> None:
+    assert server.alive()
+    with worker() as w:
+        assert hook(w, "identity")["pid"] == w.pid
+
+
+# ------------------------------------------------------------------------------ layer report
+
+
+def test_worker_reports_every_layer_like_doctor(doctor):
+    with worker() as w:
+        reported = {s.name: s for s in w.layers}
+    assert set(reported) == set(LAYER_NAMES)
+    for name, status in reported.items():
+        assert status.detail, name
+        assert status.active == doctor[name].active, (name, status, doctor[name])
+
+
+def test_doctor_cli_prints_the_table(capsys, doctor):
+    from pipewarden.cli import main
+
+    rc = main(["doctor", "--json"])
+    table = json.loads(capsys.readouterr().out)
+    assert rc == 0
+    assert [row["name"] for row in table] == list(LAYER_NAMES)
+    assert all(row["stops"] for row in table)
+    rc = main(["doctor", "--strict"])
+    out = capsys.readouterr().out
+    assert rc == (0 if all(s.active for s in doctor.values()) else 1)
+    for name in LAYER_NAMES:
+        assert name in out
+
+
+@pytest.mark.parametrize("skip", ["seccomp", "landlock-fs", "netns", "uid", "rlimits", "env"])
+def test_a_disabled_layer_is_reported_inactive_and_the_others_still_active(skip, doctor):
+    with worker(skip=frozenset({skip})) as w:
+        reported = {s.name: s for s in w.layers}
+    assert set(reported) == set(LAYER_NAMES)
+    off = {skip} | ({"landlock-net", "landlock-scope"} if skip == "landlock-fs" else set())
+    for name, status in reported.items():
+        if name in off:
+            assert not status.active and "disabled" in status.detail
+        else:
+            assert status.active == doctor[name].active, name
+
+
+def test_a_required_layer_that_is_missing_refuses_the_load(tmp_path):
+    from pipewarden.loader.snapshot import Snapshot
+
+    src = b"x = 1\n"
+    import hashlib
+
+    req = WorkerLoadRequest(
+        source_bytes=src,
+        source_sha256=hashlib.sha256(src).hexdigest(),
+        filename="pipeline.py",
+        weights=Snapshot(root=tmp_path, source="local", commit=None, files={}),
+        required_layers=frozenset({"seccomp"}),
+    )
+    with pytest.raises(NotAllowedError, match="seccomp"):
+        start_worker_pipeline(req, Limits(wall_s=30), _unsafe_skip_layers=("seccomp",))
+    with pytest.raises(ValueError, match="unknown isolation layers"):
+        start_worker_pipeline(
+            WorkerLoadRequest(src, req.source_sha256, "p.py", req.weights, required_layers=frozenset({"magic"})),
+        )
+
+
+# ------------------------------------------------------------------------ layers by effect
+
+
+def test_environment_is_scrubbed(monkeypatch):
+    monkeypatch.setenv("HF_TOKEN", "hf_secret_token")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws_secret")
+    with worker() as w:
+        env = hook(w, "identity")["env"]
+    assert "HF_TOKEN" not in env and "AWS_SECRET_ACCESS_KEY" not in env
+    assert "HF_HUB_OFFLINE" in env and "DIFFUSERS_DISABLE_REMOTE_CODE" in env
+
+
+def test_worker_is_not_root():
+    with worker() as w:
+        ident = hook(w, "identity")
+        if active(w, "uid"):
+            assert ident["uid"] != 0 and ident["euid"] != 0
+        else:
+            assert os.geteuid() != 0  # only inactive where the host itself is not root
+
+
+def test_fork_is_refused_at_the_c_level(tmp_path):
+    with worker() as w:
+        marker = os.path.join(w.scratch, "child-ran")
+        assert active(w, "seccomp")
+        # raw libc fork(), tripwire suspended: only seccomp stands in the way
+        with pytest.raises(PolicyViolation, match="EPERM"):
+            hook(w, "fork", marker)
+        # with the tripwire armed, the Python-level net catches it first
+        with pytest.raises(PolicyViolation, match="tripwire"):
+            hook(w, "fork", marker, suspend=False)
+        time.sleep(0.1)
+        assert not os.path.exists(marker)
+        assert hook(w, "identity")["pid"] == w.pid  # the worker survived the attempt
+
+
+def test_sockets_and_exec_are_refused():
+    with worker() as w:
+        assert active(w, "seccomp")
+        res = hook(w, "socket")
+        assert res["ret"] == -1 and res["errno"] == errno.EPERM
+        assert hook(w, "exec")["errno"] == errno.EPERM
+
+
+@pytest.mark.parametrize("call", ["unshare", "ptrace", "setuid"])
+def test_namespace_ptrace_and_privilege_calls_are_refused(call):
+    with worker() as w:
+        assert active(w, "seccomp")
+        res = hook(w, call)
+        assert res["ret"] == -1 and res["errno"] == errno.EPERM
+        assert hook(w, "identity")["uid"] != 0 or not active(w, "uid")
+
+
+def test_no_write_outside_scratch_and_no_read_outside_allowed_paths(tmp_path):
+    canary_dir = tmp_path / "canary"
+    canary_dir.mkdir()
+    os.chmod(canary_dir, 0o777)
+    secret = canary_dir / "secret.txt"
+    secret.write_text("secret")
+    os.chmod(secret, 0o666)
+    target = canary_dir / "written.txt"
+    with worker() as w:
+        assert active(w, "landlock-fs")
+        assert hook(w, "write", str(target))["errno"] == errno.EACCES
+        assert hook(w, "read", str(secret))["errno"] == errno.EACCES
+        assert hook(w, "read", "/etc/passwd")["errno"] == errno.EACCES
+        # the scratch dir is writable
+        assert hook(w, "write", os.path.join(w.scratch, "ok.txt"))["errno"] == 0
+    assert not target.exists()
+    assert secret.read_text() == "secret"
+
+
+@pytest.mark.parametrize(
+    ("only", "skip"),
+    [
+        ("landlock-net", frozenset({"seccomp", "netns"})),
+        ("netns", frozenset({"seccomp", "landlock-fs"})),
+    ],
+)
+def test_tcp_to_the_host_is_refused_by_each_network_layer_alone(only, skip):
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    try:
+        with worker(skip=skip) as w:
+            assert active(w, only)
+            res = hook(w, "connect", port)
+            assert res["errno"] != 0
+        with pytest.raises(BlockingIOError):
+            listener.accept()  # nobody connected
+    finally:
+        listener.close()
+
+
+# ----------------------------------------------------------------------------- resources
+
+
+def test_8gib_allocation_ends_in_resource_limit_error(server):
+    with worker(Limits(memory_mb=2048, wall_s=60)) as w:
+        t0 = time.monotonic()
+        with pytest.raises(ResourceLimitError, match="memory"):
+            hook(w, "alloc", 8192)
+        assert time.monotonic() - t0 < 30
+        assert hook(w, "alloc", 64)["detail"] == str(64 * 1024 * 1024)  # worker still usable
+    _host_still_works(server)
+
+
+def test_file_size_limit_refuses_a_big_write_without_killing_the_worker(server):
+    with worker(Limits(file_size_mb=1, wall_s=60)) as w:
+        assert hook(w, "write_big", 2)["errno"] == errno.EFBIG
+        assert os.path.getsize(os.path.join(w.scratch, "big.bin")) <= 1024 * 1024
+        assert hook(w, "identity")["pid"] == w.pid
+
+
+def test_cpu_limit_ends_an_infinite_loop(server):
+    with worker(Limits(cpu_s=1, wall_s=60)) as w:
+        t0 = time.monotonic()
+        with pytest.raises(ResourceLimitError, match="CPU"):
+            hook(w, "spin")
+        assert time.monotonic() - t0 < 10
+        assert _gone(w.pid)
+    _host_still_works(server)
+
+
+def test_wall_clock_limit_kills_a_hung_worker(server):
+    with worker(Limits(cpu_s=600, wall_s=1.0)) as w:
+        t0 = time.monotonic()
+        with pytest.raises(ResourceLimitError, match="within 1 s"):
+            hook(w, "spin")
+        assert time.monotonic() - t0 < 5
+        assert _gone(w.pid)
+        with pytest.raises(WorkerError, match="closed"):
+            hook(w, "identity")
+    _host_still_works(server)
+
+
+def test_deep_recursion_ends_in_pipewarden_error(server):
+    with worker() as w:
+        with pytest.raises(PipewardenError, match="RecursionError"):
+            hook(w, "recurse")
+    _host_still_works(server)
+
+
+def test_a_crashing_worker_is_a_worker_error(server):
+    with worker() as w:
+        with pytest.raises(WorkerError, match="SIGABRT"):
+            hook(w, "abort")
+        assert _gone(w.pid)
+    _host_still_works(server)
+
+
+# ------------------------------------------------------------------------------ protocol
+
+
+class _Canary:
+    path = ""
+
+    def __reduce__(self):
+        return (Path(self.path).touch, ())
+
+
+def test_garbage_frames_are_a_worker_error_and_nothing_is_unpickled(tmp_path, server):
+    canary = tmp_path / "unpickled"
+    _Canary.path = str(canary)
+    events: list[str] = []
+    sys.addaudithook(lambda e, a: events.append(e) if e.startswith("pickle.") else None)
+    garbage = pickle.dumps(_Canary()).decode("latin-1")
+    with worker() as w:
+        with pytest.raises(WorkerError, match="malformed"):
+            hook(w, "garbage", garbage)
+        assert _gone(w.pid)
+    with worker() as w:
+        bad_json = "PWF1" + "\x00\x00\x00\x05" + "\x00" * 8 + "{bad}"
+        with pytest.raises(WorkerError, match="header"):
+            hook(w, "garbage", bad_json)
+    assert not canary.exists()
+    assert events == []
+    _host_still_works(server)
+
+
+def test_oversize_message_is_a_resource_limit_error(server):
+    with worker(Limits(max_message_mb=1, wall_s=30)) as w:
+        t0 = time.monotonic()
+        with pytest.raises(ResourceLimitError, match="max_message_mb"):
+            hook(w, "oversize")
+        assert time.monotonic() - t0 < 5
+        assert _gone(w.pid)
+    _host_still_works(server)
+
+
+def test_later_worker_starts_are_cheap(server):
+    times = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        with worker():
+            times.append(time.perf_counter() - t0)
+    assert sorted(times)[2] < 1.0  # generous bound for a shared CI box; the benchmark measures ~20 ms
+
+
+def test_workers_die_with_a_crashed_host():
+    """Host killed hard -> its fork server gets SIGKILL (parent-death signal) -> so do its workers."""
+    import subprocess
+
+    script = (
+        "import os, sys\n"
+        "from pipewarden.limits import Limits\n"
+        "from pipewarden.isolation._client import WorkerProcess, fork_server\n"
+        "w = WorkerProcess(Limits(), read_paths=())\n"
+        "print(w.pid, fork_server()._proc.pid, flush=True)\n"
+        "os.kill(os.getpid(), 9)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    worker_pid, server_pid = (int(x) for x in proc.stdout.split())
+    assert _gone(server_pid, timeout=10)
+    assert _gone(worker_pid, timeout=10)
+
+
+def test_worker_holds_only_its_pipes_and_log(tmp_path):
+    secret = open(tmp_path / "host-secret", "w")  # noqa: SIM115 - held open on purpose
+    sock = socket.socket()
+    try:
+        with worker() as w:
+            fds = hook(w, "identity")["fds"]
+        targets = [t for t in fds.values() if t != "?"]  # "?": the fd listdir itself used
+        assert len(targets) == 5
+        for target in targets:
+            assert target == "/dev/null" or target.startswith("pipe:") or target.endswith("/worker.log"), target
+    finally:
+        secret.close()
+        sock.close()
