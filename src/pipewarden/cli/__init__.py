@@ -25,6 +25,22 @@ _COMMAND_MODULES = (
 )
 
 
+EXIT_OK = 0
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+
+EXIT_CODES_HELP = """\
+exit codes (every command):
+  0    success: accepted, no error findings
+  1    refused: a pipeline, signature, lock or policy check failed, or audit found errors
+  2    unusable input or usage error (malformed file, missing path, bad option)
+  130  interrupted (Ctrl-C)
+  141  stdout was closed early (e.g. `pipewarden doctor --json | head`); nothing else printed
+"""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str):  # usage errors exit 2, with no traceback
         self.print_usage(sys.stderr)
@@ -34,7 +50,12 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from pipewarden import __version__
 
-    parser = _Parser(prog="pipewarden", description="Vet and run community diffusion pipelines safely.")
+    parser = _Parser(
+        prog="pipewarden",
+        description="Vet and run community diffusion pipelines safely.",
+        epilog=EXIT_CODES_HELP + "\nRun `pipewarden COMMAND --help` for a command's options.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"pipewarden {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in _COMMAND_MODULES:
@@ -43,6 +64,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        code = _main(argv)
+        sys.stdout.flush()  # a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (``pipewarden doctor --json | head -c 10``): stop quietly, like
+        # other Unix tools. Point stdout at /dev/null so the final flush at exit cannot fail.
+        _silence_stdout()
+        return EXIT_BROKEN_PIPE
+
+
+def _main(argv: Sequence[str] | None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -58,7 +91,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(exc.diagnostics(), file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        return 130
+        return EXIT_INTERRUPTED
+
+
+def _silence_stdout() -> None:
+    import os
+
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):
+        pass
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -76,6 +76,9 @@ class ForkServer:
             stdout=subprocess.DEVNULL,
             env=_spawn_env(),
             cwd=cwd,
+            # Its own session and process group: a Ctrl-C in the terminal interrupts the host
+            # only (one KeyboardInterrupt), not the fork server or its workers.
+            start_new_session=True,
         )
         child_sock.close()
         self.ready_info: dict | None = None
@@ -152,10 +155,15 @@ class ForkServer:
         try:
             self._sock.close()
         finally:
+            if self.ready_info is None:
+                # Still importing torch (e.g. exit right after prestart() or a refusal): it
+                # has nothing to finish; stop it now instead of waiting for its imports.
+                self._proc.kill()
             try:
                 self._proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 self._proc.kill()
+                self._proc.wait()
 
 
 _SERVER: ForkServer | None = None
@@ -226,8 +234,14 @@ class WorkerProcess:
             if self.closed:
                 raise WorkerError("the isolated pipeline is closed", rule="a closed worker cannot run", fix="load it again")
             deadline = time.monotonic() + float(self.limits.wall_s)
-            self._send(encode_frame(header, payload), deadline, what)
-            msg = self._receive(deadline, what)
+            try:
+                self._send(encode_frame(header, payload), deadline, what)
+                msg = self._receive(deadline, what)
+            except KeyboardInterrupt:
+                # Ctrl-C mid-request: the worker's state is unknown (it is still running the
+                # request); stop it, so the KeyboardInterrupt is the only thing the user sees.
+                self.kill()
+                raise
             if isinstance(msg, _messages.Failure):
                 raise error_class(msg.error_class)(msg.what, rule=msg.rule, fix=msg.fix)
             return msg

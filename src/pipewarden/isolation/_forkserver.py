@@ -20,6 +20,7 @@ import importlib
 import json
 import os
 import select
+import signal
 import socket
 import sys
 
@@ -182,7 +183,17 @@ def _threads() -> int:
 def main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     fd = int(args[args.index("--fd") + 1])
+    # The host started us in our own process group, so a terminal's Ctrl-C does not reach us;
+    # a SIGINT sent to us anyway is not a reason to print a traceback (workers reset it).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     ctl = socket.socket(fileno=fd)
+    try:
+        return _main(ctl)
+    except (BrokenPipeError, ConnectionError, KeyboardInterrupt):
+        return 0  # the host went away (e.g. exited during our start-up): nothing to report
+
+
+def _main(ctl: socket.socket) -> int:
     try:
         from pipewarden.isolation.layers import syscalls as sc
         sc.prctl(sc.PR_SET_PDEATHSIG, 9)
