@@ -1,0 +1,417 @@
+"""Attribute reads: ``obj.name`` in sandboxed code goes through ``guarded_getattr``.
+
+Decides: which attribute of which object may be read (the global deny list, per-type rules of
+the policy, the rules for the sandbox's own objects) and what the read returns (snapshots of host
+state, argument-guarded methods, safe str.format). Trusts: the policy's type rules and the host
+classes they name."""
+
+from __future__ import annotations
+
+import enum
+import functools
+import types
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from pipewarden.sandbox.policy import TypeRule
+from pipewarden.sandbox.runtime._common import (
+    _CALL_DUNDERS,
+    _FORBIDDEN_VALUE_TYPES,
+    _REVIEWED_GETATTR,
+    _STR_DUNDERS,
+    _VALUE_TYPES,
+    _WRITABLE_CONTAINERS,
+    _is_unbound_method,
+    _resolve_type_path,
+    _static_lookup,
+    _tname,
+    _violation,
+)
+from pipewarden.sandbox.runtime.argguards import _ARGUMENT_GUARDS, _first_field_check
+from pipewarden.sandbox.runtime.facades import FacadeResolver
+from pipewarden.sandbox.runtime.objects import (
+    _LOGGER_METHODS,
+    ClassRef,
+    ClassView,
+    DeniedName,
+    Facade,
+    KeyCheckedClass,
+    SandboxLogger,
+    _check_attribute_keys,
+)
+from pipewarden.sandbox.runtime.snapshots import (
+    _READONLY_TYPES,
+    _SNAPSHOT_MAPPINGS,
+    _is_frozen_config,
+    _private_copy,
+)
+
+_DENIED = object()
+_DYN_OWNED = object()
+_DYN_HOST = object()
+
+
+class AttributeRules(FacadeResolver):
+    """Attribute decisions (third layer of :class:`~pipewarden.sandbox.runtime.Sandbox`)."""
+
+    def _resolve_rules(self) -> list[tuple[type, TypeRule]]:
+        if self._resolved_rules is None:
+            resolved: list[tuple[type, TypeRule]] = []
+            for rule in self.policy.types:
+                cls = _resolve_type_path(rule.type_path)
+                if cls is not None:
+                    resolved.append((cls, rule))
+            self._resolved_rules = resolved
+        return self._resolved_rules
+
+    def rules_for(self, t: type) -> tuple[TypeRule, ...]:
+        hit = self._rules_for_type.get(t)
+        if hit is None:
+            # Only the most specific matching rule(s): a FrozenDict is an OrderedDict, but the
+            # OrderedDict rule (written for the sandbox's own containers) must not apply to it.
+            try:
+                matching = [(cls, rule) for cls, rule in self._resolve_rules() if issubclass(t, cls)]
+                mro = t.__mro__
+                if matching:
+                    best = min(mro.index(cls) if cls in mro else len(mro) for cls, _ in matching)
+                    hit = tuple(rule for cls, rule in matching if (mro.index(cls) if cls in mro else len(mro)) == best)
+                else:
+                    hit = ()
+            except TypeError:
+                hit = ()
+            self._rules_for_type[t] = hit
+        return hit
+
+    def _class_method_from(self, t: type, name: str, prefixes: tuple[str, ...]) -> bool:
+        for klass in t.__mro__:
+            if name in klass.__dict__:
+                mod = getattr(klass, "__module__", "") or ""
+                return isinstance(mod, str) and any(mod == p or mod.startswith(p + ".") for p in prefixes)
+        return False
+
+    def _static_allowed(self, t: type, name: str, *, on_class: bool) -> bool:
+        """Allowed by the type rules alone (cacheable); dynamic rules are checked separately."""
+        for rule in self.rules_for(t):
+            if name in rule.attrs:
+                return True
+            if rule.tensor_ops and not name.startswith("_"):
+                base = name[:-1] if name.endswith("_") else name
+                if base in self._vf_names() or name in self._vf_names():
+                    return True
+            if rule.class_methods_from and not name.startswith("_"):
+                if self._class_method_from(t, name, rule.class_methods_from):
+                    return True
+        return False
+
+    def _dynamic_allowed(self, obj: Any, t: type, name: str) -> bool:
+        if name.startswith("_"):
+            return False
+        for rule in self.rules_for(t):
+            dyn = rule.dynamic
+            if not dyn:
+                continue
+            if "submodules" in dyn:
+                d = getattr(obj, "__dict__", None)
+                if isinstance(d, dict):
+                    for key in ("_modules", "_parameters", "_buffers"):
+                        sub = d.get(key)
+                        if isinstance(sub, dict) and name in sub:
+                            return True
+            if "config-keys" in dyn:
+                cfg = obj if "config-keys" in dyn and isinstance(obj, dict) else None
+                if cfg is None:
+                    d = getattr(obj, "__dict__", None)
+                    cfg = d.get("_internal_dict") if isinstance(d, dict) else None
+                if isinstance(cfg, dict) and name in cfg:
+                    return True
+            if "dataclass-fields" in dyn:
+                fields = getattr(t, "__dataclass_fields__", None)
+                if isinstance(fields, dict) and name in fields:
+                    return True
+                if isinstance(obj, dict) and name in obj:
+                    return True
+            if "instance-public" in dyn:
+                d = getattr(obj, "__dict__", None)
+                if isinstance(d, dict) and name in d:
+                    return True
+        return False
+
+    @staticmethod
+    def _owned_name_verdict(name: str) -> bool | None:
+        """The name-only part of the rules for the sandbox's own objects (None: undecided)."""
+        if name.startswith("__"):
+            return name in _STR_DUNDERS or name in _CALL_DUNDERS
+        if name.endswith("_") and name.startswith("_"):
+            return False
+        return None
+
+    def _owned_type_verdict(self, klass_t: type, name: str, *, on_class: bool) -> bool | None:
+        """The class-level part: True/False when the class decides, None when only the
+        instance's dynamic rules can still allow the name."""
+        defined = False
+        for klass in klass_t.__mro__:
+            if name in klass.__dict__:
+                if klass in self._classes:
+                    return True
+                defined = True
+                break
+        if self._deny.denies(name) or self._deny.denies(name.lstrip("_")):
+            return False
+        if not defined:
+            # Not defined anywhere: the lookup raises a fresh AttributeError (or reads the config
+            # through ConfigMixin.__getattr__), so ``hasattr(self, "x")`` idioms keep working.
+            return self._fallback_getattr_reviewed(klass_t)
+        return True if self._static_allowed(klass_t, name, on_class=on_class) else None
+
+    def _owned_allowed(self, obj: Any, t: type, name: str) -> bool:
+        """Attribute of an object whose class the sandbox defined (the pipeline, its helpers)."""
+        by_name = self._owned_name_verdict(name)
+        if by_name is not None:
+            return by_name
+        d = getattr(obj, "__dict__", None) if not isinstance(obj, type) else None
+        if isinstance(d, dict) and name in d:
+            return not self._deny.denies(name.lstrip("_"))
+        on_class = isinstance(obj, type)
+        verdict = self._owned_type_verdict(obj if on_class else t, name, on_class=on_class)
+        if verdict is None:
+            return self._dynamic_allowed(obj, t, name)
+        return verdict
+
+    def guarded_getattr(self, obj: Any, name: Any) -> Any:
+        if type(name) is not str:
+            raise _violation("attribute lookup with a non-string name", "attribute.name-type")
+        t = type(obj)
+        if t is Facade:
+            return self.facade_attr(obj, name)
+        decision = self._decisions.get((t, name))
+        if decision is None:
+            decision = self._decide(obj, t, name)
+        if decision is not True:
+            if decision is _DYN_OWNED:
+                d = getattr(obj, "__dict__", None)
+                ok = type(d) is dict and name in d
+            elif decision is _DYN_HOST:
+                ok = self._dynamic_allowed(obj, t, name)
+            elif decision is _DENIED:
+                raise _violation(
+                    f"{_tname(obj)}.{name} is refused on every object (files, network, process or hooks)",
+                    "attribute.denied",
+                )
+            else:
+                ok = bool(decision)
+            if not ok:
+                raise _violation(
+                    f"reading {name!r} of a {_tname(obj)} is not allowed in the sandbox",
+                    "attribute.not-allowlisted",
+                    "the per-type attribute allowlists in the sandbox policy list what pipelines may read",
+                )
+        if t is str and name in ("format", "format_map"):
+            return self._safe_format(obj, name)
+        if obj is str and name in ("format", "format_map"):
+            return self._safe_format_unbound(name)
+        try:
+            value = getattr(obj, name)
+        except AttributeError:
+            raise AttributeError(f"{_tname(obj)!r} object has no attribute {name!r}") from None
+        t_value = type(value)
+        if t_value in _FORBIDDEN_VALUE_TYPES or t_value is types.BuiltinFunctionType:
+            self.check_value(value, f"{_tname(obj)}.{name}")
+        if name in _STR_DUNDERS and not isinstance(value, (str, type(None))):
+            raise _violation(f"{name} of a {_tname(obj)} is not a string", "attribute.dunder")
+        if name in _ARGUMENT_GUARDS and callable(value):
+            return _ARGUMENT_GUARDS[name](self, value, f"{_tname(obj)}.{name}")
+        if (t_value in _WRITABLE_CONTAINERS or t_value in _SNAPSHOT_MAPPINGS or _is_frozen_config(value)) and (
+            t not in _WRITABLE_CONTAINERS and self._held_by_host(obj, name)
+        ):
+            # A list/dict/set/config held by a host object or a host class (a component's config, a
+            # default argument, DiffusionPipeline._optional_components) is host state: the sandbox
+            # gets a read-only snapshot, so writes cannot reach the host.
+            return self._snapshot(value)
+        if name == "__post_init__" and t is super and self._keys_become_attributes(type(obj.__self__)):
+            target_self = obj.__self__
+            _first_field_check(target_self, f"{_tname(target_self)}.__post_init__")
+        if isinstance(obj, type) and not self.owns(obj):
+            if name in _CALL_DUNDERS and t is not super:
+                return self._owned_self_only(value, f"{_tname(obj)}.{name}")
+            if _is_unbound_method(obj, name):
+                return self._unbound_guard(obj, name, value)
+        return value
+
+    def _held_by_host(self, obj: Any, name: str) -> bool:
+        """Is ``obj.name`` state of a host object or host class (not the sandbox's own)?"""
+        if not self.owns(obj):
+            return True
+        d = getattr(obj, "__dict__", None)
+        if not isinstance(obj, type) and isinstance(d, dict) and name in d:
+            return False
+        klass_t = obj if isinstance(obj, type) else type(obj)
+        for klass in klass_t.__mro__:
+            if name in klass.__dict__:
+                return klass not in self._classes
+        return False
+
+    def _unbound_guard(self, cls: type, name: str, fn: Any) -> Callable[..., Any]:
+        """``HostClass.method(x, ...)``: only where ``x.method(...)`` would be the same call and allowed.
+
+        Refuses calling a parent implementation on a host object whose class overrides it
+        (``dict.update(frozen_config, ...)`` bypassing FrozenDict's refusal) and calling a method the
+        per-type rules do not give ``x``. The sandbox's own objects may call their parents' methods.
+        """
+        box = self
+        raw = _static_lookup(cls, name)
+        where = f"{_tname(cls)}.{name}"
+
+        def call(self_obj: Any, *args: Any, **kwargs: Any) -> Any:
+            if not box.owns(self_obj):
+                if _static_lookup(type(self_obj), name) is not raw:
+                    raise _violation(
+                        f"{where} applied to a {_tname(self_obj)} that overrides or lacks it",
+                        "call.unbound-host-method",
+                    )
+                box.guarded_getattr(self_obj, name)  # the same per-type decision as self_obj.name
+            return fn(self_obj, *args, **kwargs)
+
+        return call
+
+    def _snapshot(self, value: Any) -> Any:
+        """Read-only snapshot of host state, cached per object while it is alive (configs are read
+        every denoising step)."""
+        key = id(value)
+        hit = self._snapshot_cache.get(key)
+        if hit is not None:
+            ref, snap = hit
+            if ref() is value:
+                return snap
+        snap = _private_copy(value)
+        try:
+            self._snapshot_cache[key] = (weakref.ref(value), snap)
+        except TypeError:  # plain dict/list: not weak-referenceable, not cached
+            pass
+        return snap
+
+    def _owned_self_only(self, fn: Any, where: str) -> Callable[..., Any]:
+        """``HostClass.__init__(self, ...)``: only to initialise the sandbox's own objects."""
+        box = self
+
+        def call(self_obj: Any, *args: Any, **kwargs: Any) -> Any:
+            if not box.owns(self_obj):
+                raise _violation(f"{where} called on an object the sandbox did not create", "call.host-init")
+            if box._keys_become_attributes(type(self_obj)):
+                _first_field_check(self_obj, where)
+                _check_attribute_keys(where, *args, *kwargs.values())
+            return fn(self_obj, *args, **kwargs)
+
+        return call
+
+    def _decide(self, obj: Any, t: type, name: str) -> Any:
+        """Decide; cache the answer when it depends on the type and name only.
+
+        Returns True, False, _DENIED, or a marker for the part that depends on the object:
+        _DYN_OWNED (allowed iff it is an attribute of the sandbox object itself) or _DYN_HOST
+        (the dynamic per-type rules: config keys, submodules, dataclass fields).
+        """
+        if self._deny.denies(name):
+            self._decisions[(t, name)] = _DENIED
+            return _DENIED
+        cacheable = True
+        ok: Any
+        if t is ClassView:
+            ok = name in ("__name__", "__qualname__", "__module__")
+        elif t is ClassRef or t is KeyCheckedClass:
+            ok = False
+        elif t is SandboxLogger:
+            ok = name in _LOGGER_METHODS
+        elif t is DeniedName:
+            raise object.__getattribute__(obj, "_refuse")()
+        elif self.owns(obj):
+            if isinstance(obj, type):
+                ok = self._owned_allowed(obj, t, name)
+                cacheable = False
+            else:
+                ok = self._owned_allowed_static(t, name)
+                if ok is not True:
+                    ok = _DYN_OWNED if self._instance_name_ok(name) else False
+        elif t is super:
+            # super().__init__ / super().__call__ / super().method inside a sandboxed class; never
+            # super(HostClass, host_object) (that would re-run host initialisers on host objects).
+            self_obj = obj.__self__
+            if self_obj is None or not self.owns(self_obj):
+                ok = False
+            elif name in _CALL_DUNDERS:
+                ok = True
+            else:
+                ok = self._owned_allowed(self_obj, type(self_obj), name)
+            cacheable = False
+        elif name.startswith("__"):
+            if name in _STR_DUNDERS:
+                ok = True
+            elif name in _CALL_DUNDERS:
+                ok = isinstance(obj, type) or name == "__call__"
+            else:
+                ok = False
+        elif name.startswith("_"):
+            ok = False
+        elif t in _VALUE_TYPES or t in _READONLY_TYPES:
+            ok = True
+        elif isinstance(obj, type):
+            # Class-level access: value types' methods, enum members, the rules of the class itself.
+            if obj in _VALUE_TYPES:
+                ok = True
+            elif issubclass(obj, enum.Enum):
+                ok = name in obj.__members__ or name in ("name", "value")
+            else:
+                ok = self._static_allowed(obj, name, on_class=True)
+        elif isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial)):
+            ok = isinstance(obj, functools.partial) and name in ("func", "args", "keywords")
+        elif isinstance(obj, types.GeneratorType):
+            ok = name in ("send", "close")
+        elif isinstance(obj, tuple) and (
+            name in (getattr(t, "_fields", None) or ()) or name in (getattr(t, "__match_args__", None) or ())
+        ):
+            ok = True  # named fields of a namedtuple / torch.return_types structseq
+        else:
+            ok = self._static_allowed(t, name, on_class=False)
+            if not ok and not name.startswith("_") and any(rule.dynamic for rule in self.rules_for(t)):
+                ok = _DYN_HOST
+        if cacheable:
+            self._decisions[(t, name)] = ok
+        return ok
+
+    def _instance_name_ok(self, name: str) -> bool:
+        """May an attribute of this name be read from the sandbox object's own __dict__?"""
+        if name.startswith("__"):
+            return name in _STR_DUNDERS or name in _CALL_DUNDERS
+        if name.startswith("_") and name.endswith("_") and len(name) > 1:
+            return False
+        return not self._deny.denies(name.lstrip("_"))
+
+    def _owned_allowed_static(self, t: type, name: str) -> bool:
+        """The type-level part of ``_owned_allowed`` for an instance of a sandbox class."""
+        by_name = self._owned_name_verdict(name)
+        if by_name is not None:
+            return by_name
+        return bool(self._owned_type_verdict(t, name, on_class=False))
+
+    def _fallback_getattr_reviewed(self, t: type) -> bool:
+        """A name no class defines reaches ``__getattr__``: only the reviewed ones (nn.Module's
+        submodule/parameter lookup, ConfigMixin's config lookup, the sandbox's own)."""
+        for klass in t.__mro__:
+            if "__getattr__" in klass.__dict__:
+                if klass in self._classes:
+                    return True
+                qual = f"{getattr(klass, '__module__', '')}.{getattr(klass, '__qualname__', '')}"
+                return qual in _REVIEWED_GETATTR
+        return True
+
+    def _safe_format(self, s: str, name: str) -> Callable[..., str]:
+        fmt = self._formatter
+        if name == "format":
+            return lambda *a, **k: fmt.vformat(s, a, k)
+        return lambda mapping: fmt.vformat(s, (), mapping)
+
+    def _safe_format_unbound(self, name: str) -> Callable[..., str]:
+        fmt = self._formatter
+        if name == "format":
+            return lambda s, *a, **k: fmt.vformat(str(s), a, k)
+        return lambda s, mapping: fmt.vformat(str(s), (), mapping)

@@ -1,0 +1,346 @@
+"""The remaining guard hooks RestrictedPython calls (items, iteration, writes, in-place operators,
+``f(**kw)``), the wrapper around every sandboxed function, class creation and the builtins.
+
+Decides: which objects may be written (the sandbox's own, tensors through a proxy), which bases
+and class-namespace dunders a sandboxed class may use, which builtins exist. Trusts: the policy."""
+
+from __future__ import annotations
+
+import builtins as _builtins
+import enum
+import functools
+import inspect
+import types
+from collections.abc import Callable
+from typing import Any
+
+from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
+
+from pipewarden.errors import PolicyViolation
+from pipewarden.sandbox import tripwire
+from pipewarden.sandbox.runtime._common import (
+    _CLASS_NS_DUNDERS,
+    _FORBIDDEN_VALUE_TYPES,
+    _INPLACE_OPS,
+    _MISSING,
+    _PRINT_LOG,
+    _WRITABLE_CONTAINERS,
+    _resolve_type_path,
+    _tname,
+    _violation,
+)
+from pipewarden.sandbox.runtime.argguards import _install_checked_post_init
+from pipewarden.sandbox.runtime.attributes import AttributeRules
+from pipewarden.sandbox.runtime.objects import (
+    ClassRef,
+    ClassView,
+    DeniedName,
+    Facade,
+    KeyCheckedClass,
+    SandboxLogger,
+    _KeyCheckedWriter,
+    _MetaclassHook,
+    _WriteProxy,
+)
+from pipewarden.sandbox.runtime.snapshots import _READONLY_TYPES, _is_snapshot_type
+
+
+class GuardHooks(AttributeRules):
+    """Guard hooks, classes and builtins (last layer of :class:`~pipewarden.sandbox.runtime.Sandbox`)."""
+
+    def guarded_getitem(self, obj: Any, key: Any) -> Any:
+        t = type(obj)
+        if t is Facade or t is DeniedName:
+            raise _violation("subscripting a module facade", "item.facade")
+        value = obj[key]
+        if type(value) in _FORBIDDEN_VALUE_TYPES:
+            self.check_value(value, f"an item of a {_tname(obj)}")
+        if _is_snapshot_type(value) and t not in _WRITABLE_CONTAINERS and t not in _READONLY_TYPES and not self.owns(obj):
+            return self._snapshot(value)  # e.g. a list inside a host FrozenDict config
+        return value
+
+    def guarded_getiter(self, obj: Any) -> Any:
+        if type(obj) is Facade:
+            raise _violation("iterating over a module facade", "iter.facade")
+        return iter(obj)
+
+    def guarded_write(self, obj: Any) -> Any:
+        t = type(obj)
+        if t in _WRITABLE_CONTAINERS:
+            return obj
+        if t in (Facade, DeniedName, ClassView, ClassRef, KeyCheckedClass) or isinstance(obj, types.ModuleType):
+            raise _violation("writing to a module facade", "write.facade", "module attributes are shared host state")
+        if self.owns(obj):
+            if self._keys_become_attributes(t):
+                return _KeyCheckedWriter(obj)
+            return obj
+        tensor_types = self._tensor_types()
+        if isinstance(obj, tensor_types):
+            return _WriteProxy(obj)
+        if isinstance(obj, type):
+            raise _violation(f"writing to the host class {_tname(obj)}", "write.host-class")
+        raise _violation(
+            f"writing to a {_tname(obj)} (an object the sandbox did not create)",
+            "write.host-object",
+            "a pipeline may change its own attributes and objects it created, not host objects",
+        )
+
+    _tensor_types_cache: tuple[type, ...] | None = None
+
+    def _tensor_types(self) -> tuple[type, ...]:
+        if self._tensor_types_cache is None:
+            found: list[type] = []
+            for path in ("torch.Tensor", "numpy.ndarray"):
+                cls = _resolve_type_path(path)
+                if cls is not None:
+                    found.append(cls)
+            self._tensor_types_cache = tuple(found)
+        return self._tensor_types_cache
+
+    def inplacevar(self, op: Any, x: Any, y: Any) -> Any:
+        fn = _INPLACE_OPS.get(op) if type(op) is str else None
+        if fn is None:
+            raise _violation(f"unknown in-place operator {op!r}", "syntax.augassign")
+        return fn(x, y)
+
+    def apply(self, f: Any, *args: Any, **kwargs: Any) -> Any:
+        # ``f(**mapping)``: a key chosen at run time becomes a keyword; host constructors turn
+        # keywords into attributes (SimpleNamespace, PretrainedConfig, FrozenDict), and a
+        # ``__array_interface__`` or ``__reduce_ex__`` attribute would be read by numpy or copy.
+        for key in kwargs:
+            if type(key) is not str or key.startswith("__"):
+                raise _violation(f"a call with keyword {key!r}", "call.dunder-keyword")
+        return f(*args, **kwargs)
+
+    # ------------------------------------------------------------------ classes and functions
+
+    def wrap_function(self, fn: Any) -> Any:
+        """Every function the sandbox defines: runs with the tripwire armed, whoever calls it."""
+        if not isinstance(fn, types.FunctionType):
+            raise _violation("the sandbox function wrapper got a non-function", "internal.wrap")
+        armed_var = tripwire.ARMED
+        suspended_var = tripwire._SUSPENDED
+        if inspect.isgeneratorfunction(fn):
+
+            @functools.wraps(fn)
+            def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                gen = fn(*args, **kwargs)
+                to_send: Any = None
+                while True:
+                    t1 = armed_var.set(True)
+                    t2 = suspended_var.set(False)
+                    try:
+                        value = gen.send(to_send)
+                    except StopIteration as stop:
+                        return stop.value
+                    finally:
+                        suspended_var.reset(t2)
+                        armed_var.reset(t1)
+                    to_send = yield value
+
+            self._functions.add(gen_wrapper)
+            return gen_wrapper
+
+        @functools.wraps(fn)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            t1 = armed_var.set(True)
+            t2 = suspended_var.set(False)
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                suspended_var.reset(t2)
+                armed_var.reset(t1)
+
+        self._functions.add(wrapper)
+        return wrapper
+
+    def class_of(self, obj: Any) -> Any:
+        t = type(obj)
+        if t in self._classes:
+            return t
+        if t is Facade:
+            raise _violation("__class__ of a module facade", "attribute.dunder-class")
+        return ClassView(t)
+
+    def bind(self, fn: Any) -> Callable[..., Any]:
+        if fn not in self._functions:
+            raise _violation("__get__ of an object that is not a sandboxed function", "attribute.dunder-get")
+
+        def binder(obj: Any, owner: Any = None) -> Any:
+            if obj is None:
+                return fn
+            return types.MethodType(fn, obj)
+
+        return binder
+
+    def _check_bases(self, name: str, bases: tuple[Any, ...]) -> type:
+        """Refuse dangerous bases; return the most derived metaclass."""
+        for base in bases:
+            if not isinstance(base, type):
+                raise _violation(f"class {name} has a base that is not a class ({_tname(base)})", "class.bases")
+            if issubclass(base, type):
+                raise _violation(f"class {name} derives from a metaclass", "class.metaclass")
+            if issubclass(base, (str, bytes, Facade, DeniedName, ClassView, ClassRef, SandboxLogger, types.ModuleType)):
+                raise _violation(f"class {name} derives from {_tname(base)}", "class.bases")
+            if base.__module__ == "builtins" and base not in (object, dict, list, tuple, set, int, float) and not (
+                issubclass(base, BaseException)
+            ):
+                raise _violation(f"class {name} derives from the builtin {base.__name__}", "class.bases")
+            if issubclass(base, BaseException) and not issubclass(base, Exception):
+                raise _violation(
+                    f"class {name} derives from {base.__name__} (it would escape the host's `except Exception`)",
+                    "class.bases",
+                )
+        meta: type = type
+        for base in bases:
+            bt = type(base)
+            if issubclass(bt, meta):
+                meta = bt
+            elif not issubclass(meta, bt):
+                raise TypeError("metaclass conflict")
+        return meta
+
+    def prepare_class(self, name: Any, bases: Any, **kwds: Any) -> Any:
+        """``__metaclass__.__prepare__``: the real metaclass's namespace (Enum needs its own)."""
+        if type(name) is not str or type(bases) is not tuple:
+            raise _violation("a class statement with an invalid name or bases", "class.name")
+        meta = self._check_bases(name, bases)
+        with tripwire.suspended():
+            return meta.__prepare__(name, bases, **kwds)
+
+    def build_class(self, name: Any, bases: Any, ns: Any, **kwds: Any) -> type:
+        """``__metaclass__``: create a class the sandbox defines (checked namespace and bases)."""
+        if type(name) is not str or not name.isidentifier():
+            raise _violation("a class with an invalid name", "class.name")
+        if type(bases) is not tuple:
+            raise _violation("class bases must be a tuple", "class.bases")
+        if not isinstance(ns, dict):
+            raise _violation("a class namespace that is not a dict", "class.namespace")
+        for key in list(ns):
+            if type(key) is not str:
+                raise _violation("a class attribute with a non-string name", "class.namespace")
+            if key.startswith("__") and key.endswith("__"):
+                if (
+                    key not in _CLASS_NS_DUNDERS
+                    and key not in self.policy.allowed_def_names
+                    and key not in self.policy.bindable_dunder_names
+                ):
+                    raise _violation(f"class {name} defines {key}", "class.dunder")
+        meta = self._check_bases(name, bases)
+        for kw in kwds:
+            if type(kw) is not str or kw.startswith("_"):
+                raise _violation(f"class {name} passes keyword {kw!r}", "class.keywords")
+        with tripwire.suspended():
+            cls = meta(name, bases, ns, **kwds)
+        if self._keys_become_attributes(cls):
+            if not self._key_class_subclassable(cls):
+                raise _violation(f"class {name} derives from a class that turns keys into attributes", "class.bases")
+            if isinstance(cls, enum.EnumMeta) and not cls.__members__:
+                raise _violation(
+                    f"enum {name} has no members (its functional API would set arbitrary class attributes)",
+                    "class.enum-without-members",
+                )
+            if not isinstance(cls, enum.EnumMeta):
+                _install_checked_post_init(cls)
+        self._classes.add(cls)
+        self._owned_type_cache.clear()
+        self._decisions.clear()
+        return cls
+
+    # ------------------------------------------------------------------ builtins
+
+    def make_builtins(self) -> dict[str, Any]:
+        box = self
+        policy = self.policy
+
+        def guarded_getattr_builtin(obj: Any, name: Any, default: Any = _MISSING) -> Any:
+            if default is _MISSING:
+                return box.guarded_getattr(obj, name)
+            try:
+                return box.guarded_getattr(obj, name)
+            except AttributeError:
+                return default
+
+        def guarded_hasattr(obj: Any, name: Any) -> bool:
+            # Probing for a capability refused on every object (hooks, save_*, ...) is a refusal;
+            # an attribute that is missing or merely not allowlisted reads as absent.
+            try:
+                box.guarded_getattr(obj, name)
+            except AttributeError:
+                return False
+            except PolicyViolation as exc:
+                if exc.rule in ("attribute.denied", "attribute.name-type"):
+                    raise
+                return False
+            return True
+
+        def guarded_setattr(obj: Any, name: Any, value: Any) -> None:
+            if type(name) is not str or not name.isidentifier():
+                raise _violation("setattr with a non-identifier name", "attribute.name-type")
+            if name.startswith("__") or (name.startswith("_") and name.endswith("_")):
+                raise _violation(f"setattr of {name!r}", "attribute.dunder-write")
+            setattr(box.guarded_write(obj), name, value)
+
+        def guarded_iter(obj: Any, *sentinel: Any) -> Any:
+            if sentinel:
+                return iter(obj, *sentinel)
+            return box.guarded_getiter(obj)
+
+        def bounded_range(*args: Any) -> range:
+            r = range(*args)
+            try:
+                n = len(r)
+            except OverflowError:
+                n = policy.max_range + 1
+            if n > policy.max_range:
+                raise _violation(f"range of {n} elements", "builtins.range-bound")
+            return r
+
+        def sandbox_print(*args: Any, sep: Any = " ", end: Any = "\n", **_ignored: Any) -> None:
+            _PRINT_LOG.info("%s", str(sep).join(str(a) for a in args))
+
+        def sandbox_format(value: Any, spec: Any = "") -> str:
+            return format(value, str(spec))
+
+        impl: dict[str, Any] = {
+            "getattr": guarded_getattr_builtin,
+            "hasattr": guarded_hasattr,
+            "setattr": guarded_setattr,
+            "iter": guarded_iter,
+            "range": bounded_range,
+            "print": sandbox_print,
+            "format": sandbox_format,
+        }
+        result: dict[str, Any] = {}
+        for name in policy.builtin_names:
+            if name in impl:
+                result[name] = impl[name]
+            elif hasattr(_builtins, name):
+                result[name] = getattr(_builtins, name)
+        for name in policy.refused_builtins:
+            if name not in result:
+                result[name] = DeniedName(f"builtins.{name}", rule="builtins.refused")
+        result["__build_class__"] = _builtins.__build_class__
+        result["__import__"] = self.guarded_import
+        return result
+
+    def make_globals(self) -> dict[str, Any]:
+        from pipewarden.sandbox.compile import BIND_NAME, CLASS_OF_NAME, FUNCTION_WRAPPER_NAME
+
+        return {
+            "__builtins__": self.make_builtins(),
+            "__name__": self.module_name,
+            "__doc__": None,
+            "__metaclass__": _MetaclassHook(self),
+            "_getattr_": self.guarded_getattr,
+            "_getitem_": self.guarded_getitem,
+            "_getiter_": self.guarded_getiter,
+            "_write_": self.guarded_write,
+            "_unpack_sequence_": guarded_unpack_sequence,
+            "_iter_unpack_sequence_": guarded_iter_unpack_sequence,
+            "_inplacevar_": self.inplacevar,
+            "_apply_": self.apply,
+            FUNCTION_WRAPPER_NAME: self.wrap_function,
+            CLASS_OF_NAME: self.class_of,
+            BIND_NAME: self.bind,
+        }

@@ -1,0 +1,101 @@
+"""Read-only snapshots of host state (configs, lists, dicts held by host objects): what the
+sandbox gets instead of the host's own container, so writes cannot reach the host.
+
+Decides: which containers are copied; trusts nothing the sandbox hands it."""
+
+from __future__ import annotations
+
+import collections
+import copy
+from typing import Any
+
+from pipewarden.sandbox.runtime._common import _WRITABLE_CONTAINERS, _resolve_type_path, _violation
+
+_CONTAINER_TYPES: frozenset[type] = frozenset({list, dict, set, bytearray, tuple})
+#: Host mappings handed to the sandbox as read-only snapshots (configs are FrozenDicts).
+_SNAPSHOT_MAPPINGS: frozenset[type] = frozenset({dict, collections.OrderedDict, collections.defaultdict})
+_PLAIN_SCALARS = (str, bytes, int, float, bool, complex, type(None))
+
+
+def t_value_is_container(value: Any) -> bool:
+    return type(value) in _WRITABLE_CONTAINERS
+
+
+def _refuse_host_mutation(*_args: Any, **_kwargs: Any) -> Any:
+    raise _violation(
+        "modifying a list/dict/set that belongs to a host object or class",
+        "write.host-state",
+        "copy it first (list(x), dict(x)) and change the copy",
+    )
+
+
+def _readonly_type(base: type, mutators: tuple[str, ...]) -> type:
+    ns: dict[str, Any] = {name: _refuse_host_mutation for name in mutators}
+    ns["__reduce_ex__"] = lambda self, protocol: (base, (base(self),))
+    ns["__copy__"] = lambda self: base(self)
+    ns["__deepcopy__"] = lambda self, memo: copy.deepcopy(base(self), memo)
+    ns["__slots__"] = ()
+    return type(f"HostOwned{base.__name__.capitalize()}", (base,), ns)
+
+
+#: Read-only snapshots of host containers: reading works as usual, any mutation is a PolicyViolation.
+_HostList = _readonly_type(
+    list, ("append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse", "__setitem__",
+           "__delitem__", "__iadd__", "__imul__")
+)
+_HostDict = _readonly_type(
+    dict, ("update", "pop", "popitem", "clear", "setdefault", "__setitem__", "__delitem__", "__ior__")
+)
+
+
+def _host_dict_getattr(self: Any, name: str) -> Any:
+    # configs are read as attributes (``self.unet.config.sample_size``)
+    if not name.startswith("_"):
+        try:
+            return self[name]
+        except KeyError:
+            pass
+    raise AttributeError(name)
+
+
+_HostDict.__getattr__ = _host_dict_getattr  # type: ignore[attr-defined]
+_HostSet = _readonly_type(
+    set, ("add", "discard", "remove", "pop", "clear", "update", "difference_update", "intersection_update",
+          "symmetric_difference_update", "__ior__", "__iand__", "__isub__", "__ixor__")
+)
+_READONLY: dict[type, type] = {list: _HostList, dict: _HostDict, set: _HostSet}
+_READONLY_TYPES = frozenset(_READONLY.values())
+
+
+def _private_copy(value: Any, depth: int = 0) -> Any:
+    """A read-only snapshot of host state: lists/dicts/sets (nested ones too) become read-only
+    copies, tuples are rebuilt around them; other objects (tensors, ...) are shared, not copied."""
+    t = type(value)
+    if depth > 32:
+        raise _violation("a host container nested more than 32 levels deep", "value.nesting")
+    if t is tuple:
+        return tuple(_private_copy(v, depth + 1) if type(v) in _CONTAINER_TYPES else v for v in value)
+    if t is bytearray:
+        return bytes(value)
+    if t in _SNAPSHOT_MAPPINGS or _is_frozen_config(value):
+        return _HostDict(
+            {k: _private_copy(v, depth + 1) if _is_snapshot_type(v) else v for k, v in value.items()}
+        )
+    ro = _READONLY.get(t)
+    if ro is None:
+        return value
+    return ro(_private_copy(v, depth + 1) if _is_snapshot_type(v) else v for v in value)
+
+
+def _is_frozen_config(value: Any) -> bool:
+    if not isinstance(value, dict):
+        return False
+    frozen = _resolve_type_path("diffusers.configuration_utils.FrozenDict")
+    return frozen is not None and isinstance(value, frozen)
+
+
+def _is_snapshot_type(value: Any) -> bool:
+    t = type(value)
+    return t in _CONTAINER_TYPES or t in _SNAPSHOT_MAPPINGS or _is_frozen_config(value)
+
+
