@@ -17,6 +17,13 @@ os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_digest_store(tmp_path_factory) -> None:
+    """Verified-digest records go to a per-session store, never the user's cache."""
+    store = tmp_path_factory.mktemp("digest-store") / "verified-digests.json"
+    os.environ["PIPEWARDEN_DIGEST_STORE"] = str(store)
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """A weights directory laid out like google/ddpm-cifar10-32, with a 45 k-parameter UNet."""

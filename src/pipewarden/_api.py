@@ -233,6 +233,7 @@ def load_pipeline(
     import_aliases: Mapping[str, str] | None = None,
     token: Any = None,
     on_gate: GateReporter | None = None,
+    reverify: str | None = None,
     **components: Any,
 ) -> Any:
     """Load a community pipeline through every gate and return it ready to call.
@@ -245,6 +246,9 @@ def load_pipeline(
     ``"inprocess"`` runs it here under the restricted sandbox. Extra keyword arguments are
     components passed to the pipeline as they are (like diffusers' ``from_pretrained``).
     ``token`` is passed to huggingface_hub for private or gated repos (never to the worker).
+    ``reverify``: ``"auto"`` (default) lets a verified-digest record vouch for a weight file the
+    kernel reports unchanged since it was last hashed; ``"always"`` hashes every byte on every
+    load (also ``PIPEWARDEN_REVERIFY=always``).
     """
     if isolation not in ("process", "inprocess"):
         raise ValueError(f"isolation must be 'process' or 'inprocess', got {isolation!r}")
@@ -253,6 +257,9 @@ def load_pipeline(
     if limits is not None and not isinstance(limits, Limits):
         raise TypeError("limits must be a pipewarden.Limits")
     report: GateReporter = on_gate or (lambda gate, verdict: None)
+    from pipewarden.loader.records import resolve_reverify
+
+    reverify = resolve_reverify(reverify)
 
     # Fail fast, before any download; the authoritative checks run again in _admit.
     if _remote_code_disabled() or trust_remote_code is not True:
@@ -295,8 +302,13 @@ def load_pipeline(
     )
     # The allowlist's minimum isolation was enforced by registry.trust.decide.
     if isolation == "inprocess":
-        return _run_inprocess(admitted, weights, expected=expected, torch_dtype=torch_dtype, components=components, report=report)
-    return _run_in_worker(admitted, weights, expected=expected, torch_dtype=torch_dtype, components=components, limits=limits, report=report)
+        return _run_inprocess(
+            admitted, weights, expected=expected, torch_dtype=torch_dtype, components=components, report=report, reverify=reverify
+        )
+    return _run_in_worker(
+        admitted, weights, expected=expected, torch_dtype=torch_dtype, components=components, limits=limits, report=report,
+        reverify=reverify,
+    )
 
 
 def _admit_precheck(custom_pipeline: Any, trust_remote_code: bool) -> None:
@@ -344,8 +356,10 @@ def _run_inprocess(
     torch_dtype: Any,
     components: Mapping[str, Any],
     report: GateReporter,
+    reverify: str = "auto",
 ) -> Any:
     from pipewarden.loader.components import load_components
+    from pipewarden.loader.records import records_for
     from pipewarden.sandbox import load_class
 
     policy = _sandbox_policy(admitted)
@@ -357,8 +371,10 @@ def _run_inprocess(
     )
     report("sandbox", f"vetted class {cls.__name__}: scanned, restricted-compiled, executed with facades")
     digests: dict[str, str] = {}
-    built = load_components(weights, torch_dtype=torch_dtype, expected=expected, digests_out=digests, skip=set(components))
-    report("components", f"{len(digests)} files hashed while loading; safetensors only: {', '.join(sorted(built))}")
+    built = load_components(
+        weights, torch_dtype=torch_dtype, expected=expected, digests_out=digests, skip=set(components), records=records_for(reverify)
+    )
+    report("components", f"{len(digests)} files verified while loading (reverify={reverify}); safetensors only: {', '.join(sorted(built))}")
     built.update(components)
     wanted = _init_component_names(cls)
     kwargs = {k: v for k, v in built.items() if wanted is None or k in wanted}
@@ -376,8 +392,11 @@ def _run_in_worker(
     components: Mapping[str, Any],
     limits: Limits | None,
     report: GateReporter,
+    reverify: str = "auto",
 ) -> Any:
     from pipewarden.isolation import run_in_worker
+    from pipewarden.loader.components import worker_records
+    from pipewarden.loader.records import records_for
     from pipewarden.loader.snapshot import FileRecord
 
     # The worker re-reads every file and re-verifies it against these digests (pins from the
@@ -402,6 +421,11 @@ def _run_in_worker(
         import_aliases=dict(admitted.import_aliases) or None,
         limits=limits,
         required_layers=set(admitted.required_layers) or None,
+        # Verified-digest records from the host's store (hashed here on a miss); the worker
+        # checks each against its own fstat and never sees or writes the store.
+        digest_records=worker_records(pinned, expected=expected, records=records_for(reverify), skip=set(components))
+        if reverify != "always"
+        else None,
     )
     layers = list(getattr(handle, "layers", ()))
     active = [s.name for s in layers if s.active]

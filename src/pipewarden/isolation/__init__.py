@@ -60,6 +60,9 @@ class WorkerLoadRequest:
     policy_extras: Mapping[str, Any] | None = None
     import_aliases: Mapping[str, str] | None = None
     required_layers: frozenset[str] = field(default_factory=frozenset)
+    #: Verified-digest records (``Record.to_json()``) from the host's store, for the worker's
+    #: weight files; None = the worker hashes every byte (reverify="always").
+    digest_records: tuple[Any, ...] | None = None
 
 
 def __getattr__(name: str) -> Any:
@@ -177,6 +180,8 @@ def start_worker_pipeline(
             "policy_extras": {k: list(v) for k, v in (request.policy_extras or {}).items()} or None,
             "import_aliases": dict(request.import_aliases or {}) or None,
             "gpu_memory_fraction": limits.gpu_memory_fraction,
+            "digest_records": list(request.digest_records or ()),
+            "host_uid": os.geteuid(),
         }
         loaded = worker.request(header, request.source_bytes, what="loading the pipeline")
         if not isinstance(loaded, Loaded):
@@ -199,6 +204,7 @@ def run_in_worker(
     import_aliases: Mapping[str, str] | None = None,
     limits: Limits | None = None,
     required_layers: Iterable[str] | None = None,
+    digest_records: Iterable[Any] | None = None,
 ) -> Any:
     """The entry point of ``load_pipeline(..., isolation="process")``.
 
@@ -224,5 +230,6 @@ def run_in_worker(
         policy_extras=policy_extras,
         import_aliases=import_aliases,
         required_layers=_check_required(required_layers or ()),
+        digest_records=tuple(digest_records) if digest_records is not None else None,
     )
     return start_worker_pipeline(request, limits)

@@ -39,7 +39,13 @@ def trusted_modules() -> tuple[str, ...]:
 
     import pipewarden.sandbox
 
-    names = ["pipewarden.loader.components", "pipewarden.loader.snapshot", "pipewarden.loader.digests"]
+    names = [
+        "pipewarden.loader.components",
+        "pipewarden.loader.snapshot",
+        "pipewarden.loader.digests",
+        "pipewarden.loader.records",
+        "pipewarden.loader._safetensors",
+    ]
     for info in pkgutil.iter_modules(pipewarden.sandbox.__path__):
         if info.name == "isolation" or info.name.startswith(("audit", "_audit")):
             continue
@@ -288,7 +294,11 @@ class _Worker:
 
             policy = default_policy().with_extras(extra_modules=extras, import_aliases=aliases)
         cls = load_class(source_bytes, filename=h["filename"], policy=policy, import_aliases=aliases)
-        built = load_components(snapshot, torch_dtype=dtype, expected=expected)
+        from pipewarden.loader.records import FixedRecords
+
+        # The host's records, read-only: each still has to match the fstat of our own descriptor.
+        records = FixedRecords.from_json(h.get("digest_records") or [], owner=h.get("host_uid"))
+        built = load_components(snapshot, torch_dtype=dtype, expected=expected, records=records)
         wanted = _init_component_names(cls)
         kwargs = {k: v for k, v in built.items() if wanted is None or k in wanted}
         self.pipe = cls(**kwargs)

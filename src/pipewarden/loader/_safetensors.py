@@ -72,30 +72,51 @@ def read_and_hash(path: str | os.PathLike[str]) -> tuple[bytearray | mmap.mmap, 
     """Read the whole file into a private buffer; return it with the sha256 of exactly its bytes."""
     # Symlinks are followed: the HF cache's snapshot entries are links into blobs/. What is
     # trusted is the digest of the bytes read, not the path.
-    fd = os.open(path, os.O_RDONLY)
-    with os.fdopen(fd, "rb", buffering=0) as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise InputError(f"{os.fspath(path)} is not a regular file", rule="weights are regular files")
-        size = os.fstat(fh.fileno()).st_size
-        buf = _private_buffer(size)
-        view = memoryview(buf)
-        digest = hashlib.sha256()
-        if size < 2 * CHUNK:  # small: no thread
-            got = fh.readinto(view)
-            digest.update(view[:got])
+        buf, digest = read_fd(fd, st.st_size, hash_=True, where=os.fspath(path))
+    finally:
+        os.close(fd)
+    assert digest is not None
+    return buf, digest
+
+
+def read_fd(fd: int, size: int, *, hash_: bool, where: str) -> tuple[bytearray | mmap.mmap, str | None]:
+    """Read ``size`` bytes of an open regular file into a private buffer (hashing while reading).
+
+    Reading and hashing overlap: the main thread reads chunk after chunk while a second thread
+    hashes each chunk as soon as it lands. Without ``hash_`` the digest returned is None. Raises
+    ``InputError`` when the file is shorter or longer than ``size``.
+    """
+    buf = _private_buffer(size)
+    view = memoryview(buf)
+    digest = hashlib.sha256() if hash_ else None
+    got = 0
+    try:
+        if digest is None or size < 2 * CHUNK:  # small or no hashing: no thread
+            while got < size:
+                n = os.readv(fd, [view[got : got + CHUNK]])
+                if not n:
+                    break
+                got += n
+            if digest is not None:
+                digest.update(view[:got])
         else:
             ready: queue.SimpleQueue[tuple[int, int] | None] = queue.SimpleQueue()
+            hasher = digest
 
             def _hasher() -> None:
                 while (item := ready.get()) is not None:
-                    digest.update(view[item[0] : item[1]])
+                    hasher.update(view[item[0] : item[1]])
 
             worker = threading.Thread(target=_hasher, name="pipewarden-hash", daemon=True)
             worker.start()
-            got = 0
             try:
                 while got < size:
-                    n = fh.readinto(view[got : got + CHUNK])
+                    n = os.readv(fd, [view[got : got + CHUNK]])
                     if not n:
                         break
                     ready.put((got, got + n))
@@ -103,15 +124,16 @@ def read_and_hash(path: str | os.PathLike[str]) -> tuple[bytearray | mmap.mmap, 
             finally:
                 ready.put(None)
                 worker.join()
-        grew = fh.read(1)
+        grew = os.read(fd, 1)
+    finally:
         view.release()
     if got != size or grew:
         raise InputError(
-            f"{os.fspath(path)} changed size while it was read",
+            f"{where} changed size while it was read",
             rule="weights must not change while they are loaded",
             fix="retry when nothing else is writing the file",
         )
-    return buf, digest.hexdigest()
+    return buf, digest.hexdigest() if digest is not None else None
 
 
 def _bad(where: str, why: str) -> InputError:

@@ -24,10 +24,13 @@ import json
 import os
 import re
 from collections.abc import Mapping, MutableMapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipewarden.errors import InputError, IntegrityError, NotAllowedError
+from pipewarden.loader.records import RecordSource
 from pipewarden.loader.snapshot import Snapshot
 
 MODEL_INDEX = "model_index.json"
@@ -195,33 +198,80 @@ def load_components(
     expected: Mapping[str, str] | None = None,
     digests_out: MutableMapping[str, str] | None = None,
     skip: frozenset[str] | set[str] = frozenset(),
+    records: RecordSource | None = None,
 ) -> dict[str, Any]:
     """Build every component listed in the snapshot's model_index.json.
 
     ``expected`` maps relpath -> sha256 pins (lock file, hub metadata); each file read is hashed
+    (or vouched for by a verified-digest record from ``records``; none given = hash every byte)
     and compared. ``digests_out`` receives relpath -> sha256 of every file read. Components named
-    in ``skip`` (given by the caller directly) are not built.
+    in ``skip`` (given by the caller directly) are not built. All configs are read and checked
+    before any weight byte; the weight files are then read in parallel.
     """
     root = Path(snapshot.root)
+    expected = _pins(snapshot, expected)
+    plans = _plan(root, expected=expected, digests_out=digests_out, skip=skip)
+    files = [rel for plan in plans for rel in plan.weight_files or ()]
+    loaded = read_weight_files(root, files, expected=expected, digests_out=digests_out, records=records)
+    out: dict[str, Any] = {}
+    for plan in plans:
+        if plan.cls is None:
+            out[plan.name] = None
+        elif plan.weight_files is None:
+            out[plan.name] = plan.cls.from_config(plan.config)
+        else:
+            state: dict[str, Any] = {}
+            for rel in plan.weight_files:
+                state.update(loaded.pop(rel, {}))  # drop our reference once it is built
+            out[plan.name] = _instantiate_model(plan.cls, plan.config, state, torch_dtype=torch_dtype, where=f"{plan.name}/")
+    flush = getattr(records, "flush", None)
+    if flush is not None:
+        flush()
+    return out
+
+
+def planned_weight_files(
+    snapshot: Snapshot,
+    *,
+    expected: Mapping[str, str] | None = None,
+    skip: frozenset[str] | set[str] = frozenset(),
+) -> list[str]:
+    """The weight files ``load_components`` would read (configs read and checked, no weights)."""
+    root = Path(snapshot.root)
+    plans = _plan(root, expected=_pins(snapshot, expected), digests_out=None, skip=skip)
+    return [rel for plan in plans for rel in plan.weight_files or ()]
+
+
+def _pins(snapshot: Snapshot, expected: Mapping[str, str] | None) -> dict[str, str]:
     if expected is None:
-        expected = {k: v.sha256 for k, v in snapshot.files.items() if v.sha256}
-    else:
-        expected = {k: v for k, v in expected.items() if v}  # "" = hash and record only
+        return {k: v.sha256 for k, v in snapshot.files.items() if v.sha256}
+    return {k: v for k, v in expected.items() if v}  # "" = hash and record only
+
+
+@dataclass(frozen=True)
+class _Plan:
+    name: str
+    cls: Any  # None: an absent optional component
+    config: dict[str, Any]
+    weight_files: list[str] | None  # None: built from its config alone (schedulers)
+
+
+def _plan(root: Path, *, expected, digests_out, skip) -> list[_Plan]:
     index = read_verified(root, MODEL_INDEX, expected=expected, digests_out=digests_out, max_bytes=MAX_JSON_BYTES)
     specs = parse_model_index(index)
-    out: dict[str, Any] = {}
+    plans: list[_Plan] = []
     for name, spec in specs.items():
         if name in skip:
             continue
         if spec is None:
-            out[name] = None
+            plans.append(_Plan(name, None, {}, []))
             continue
         cls = _resolve_class(name, *spec)
-        out[name] = _build(cls, root, name, torch_dtype=torch_dtype, expected=expected, digests_out=digests_out)
-    return out
+        plans.append(_plan_one(cls, root, name, expected=expected, digests_out=digests_out))
+    return plans
 
 
-def _build(cls: Any, root: Path, sub: str, *, torch_dtype, expected, digests_out) -> Any:
+def _plan_one(cls: Any, root: Path, sub: str, *, expected, digests_out) -> _Plan:
     from diffusers import ModelMixin, SchedulerMixin
 
     if not (root / sub).is_dir():
@@ -233,16 +283,56 @@ def _build(cls: Any, root: Path, sub: str, *, torch_dtype, expected, digests_out
     if issubclass(cls, SchedulerMixin):
         cfg_name = getattr(cls, "config_name", None) or "scheduler_config.json"
         data = read_verified(root, f"{sub}/{cfg_name}", expected=expected, digests_out=digests_out, max_bytes=MAX_JSON_BYTES)
-        config = _parse_json(data, f"{sub}/{cfg_name}")
-        return cls.from_config(config)
+        return _Plan(sub, cls, _parse_json(data, f"{sub}/{cfg_name}"), None)
     assert issubclass(cls, ModelMixin)
     data = read_verified(root, f"{sub}/config.json", expected=expected, digests_out=digests_out, max_bytes=MAX_JSON_BYTES)
     config = _parse_json(data, f"{sub}/config.json")
-    weight_files = _weight_files(root, sub)
-    state: dict[str, Any] = {}
-    for rel in weight_files:
-        state.update(_load_safetensors(root, rel, expected=expected, digests_out=digests_out))
-    return _instantiate_model(cls, config, state, torch_dtype=torch_dtype, where=f"{sub}/")
+    return _Plan(sub, cls, config, _weight_files(root, sub))
+
+
+def read_weight_files(
+    root: Path,
+    relpaths: list[str],
+    *,
+    expected: Mapping[str, str],
+    digests_out: MutableMapping[str, str] | None,
+    records: RecordSource | None,
+) -> dict[str, dict[str, Any]]:
+    """Read, verify and parse several safetensors files, in parallel across cores.
+
+    Each file is read once; files without a trusted record are hashed while they are read
+    (hashlib and file reads release the GIL, so threads use every core). Every digest is
+    compared with its pin before any of its tensors exists; the first failure is raised.
+    """
+    if not relpaths:
+        return {}
+    jobs = sorted(dict.fromkeys(relpaths), key=lambda rel: -_size_or_zero(root / rel))  # biggest first
+    workers = max(1, min(len(jobs), os.cpu_count() or 1))
+    done: dict[str, tuple[dict[str, Any], str]] = {}
+    if workers == 1:
+        for rel in jobs:
+            done[rel] = _verify_and_parse(root, rel, expected=expected, records=records)
+    else:
+        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipewarden-read") as pool:
+            futures = {rel: pool.submit(_verify_and_parse, root, rel, expected=expected, records=records) for rel in jobs}
+            try:
+                for rel in jobs:
+                    done[rel] = futures[rel].result()
+            except BaseException:
+                for f in futures.values():
+                    f.cancel()
+                raise
+    if digests_out is not None:
+        for rel in relpaths:
+            digests_out[rel] = done[rel][1]
+    return {rel: tensors for rel, (tensors, _) in done.items()}
+
+
+def _size_or_zero(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
 
 
 def _weight_files(root: Path, sub: str) -> list[str]:
@@ -274,17 +364,25 @@ def _weight_files(root: Path, sub: str) -> list[str]:
     return [f"{sub}/{n}" for n in (plain or safetensors)[:1]]
 
 
-def _load_safetensors(root: Path, relpath: str, *, expected, digests_out) -> dict[str, Any]:
-    """Read once (hashing while reading), compare the digest, then parse with zero copies.
+def _load_safetensors(root: Path, relpath: str, *, expected, digests_out, records: RecordSource | None = None) -> dict[str, Any]:
+    """Read once (hashing while reading unless a record vouches), compare the digest, then parse.
 
-    The tensors are views of a private buffer holding exactly the bytes that were hashed; they
+    The tensors are views of a private buffer holding exactly the bytes that were verified; they
     are only created after the digest matched its pin.
     """
-    from pipewarden.loader._safetensors import parse, read_and_hash
+    tensors, digest = _verify_and_parse(root, relpath, expected=expected, records=records)
+    if digests_out is not None:
+        digests_out[relpath] = digest
+    return tensors
+
+
+def _verify_and_parse(root: Path, relpath: str, *, expected, records: RecordSource | None) -> tuple[dict[str, Any], str]:
+    from pipewarden.loader._safetensors import parse
+    from pipewarden.loader.records import NoRecords, read_verified_file
 
     path = root / relpath
     try:
-        buf, digest = read_and_hash(path)
+        got = read_verified_file(path, expected=expected.get(relpath), records=records or NoRecords(), where=relpath)
     except FileNotFoundError:
         raise InputError(f"{relpath} is missing from {root}", rule="each component needs its weights") from None
     except OSError as exc:
@@ -293,11 +391,8 @@ def _load_safetensors(root: Path, relpath: str, *, expected, digests_out) -> dic
             rule="weights must be readable regular files",
             fix="check the weights directory",
         ) from None
-    _compare(relpath, digest, expected)  # raises before any tensor exists
-    tensors = parse(buf, where=relpath)
-    if digests_out is not None:
-        digests_out[relpath] = digest
-    return tensors
+    _compare(relpath, got.sha256, expected)  # raises before any tensor exists
+    return parse(got.data, where=relpath), got.sha256  # type: ignore[arg-type]
 
 
 def _instantiate_model(cls: Any, config: dict[str, Any], state: dict[str, Any], *, torch_dtype, where: str) -> Any:
@@ -341,3 +436,43 @@ def _instantiate_model(cls: Any, config: dict[str, Any], state: dict[str, Any], 
         model = model.to(torch_dtype)
     model.eval()
     return model
+
+
+def worker_records(
+    snapshot: Snapshot,
+    *,
+    expected: Mapping[str, str] | None,
+    records: RecordSource,
+    skip: frozenset[str] | set[str] = frozenset(),
+) -> list[list[object]]:
+    """Host side of a process-mode load: records vouching for the weight files the worker reads.
+
+    Files without a trusted record are hashed here (streaming, in parallel across cores) and
+    recorded in the host's store; the worker gets the records (never the store) and still
+    checks each against the fstat of its own descriptor. Anything that goes wrong here only
+    means the worker hashes that file itself.
+    """
+    from pipewarden.loader.records import verify_file_digest
+
+    root = Path(snapshot.root)
+    pins = _pins(snapshot, expected)
+    try:  # without importing diffusers: which folders hold weights (a guess only costs speed)
+        index = read_verified(root, MODEL_INDEX, expected=pins, digests_out=None, max_bytes=MAX_JSON_BYTES)
+        files = [
+            rel
+            for name, spec in parse_model_index(index).items()
+            if spec is not None and name not in skip and any(p.suffix == ".safetensors" for p in (root / name).iterdir())
+            for rel in _weight_files(root, name)
+        ]
+    except Exception:  # the worker's own load reports the problem with the usual error
+        return []
+    if not files:
+        return []
+    files.sort(key=lambda rel: -_size_or_zero(root / rel))
+    workers = max(1, min(len(files), os.cpu_count() or 1))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipewarden-verify") as pool:
+        found = list(pool.map(lambda rel: verify_file_digest(root / rel, expected=pins.get(rel), records=records), files))
+    flush = getattr(records, "flush", None)
+    if flush is not None:
+        flush()
+    return [r.to_json() for r in found if r is not None]
