@@ -127,11 +127,21 @@ def start_worker_pipeline(
     Raises ``NotAllowedError`` when a layer in ``request.required_layers`` is not active, and
     warns (``IsolationWarning``) for every other inactive layer.
     """
-    from pipewarden.isolation._client import WorkerProcess
     from pipewarden.isolation._handle import PipelineHandle
-    from pipewarden.isolation.wire.messages import Loaded
 
     limits = limits if limits is not None else Limits()
+    worker, loaded = _start(
+        request, limits, test_hooks=_unsafe_test_hooks, skip=frozenset(_unsafe_skip_layers), stacklevel=4
+    )
+    return PipelineHandle(worker, loaded, request=request, limits=limits)
+
+
+def _start(request: WorkerLoadRequest, limits: Limits, *, test_hooks: bool = False,
+           skip: frozenset[str] = frozenset(), stacklevel: int = 3) -> tuple[Any, Any]:
+    """Start and load one worker: (WorkerProcess, Loaded). Used for loads and ``reload()``."""
+    from pipewarden.isolation._client import WorkerProcess
+    from pipewarden.isolation.wire.messages import Loaded
+
     if not isinstance(limits, Limits):
         raise TypeError(f"limits must be a pipewarden.Limits, got {type(limits).__name__}")
     required = _check_required(request.required_layers)
@@ -148,8 +158,8 @@ def start_worker_pipeline(
     worker = WorkerProcess(
         limits,
         read_paths=_read_paths(request.weights),
-        test_hooks=_unsafe_test_hooks,
-        skip=frozenset(_unsafe_skip_layers),
+        test_hooks=test_hooks,
+        skip=skip,
     )
     try:
         inactive = [s for s in worker.layers if not s.active]
@@ -165,7 +175,7 @@ def start_worker_pipeline(
                 "isolation layers not active in the worker: "
                 + "; ".join(f"{s.name} ({s.detail})" for s in inactive),
                 IsolationWarning,
-                stacklevel=3,
+                stacklevel=stacklevel,
             )
         # 3. Load: the worker re-reads and re-hashes every file (expected = our digests).
         header = {
@@ -189,7 +199,7 @@ def start_worker_pipeline(
     except BaseException:
         worker.kill()
         raise
-    return PipelineHandle(worker, loaded)
+    return worker, loaded
 
 
 def run_in_worker(

@@ -24,13 +24,17 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
-from pipewarden.errors import ResourceLimitError, WorkerError, error_class
+from pipewarden.errors import PipewardenError, ResourceLimitError, WorkerError, error_class
 from pipewarden.isolation.layers import apply as _layers
 from pipewarden.isolation.wire import messages as _messages
 from pipewarden.isolation.wire.framing import FrameTimeout, PeerClosed, encode_frame, read_frame
 from pipewarden.limits import Limits
+
+#: Handles a mid-request message; returns the reply frame (header, payload) or None.
+EventHandler = Callable[[_messages.WorkerMessage], "tuple[dict, bytes] | None"]
 
 _START_TIMEOUT_S = 180.0
 _READY_TIMEOUT_S = 60.0
@@ -178,6 +182,10 @@ def fork_server(*, wait: bool = True) -> ForkServer:
             _SERVER = ForkServer()
         server = _SERVER
     if wait:
+        if server.ready_info is None:
+            from pipewarden._progress import status
+
+            status("pipewarden: starting the isolated worker (the first start imports torch and diffusers)...")
         server.wait_ready()
     return server
 
@@ -216,6 +224,7 @@ class WorkerProcess:
         fl = fcntl.fcntl(self._req, fcntl.F_GETFL)
         fcntl.fcntl(self._req, fcntl.F_SETFL, fl | os.O_NONBLOCK)
         self.closed = False
+        self.reload_fix = "load the pipeline again"
         self._killed_by_host = False
         self._lock = threading.RLock()
         ready = self._receive(time.monotonic() + min(_READY_TIMEOUT_S, float(limits.wall_s) + 30.0), "start")
@@ -229,18 +238,48 @@ class WorkerProcess:
 
     # ---------------------------------------------------------------------------- messaging
 
-    def request(self, header: dict, payload: bytes = b"", *, what: str) -> _messages.WorkerMessage:
+    def request(
+        self, header: dict, payload: bytes = b"", *, what: str, on_event: EventHandler | None = None
+    ) -> _messages.WorkerMessage:
+        """Send one request and return the worker's final answer.
+
+        Mid-request messages (``CallbackRequest``, ``Progress``) go to ``on_event``; what it
+        returns (a header and payload) is sent back to the worker. Time spent in ``on_event``
+        (the user's callback, on the host) does not count against ``Limits.wall_s``. A
+        mid-request message for a request that expects none is a protocol error (worker killed).
+        """
         with self._lock:
             if self.closed:
-                raise WorkerError("the isolated pipeline is closed", rule="a closed worker cannot run", fix="load it again")
+                raise WorkerError("the isolated pipeline is closed", rule="a closed worker cannot run", fix=self.reload_fix)
             deadline = time.monotonic() + float(self.limits.wall_s)
             try:
                 self._send(encode_frame(header, payload), deadline, what)
-                msg = self._receive(deadline, what)
+                while True:
+                    msg = self._receive(deadline, what)
+                    if not isinstance(msg, (_messages.CallbackRequest, _messages.Progress)):
+                        break
+                    if on_event is None:
+                        self.kill()
+                        raise WorkerError(
+                            f"the worker sent a {type(msg).__name__} during {what}",
+                            rule="worker protocol",
+                            fix="the worker is broken or compromised; it was stopped",
+                        )
+                    started = time.monotonic()
+                    reply = on_event(msg)
+                    deadline += time.monotonic() - started
+                    if reply is not None:
+                        self._send(encode_frame(*reply), deadline, what)
             except KeyboardInterrupt:
                 # Ctrl-C mid-request: the worker's state is unknown (it is still running the
                 # request); stop it, so the KeyboardInterrupt is the only thing the user sees.
                 self.kill()
+                raise
+            except BaseException:
+                # Anything else that leaves the exchange half-done (the user's callback raising
+                # is handled by on_event itself) leaves a worker we cannot talk to again.
+                if not self.closed and not isinstance(sys.exc_info()[1], PipewardenError):
+                    self.kill()
                 raise
             if isinstance(msg, _messages.Failure):
                 raise error_class(msg.error_class)(msg.what, rule=msg.rule, fix=msg.fix)

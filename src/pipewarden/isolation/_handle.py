@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from pipewarden.errors import WorkerError
+from pipewarden.errors import PipewardenError, WorkerError
 from pipewarden.isolation._client import WorkerProcess
 from pipewarden.isolation.layers.apply import LayerStatus
 from pipewarden.isolation.wire import messages as _messages
@@ -41,13 +41,98 @@ class ComponentView:
         return f"<isolated {self._type} {self._name!r}>"
 
 
+class PipelineView:
+    """The read-only stand-in a host-side ``callback_on_step_end`` receives as its ``pipe``.
+
+    The pipeline itself lives in the worker; the callback sees its class name, config,
+    components' configs and device, and cannot change or call it.
+    """
+
+    __slots__ = ("_handle",)
+
+    def __init__(self, handle: PipelineHandle) -> None:
+        object.__setattr__(self, "_handle", handle)
+
+    @property
+    def class_name(self) -> str:
+        return self._handle.class_name
+
+    @property
+    def config(self) -> _messages.FrozenConfig:
+        return self._handle.config
+
+    @property
+    def components(self) -> Mapping[str, ComponentView]:
+        return self._handle.components
+
+    @property
+    def device(self) -> str:
+        return self._handle.device
+
+    def __getattr__(self, name: str) -> Any:
+        if not name.startswith("_") and name in self._handle._loaded.components:
+            return getattr(self._handle, name)
+        raise AttributeError(
+            f"the pipeline stand-in given to callback_on_step_end has no attribute {name!r} "
+            "(the pipeline runs in an isolated worker: class_name, config, components, device only)"
+        )
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise AttributeError("the pipeline stand-in given to callback_on_step_end is read-only")
+
+    def __repr__(self) -> str:
+        return f"<read-only view of isolated {self._handle.class_name}>"
+
+
+class _HostBars:
+    """Draws on the host the progress bars the pipeline opens in the worker (tqdm)."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        self._config = dict(config)
+        self._bars: dict[int, Any] = {}
+
+    def update(self, msg: _messages.Progress) -> None:
+        from pipewarden._progress import progress_bar
+
+        bar = self._bars.get(msg.bar)
+        if bar is None:
+            if msg.closed:
+                return
+            bar = self._bars[msg.bar] = progress_bar(total=msg.total, **self._config)
+        if msg.total is not None and bar.total != msg.total:
+            bar.total = msg.total
+        if msg.n > bar.n:
+            bar.update(msg.n - bar.n)
+        if msg.closed:
+            bar.close()
+            del self._bars[msg.bar]
+
+    def close(self) -> None:
+        for bar in self._bars.values():
+            bar.close()
+        self._bars.clear()
+
+
 class PipelineHandle:
     """A vetted pipeline running in a locked-down worker process (``isolation="process"``)."""
 
-    def __init__(self, worker: WorkerProcess, loaded: _messages.Loaded) -> None:
+    def __init__(
+        self,
+        worker: WorkerProcess,
+        loaded: _messages.Loaded,
+        *,
+        request: Any = None,
+        limits: Any = None,
+    ) -> None:
         self._worker = worker
         self._loaded = loaded
         self._device = "cpu"
+        self._request = request  # the verified WorkerLoadRequest, kept for reload()
+        self._limits = limits
+        self._to_args: tuple[list, dict] | None = None
+        self._progress_bar_config: dict[str, Any] = {}
+        if request is not None:
+            worker.reload_fix = "call .reload() on the pipeline handle to start a fresh worker"
 
     # ------------------------------------------------------------------------- inspection
 
@@ -89,7 +174,10 @@ class PipelineHandle:
         loaded = self.__dict__.get("_loaded")
         if loaded is not None and name in loaded.components:
             return ComponentView(name, loaded.component_types.get(name, "?"), loaded.components[name])
-        raise AttributeError(f"isolated pipeline has no attribute {name!r} (only config, components, to, close, call)")
+        raise AttributeError(
+            f"isolated pipeline has no attribute {name!r} "
+            "(only config, components, to, set_progress_bar_config, reload, close, call)"
+        )
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"worker pid {self._worker.pid}"
@@ -100,13 +188,48 @@ class PipelineHandle:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         import torch
 
+        callback = kwargs.pop("callback_on_step_end", None)
+        if callback is not None:
+            if not callable(callback):
+                raise TypeError(f"callback_on_step_end must be callable, got {type(callback).__name__}")
+            inputs = getattr(callback, "tensor_inputs", None)  # PipelineCallback / MultiPipelineCallbacks
+            if inputs is not None and kwargs.get("callback_on_step_end_tensor_inputs") is None:
+                kwargs["callback_on_step_end_tensor_inputs"] = list(inputs)
         enc = Encoder(allow_generators=True)
         tree_args = enc.encode(list(args))
         tree_kwargs = enc.encode(kwargs)
         rng = enc.tensor_ref(torch.get_rng_state())
-        msg = self._worker.request(
-            {"op": "call", "args": tree_args, "kwargs": tree_kwargs, "rng": rng}, enc.payload(), what="the pipeline call"
-        )
+        bars = _HostBars(self._progress_bar_config)
+        failed: list[BaseException] = []
+        view = PipelineView(self)
+
+        def on_event(event: _messages.WorkerMessage) -> tuple[dict, bytes] | None:
+            if isinstance(event, _messages.Progress):
+                bars.update(event)
+                return None
+            if not isinstance(event, _messages.CallbackRequest) or callback is None or failed:
+                return {"op": "callback_abort"}, b""
+            try:
+                out = callback(view, event.step, event.timestep, dict(event.tensors))
+                reply = Encoder(allow_generators=False)
+                tree = reply.encode(out)
+            except Exception as exc:  # raised here once the worker has unwound the call
+                failed.append(exc)
+                return {"op": "callback_abort"}, b""
+            return {"op": "callback_result", "value": tree}, reply.payload()
+
+        header = {"op": "call", "args": tree_args, "kwargs": tree_kwargs, "rng": rng,
+                  "callback": callback is not None, "progress": True}
+        try:
+            msg = self._worker.request(header, enc.payload(), what="the pipeline call", on_event=on_event)
+        except PipewardenError:
+            if failed:
+                raise failed[0] from None
+            raise
+        finally:
+            bars.close()
+        if failed:  # the pipeline caught our abort and finished anyway: the user's error wins
+            raise failed[0]
         if not isinstance(msg, _messages.Result):
             self._worker.kill()
             raise WorkerError("the worker answered a call with the wrong message", rule="worker protocol", fix="reload")
@@ -135,6 +258,37 @@ class PipelineHandle:
         )
         if isinstance(msg, _messages.Ack) and msg.detail:
             self._device = msg.detail
+        self._to_args = (list(args), dict(kwargs))
+        return self
+
+    def set_progress_bar_config(self, **kwargs: Any) -> None:
+        """Like ``DiffusionPipeline.set_progress_bar_config``: tqdm options for the denoising bar.
+
+        The pipeline runs in the worker, its bar is drawn here on the host: on a terminal only
+        (tqdm's ``disable=None``), never with ``PIPEWARDEN_QUIET`` or
+        ``HF_HUB_DISABLE_PROGRESS_BARS`` set; ``disable=True`` turns it off.
+        """
+        self._progress_bar_config = dict(kwargs)
+
+    def reload(self, limits: Any = None) -> PipelineHandle:
+        """Start a fresh worker for this pipeline (e.g. after a limit stopped the old one).
+
+        Reuses the verified source and weight digests of the original load (the new worker
+        re-verifies every file), ``limits`` if given (else the original ones) and the last
+        ``.to(...)``. Returns self.
+        """
+        from pipewarden.isolation import _start
+
+        if self._request is None:
+            raise WorkerError("this handle cannot be reloaded", rule="reload needs the original load request",
+                              fix="load the pipeline again with pipewarden.load_pipeline")
+        new_limits = limits if limits is not None else self._limits
+        self._worker.close()
+        worker, loaded = _start(self._request, new_limits)
+        worker.reload_fix = "call .reload() on the pipeline handle to start a fresh worker"
+        self._worker, self._loaded, self._limits, self._device = worker, loaded, new_limits, "cpu"
+        if self._to_args is not None:
+            self.to(*self._to_args[0], **self._to_args[1])
         return self
 
     def close(self) -> None:

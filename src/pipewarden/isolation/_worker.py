@@ -332,12 +332,48 @@ class _Worker:
         kwargs = dec.decode(h["kwargs"])
         if h.get("rng") is not None:  # the host's global CPU RNG, so torch.manual_seed() works as in-process
             torch.set_rng_state(dec.decode({"__pw__": "tensor", "ref": h["rng"]}))
-        result = self.pipe(*args, **kwargs)
+        if h.get("callback"):
+            kwargs["callback_on_step_end"] = self._host_callback
+        with _bars_to_host(self._send, enabled=bool(h.get("progress", True))):
+            result = self.pipe(*args, **kwargs)
         enc = Encoder(allow_generators=False)
         tree = enc.encode(result)
         refs = [enc.tensor_ref(g.get_state()) for g in dec.generators]
         rng = enc.tensor_ref(torch.get_rng_state())
         return {"kind": "result", "value": tree, "generators": refs, "rng": rng}, enc.payload()
+
+    def _host_callback(self, pipe: Any, step: Any, timestep: Any, callback_kwargs: Any) -> dict:
+        """Stands in for the user's ``callback_on_step_end``, which runs on the host.
+
+        Sends the step, the timestep and the tensors the pipeline passed; waits for the host's
+        answer (the dict the user's callback returned) and hands it to the pipeline. The host
+        decides nothing by what we send but the arguments of the user's callback.
+        """
+        from pipewarden.sandbox import tripwire
+
+        with tripwire.suspended():  # trusted encoding, as for a call's result
+            enc = Encoder(allow_generators=False)
+            header = {
+                "kind": "callback",
+                "step": int(step),
+                "timestep": enc.encode(timestep),
+                "tensors": enc.encode(dict(callback_kwargs or {})),
+            }
+            self._send(header, enc.payload())
+            frame = read_frame(self.req_fd, max_bytes=_MAX_REQUEST)
+            op = frame.header.get("op")
+            if op == "callback_abort":
+                raise _HostCallbackFailed(
+                    "callback_on_step_end raised on the host; the call was abandoned",
+                    rule="the host's exception is raised there",
+                )
+            if op != "callback_result":
+                raise PolicyViolation(f"expected the callback's result, got {op!r}", rule="worker protocol")
+            dec = Decoder(load_tensors(frame.payload), allow_generators=False)
+            value = dec.decode(frame.header.get("value"))
+        if not isinstance(value, dict):
+            raise PolicyViolation("callback_on_step_end must return a dict", rule="diffusers callback protocol")
+        return value
 
     def _to(self, h: dict, payload: bytes) -> dict:
         import torch
@@ -469,6 +505,70 @@ class _Worker:
             os.write(self.resp_fd, b"PWF1" + (16).to_bytes(4, "big") + (1 << 40).to_bytes(8, "big"))
             signal.pause()
         raise PolicyViolation(f"unknown test hook {name!r}", rule="worker protocol")
+
+
+class _HostCallbackFailed(PipewardenError):
+    """The user's callback raised on the host: unwinds the pipeline call in the worker."""
+
+
+@contextlib.contextmanager
+def _bars_to_host(send: Any, *, enabled: bool):
+    """While a call runs, diffusers' progress bars report to the host instead of drawing.
+
+    ``DiffusionPipeline.progress_bar`` builds ``tqdm.auto.tqdm`` as named in
+    ``diffusers.pipelines.pipeline_utils``; for the call we put a subclass there whose
+    ``display`` sends (bar, n, total) frames. The worker's stderr is a log file nobody watches;
+    the host draws the bar where the user looks (or nowhere: ``set_progress_bar_config``).
+    """
+    try:
+        from diffusers.pipelines import pipeline_utils
+    except ImportError:  # pragma: no cover - diffusers is always there in a worker
+        yield
+        return
+    original = getattr(pipeline_utils, "tqdm", None)
+    if original is None:
+        yield
+        return
+    counter = iter(range(1 << 30))
+    live = [enabled]  # False once the call is over: a bar closed later (GC) sends nothing
+
+    class HostBar(original):  # type: ignore[misc,valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._pw_bar = next(counter)
+            self._pw_sent: tuple[int, bool] | None = None
+            kwargs.update(disable=False, file=_NullFile(), mininterval=0, miniters=1, leave=False)
+            super().__init__(*args, **kwargs)
+
+        def display(self, msg: Any = None, pos: Any = None) -> bool:
+            if live[0]:
+                state = (int(self.n), bool(getattr(self, "_pw_closing", False)))
+                if state != self._pw_sent:
+                    self._pw_sent = state
+                    total = self.total if isinstance(self.total, int) and self.total >= 0 else None
+                    send({"kind": "progress", "bar": self._pw_bar % 1024, "n": state[0], "total": total,
+                          "closed": state[1]})
+            return True
+
+        def close(self) -> None:
+            if not getattr(self, "_pw_closing", False) and hasattr(self, "_pw_sent"):
+                self._pw_closing = True
+                self.display()
+            super().close()
+
+    pipeline_utils.tqdm = HostBar
+    try:
+        yield
+    finally:
+        live[0] = False
+        pipeline_utils.tqdm = original
+
+
+class _NullFile:
+    def write(self, text: str) -> int:
+        return len(text)
+
+    def flush(self) -> None:
+        pass
 
 
 def _init_component_names(cls: type) -> set[str] | None:

@@ -693,8 +693,8 @@ def evict(storage: Path, pointer: Path) -> None:
 def _hash_bar(label: str, size: int, quiet: bool) -> Any:
     if quiet or size < HASH_PROGRESS_MIN_BYTES:
         return None
-    from tqdm.auto import tqdm
+    from pipewarden._progress import byte_bar
 
-    return tqdm(
-        total=size, unit="B", unit_scale=True, unit_divisor=1024, desc=f"verifying {label}", leave=False
-    )
+    # huggingface_hub's units (decimal), on a terminal only: the same file shows the same size
+    # in the download bar and in this one.
+    return byte_bar(size, f"verifying {label}", leave=False)

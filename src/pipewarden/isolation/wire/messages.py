@@ -33,6 +33,16 @@ def _text(value: object, field: str, *, limit: int = _MAX_TEXT) -> str:
     return value[:limit]
 
 
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_tensor(value: object) -> bool:
+    import torch
+
+    return isinstance(value, torch.Tensor)
+
+
 def freeze(value: Any) -> Any:
     """JSON -> read-only: dicts become ``FrozenConfig``, lists tuples."""
     if isinstance(value, dict):
@@ -110,7 +120,27 @@ class Failure:
     fix: str
 
 
-WorkerMessage = Ready | Loaded | Result | Ack | Failure
+@dataclass(frozen=True)
+class CallbackRequest:
+    """Mid-call: the pipeline called ``callback_on_step_end``; the host runs the real one."""
+
+    step: int
+    timestep: Any  # a tensor, int or float, as the pipeline passed it
+    tensors: Mapping[str, Any]  # the names in callback_on_step_end_tensor_inputs -> values
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Mid-call: a progress bar of the pipeline moved (the host draws it)."""
+
+    bar: int
+    n: int
+    total: int | None
+    closed: bool
+
+
+WorkerMessage = Ready | Loaded | Result | Ack | Failure | CallbackRequest | Progress
+_MAX_BARS = 1024
 
 
 def parse(frame: Frame) -> WorkerMessage:
@@ -164,4 +194,23 @@ def parse(frame: Frame) -> WorkerMessage:
         return Result(value, gen_states, rng_state)
     if kind == "ok":
         return Ack(_text(h.get("detail", ""), "detail"))
+    if kind == "callback":
+        step = h.get("step")
+        if not isinstance(step, int) or isinstance(step, bool):
+            raise _bad("callback step")
+        dec = Decoder(load_tensors(frame.payload), allow_generators=False)
+        timestep = dec.decode(h.get("timestep"))
+        if not (_is_int(timestep) or isinstance(timestep, float) or _is_tensor(timestep)):
+            raise _bad("callback timestep")
+        tensors = dec.decode(h.get("tensors"))
+        if not isinstance(tensors, dict):
+            raise _bad("callback tensors")
+        return CallbackRequest(step, timestep, MappingProxyType(tensors))
+    if kind == "progress":
+        bar, n, total = h.get("bar"), h.get("n"), h.get("total")
+        if not (isinstance(bar, int) and _is_int(bar) and 0 <= bar < _MAX_BARS and isinstance(n, int) and _is_int(n) and n >= 0):
+            raise _bad("progress")
+        if total is not None and not (isinstance(total, int) and _is_int(total) and total >= 0):
+            raise _bad("progress total")
+        return Progress(bar, n, total, h.get("closed") is True)
     raise _bad(f"unknown kind {str(kind)[:40]!r}")
