@@ -216,3 +216,53 @@ def test_quiet_silences_the_host_bar_even_when_asked_for(handle, monkeypatch):
     finally:
         handle.set_progress_bar_config()
     assert out.getvalue() == ""
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        {"kind": "progress", "bar": -1, "n": 0},
+        {"kind": "progress", "bar": 0, "n": "3"},
+        {"kind": "progress", "bar": 0, "n": 1, "total": -5},
+        {"kind": "progress", "bar": True, "n": 1},
+        {"kind": "callback", "step": "0", "timestep": 1, "tensors": {"__pw__": "dict", "v": {}}},
+        {"kind": "callback", "step": 0, "timestep": "t", "tensors": {"__pw__": "dict", "v": {}}},
+        {"kind": "callback", "step": 0, "timestep": 1, "tensors": [1, 2]},
+        {"kind": "callback", "step": 0, "timestep": 1, "tensors": {"__pw__": "pickle", "v": "x"}},
+    ],
+)
+def test_malformed_mid_call_messages_are_refused(header):
+    from pipewarden.errors import WorkerError
+    from pipewarden.isolation.wire.framing import Frame
+    from pipewarden.isolation.wire.messages import parse
+
+    with pytest.raises(WorkerError):
+        parse(Frame(header, b""))
+
+
+def test_a_worker_sending_mid_call_messages_outside_a_call_is_stopped(handle, tiny_weights, source):
+    """A load or .to() expects no callback or progress frames: one is a protocol error."""
+    from pipewarden.errors import WorkerError
+    from pipewarden.isolation.wire import messages
+
+    pipe = pipewarden.load_pipeline(
+        str(tiny_weights), custom_pipeline=str(source), trust_remote_code=True,
+        pipeline_sha256=sha256_file(source), isolation="process",
+    )
+    worker = pipe._worker
+    original = worker._receive
+    sent = iter([messages.Progress(0, 1, 2, False)])
+
+    def fake_receive(deadline, what):
+        for msg in sent:
+            original(deadline, what)  # consume the real answer, then pretend it was a progress frame
+            return msg
+        return original(deadline, what)
+
+    worker._receive = fake_receive
+    with pytest.raises(WorkerError, match="Progress"):
+        pipe.to("cpu")
+    assert pipe.closed
+    pipe.reload()
+    assert not pipe.closed and pipe(num_inference_steps=1).shape == (1, 3, 8, 8)
+    pipe.close()
