@@ -2,21 +2,44 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import os
+from dataclasses import dataclass, field
+
+#: Used when the machine's memory cannot be read.
+_FALLBACK_MEMORY_MB = 16384
+
+
+def default_memory_mb() -> int:
+    """The default ``Limits.memory_mb``: three quarters of this machine's physical memory.
+
+    Enough for any pipeline the machine can run at all, and a runaway worker still leaves the
+    host a quarter of the memory to stop it. Read when a ``Limits()`` is created.
+    """
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return _FALLBACK_MEMORY_MB
+    if total <= 0:
+        return _FALLBACK_MEMORY_MB
+    return max(1024, int(total * 3 // 4) // (1024 * 1024))
 
 
 @dataclass(frozen=True)
 class Limits:
     """Limits enforced on an isolated worker (``isolation="process"``).
 
-    ``wall_s`` is enforced by the host (it kills the worker); ``memory_mb`` (address space),
-    ``cpu_s``, ``file_size_mb``, ``open_files`` and ``processes`` by rlimits in the worker;
-    ``max_message_mb`` bounds every message the host accepts from the worker;
-    ``gpu_memory_fraction`` caps the worker's CUDA allocator when it uses a GPU.
+    Per request (a load, a call, a ``.to()``): ``wall_s`` (enforced by the host, which kills the
+    worker) and ``cpu_s`` (CPU seconds of all the worker's threads, an rlimit the worker moves
+    before each request), so a long-lived service is never ended by its total. For the worker's
+    life: ``memory_mb`` (address space and data; default three quarters of the machine's
+    memory), ``file_size_mb``, ``open_files`` and ``processes`` (rlimits); ``max_message_mb``
+    bounds every message the host accepts from the worker; ``gpu_memory_fraction`` caps the
+    worker's CUDA allocator when it uses a GPU. A worker stopped by a limit is gone; its handle's
+    ``reload()`` starts a fresh one.
     """
 
     wall_s: float = 600.0
-    memory_mb: int = 16384
+    memory_mb: int = field(default_factory=default_memory_mb)
     cpu_s: int = 3600
     file_size_mb: int = 64
     open_files: int = 256

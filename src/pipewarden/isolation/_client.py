@@ -320,7 +320,7 @@ class WorkerProcess:
         return ResourceLimitError(
             f"the isolated pipeline did not finish {what} within {self.limits.wall_s:g} s; the worker was killed",
             rule="Limits.wall_s bounds every request to the worker",
-            fix="raise Limits(wall_s=...) if the pipeline really needs longer",
+            fix=f"{self.reload_fix}; give it a larger Limits(wall_s=...) if the pipeline really needs longer",
         )
 
     def _crashed(self, what: str) -> Exception:
@@ -336,15 +336,15 @@ class WorkerProcess:
         self._finish()
         if code is not None and code < 0 and -code == signal.SIGXCPU:
             return ResourceLimitError(
-                f"the isolated pipeline used more than {self.limits.cpu_s} s of CPU during {what}; the worker was stopped",
-                rule="Limits.cpu_s bounds the worker's CPU time",
-                fix="raise Limits(cpu_s=...) if the pipeline really needs more",
+                f"the isolated pipeline used more than {self.limits.cpu_s:g} s of CPU during {what}; the worker was stopped",
+                rule="Limits.cpu_s bounds the CPU time (all threads) of each request to the worker",
+                fix=f"{self.reload_fix}; give it a larger Limits(cpu_s=...) if the pipeline really needs more",
             )
         how = "hung up" if code is None else (f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}")
         return WorkerError(
             f"the isolated worker {how} during {what}" + (f"; worker log ends: {tail}" if tail else ""),
             rule="a crashing worker cannot harm the host; its pipeline is gone",
-            fix="load the pipeline again; if it keeps crashing, the pipeline or its inputs are at fault",
+            fix=f"{self.reload_fix}; if it keeps crashing, the pipeline or its inputs are at fault",
         )
 
     def _log_tail(self) -> str:

@@ -41,6 +41,9 @@ class ComponentView:
         return f"<isolated {self._type} {self._name!r}>"
 
 
+_RELOAD_FIX = "pipe.reload() starts a fresh worker for this handle (pipe.reload(limits=Limits(...)) to change limits)"
+
+
 class PipelineView:
     """The read-only stand-in a host-side ``callback_on_step_end`` receives as its ``pipe``.
 
@@ -132,7 +135,7 @@ class PipelineHandle:
         self._to_args: tuple[list, dict] | None = None
         self._progress_bar_config: dict[str, Any] = {}
         if request is not None:
-            worker.reload_fix = "call .reload() on the pipeline handle to start a fresh worker"
+            worker.reload_fix = _RELOAD_FIX
 
     # ------------------------------------------------------------------------- inspection
 
@@ -285,7 +288,7 @@ class PipelineHandle:
         new_limits = limits if limits is not None else self._limits
         self._worker.close()
         worker, loaded = _start(self._request, new_limits)
-        worker.reload_fix = "call .reload() on the pipeline handle to start a fresh worker"
+        worker.reload_fix = _RELOAD_FIX
         self._worker, self._loaded, self._limits, self._device = worker, loaded, new_limits, "cpu"
         if self._to_args is not None:
             self.to(*self._to_args[0], **self._to_args[1])

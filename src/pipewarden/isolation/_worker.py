@@ -221,6 +221,10 @@ class _Worker:
             if op == "close":
                 return 0
             try:
+                _layers.cpu_budget(self.plan.cpu_s)  # Limits.cpu_s is per request, not per life
+            except (OSError, ValueError):
+                pass  # the rlimits layer is inactive here (reported at start)
+            try:
                 with self._trusted_context(op):
                     header, payload = self._dispatch(op, frame)
             except BaseException as exc:  # noqa: B036 - everything goes back as text
@@ -491,6 +495,13 @@ class _Worker:
         if name == "spin":
             while True:
                 pass
+        if name == "burn":  # use about `arg` seconds of CPU, then answer
+            import time as _time
+
+            end = _time.process_time() + float(str(arg))
+            while _time.process_time() < end:
+                pass
+            return {"kind": "ok", "detail": "burnt"}
         if name == "recurse":
             def deep(n: int) -> int:
                 return deep(n + 1) + 1

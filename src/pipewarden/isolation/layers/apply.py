@@ -274,12 +274,30 @@ def _apply_uid(plan: LayerPlan) -> LayerStatus:
     return LayerStatus("uid", True, f"uid/gid {uid}, no groups, capabilities: dac_read_search only")
 
 
+def cpu_budget(cpu_s: int) -> None:
+    """Give the next request ``cpu_s`` seconds of CPU from now (the soft RLIMIT_CPU, all threads).
+
+    Over it the kernel sends SIGXCPU (default action: the worker dies) and the host reports
+    which request went over. Called by the worker itself, before it reads each request.
+    """
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    used = int(usage.ru_utime + usage.ru_stime) + 1
+    _soft, hard = resource.getrlimit(resource.RLIMIT_CPU)
+    soft = used + int(cpu_s)
+    if hard != resource.RLIM_INFINITY:
+        soft = min(soft, hard)
+    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
+
+
 def _apply_rlimits(plan: LayerPlan) -> LayerStatus:
     mem = plan.memory_mb * 1024 * 1024
     parts: list[str] = []
     limits: list[tuple[str, int, int, int]] = [
         ("RLIMIT_DATA", resource.RLIMIT_DATA, mem, mem),
-        ("RLIMIT_CPU", resource.RLIMIT_CPU, plan.cpu_s, plan.cpu_s + 2),
+        # CPU: the soft limit is a per-request budget; the worker moves it before each request
+        # (``cpu_budget``) so a long-lived service is not ended by its total. The hard limit
+        # stays open for that; the host's wall clock bounds every request regardless.
+        ("RLIMIT_CPU", resource.RLIMIT_CPU, plan.cpu_s, resource.RLIM_INFINITY),
         ("RLIMIT_FSIZE", resource.RLIMIT_FSIZE, plan.file_size_mb * 1024 * 1024, plan.file_size_mb * 1024 * 1024),
         ("RLIMIT_NOFILE", resource.RLIMIT_NOFILE, plan.open_files, plan.open_files),
         ("RLIMIT_NPROC", resource.RLIMIT_NPROC, plan.processes, plan.processes),
@@ -303,7 +321,7 @@ def _apply_rlimits(plan: LayerPlan) -> LayerStatus:
     if failed:
         return LayerStatus("rlimits", False, "could not set " + ", ".join(failed))
     nproc = "" if os.geteuid() != 0 else " (nproc ignored: still root)"
-    return LayerStatus("rlimits", True, f"{plan.memory_mb} MiB, {plan.cpu_s} s CPU: {', '.join(parts)}{nproc}")
+    return LayerStatus("rlimits", True, f"{plan.memory_mb} MiB, {plan.cpu_s} s CPU per request: {', '.join(parts)}{nproc}")
 
 
 def landlock_rules(plan: LayerPlan) -> list[_landlock.Rule]:
