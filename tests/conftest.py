@@ -22,6 +22,9 @@ def _private_digest_store(tmp_path_factory) -> None:
     """Verified-digest records go to a per-session store, never the user's cache."""
     store = tmp_path_factory.mktemp("digest-store") / "verified-digests.json"
     os.environ["PIPEWARDEN_DIGEST_STORE"] = str(store)
+    # Audit results are not reused across tests (tests that patch the audit must see it run);
+    # tests/audit/test_cache.py turns the cache on explicitly.
+    os.environ["PIPEWARDEN_AUDIT_CACHE"] = "off"
 
 
 @pytest.fixture(scope="session")

@@ -423,9 +423,12 @@ def audit_paths(
     *,
     jobs: int = 1,
     progress: Callable[[FileReport], None] | None = None,
+    cache: Any = None,
 ) -> AuditReport:
     """Audit files and directories; ``jobs`` > 1 uses a process pool. The order of files is
-    that of :func:`collect_files` whatever ``jobs`` is, so sharded CI runs are comparable."""
+    that of :func:`collect_files` whatever ``jobs`` is, so sharded CI runs are comparable.
+    ``cache`` (an ``audit.cache.AuditCache``) reuses the results of files whose bytes and
+    audit fingerprint are unchanged, and records the new ones."""
     if not isinstance(jobs, int) or isinstance(jobs, bool) or jobs < 0:
         raise ValueError(f"jobs must be an int >= 0, got {jobs!r}")
     options = options or AuditOptions()
@@ -434,7 +437,9 @@ def audit_paths(
     cwd = os.getcwd()
     items = [(os.fspath(p), display_path(p, cwd), options) for p in files]
     jobs = jobs or os.cpu_count() or 1
-    if jobs == 1 or len(items) <= 1:
+    if cache is not None:
+        reports = _audit_cached(items, cache, jobs)
+    elif jobs == 1 or len(items) <= 1:
         reports = [_audit_item(item) for item in items]
     else:
         reports = _audit_parallel(items, min(jobs, len(items)))
@@ -442,6 +447,40 @@ def audit_paths(
         for report in reports:
             progress(report)
     return AuditReport(tuple(reports), str(getattr(policy, "version", "")) or None)
+
+
+def _audit_cached(items: list[tuple[str, str, AuditOptions]], cache: Any, jobs: int) -> list[FileReport]:
+    """Hits come from the cache (same bytes, same fingerprint); misses are audited from the
+    bytes read here (serially) or re-read by the pool's workers, and stored under the digest of
+    the bytes each report was made from."""
+    results: list[FileReport | None] = [None] * len(items)
+    misses: list[int] = []
+    held: dict[int, bytes] = {}
+    for index, (path, shown, options) in enumerate(items):
+        data = _read_bounded(path, options.max_file_size)
+        if isinstance(data, Finding):
+            results[index] = FileReport(shown, None, (data,))
+            continue
+        hit = cache.get(shown, hashlib.sha256(data).hexdigest())
+        if hit is not None:
+            results[index] = hit
+            continue
+        misses.append(index)
+        held[index] = data
+    if jobs == 1 or len(misses) <= 1:
+        for index in misses:
+            results[index] = audit_source(held.pop(index), path=items[index][1], options=items[index][2])
+    else:
+        held.clear()
+        done = _audit_parallel([items[i] for i in misses], min(jobs, len(misses)))
+        for index, fresh in zip(misses, done, strict=True):
+            results[index] = fresh
+    for index in misses:
+        made = results[index]
+        if made is not None:
+            cache.put(made)
+    cache.flush()
+    return [r for r in results if r is not None]
 
 
 def _pool(workers: int) -> ProcessPoolExecutor:

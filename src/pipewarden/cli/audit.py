@@ -70,6 +70,9 @@ def add_parsers(subparsers) -> None:
     parser.add_argument("--allowlist", metavar="FILE",
                         help="an organisation allowlist (TOML); its [policy] extra_modules and import_aliases "
                              "widen the sandbox policy the files are checked against")
+    parser.add_argument("--no-cache", action="store_true",
+                        help="audit every file afresh (by default, results of files whose sha256 and audit version "
+                             "are unchanged are reused from a per-user cache; PIPEWARDEN_AUDIT_CACHE=FILE|off)")
     parser.set_defaults(func=run)
 
 
@@ -114,7 +117,13 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise InputError(f"the policy extras are not valid: {exc}", rule="extras may only add modules and aliases",
                          fix="fix --import-alias / the allowlist's [policy] table") from None
-    report = audit_paths(args.paths, options, jobs=args.jobs)
+    cache = None
+    if not args.no_cache:
+        from pipewarden.audit.cache import AuditCache, default_cache_path
+
+        if default_cache_path() is not None:
+            cache = AuditCache(options)
+    report = audit_paths(args.paths, options, jobs=args.jobs, cache=cache)
     if not report.files:
         print("pipewarden audit: no *.py files found in the given directories", file=sys.stderr)
     rendered = render(report, args.format)

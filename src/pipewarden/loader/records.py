@@ -227,6 +227,86 @@ class FixedRecords:
         return cls((r for r in (Record.from_json(x) for x in items[:MAX_RECORDS]) if r is not None), owner=owner)
 
 
+def _private_dir_problem(directory: Path) -> str | None:
+    try:
+        st = os.lstat(directory)
+    except OSError:
+        return "its directory is missing"
+    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"its directory {directory} is not a private directory of this user"
+    return None
+
+
+def read_private_json(path: Path, fmt: str, max_bytes: int) -> tuple[dict | None, str | None]:
+    """A per-user cache document ``{"format": fmt, "records": [...]}``, or (None, why not).
+
+    Refused (None): not a regular file (symlinks are not followed), not owned by this user, any
+    group/other permission bit, a directory others can write, more than ``max_bytes``, not
+    UTF-8 JSON of that shape. A missing file is (None, None).
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        return None, f"cannot open: {exc.strerror}"
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if not stat.S_ISREG(st.st_mode):
+            return None, "not a regular file"
+        if st.st_uid != os.geteuid():
+            return None, f"owned by uid {st.st_uid}, not by this user"
+        if stat.S_IMODE(st.st_mode) & 0o077:
+            return None, f"mode {stat.S_IMODE(st.st_mode):o} is not 600"
+        problem = _private_dir_problem(path.parent)
+        if problem:
+            return None, problem
+        data = fh.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        return None, f"larger than {max_bytes} bytes"
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return None, "not UTF-8 JSON"
+    if not isinstance(doc, dict) or doc.get("format") != fmt or not isinstance(doc.get("records"), list):
+        return None, f"not a {fmt} document"
+    return doc, None
+
+
+def write_private_json(path: Path, fmt: str, records: list, max_bytes: int) -> bool:
+    """Replace ``path`` atomically with ``{"format": fmt, "records": records}`` (0600, in a 0700
+    directory created if missing). Oldest (first) records are dropped to stay under
+    ``max_bytes``. False, with nothing written, where the directory is not private to the user
+    or on any I/O error."""
+    try:
+        parent = path.parent
+        if not parent.exists():
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if _private_dir_problem(parent):
+            return False
+        doc = {"format": fmt, "records": records}
+        data = json.dumps(doc, separators=(",", ":")).encode()
+        while len(data) > max_bytes and records:
+            records = records[len(records) // 4 + 1 :]
+            doc["records"] = records
+            data = json.dumps(doc, separators=(",", ":")).encode()
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                os.fchmod(fh.fileno(), 0o600)
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+    except OSError:
+        return False
+    return True
+
+
 def default_store_path() -> Path:
     env = os.environ.get(STORE_ENV)
     if env:
@@ -248,37 +328,10 @@ class DigestStore:
 
     def _read(self) -> dict[tuple[int, int], Record]:
         """The stored records, or {} for a store that is absent, unsafe or malformed."""
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return {}
-        except OSError as exc:
-            self.problem = f"cannot open: {exc.strerror}"
-            return {}
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                self.problem = "not a regular file"
-                return {}
-            if st.st_uid != os.geteuid():
-                self.problem = f"owned by uid {st.st_uid}, not by this user"
-                return {}
-            if stat.S_IMODE(st.st_mode) & 0o077:
-                self.problem = f"mode {stat.S_IMODE(st.st_mode):o} is not 600"
-                return {}
-            if not self._dir_is_private():
-                return {}
-            data = fh.read(MAX_STORE_BYTES + 1)
-        if len(data) > MAX_STORE_BYTES:
-            self.problem = f"larger than {MAX_STORE_BYTES} bytes"
-            return {}
-        try:
-            doc = json.loads(data.decode("utf-8"))
-        except (UnicodeDecodeError, ValueError, RecursionError):
-            self.problem = "not UTF-8 JSON"
-            return {}
-        if not isinstance(doc, dict) or doc.get("format") != STORE_FORMAT or not isinstance(doc.get("records"), list):
-            self.problem = f"not a {STORE_FORMAT} document"
+        doc, problem = read_private_json(self.path, STORE_FORMAT, MAX_STORE_BYTES)
+        if problem:
+            self.problem = problem
+        if doc is None:
             return {}
         out: dict[tuple[int, int], Record] = {}
         for raw in doc["records"][:MAX_RECORDS]:
@@ -288,17 +341,6 @@ class DigestStore:
                 continue
             out[(rec.identity.dev, rec.identity.ino)] = rec
         return out
-
-    def _dir_is_private(self) -> bool:
-        try:
-            st = os.lstat(self.path.parent)
-        except OSError:
-            self.problem = "its directory is missing"
-            return False
-        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            self.problem = f"its directory {self.path.parent} is not a private directory of this user"
-            return False
-        return True
 
     def records(self) -> dict[tuple[int, int], Record]:
         if self._records is None:
@@ -325,34 +367,10 @@ class DigestStore:
         """
         if not self._pending:
             return True
-        try:
-            parent = self.path.parent
-            if not parent.exists():
-                parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            if not self._dir_is_private():
-                return False
-            merged = dict(self._read())  # re-read: keep what other processes wrote meanwhile
-            merged.update(self._pending)
-            keep = sorted(merged.values(), key=lambda r: r.verified_ns)[-MAX_RECORDS:]
-            doc = {"format": STORE_FORMAT, "records": [r.to_json() for r in keep]}
-            data = json.dumps(doc, separators=(",", ":")).encode()
-            while len(data) > MAX_STORE_BYTES and keep:
-                keep = keep[len(keep) // 4 + 1 :]
-                doc["records"] = [r.to_json() for r in keep]
-                data = json.dumps(doc, separators=(",", ":")).encode()
-            fd, tmp = tempfile.mkstemp(prefix=".verified-digests.", suffix=".tmp", dir=parent)
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    os.fchmod(fh.fileno(), 0o600)
-                    fh.write(data)
-                    fh.flush()
-                    os.fsync(fh.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        except OSError:
+        merged = dict(self._read())  # re-read: keep what other processes wrote meanwhile
+        merged.update(self._pending)
+        keep = sorted(merged.values(), key=lambda r: r.verified_ns)[-MAX_RECORDS:]
+        if not write_private_json(self.path, STORE_FORMAT, [r.to_json() for r in keep], MAX_STORE_BYTES):
             return False
         self._records = {(r.identity.dev, r.identity.ino): r for r in keep}
         self._pending.clear()
