@@ -58,7 +58,9 @@ def add_parsers(subparsers) -> None:
             "Exit status: 0 no error findings, 1 error findings, 2 usage error."
         ),
     )
-    parser.add_argument("paths", nargs="+", metavar="PATH", help="files, or directories walked for *.py")
+    parser.add_argument("paths", nargs="*", metavar="PATH",
+                        help="files, or directories walked for *.py; none (e.g. an empty "
+                             "`git diff --name-only`) is a clean audit with a note")
     parser.add_argument("--format", choices=_FORMATS, default="text", help="output format (default: text)")
     parser.add_argument("--output", "-o", metavar="FILE", help="write the report to FILE instead of stdout")
     parser.add_argument("--jobs", "-j", type=_jobs, default=1, metavar="N",
@@ -102,6 +104,11 @@ def run(args: argparse.Namespace) -> int:
     from pipewarden.audit.format import render, summary_line
     from pipewarden.audit.static import DEFAULT_MAX_FILE_SIZE, AuditOptions, audit_paths
 
+    if not args.paths:
+        # `pipewarden audit $(git diff --name-only ...)` with nothing changed: nothing to audit
+        # is not a usage error. The report (empty) is still written, so CI steps that upload it work.
+        print("pipewarden audit: no paths given; nothing to audit", file=sys.stderr)
+
     extra_modules: tuple[tuple[str, tuple[str, ...]], ...] = ()
     aliases = tuple(args.import_alias)
     if args.allowlist:
@@ -124,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
         if default_cache_path() is not None:
             cache = AuditCache(options)
     report = audit_paths(args.paths, options, jobs=args.jobs, cache=cache)
-    if not report.files:
+    if not report.files and args.paths:
         print("pipewarden audit: no *.py files found in the given directories", file=sys.stderr)
     rendered = render(report, args.format)
     if args.output:

@@ -16,51 +16,78 @@ from typing import Literal
 from pipewarden.errors import InputError
 
 
+_SOURCE_HELP = (
+    "source id: a hub repo id (org/repo), community:NAME for a diffusers community pipeline, "
+    "or a local path (a directory or .py file; local:/absolute/path also accepted)"
+)
+_DATE_HELP = "YYYY-MM-DD (start of that day, UTC) or YYYY-MM-DDTHH:MM:SSZ"
+_ALLOWLIST_FILE_HELP = "the allowlist TOML file (created if missing; each edit raises its version)"
+
+
+def _sub(subparsers, name: str, help: str, description: str):
+    return subparsers.add_parser(name, help=help, description=description)
+
+
 def add_parsers(subparsers) -> None:
-    p = subparsers.add_parser("keygen", help="create an Ed25519 signing key pair (NAME.key, NAME.pub)")
+    p = _sub(subparsers, "keygen", "create an Ed25519 signing key pair (NAME.key, NAME.pub)",
+             "Create a reviewer's Ed25519 key pair: NAME.key (private, mode 0600; keep it secret) and "
+             "NAME.pub (one line, 'ed25519:...'; give it to whoever maintains the allowlist).")
     p.add_argument("--name", required=True, help="key name, e.g. alice")
     p.add_argument("--out", required=True, type=Path, help="directory for NAME.key (mode 0600) and NAME.pub")
     p.set_defaults(func=_keygen)
 
-    p = subparsers.add_parser("sign", help="sign every file of a directory (adds to DIR/pipewarden.sig)")
-    p.add_argument("directory", type=Path)
-    p.add_argument("--key", required=True, type=Path, help="private key file (NAME.key)")
-    p.add_argument("--expires", help="YYYY-MM-DD (start of day, UTC); default: one year from now")
-    p.add_argument("--source", help="bind the signature to this source id (default: valid for any source)")
+    p = _sub(subparsers, "sign", "sign every file of a directory (adds to DIR/pipewarden.sig)",
+             "Sign the sha256 of every file of DIRECTORY with your private key and add the signature "
+             "to DIRECTORY/pipewarden.sig (other signers' signatures are kept; an earlier one of "
+             "yours is replaced, and the command says so).")
+    p.add_argument("directory", type=Path, help="the pipeline directory you reviewed")
+    p.add_argument("--key", required=True, type=Path, help="your private key file (NAME.key, not NAME.pub)")
+    p.add_argument("--expires", help=f"{_DATE_HELP}; default: one year from now")
+    p.add_argument("--source", help="bind the signature to this " + _SOURCE_HELP + " (default: valid for any source)")
     p.set_defaults(func=_sign)
 
-    p = subparsers.add_parser("verify", help="check a directory's signatures against an allowlist")
-    p.add_argument("directory", type=Path)
-    p.add_argument("--allowlist", required=True, type=Path)
-    p.add_argument("--source", required=True, help="source id to check, e.g. org/repo or local:/path")
+    p = _sub(subparsers, "verify", "check a directory's signatures against an allowlist",
+             "Check DIRECTORY's files and pipewarden.sig against an allowlist for one source id, "
+             "exactly as a load would. Exit 0 accepted, 1 refused, 2 unusable input.")
+    p.add_argument("directory", type=Path, help="the signed pipeline directory")
+    p.add_argument("--allowlist", required=True, type=Path, help="the organisation allowlist (TOML)")
+    p.add_argument("--source", required=True, help="the " + _SOURCE_HELP)
     p.set_defaults(func=_verify)
 
-    p = subparsers.add_parser("allowlist", help="create or edit an organisation allowlist file")
+    p = _sub(subparsers, "allowlist", "create or edit an organisation allowlist file",
+             "Create or edit an organisation allowlist: signers, source rules (k-of-n signatures), "
+             "revocations and sandbox policy. Every edit raises the file's version.")
     sub = p.add_subparsers(dest="allowlist_command", metavar="ACTION", parser_class=type(p))
     p.set_defaults(func=lambda args, _p=p: _usage(_p))
 
-    a = sub.add_parser("add-signer", help="add (or update) a signer's public key")
-    a.add_argument("file", type=Path)
-    a.add_argument("--name", required=True)
+    a = _sub(sub, "add-signer", "add (or update) a signer's public key",
+             "Add a signer (a name and an Ed25519 public key), or update an existing one's key or expiry.")
+    a.add_argument("file", type=Path, help=_ALLOWLIST_FILE_HELP)
+    a.add_argument("--name", required=True, help="the signer's name, used by `allow --signers`")
     a.add_argument("--public-key", required=True, help="'ed25519:...' text or a NAME.pub file")
-    a.add_argument("--expires", help="YYYY-MM-DD: the signer's signatures stop counting then")
+    a.add_argument("--expires", help=f"{_DATE_HELP}: the signer's signatures stop counting then")
     a.set_defaults(func=_add_signer)
 
-    a = sub.add_parser("allow", help="allow a source pattern with k-of-n signers")
-    a.add_argument("file", type=Path)
+    a = _sub(sub, "allow", "allow a source pattern with k-of-n signers",
+             "Allow the sources matching a pattern when at least THRESHOLD of the named signers have "
+             "signed their files. Every matching rule must be satisfied.")
+    a.add_argument("file", type=Path, help=_ALLOWLIST_FILE_HELP)
     a.add_argument("--source", required=True, help="pattern: org/repo, org/*, local:**, ...")
     a.add_argument("--signers", required=True, help="comma-separated signer names")
     a.add_argument("--threshold", required=True, type=int, help="k: distinct signatures needed")
     a.set_defaults(func=_allow)
 
-    a = sub.add_parser("revoke", help="revoke a signer's key for good")
-    a.add_argument("file", type=Path)
-    a.add_argument("--name", required=True)
-    a.add_argument("--reason", default="")
+    a = _sub(sub, "revoke", "revoke a signer's key for good",
+             "Revoke a signer's key: its signatures never count again, even if the signer is re-added.")
+    a.add_argument("file", type=Path, help=_ALLOWLIST_FILE_HELP)
+    a.add_argument("--name", required=True, help="the signer to revoke")
+    a.add_argument("--reason", default="", help="why (kept in the file for reviewers)")
     a.set_defaults(func=_revoke)
 
-    a = sub.add_parser("policy", help="set sandbox policy settings (isolation, extra modules, aliases)")
-    a.add_argument("file", type=Path)
+    a = _sub(sub, "policy", "set sandbox policy settings (isolation, extra modules, aliases)",
+             "Set the sandbox policy of every load under this allowlist: a minimum isolation mode, "
+             "extra modules (and their attributes) the sandbox may import, import aliases.")
+    a.add_argument("file", type=Path, help=_ALLOWLIST_FILE_HELP)
     a.add_argument(
         "--required-isolation",
         choices=["process", "inprocess", "none"],
@@ -82,16 +109,21 @@ def add_parsers(subparsers) -> None:
     )
     a.set_defaults(func=_policy)
 
-    a = sub.add_parser("show", help="validate and summarise an allowlist")
-    a.add_argument("file", type=Path)
+    a = _sub(sub, "show", "validate and summarise an allowlist",
+             "Parse an allowlist (exit 2 if malformed) and print its signers, revocations, rules and policy.")
+    a.add_argument("file", type=Path, help="the allowlist TOML file")
     a.set_defaults(func=_show)
 
-    p = subparsers.add_parser("lock", help="write pipewarden.lock for weights and pipeline code (local or hub)")
+    p = _sub(subparsers, "lock", "write pipewarden.lock for weights and pipeline code (local or hub)",
+             "Record the sha256 of every file (and the resolved commit of hub sources) a load will use; "
+             "loads with lockfile= refuse any difference. Local paths are stored relative to the lock "
+             "file's directory, so a lock committed from one checkout matches another.")
     p.add_argument("--weights", help="local weights directory or hub repo id")
     p.add_argument("--custom-pipeline", help="local pipeline directory or .py file, hub repo id or community name")
     p.add_argument("--revision", help="weights revision on the hub (resolved to a commit once)")
     p.add_argument("--custom-revision", help="code revision on the hub (resolved to a commit once)")
-    p.add_argument("--out", type=Path, default=Path("pipewarden.lock"))
+    p.add_argument("--out", type=Path, default=Path("pipewarden.lock"),
+                   help="the lock file to write or update (default: ./pipewarden.lock)")
     p.set_defaults(func=_lock)
 
 
@@ -110,17 +142,80 @@ def _keygen(args) -> int:
     return 0
 
 
+def source_id_arg(text: str, *, option: str = "--source") -> str:
+    """A command-line source into the id loads use: ``org/repo``, a community name or ``local:/abs``.
+
+    Accepts a hub repo id, ``community:NAME``, ``local:/absolute/path`` or an existing path
+    (resolved); anything else is refused, so a typo cannot silently name a source no load has.
+    """
+    from pipewarden.loader import hub
+
+    value = text.strip()
+    if value.startswith("community:"):
+        name = value[len("community:"):]
+        if hub.is_community_name(name):
+            return name
+        raise InputError(f"{option} {text!r}: {name!r} is not a community pipeline name",
+                         rule="community names are letters, digits and underscores",
+                         fix="e.g. community:one_step_unet")
+    if value.startswith("local:"):
+        rest = value[len("local:"):]
+        if rest.startswith("/"):
+            return "local:" + str(Path(rest).resolve())
+        if rest and os.path.exists(rest):
+            return "local:" + str(Path(rest).resolve())
+        raise InputError(f"{option} {text!r} is not a source id", rule="local source ids are absolute: local:/path",
+                         fix=f"pass the path itself ({option} ./{rest or 'DIR'}) or local:/absolute/path")
+    if value and os.path.exists(value):
+        return "local:" + str(Path(value).resolve())
+    if hub.is_hub_repo_id(value):
+        return value
+    raise InputError(
+        f"{option} {text!r} is neither a hub repo id, community:NAME, nor an existing path",
+        rule=f"{option} takes a {_SOURCE_HELP}",
+        fix="check the spelling; for a community pipeline write community:NAME",
+    )
+
+
+def _earlier_signatures(directory: Path, key_path: Path) -> list[str]:
+    """Describe the signatures in DIRECTORY/pipewarden.sig by the same key (they get replaced)."""
+    import json
+
+    from pipewarden.registry.keys import load_signing_key
+    from pipewarden.registry.signatures import SIGNATURE_FILE, parse_signature_file
+
+    sig = directory / SIGNATURE_FILE
+    if not sig.is_file() or sig.is_symlink():
+        return []
+    key_id = load_signing_key(key_path).public_key.key_id
+    out = []
+    for env in parse_signature_file(sig.read_bytes()):
+        if env.key_id != key_id:
+            continue
+        try:
+            manifest = json.loads(env.payload)
+        except ValueError:
+            manifest = {}
+        src = manifest.get("source")
+        out.append(("for source " + repr(src) if src else "valid for any source")
+                   + (f", signed {manifest['signed_at']}" if "signed_at" in manifest else ""))
+    return out
+
+
 def _sign(args) -> int:
     from pipewarden.registry._time import DEFAULT_SIGNATURE_LIFETIME, format_ts, parse_date_arg, resolve_now
     from pipewarden.registry.signatures import sign_dir
 
     now = resolve_now(None).replace(microsecond=0)
     expires = parse_date_arg(args.expires) if args.expires else now + DEFAULT_SIGNATURE_LIFETIME
-    if args.source is not None and not args.source:
-        raise InputError("--source is empty", rule="a source id is a non-empty string")
-    path = sign_dir(args.directory, args.key, source=args.source, expires=expires, now=now)
-    bound = f"for source {args.source!r}" if args.source else "valid for any source"
+    source = source_id_arg(args.source) if args.source is not None else None
+    earlier = _earlier_signatures(args.directory, args.key)
+    path = sign_dir(args.directory, args.key, source=source, expires=expires, now=now)
+    bound = f"for source {source!r}" if source else "valid for any source"
     print(f"signed {args.directory} ({bound}, expires {format_ts(expires)}); signatures in {path}")
+    for old in earlier:
+        print(f"note: this replaced your earlier signature ({old}); one signature per key is kept",
+              file=sys.stderr)
     return 0
 
 
@@ -129,7 +224,7 @@ def _verify(args) -> int:
     from pipewarden.registry.signatures import verify_dir
 
     allowlist = Allowlist.load(args.allowlist)
-    verdict = verify_dir(args.directory, allowlist, args.source)
+    verdict = verify_dir(args.directory, allowlist, source_id_arg(args.source))
     print(f"OK: {verdict.summary()}")
     for r in verdict.rejected:
         print(f"  not counted: {r.describe()}")

@@ -63,6 +63,12 @@ def parse_date_arg(text: str, *, what: str = "--expires") -> _dt.datetime:
         except ValueError:
             raise InputError(f"{what} {text!r} is not a valid date", rule="dates are YYYY-MM-DD") from None
         return _dt.datetime(d.year, d.month, d.day, tzinfo=UTC)
+    if not isinstance(text, str) or not _TS_RE.fullmatch(text):
+        raise InputError(
+            f"{what} {text!r} is not a date",
+            rule=f"{what} takes YYYY-MM-DD (start of that day, UTC) or YYYY-MM-DDTHH:MM:SSZ",
+            fix=f"e.g. {what} {(_dt.datetime.now(UTC) + _dt.timedelta(days=90)).date().isoformat()}",
+        )
     return parse_ts(text, what=what)
 
 

@@ -183,6 +183,14 @@ def load_signing_key(path: str | os.PathLike[str]) -> SigningKey:
         if not stat.S_ISREG(st.st_mode):
             raise InputError(f"{p} is not a regular file", rule="key files are regular files")
         if st.st_mode & 0o077:
+            head = fh.read(64)
+            if head.lstrip().startswith(PUBLIC_KEY_PREFIX.encode("ascii")) or b"PRIVATE KEY" not in head:
+                # A public key (NAME.pub is world-readable on purpose): chmod is not the fix.
+                raise InputError(
+                    f"{p} is not a private key" + (" (it is a public key)" if b"ed25519:" in head else ""),
+                    rule="sign with the private key written by `pipewarden keygen` (NAME.key)",
+                    fix=f"pass the NAME.key file beside it, e.g. --key {p.with_suffix('.key')}",
+                )
             raise InputError(
                 f"key file {p} is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
                 rule="private keys are readable by their owner only",

@@ -11,7 +11,8 @@ Format (TOML; see README "Lock file")::
     format = "pipewarden-lock/1"
 
     [[entries]]
-    source = "local:/abs/path/weights"   # or "org/repo" for hub sources
+    source = "local:weights"             # local: relative to the lock file's directory;
+                                         # or "org/repo" for hub sources
     role = "weights"                     # "weights" or "code"
     commit = "0123...abcd"               # optional: resolved commit (hub sources)
     [entries.files]
@@ -57,6 +58,10 @@ class LockEntry:
     role: str
     files: Mapping[str, str]
     commit: str | None = None
+    #: The source as written in the file when it differs from ``source``: a local path relative
+    #: to the lock file's directory (``local:weights``), so a lock committed on one machine
+    #: matches a checkout anywhere else. ``source`` is always the absolute form the loader uses.
+    stored: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if not isinstance(self.source, str) or not self.source or len(self.source) > 4096:
@@ -107,7 +112,7 @@ class LockEntry:
             )
 
     def to_document(self) -> dict[str, Any]:
-        doc: dict[str, Any] = {"source": self.source, "role": self.role}
+        doc: dict[str, Any] = {"source": self.stored or self.source, "role": self.role}
         if self.commit is not None:
             doc["commit"] = self.commit
         doc["files"] = dict(self.files)
@@ -141,11 +146,14 @@ class Lockfile:
         return found[0] if found else None
 
     @classmethod
-    def from_bytes(cls, data: bytes, *, origin: str = "<lockfile>") -> Lockfile:
+    def from_bytes(cls, data: bytes, *, origin: str = "<lockfile>", base_dir: str | os.PathLike[str] | None = None) -> Lockfile:
+        """Parse a lock; relative ``local:`` sources are resolved against ``base_dir`` (the lock
+        file's directory; the current directory when None)."""
         from pipewarden.loader.digests import sha256_bytes
 
         doc = _toml.loads(data, what=f"lock file {origin}", limit=MAX_LOCK_BYTES)
-        lock = cls(entries=_parse(doc, origin), origin=origin, sha256=sha256_bytes(bytes(data)))
+        base = Path(base_dir if base_dir is not None else ".").resolve()
+        lock = cls(entries=_parse(doc, origin, base), origin=origin, sha256=sha256_bytes(bytes(data)))
         # Lock files are machine-written: any other byte layout (a hand edit, a changed comment,
         # converted line endings) is refused, so every byte of the file is meaningful.
         if lock.to_toml().encode("utf-8") != bytes(data):
@@ -164,7 +172,7 @@ class Lockfile:
                 rule="the lock file must be readable",
                 fix="check the path, or create it with `pipewarden lock`",
             ) from None
-        return cls.from_bytes(data, origin=str(p))
+        return cls.from_bytes(data, origin=str(p), base_dir=p.resolve().parent)
 
     def merged(self, entries: Iterable[LockEntry]) -> Lockfile:
         """A new lock with ``entries`` replacing those of the same (source, role)."""
@@ -182,12 +190,36 @@ class Lockfile:
 def write_lock(path: str | os.PathLike[str], entries: Iterable[LockEntry], *, merge: bool = True) -> Lockfile:
     """Write ``entries`` to ``path`` atomically; with ``merge`` keep other entries already there."""
     p = Path(path)
+    base_dir = p.resolve().parent
     base = Lockfile.load(p) if merge and p.exists() else Lockfile(origin=str(p))
-    lock = base.merged(entries)
+    lock = base.merged(_relative_to(e, base_dir) for e in entries)
     text = lock.to_toml()
-    Lockfile.from_bytes(text.encode("utf-8"), origin=str(p))  # what we write must parse back
+    Lockfile.from_bytes(text.encode("utf-8"), origin=str(p), base_dir=base_dir)  # must parse back
     atomic_write(p, text.encode("utf-8"))
     return lock
+
+
+_LOCAL = "local:"
+
+
+def _relative_to(entry: LockEntry, base_dir: Path) -> LockEntry:
+    """The entry as written in a lock in ``base_dir``: local paths relative to it (POSIX)."""
+    import dataclasses
+
+    if entry.stored is not None or not entry.source.startswith(_LOCAL + "/"):
+        return entry
+    rel = os.path.relpath(entry.source[len(_LOCAL):], base_dir)
+    return dataclasses.replace(entry, stored=_LOCAL + Path(rel).as_posix())
+
+
+def _absolute(source: str, base_dir: Path) -> str:
+    """A stored source as the loader names it: ``local:<rel>`` -> ``local:<base_dir/rel, resolved>``.
+
+    Absolute ``local:/...`` entries (written by older versions) are kept as they are.
+    """
+    if not source.startswith(_LOCAL) or source.startswith(_LOCAL + "/"):
+        return source
+    return _LOCAL + str((base_dir / source[len(_LOCAL):]).resolve())
 
 
 def _bad(what: str) -> InputError:
@@ -198,7 +230,7 @@ def _bad(what: str) -> InputError:
     )
 
 
-def _parse(doc: Mapping[str, Any], origin: str) -> tuple[LockEntry, ...]:
+def _parse(doc: Mapping[str, Any], origin: str, base_dir: Path) -> tuple[LockEntry, ...]:
     where = f"lock file {origin}"
     if set(doc) - {"format", "entries"}:
         raise _bad(f"{where}: unknown key(s) {sorted(set(doc) - {'format', 'entries'})}")
@@ -223,7 +255,10 @@ def _parse(doc: Mapping[str, Any], origin: str) -> tuple[LockEntry, ...]:
         if not all(isinstance(v, str) for v in files.values()):
             raise _bad(f"{w}.files values must be sha256 strings")
         try:
-            entry = LockEntry(source=raw["source"], role=raw["role"], files=files, commit=raw.get("commit"))
+            stored = raw["source"]
+            source = _absolute(stored, base_dir) if isinstance(stored, str) and stored else stored
+            entry = LockEntry(source=source, role=raw["role"], files=files, commit=raw.get("commit"),
+                              stored=stored if source != stored else None)
         except (ValueError, TypeError) as exc:
             raise _bad(f"{w}: {exc}") from None
         if (entry.source, entry.role) in seen:
