@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -161,9 +160,8 @@ def test_local_lock_entries_are_relative_and_match_another_checkout(tmp_path, ca
 
 
 def test_old_absolute_lock_entries_are_still_read(tmp_path):
-    from pipewarden.registry.lockfile import LockEntry, Lockfile, _HEADER  # noqa: F401
-
     from pipewarden.registry import _toml
+    from pipewarden.registry.lockfile import _HEADER, LockEntry, Lockfile  # noqa: F401
 
     doc = {"format": "pipewarden-lock/1", "entries": [
         {"source": f"local:{tmp_path}/w", "role": "weights", "files": {"a.json": "0" * 64}}]}

@@ -15,7 +15,6 @@ from typing import Literal
 
 from pipewarden.errors import InputError
 
-
 _SOURCE_HELP = (
     "source id: a hub repo id (org/repo), community:NAME for a diffusers community pipeline, "
     "or a local path (a directory or .py file; local:/absolute/path also accepted)"
