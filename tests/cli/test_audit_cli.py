@@ -182,7 +182,6 @@ def test_exit_code_follows_error_findings(project, capsys, files, expected):
     [
         ["does-not-exist.py"],
         ["pipes/clean.py", "missing-dir/"],
-        [],
         ["--format", "xml", "pipes"],
         ["--jobs", "-1", "pipes"],
         ["--jobs", "many", "pipes"],
