@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 
 import pytest
@@ -137,7 +138,8 @@ def test_lock_cli(org, tiny_weights, capsys):
         main(["lock", "--weights", str(tiny_weights), "--custom-pipeline", str(pipe), "--out", str(out)]) == 0
     )
     text = out.read_text()
-    assert f'source = "local:{pipe}"' in text and "diffusion_pytorch_model.safetensors" in text
+    # local sources are written relative to the lock file's directory
+    assert f'source = "local:{os.path.relpath(pipe, tmp_path)}"' in text and "diffusion_pytorch_model.safetensors" in text
     assert main(["lock", "--out", str(out)]) == 2
     assert main(["lock", "--custom-pipeline", "no/such/path.py", "--out", str(out)]) == 2
     assert out.read_text() == text
