@@ -155,3 +155,37 @@ def test_fork_server_runs_in_its_own_process_group(tiny_weights):
     pgid = os.getpgid(server._proc.pid)
     assert pgid != os.getpgrp()
     assert pgid == server._proc.pid  # its own group, which its workers inherit
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_first_worker_start_shows_a_line_on_a_terminal(quiet):
+    import pty
+
+    env = _env()
+    env.pop("PIPEWARDEN_QUIET", None)
+    env.pop("HF_HUB_DISABLE_PROGRESS_BARS", None)
+    if quiet:
+        env["PIPEWARDEN_QUIET"] = "1"
+    master, slave = pty.openpty()
+    try:
+        code = "from pipewarden.isolation._client import fork_server\nfork_server()\n"
+        proc = subprocess.run([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                              stderr=slave, env=env, timeout=120)
+        os.close(slave)
+        chunks = []
+        while True:
+            try:
+                data = os.read(master, 4096)
+            except OSError:  # EIO: the terminal's other side is closed
+                break
+            if not data:
+                break
+            chunks.append(data)
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    text = b"".join(chunks).decode()
+    if quiet:
+        assert text == ""
+    else:
+        assert "starting the isolated worker" in text and "Traceback" not in text

@@ -7,7 +7,9 @@ the import-time constants are handled).
 from __future__ import annotations
 
 import hashlib
+import io
 import os
+import sys
 import threading
 from pathlib import Path
 from types import SimpleNamespace
@@ -636,13 +638,21 @@ def test_quiet_env_silences_all_bars(
     assert "verifying" not in capfd.readouterr().err
 
 
-@pytest.mark.parametrize("quiet_var", [None, "HF_HUB_DISABLE_PROGRESS_BARS"])
+class _FakeTerminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("tty", [True, False])
+@pytest.mark.parametrize("quiet_var", [None, "HF_HUB_DISABLE_PROGRESS_BARS", "PIPEWARDEN_QUIET"])
 def test_hashing_progress_for_large_files(
     world: SimpleNamespace,
     monkeypatch: pytest.MonkeyPatch,
     capfd: pytest.CaptureFixture[str],
     quiet_var: str | None,
+    tty: bool,
 ) -> None:
+    """The verifying bar is drawn like the hub's: on a terminal only, silenced by either variable."""
     import importlib
 
     hf_tqdm_module = importlib.import_module("huggingface_hub.utils.tqdm")
@@ -655,9 +665,12 @@ def test_hashing_progress_for_large_files(
     )  # read at import by huggingface_hub
     if quiet_var:
         monkeypatch.setenv(quiet_var, "1")
+    terminal = _FakeTerminal()
+    if tty:
+        monkeypatch.setattr(sys, "stderr", terminal)
     resolve_weights(WEIGHTS)
-    err = capfd.readouterr().err
-    if quiet_var:
+    err = terminal.getvalue() + capfd.readouterr().err
+    if quiet_var or not tty:
         assert "verifying" not in err
     else:
         assert "verifying org/weights@" in err and "diffusion_pytorch_model.safetensors" in err
