@@ -1,4 +1,4 @@
-"""The fork server: a process that has only imported torch and diffusers, and forks workers.
+"""The fork server: a process that has only imported torch, diffusers and transformers, and forks workers.
 
 Run as ``python -m pipewarden.isolation._forkserver --fd N`` by the host (``_client``),
 once per host process. It never runs a torch operation (a multi-threaded op before ``fork``
@@ -31,6 +31,7 @@ _PRELOAD = (
     "safetensors.torch",
     "numpy",
     "PIL.Image",
+    "transformers",  # text encoders and tokenizers are built in the worker
     "pipewarden.isolation._worker",
 )
 #: Imported while idle, after "ready": later workers then start without import costs.
@@ -39,6 +40,10 @@ _WARM = (
     "diffusers.models.unets.unet_2d",
     "diffusers.schedulers",
     "diffusers.models",
+    "diffusers.models.unets.unet_2d_condition",
+    "diffusers.models.autoencoders.autoencoder_kl",
+    "transformers.models.clip.modeling_clip",
+    "transformers.models.clip.tokenization_clip",
 )
 _MAX_MSG = 1 << 20
 
