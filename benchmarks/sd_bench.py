@@ -92,9 +92,8 @@ def build_repo(cache: Path = DEFAULT_CACHE) -> Path:
         return target
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
-
     from pipewarden._tiny import clip_tokenizer_files
+    from transformers import CLIPTextConfig, CLIPTextModel
 
     tmp = cache / (REPO_NAME + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
@@ -228,7 +227,6 @@ def run(cache: Path = DEFAULT_CACHE, *, quick: bool = False) -> dict[str, Any]:
             p.read_bytes()
         ours_hit()
         gc.collect()
-        hits: dict[str, Any] = {}
         gates: list[str] = []
         store.use_warm()
         pipewarden.load_pipeline(str(repo), isolation="inprocess", on_gate=lambda g, v: gates.append(f"{g}: {v}"), **common)
@@ -246,11 +244,10 @@ def run(cache: Path = DEFAULT_CACHE, *, quick: bool = False) -> dict[str, Any]:
         _note("record miss vs raw hashlib")
         out["miss_vs_hashlib"] = ab(raw_hash, ours_miss, repeats=repeats)
         out["miss_vs_hashlib"]["raw_hashlib_MBps"] = total / out["miss_vs_hashlib"]["baseline_s"] / 1e6
-        del datas
+        datas.clear()
         gc.collect()
         _note("hit vs miss")
         out["hit_vs_miss"] = ab(ours_miss, ours_hit, repeats=max(3, repeats // 2))
-        del hits
 
         # Calls: the same components under the plain class, the vetted class, and a process handle.
         from pipewarden.sandbox import load_class
@@ -266,8 +263,8 @@ def run(cache: Path = DEFAULT_CACHE, *, quick: bool = False) -> dict[str, Any]:
         _note("calls, in-process")
         out["call_inprocess"] = {**ab(lambda: call(plain), lambda: call(vetted_inproc), repeats=repeats), "bit_identical": same_in}
         try:
-            t0 = time.perf_counter()
             _note("process-mode load and calls")
+            t0 = time.perf_counter()
             handle = pipewarden.load_pipeline(str(repo), isolation="process", **common)
             out["process_load_hit_s"] = time.perf_counter() - t0
         except Exception as exc:  # noqa: BLE001 - reported, never hidden
@@ -278,8 +275,6 @@ def run(cache: Path = DEFAULT_CACHE, *, quick: bool = False) -> dict[str, Any]:
                 out["call_process"] = {**ab(lambda: call(plain), lambda: call(handle), repeats=repeats), "bit_identical": same_proc}
             finally:
                 handle.close()
-        del vetted, vetted_inproc, plain, comps
-        gc.collect()
     finally:
         if saved_env is None:
             os.environ.pop("PIPEWARDEN_DIGEST_STORE", None)
