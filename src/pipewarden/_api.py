@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import inspect
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -83,7 +82,7 @@ def _classify_code(spec: str) -> Literal["local", "hub", "community"]:
     raise ValueError(f"custom_pipeline {spec!r} is neither an existing path, a hub repo id nor a community name")
 
 
-def _resolve_code(spec: str | os.PathLike[str], *, revision: str | None, token: Any = None) -> CodeSource:
+def _resolve_code(spec: str | os.PathLike[str], *, revision: str | None, token: Any = None, hub_options: Mapping[str, Any] | None = None) -> CodeSource:
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec:
@@ -95,10 +94,13 @@ def _resolve_code(spec: str | os.PathLike[str], *, revision: str | None, token: 
         return resolve_local_code(spec)
     from pipewarden.loader import hub
 
-    return hub.resolve_code(spec, kind=kind, revision=revision, token=token)
+    return hub.resolve_code(spec, kind=kind, revision=revision, token=token, **dict(hub_options or {}))
 
 
-def _resolve_weights(spec: str | os.PathLike[str], *, revision: str | None, token: Any = None) -> Snapshot:
+def _resolve_weights(
+    spec: str | os.PathLike[str], *, revision: str | None, token: Any = None, hub_options: Mapping[str, Any] | None = None,
+    select: Any = None,
+) -> Snapshot:
     if isinstance(spec, os.PathLike):
         spec = os.fspath(spec)
     if not isinstance(spec, str) or not spec:
@@ -109,7 +111,7 @@ def _resolve_weights(spec: str | os.PathLike[str], *, revision: str | None, toke
         return resolve_local_weights(spec)
     from pipewarden.loader import hub
 
-    return hub.resolve_weights(spec, revision=revision, token=token)
+    return hub.resolve_weights(spec, revision=revision, token=token, select=select, **dict(hub_options or {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -234,6 +236,11 @@ def load_pipeline(
     token: Any = None,
     on_gate: GateReporter | None = None,
     reverify: str | None = None,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+    local_files_only: bool = False,
+    dtype: Any = None,
     **components: Any,
 ) -> Any:
     """Load a community pipeline through every gate and return it ready to call.
@@ -249,7 +256,15 @@ def load_pipeline(
     ``reverify``: ``"auto"`` (default) lets a verified-digest record vouch for a weight file the
     kernel reports unchanged since it was last hashed; ``"always"`` hashes every byte on every
     load (also ``PIPEWARDEN_REVERIFY=always``).
+    ``variant``, ``use_safetensors``, ``torch_dtype``/``dtype``, ``cache_dir``,
+    ``local_files_only``, ``revision``/``custom_revision`` mean what they mean in diffusers'
+    ``DiffusionPipeline.from_pretrained``; loading options pipewarden does not support
+    (``device_map``, ``low_cpu_mem_usage``, ``provider``, ...) raise ``InputError`` naming the
+    keyword, and a keyword the pipeline's ``__init__`` does not take is refused, never ignored.
     """
+    options = _loading_options(components, torch_dtype=torch_dtype, dtype=dtype, variant=variant,
+                               use_safetensors=use_safetensors, cache_dir=cache_dir, local_files_only=local_files_only)
+    torch_dtype = options.torch_dtype
     if isolation not in ("process", "inprocess"):
         raise ValueError(f"isolation must be 'process' or 'inprocess', got {isolation!r}")
     if not isinstance(trust_remote_code, bool):
@@ -271,9 +286,12 @@ def load_pipeline(
         prestart()
     allow = _load_allowlist(allowlist)
     lock = _load_lock(lockfile)
-    code = _resolve_code(custom_pipeline, revision=custom_revision, token=token)
+    code = _resolve_code(custom_pipeline, revision=custom_revision, token=token, hub_options=options.hub)
     report("code", f"read {code.module_relpath} from {code.source_id} ({len(code.source_bytes)} bytes, sha256 {code.sha256})")
-    weights = _resolve_weights(pretrained, revision=revision, token=token)
+    weights = _resolve_weights(
+        pretrained, revision=revision, token=token, hub_options=options.hub,
+        select=_weights_selector(code, components, options),
+    )
     report("weights", f"{weights.source}" + (f" @ {weights.commit}" if weights.commit else ""))
 
     expected: dict[str, str] = {k: v.sha256 for k, v in weights.files.items() if v.sha256}
@@ -303,10 +321,10 @@ def load_pipeline(
     # The allowlist's minimum isolation was enforced by registry.trust.decide.
     if isolation == "inprocess":
         return _run_inprocess(
-            admitted, weights, expected=expected, torch_dtype=torch_dtype, components=components, report=report, reverify=reverify
+            admitted, weights, expected=expected, options=options, components=components, report=report, reverify=reverify
         )
     return _run_in_worker(
-        admitted, weights, expected=expected, torch_dtype=torch_dtype, components=components, limits=limits, report=report,
+        admitted, weights, expected=expected, options=options, components=components, limits=limits, report=report,
         reverify=reverify,
     )
 
@@ -338,22 +356,12 @@ def _sandbox_policy(admitted: AdmittedCode) -> Any:
     return policy
 
 
-def _init_component_names(cls: type) -> set[str] | None:
-    try:
-        params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return None
-    return {n for n in params if n != "self"}
-
-
 def _run_inprocess(
     admitted: AdmittedCode,
     weights: Snapshot,
     *,
     expected: Mapping[str, str],
-    torch_dtype: Any,
+    options: LoadingOptions,
     components: Mapping[str, Any],
     report: GateReporter,
     reverify: str = "auto",
@@ -371,13 +379,19 @@ def _run_inprocess(
     )
     report("sandbox", f"vetted class {cls.__name__}: scanned, restricted-compiled, executed with facades")
     digests: dict[str, str] = {}
-    built = load_components(
-        weights, torch_dtype=torch_dtype, expected=expected, digests_out=digests, skip=set(components), records=records_for(reverify)
+    kwargs = load_components(
+        weights,
+        torch_dtype=options.torch_dtype,
+        expected=expected,
+        digests_out=digests,
+        records=records_for(reverify),
+        pipeline_class=cls,
+        passed=components,
+        variant=options.variant,
+        use_safetensors=options.use_safetensors,
     )
-    report("components", f"{len(digests)} files verified while loading (reverify={reverify}); safetensors only: {', '.join(sorted(built))}")
-    built.update(components)
-    wanted = _init_component_names(cls)
-    kwargs = {k: v for k, v in built.items() if wanted is None or k in wanted}
+    built = sorted(k for k in kwargs if k not in components and kwargs[k] is not None and not isinstance(kwargs[k], (bool, int, float, str, list)))
+    report("components", f"{len(digests)} files verified while loading (reverify={reverify}); safetensors only: {', '.join(built)}")
     pipe = cls(**kwargs)
     report("instantiate", f"{cls.__name__}({', '.join(sorted(kwargs))}) in-process")
     return pipe
@@ -388,7 +402,7 @@ def _run_in_worker(
     weights: Snapshot,
     *,
     expected: Mapping[str, str],
-    torch_dtype: Any,
+    options: LoadingOptions,
     components: Mapping[str, Any],
     limits: Limits | None,
     report: GateReporter,
@@ -416,7 +430,9 @@ def _run_in_worker(
         filename=admitted.code.module_relpath,
         weights=pinned,
         extra_components=dict(components) or None,
-        torch_dtype=torch_dtype,
+        torch_dtype=options.torch_dtype,
+        variant=options.variant,
+        use_safetensors=options.use_safetensors,
         policy_extras={k: list(v) for k, v in admitted.extra_modules.items()} or None,
         import_aliases=dict(admitted.import_aliases) or None,
         limits=limits,
@@ -433,3 +449,115 @@ def _run_in_worker(
     report("worker", f"fresh worker, layers active: {', '.join(active) or 'none'}" + (f"; missing: {', '.join(missing)}" if missing else ""))
     report("sandbox", f"vetted class {handle.class_name}: re-hashed, scanned, restricted-compiled and run in the worker")
     return handle
+
+
+# ---------------------------------------------------------------------------------------------
+# from_pretrained keywords (issue 11 part 3): same names and meaning as diffusers 0.42
+
+#: diffusers loading keywords pipewarden does not support: refused by name, never ignored.
+UNSUPPORTED_KEYWORDS: Mapping[str, str] = MappingProxyType({
+    "device_map": "load, then move with pipe.to(device)",
+    "max_memory": "load, then move with pipe.to(device)",
+    "offload_folder": "drop it (offloading is not supported)",
+    "offload_state_dict": "drop it (offloading is not supported)",
+    "low_cpu_mem_usage": "drop it (weights are always loaded without a random init)",
+    "provider": "drop it (ONNX pipelines are not supported)",
+    "sess_options": "drop it (ONNX pipelines are not supported)",
+    "provider_options": "drop it (ONNX pipelines are not supported)",
+    "use_onnx": "drop it (ONNX pipelines are not supported)",
+    "from_flax": "drop it (only safetensors weights are read)",
+    "quantization_config": "drop it (quantized loading is not supported)",
+    "disable_mmap": "drop it (weights are always read into private memory)",
+    "use_flashpack": "drop it",
+    "load_connected_pipeline": "load each pipeline with load_pipeline",
+    "dduf_file": "drop it (DDUF archives are not supported)",
+    "force_download": "clear the cache entry instead (every cached file is re-verified anyway)",
+    "proxies": "set HTTPS_PROXY in the environment instead",
+    "resume_download": "drop it (downloads always resume)",
+    "output_loading_info": "drop it",
+    "mirror": "drop it",
+    "subfolder": "point load_pipeline at the folder that holds model_index.json",
+    "custom_pipeline_revision": "use custom_revision=",
+    "return_cached_folder": "drop it",
+    "trust_remote_code_for_components": "drop it",
+})
+
+
+@dataclass(frozen=True)
+class LoadingOptions:
+    torch_dtype: Any
+    variant: str | None
+    use_safetensors: bool | None
+    hub: Mapping[str, Any]
+
+
+def _loading_options(
+    components: Mapping[str, Any],
+    *,
+    torch_dtype: Any,
+    dtype: Any,
+    variant: Any,
+    use_safetensors: Any,
+    cache_dir: Any,
+    local_files_only: Any,
+) -> LoadingOptions:
+    from pipewarden.errors import InputError
+
+    for name in components:
+        if name in UNSUPPORTED_KEYWORDS:
+            raise InputError(
+                f"load_pipeline does not support the from_pretrained keyword {name}=",
+                rule="load.unsupported-keyword",
+                fix=UNSUPPORTED_KEYWORDS[name],
+            )
+    if variant is not None and not (isinstance(variant, str) and re.fullmatch(r"[A-Za-z0-9_\-]{1,32}", variant)):
+        raise ValueError(f"variant must be a short name such as 'fp16', got {variant!r}")
+    if use_safetensors is not None and not isinstance(use_safetensors, bool):
+        raise TypeError("use_safetensors must be a bool or None")
+    if not isinstance(local_files_only, bool):
+        raise TypeError("local_files_only must be a bool")
+    if cache_dir is not None and not isinstance(cache_dir, (str, os.PathLike)):
+        raise TypeError("cache_dir must be a str or path")
+    if torch_dtype is not None and dtype is not None and torch_dtype != dtype:
+        raise ValueError("pass either torch_dtype= or dtype=, not both")
+    hub: dict[str, Any] = {}
+    if cache_dir is not None:
+        hub["cache_dir"] = os.fspath(cache_dir)
+    if local_files_only:
+        hub["local_files_only"] = True
+    return LoadingOptions(
+        torch_dtype=resolve_torch_dtype(torch_dtype if torch_dtype is not None else dtype),
+        variant=variant,
+        use_safetensors=use_safetensors,
+        hub=MappingProxyType(hub),
+    )
+
+
+def resolve_torch_dtype(value: Any) -> Any:
+    """A ``torch.dtype``, or its name (``"float16"``, ``"torch.float16"``), as diffusers accepts."""
+    if value is None:
+        return None
+    import torch
+
+    if isinstance(value, torch.dtype):
+        return value
+    if isinstance(value, str):
+        name = value.removeprefix("torch.")
+        found = getattr(torch, name, None) if re.fullmatch(r"[a-z0-9_]{2,24}", name) else None
+        if isinstance(found, torch.dtype) and found.is_floating_point:
+            return found
+        raise ValueError(f"torch_dtype {value!r} is not the name of a floating-point torch dtype (e.g. 'float16')")
+    if isinstance(value, Mapping):
+        raise TypeError("a per-component torch_dtype mapping is not supported: pass one torch.dtype")
+    raise TypeError(f"torch_dtype must be a torch.dtype or its name, got {type(value).__name__}")
+
+
+def _weights_selector(code: CodeSource, components: Mapping[str, Any], options: LoadingOptions) -> Any:
+    """Which hub files the load reads (issue 11 part 4), decided from the code's AST, never run."""
+    from pipewarden.errors import ScanError
+    from pipewarden.loader.components import hub_selector
+
+    try:
+        return hub_selector(code.source_bytes, filename=code.module_relpath, passed=components, variant=options.variant)
+    except ScanError:
+        return None  # the load refuses the code later, at the exec site, with the full reason

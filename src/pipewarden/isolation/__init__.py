@@ -63,6 +63,10 @@ class WorkerLoadRequest:
     #: Verified-digest records (``Record.to_json()``) from the host's store, for the worker's
     #: weight files; None = the worker hashes every byte (reverify="always").
     digest_records: tuple[Any, ...] | None = None
+    variant: str | None = None
+    use_safetensors: bool | None = None
+    #: The caller's keyword arguments (components and options), sent as data (wire.components).
+    passed: Mapping[str, Any] | None = None
 
 
 def __getattr__(name: str) -> Any:
@@ -192,8 +196,20 @@ def _start(request: WorkerLoadRequest, limits: Limits, *, test_hooks: bool = Fal
             "gpu_memory_fraction": limits.gpu_memory_fraction,
             "digest_records": list(request.digest_records or ()),
             "host_uid": os.geteuid(),
+            "variant": request.variant,
+            "use_safetensors": request.use_safetensors,
         }
-        loaded = worker.request(header, request.source_bytes, what="loading the pipeline")
+        payload = request.source_bytes
+        if request.passed:
+            from pipewarden.isolation.wire.codec import Encoder
+            from pipewarden.isolation.wire.components import encode_component
+
+            enc = Encoder(allow_generators=False)
+            header["passed"] = {name: encode_component(name, value, enc) for name, value in request.passed.items()}
+            tensors = enc.payload()
+            header["source_len"] = len(payload)
+            payload = payload + tensors
+        loaded = worker.request(header, payload, what="loading the pipeline")
         if not isinstance(loaded, Loaded):
             raise WorkerError("the worker answered a load with the wrong message", rule="worker protocol", fix="reload")
     except BaseException:
@@ -215,20 +231,26 @@ def run_in_worker(
     limits: Limits | None = None,
     required_layers: Iterable[str] | None = None,
     digest_records: Iterable[Any] | None = None,
+    variant: str | None = None,
+    use_safetensors: bool | None = None,
 ) -> Any:
     """The entry point of ``load_pipeline(..., isolation="process")``.
 
-    ``extra_components`` (host objects given as keyword arguments) cannot cross the process
-    boundary, which carries no pickles: any are refused with ``NotAllowedError``.
+    ``extra_components`` (the caller's keyword arguments) cross as data, never pickles
+    (``isolation.wire.components``): option values, diffusers schedulers (class + config),
+    diffusers and allowlisted transformers models (config + state dict), allowlisted tokenizers
+    (data files) and image processors (config); anything else is refused with ``NotAllowedError``
+    here, before a worker starts.
     """
     if not isinstance(source_bytes, (bytes, bytearray)):
         raise TypeError("source_bytes must be bytes")
     if extra_components:
-        raise NotAllowedError(
-            f"components given as objects ({', '.join(sorted(extra_components))}) cannot be sent to an isolated worker",
-            rule='isolation="process" sends only verified files to the worker, never Python objects',
-            fix='put the component in the weights repository (safetensors + config), or load with isolation="inprocess"',
-        )
+        from pipewarden.isolation.wire.codec import Encoder
+        from pipewarden.isolation.wire.components import encode_component
+
+        probe = Encoder(allow_generators=False)
+        for name, value in extra_components.items():  # refuse early, before any worker starts
+            encode_component(name, value, probe)
     if weights is None or not hasattr(weights, "files"):
         raise InputError("no weights snapshot to load in the worker", rule="isolation", fix="pass a weights directory")
     request = WorkerLoadRequest(
@@ -241,5 +263,8 @@ def run_in_worker(
         import_aliases=import_aliases,
         required_layers=_check_required(required_layers or ()),
         digest_records=tuple(digest_records) if digest_records is not None else None,
+        variant=variant,
+        use_safetensors=use_safetensors,
+        passed=dict(extra_components or {}) or None,
     )
     return start_worker_pipeline(request, limits)

@@ -182,6 +182,37 @@ class PipelineHandle:
             "(only config, components, to, set_progress_bar_config, reload, close, call)"
         )
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        """``pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config)``, the diffusers way.
+
+        A component is sent to the worker as data (``wire.components``) and replaces the
+        worker's; the handle's configs are updated from the worker's answer. Any other
+        attribute is refused: nothing is accepted and then ignored.
+        """
+        if name.startswith("_"):
+            object.__setattr__(self, name, value)
+            return
+        loaded = self.__dict__.get("_loaded")
+        if loaded is None or name not in loaded.components:
+            from pipewarden.errors import NotAllowedError
+
+            raise NotAllowedError(
+                f"cannot set {name!r} on an isolated pipeline (it runs in the worker)",
+                rule="worker.object-component",
+                fix="set one of its components ("
+                + ", ".join(sorted(loaded.components if loaded else ()))
+                + "), pass options to the call, or load with isolation=\"inprocess\"",
+            )
+        from pipewarden.isolation.wire.components import encode_component
+
+        enc = Encoder(allow_generators=False)
+        node = encode_component(name, value, enc)
+        msg = self._worker.request({"op": "set_component", "name": name, "component": node}, enc.payload(), what=f"setting {name}")
+        if not isinstance(msg, _messages.Loaded):
+            self._worker.kill()
+            raise WorkerError("the worker answered a component change with the wrong message", rule="worker protocol", fix="reload")
+        object.__setattr__(self, "_loaded", msg)
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"worker pid {self._worker.pid}"
         return f"<PipelineHandle {self._loaded.class_name} ({state})>"

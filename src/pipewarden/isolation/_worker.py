@@ -13,7 +13,6 @@ import contextlib
 import errno
 import hashlib
 import importlib
-import inspect
 import json
 import math
 import os
@@ -255,6 +254,8 @@ class _Worker:
             return self._call(frame.header, frame.payload)
         if op == "to":
             return self._to(frame.header, frame.payload), b""
+        if op == "set_component":
+            return self._set_component(frame.header, frame.payload), b""
         if op == "hook" and self.test_hooks:
             with self._hook_context(frame.header):
                 return self._hook(frame.header), b""
@@ -271,7 +272,8 @@ class _Worker:
         from pipewarden.loader.components import load_components
         from pipewarden.loader.snapshot import FileRecord, Snapshot
 
-        source_bytes = payload
+        source_len = h.get("source_len")
+        source_bytes = payload if source_len is None else payload[: int(source_len)]
         if hashlib.sha256(source_bytes).hexdigest() != h["source_sha256"]:
             raise IntegrityError(
                 f"{h['filename']}: the source received by the worker does not match its sha256",
@@ -302,9 +304,23 @@ class _Worker:
 
         # The host's records, read-only: each still has to match the fstat of our own descriptor.
         records = FixedRecords.from_json(h.get("digest_records") or [], owner=h.get("host_uid"))
-        built = load_components(snapshot, torch_dtype=dtype, expected=expected, records=records)
-        wanted = _init_component_names(cls)
-        kwargs = {k: v for k, v in built.items() if wanted is None or k in wanted}
+        passed: dict[str, Any] = {}
+        if h.get("passed"):
+            from pipewarden.isolation.wire.components import decode_component
+
+            tensors = load_tensors(payload[len(source_bytes) :])
+            passed = {str(name): decode_component(node, tensors, str(name)) for name, node in h["passed"].items()}
+        kwargs = load_components(
+            snapshot,
+            torch_dtype=dtype,
+            expected=expected,
+            records=records,
+            pipeline_class=cls,
+            passed=passed,
+            variant=h.get("variant"),
+            use_safetensors=h.get("use_safetensors"),
+        )
+        _warm_processors(kwargs.values())
         self.pipe = cls(**kwargs)
         self.gpu_fraction = h.get("gpu_memory_fraction")
         return self._describe()
@@ -378,6 +394,19 @@ class _Worker:
         if not isinstance(value, dict):
             raise PolicyViolation("callback_on_step_end must return a dict", rule="diffusers callback protocol")
         return value
+    def _set_component(self, h: dict, payload: bytes) -> dict:
+        """``handle.<name> = component``: rebuild it here from data, set it the diffusers way."""
+        from pipewarden.isolation.wire.components import decode_component
+
+        if self.pipe is None:
+            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker protocol")
+        name = str(h.get("name"))
+        components = dict(getattr(self.pipe, "components", {}) or {})
+        if name not in components:
+            raise PolicyViolation(f"the pipeline has no component {name!r}", rule="worker protocol")
+        value = decode_component(h.get("component"), load_tensors(payload), name)
+        setattr(self.pipe, name, value)
+        return self._describe()
 
     def _to(self, h: dict, payload: bytes) -> dict:
         import torch
@@ -582,11 +611,23 @@ class _NullFile:
         pass
 
 
-def _init_component_names(cls: type) -> set[str] | None:
+def _warm_processors(components: Any) -> None:
+    """Run each image processor once on a blank image, here, in the worker's trusted context.
+
+    transformers validates processor keyword arguments through huggingface_hub, which on its
+    first use per processor class tries ``import annotationlib`` (Python >= 3.14 only); under
+    the process-wide tripwire that lazy import, made later from a pipeline's frame, is refused.
+    The validation class is cached after the first call, so calling once here is enough.
+    """
     try:
-        params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        return None
-    return {n for n in params if n != "self"}
+        from transformers.image_processing_utils import ImageProcessingMixin
+    except ImportError:  # pragma: no cover - transformers is optional
+        return
+    for comp in components:
+        if isinstance(comp, ImageProcessingMixin) and callable(comp):
+            try:
+                from PIL import Image
+
+                comp(Image.new("RGB", (8, 8)), return_tensors="pt")
+            except Exception:  # noqa: BLE001, S110 - a warm-up only; the real call reports errors
+                pass

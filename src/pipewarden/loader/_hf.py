@@ -72,7 +72,7 @@ class HubSettings:
     quiet: bool
 
     @classmethod
-    def current(cls) -> HubSettings:
+    def current(cls, *, cache_dir: str | None = None, local_files_only: bool = False) -> HubSettings:
         from huggingface_hub import constants
         from huggingface_hub.utils import are_progress_bars_disabled
 
@@ -84,9 +84,10 @@ class HubSettings:
             or _env_true("HF_HUB_DISABLE_PROGRESS_BARS")
             or are_progress_bars_disabled()
         )
-        cache_dir = Path(constants.HF_HUB_CACHE).expanduser().resolve()
+        # cache_dir= and local_files_only= mean what they mean in diffusers' from_pretrained.
+        cache = Path(cache_dir if cache_dir is not None else constants.HF_HUB_CACHE).expanduser().resolve()
         return cls(
-            endpoint=str(constants.ENDPOINT).rstrip("/"), cache_dir=cache_dir, offline=offline, quiet=quiet
+            endpoint=str(constants.ENDPOINT).rstrip("/"), cache_dir=cache, offline=offline or local_files_only, quiet=quiet
         )
 
     def storage_folder(self, repo_id: str, repo_type: str) -> Path:

@@ -22,7 +22,7 @@ here; the resolved commit is on the result so a refusal can print what to pin.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from pipewarden.errors import FetchError, InputError, NotAllowedError
@@ -135,9 +135,21 @@ def _in_code_manifest(relpath: str) -> bool:
 # Weights
 
 
-def resolve_weights(repo_id: str, *, revision: str | None = None, token: Any = None) -> Snapshot:
-    """Fetch (or find in the HF cache) and verify the safetensors + json files of a weights repo.
+def resolve_weights(
+    repo_id: str,
+    *,
+    revision: str | None = None,
+    token: Any = None,
+    select: Callable[[list[str], bytes], list[str]] | None = None,
+    cache_dir: str | None = None,
+    local_files_only: bool = False,
+) -> Snapshot:
+    """Fetch (or find in the HF cache) and verify the files of a weights repo that the load reads.
 
+    ``select(listing, model_index_bytes)`` (``loader.components.hub_selector``) picks them like
+    diffusers: model_index.json first, then only the folders of the components the pipeline
+    takes, their configs, tokenizer data files and the weight files of the chosen variant (no
+    root checkpoints, no unused folders). Without ``select``: every safetensors/json file.
     Returns a Snapshot whose ``root`` is the HF cache snapshot directory of the resolved
     ``commit`` and whose ``files`` hold the sha256 of the bytes read (``source`` is the repo id).
     """
@@ -145,19 +157,31 @@ def resolve_weights(repo_id: str, *, revision: str | None = None, token: Any = N
         raise ValueError(f"not a hub repo id: {repo_id!r} (expected 'org/name')")
     if revision is not None:
         _hf.check_revision(revision)
-    settings = _hf.HubSettings.current()
+    settings = _hf.HubSettings.current(cache_dir=cache_dir, local_files_only=local_files_only)
     storage = settings.storage_folder(repo_id, "model")
 
     expected: Mapping[str, _hf.RemoteFile | None]
     if settings.offline:
         commit = _hf.cached_commit(storage, revision, repo_id=repo_id)
-        expected = {rel: None for rel in _hf.list_snapshot(storage, commit, patterns=WEIGHT_PATTERNS)}
+        cached = _hf.list_snapshot(storage, commit, patterns=None)
+        expected = {rel: None for rel in cached if _is_weight_file(rel) or select is not None}
     else:
         listing = _hf.repo_listing(repo_id, "model", revision, token=token, settings=settings)
         commit = listing.commit
-        expected = {rel: rf for rel, rf in listing.files.items() if _is_weight_file(rel)}
+        expected = {rel: rf for rel, rf in listing.files.items() if _is_weight_file(rel) or select is not None}
         if not any(rel.endswith(".safetensors") for rel in expected):
             _refuse_no_safetensors(repo_id, commit, listing)
+    if select is not None and "model_index.json" in expected:
+        rf_index = expected["model_index.json"]
+        if rf_index is not None:
+            _hf.download((repo_id, "model"), rf_index, commit, token=token, settings=settings)
+        vf = _hf.verify_entry(
+            storage, commit, "model_index.json", expected=rf_index, keep_bytes=True, max_bytes=_hf.MAX_KEPT_BYTES,
+            quiet=settings.quiet, repo_id=repo_id,
+        )
+        assert vf.data is not None
+        chosen = set(select(sorted(expected), vf.data))
+        expected = {rel: rf for rel, rf in expected.items() if rel in chosen}
 
     records: dict[str, FileRecord] = {}
     for rel in sorted(expected):
@@ -208,27 +232,29 @@ def resolve_code(
     kind: Literal["hub", "community"],
     revision: str | None = None,
     token: Any = None,
+    cache_dir: str | None = None,
+    local_files_only: bool = False,
 ) -> CodeSource:
     """Fetch and verify pipeline code: ``pipeline.py`` of hub repo ``spec``, or community pipeline ``spec``.
 
     Executes nothing and decides nothing about trust: the caller checks the opt-in and the pins
     against ``CodeSource.sha256`` / ``files`` / ``signature_bytes`` before anything runs.
     """
+    settings = _hf.HubSettings.current(cache_dir=cache_dir, local_files_only=local_files_only)
     if kind == "hub":
         if not is_hub_repo_id(spec):
             raise ValueError(f"not a hub repo id: {spec!r} (expected 'org/name')")
         if revision is not None:
             _hf.check_revision(revision)
-        return _resolve_hub_code(spec, revision, token)
+        return _resolve_hub_code(spec, revision, token, settings)
     if kind == "community":
         if not is_community_name(spec):
             raise ValueError(f"not a community pipeline name: {spec!r} (letters, digits, '_' and '-' only)")
-        return _resolve_community_code(spec, revision, token)
+        return _resolve_community_code(spec, revision, token, settings)
     raise ValueError(f"kind must be 'hub' or 'community', got {kind!r}")
 
 
-def _resolve_hub_code(repo_id: str, revision: str | None, token: Any) -> CodeSource:
-    settings = _hf.HubSettings.current()
+def _resolve_hub_code(repo_id: str, revision: str | None, token: Any, settings: _hf.HubSettings) -> CodeSource:
     storage = settings.storage_folder(repo_id, "model")
     sig_name = _signature_file_name()
     kept_limits = {MODULE_FILE: MAX_SOURCE_BYTES, sig_name: MAX_SIGNATURE_BYTES}
@@ -313,10 +339,9 @@ def _resolve_hub_code(repo_id: str, revision: str | None, token: Any) -> CodeSou
     )
 
 
-def _resolve_community_code(name: str, revision: str | None, token: Any) -> CodeSource:
+def _resolve_community_code(name: str, revision: str | None, token: Any, settings: _hf.HubSettings) -> CodeSource:
     folder, mirror_revision = community_revision(revision)
     relpath = f"{folder}/{name}.py"
-    settings = _hf.HubSettings.current()
     storage = settings.storage_folder(COMMUNITY_MIRROR_ID, "dataset")
 
     rf: _hf.RemoteFile | None = None

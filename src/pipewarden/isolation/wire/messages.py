@@ -52,22 +52,17 @@ def freeze(value: Any) -> Any:
     return value
 
 
-class FrozenConfig(Mapping):
-    """A read-only config mapping with attribute access (like diffusers' FrozenDict)."""
+class FrozenConfig(dict):
+    """A read-only config mapping with attribute access (like diffusers' FrozenDict).
 
-    __slots__ = ("_data",)
+    A ``dict`` (as diffusers' ``FrozenDict`` is), so ``DDIMScheduler.from_config(handle.scheduler.config)``
+    accepts it; every mutating method raises.
+    """
+
+    __slots__ = ()
 
     def __init__(self, data: Mapping[str, Any]) -> None:
-        object.__setattr__(self, "_data", MappingProxyType(dict(data)))
-
-    def __getitem__(self, key: str) -> Any:
-        return self._data[key]
-
-    def __iter__(self):
-        return iter(self._data)
-
-    def __len__(self) -> int:
-        return len(self._data)
+        super().__init__(data)
 
     def __getattr__(self, name: str) -> Any:
         # Worker-chosen keys never become protocol attributes (e.g. "__array_interface__",
@@ -75,15 +70,23 @@ class FrozenConfig(Mapping):
         if name.startswith("_"):
             raise AttributeError(name)
         try:
-            return self._data[name]
+            return self[name]
         except KeyError:
             raise AttributeError(name) from None
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("the config of an isolated pipeline is read-only")
 
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("the config of an isolated pipeline is read-only")
+
+    __setitem__ = __delitem__ = update = pop = popitem = clear = setdefault = __ior__ = _read_only  # type: ignore[assignment]
+
+    def copy(self) -> dict[str, Any]:  # type: ignore[override]
+        return dict(self)
+
     def __repr__(self) -> str:
-        return f"FrozenConfig({dict(self._data)!r})"
+        return f"FrozenConfig({dict(self)!r})"
 
 
 @dataclass(frozen=True)
