@@ -267,3 +267,53 @@ def test_component_policy_fails_closed() -> None:
     with pytest.raises(InputError, match="code files"):
         parse_policy({"version": 1, "limits": {"max_json_bytes": 1, "max_data_file_bytes": 1},
                       "tokenizer": [{"library": "transformers", "class": "X", "files": ["evil.py"]}]})
+
+
+# ----------------------------------------------------------------------------- hub (part 4)
+
+
+def test_hub_fp16_variant_downloads_only_what_the_pipeline_takes(
+    sd: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.fakehub import FakeHub, use_fake_hub
+
+    files = {p.relative_to(sd.repo).as_posix(): p.read_bytes() for p in sorted(sd.repo.rglob("*")) if p.is_file()}
+    files["text_encoder/pytorch_model.bin"] = b"not opened"
+    files["unused/config.json"] = b"{}"
+    with FakeHub() as hub:
+        use_fake_hub(monkeypatch, hub, tmp_path)
+        hub.add_commit("org/sd", files)
+        want = _plain(sd, variant="fp16")
+        with _load(sd, "org/sd", variant="fp16") as pipe:  # type: ignore[attr-defined]
+            got = _run(pipe)
+        assert np.array_equal(got, want)
+        fetched = {path.split("/resolve/", 1)[1].split("/", 1)[1] for _server, method, path in hub.requests
+                   if method == "GET" and "/resolve/" in path}
+    weights = {f for f in fetched if f.endswith(".safetensors")}
+    assert weights == {
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/diffusion_pytorch_model.fp16.safetensors",
+        "text_encoder/model.fp16.safetensors",
+        "safety_checker/model.fp16.safetensors",
+    }
+    assert "tiny-sd.safetensors" not in fetched and "unused/config.json" not in fetched
+    assert not any(f.endswith(".bin") for f in fetched)
+    assert {"tokenizer/vocab.json", "tokenizer/merges.txt", "model_index.json"} <= fetched
+
+
+def test_hub_skips_folders_the_pipeline_does_not_take(
+    sd: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.fakehub import FakeHub, use_fake_hub
+
+    files = {p.relative_to(sd.repo).as_posix(): p.read_bytes() for p in sorted(sd.repo.rglob("*")) if p.is_file()}
+    with FakeHub() as hub:
+        use_fake_hub(monkeypatch, hub, tmp_path)
+        hub.add_commit("org/sd", files)
+        pipe = _load(sd, "org/sd", isolation="inprocess", safety_checker=None, feature_extractor=None)
+        assert pipe.safety_checker is None  # type: ignore[attr-defined]
+        fetched = {path.split("/resolve/", 1)[1].split("/", 1)[1] for _server, method, path in hub.requests
+                   if method == "GET" and "/resolve/" in path}
+    assert not any(f.startswith(("safety_checker/", "feature_extractor/")) for f in fetched)
+    assert "unet/diffusion_pytorch_model.safetensors" in fetched
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" not in fetched
