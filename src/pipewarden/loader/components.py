@@ -27,6 +27,7 @@ tensors come from ``safetensors`` (which cannot run code).
 
 from __future__ import annotations
 
+import contextvars
 import hashlib
 import inspect
 import json
@@ -892,7 +893,12 @@ def read_weight_files(
             done[rel] = _verify_and_parse(root, rel, expected=expected, records=records)
     else:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipewarden-read") as pool:
-            futures = {rel: pool.submit(_verify_and_parse, root, rel, expected=expected, records=records) for rel in jobs}
+            # Each job runs in a copy of this context: trusted reading stays trusted (in a worker,
+            # a fresh thread would start with the process-wide tripwire armed).
+            futures = {
+                rel: pool.submit(contextvars.copy_context().run, _verify_and_parse, root, rel, expected=expected, records=records)
+                for rel in jobs
+            }
             try:
                 for rel in jobs:
                     done[rel] = futures[rel].result()
