@@ -272,6 +272,22 @@ def test_component_policy_fails_closed() -> None:
 # ----------------------------------------------------------------------------- hub (part 4)
 
 
+def _downloaded(requests: list[tuple[str, str, str]]) -> set[str]:
+    """Files whose bytes were served: small files by the hub, LFS files by the CDN."""
+    from urllib.parse import unquote
+
+    out = set()
+    for _server, method, path in requests:
+        path = unquote(path)
+        if method != "GET":
+            continue
+        if "/resolve/" in path:
+            out.add(path.split("/resolve/", 1)[1].split("/", 1)[1])
+        elif path.startswith("/lfs/"):
+            out.add(path.split("/", 3)[3])
+    return out
+
+
 def test_hub_fp16_variant_downloads_only_what_the_pipeline_takes(
     sd: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -287,8 +303,7 @@ def test_hub_fp16_variant_downloads_only_what_the_pipeline_takes(
         with _load(sd, "org/sd", variant="fp16") as pipe:  # type: ignore[attr-defined]
             got = _run(pipe)
         assert np.array_equal(got, want)
-        fetched = {path.split("/resolve/", 1)[1].split("/", 1)[1] for _server, method, path in hub.requests
-                   if method == "GET" and "/resolve/" in path}
+        fetched = _downloaded(hub.requests)
     weights = {f for f in fetched if f.endswith(".safetensors")}
     assert weights == {
         "unet/diffusion_pytorch_model.fp16.safetensors",
@@ -312,8 +327,7 @@ def test_hub_skips_folders_the_pipeline_does_not_take(
         hub.add_commit("org/sd", files)
         pipe = _load(sd, "org/sd", isolation="inprocess", safety_checker=None, feature_extractor=None)
         assert pipe.safety_checker is None  # type: ignore[attr-defined]
-        fetched = {path.split("/resolve/", 1)[1].split("/", 1)[1] for _server, method, path in hub.requests
-                   if method == "GET" and "/resolve/" in path}
+        fetched = _downloaded(hub.requests)
     assert not any(f.startswith(("safety_checker/", "feature_extractor/")) for f in fetched)
     assert "unet/diffusion_pytorch_model.safetensors" in fetched
     assert "unet/diffusion_pytorch_model.fp16.safetensors" not in fetched
