@@ -369,6 +369,7 @@ def _run_inprocess(
     from pipewarden.loader.components import load_components
     from pipewarden.loader.records import records_for
     from pipewarden.sandbox import load_class
+    from pipewarden.sandbox._load import companion_classes
 
     policy = _sandbox_policy(admitted)
     cls = load_class(
@@ -389,6 +390,7 @@ def _run_inprocess(
         passed=components,
         variant=options.variant,
         use_safetensors=options.use_safetensors,
+        custom_classes=companion_classes(cls),
     )
     built = sorted(k for k in kwargs if k not in components and kwargs[k] is not None and not isinstance(kwargs[k], (bool, int, float, str, list)))
     report("components", f"{len(digests)} files verified while loading (reverify={reverify}); safetensors only: {', '.join(built)}")

@@ -331,3 +331,91 @@ def test_hub_skips_folders_the_pipeline_does_not_take(
     assert not any(f.startswith(("safety_checker/", "feature_extractor/")) for f in fetched)
     assert "unet/diffusion_pytorch_model.safetensors" in fetched
     assert "unet/diffusion_pytorch_model.fp16.safetensors" not in fetched
+
+
+# ----------------------------------------------------------------------------- part 6
+
+
+CUSTOM_SCHEDULER_PIPELINE = '''\
+import torch
+from diffusers import DDIMScheduler, DiffusionPipeline
+from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
+
+
+class HalfStepScheduler(DDIMScheduler):
+    """A scheduler the pipeline file defines: DDIM with every update halved."""
+
+    def step(self, model_output, timestep, sample, **kwargs):
+        out = super().step(model_output, timestep, sample, **kwargs)
+        prev = sample + 0.5 * (out.prev_sample - sample)
+        return DDIMSchedulerOutput(prev_sample=prev, pred_original_sample=out.pred_original_sample)
+
+
+class CustomSchedulerPipeline(DiffusionPipeline):
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @torch.no_grad()
+    def __call__(self, generator=None, num_inference_steps=2):
+        latents = torch.randn((1, 4, 8, 8), generator=generator)
+        embeds = torch.zeros((1, 4, 32))
+        self.scheduler.set_timesteps(num_inference_steps)
+        for t in self.scheduler.timesteps:
+            noise = self.unet(latents, t, encoder_hidden_states=embeds).sample
+            latents = self.scheduler.step(noise, t, latents).prev_sample
+        return latents
+'''
+
+
+@pytest.mark.parametrize("isolation", ["inprocess", "process"])
+def test_pipeline_file_scheduler_is_a_component(sd: SimpleNamespace, tmp_path: Path, isolation: str) -> None:
+    repo = _tampered(sd, tmp_path)
+    index = json.loads((repo / "model_index.json").read_text())
+    index["scheduler"] = ["pipeline", "HalfStepScheduler"]  # [<module>, <ClassName>], module = the file's stem
+    (repo / "model_index.json").write_text(json.dumps(index))
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "pipeline.py").write_text(CUSTOM_SCHEDULER_PIPELINE)
+    sha = hashlib.sha256(CUSTOM_SCHEDULER_PIPELINE.encode()).hexdigest()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        pipe = pipewarden.load_pipeline(str(repo), custom_pipeline=str(code), trust_remote_code=True,
+                                        pipeline_sha256=sha, isolation=isolation)
+    try:
+        kind = pipe.scheduler.class_name if isolation == "process" else type(pipe.scheduler).__name__  # type: ignore[attr-defined]
+        assert kind == "HalfStepScheduler"
+        got = pipe(generator=torch.Generator().manual_seed(0))  # type: ignore[operator]
+    finally:
+        if isolation == "process":
+            pipe.close()  # type: ignore[attr-defined]
+    # The same numbers as plain DDIM with the update halved, computed here by hand.
+    from diffusers import DDIMScheduler, UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(sd.repo / "unet")).eval()
+    sched = DDIMScheduler.from_pretrained(str(sd.repo / "scheduler"))
+    gen = torch.Generator().manual_seed(0)
+    latents = torch.randn((1, 4, 8, 8), generator=gen)
+    sched.set_timesteps(2)
+    with torch.no_grad():
+        for t in sched.timesteps:
+            noise = unet(latents, t, encoder_hidden_states=torch.zeros((1, 4, 32))).sample
+            prev = sched.step(noise, t, latents).prev_sample
+            latents = latents + 0.5 * (prev - latents)
+    assert torch.equal(got, latents)
+
+
+def test_pipeline_file_class_must_be_named_by_the_file(sd: SimpleNamespace, tmp_path: Path) -> None:
+    repo = _tampered(sd, tmp_path)
+    index = json.loads((repo / "model_index.json").read_text())
+    index["scheduler"] = ["other_module", "HalfStepScheduler"]
+    (repo / "model_index.json").write_text(json.dumps(index))
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "pipeline.py").write_text(CUSTOM_SCHEDULER_PIPELINE)
+    (repo / "scheduler" / "other_module.py").write_text("raise SystemExit('never run')\n")
+    sha = hashlib.sha256(CUSTOM_SCHEDULER_PIPELINE.encode()).hexdigest()
+    with pytest.raises(NotAllowedError, match="other_module.HalfStepScheduler") as info:
+        pipewarden.load_pipeline(str(repo), custom_pipeline=str(code), trust_remote_code=True, pipeline_sha256=sha,
+                                 isolation="inprocess")
+    assert info.value.rule == "components.class-not-allowed"

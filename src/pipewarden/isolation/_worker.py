@@ -301,6 +301,7 @@ class _Worker:
             policy = default_policy().with_extras(extra_modules=extras, import_aliases=aliases)
         cls = load_class(source_bytes, filename=h["filename"], policy=policy, import_aliases=aliases)
         from pipewarden.loader.records import FixedRecords
+        from pipewarden.sandbox._load import companion_classes
 
         # The host's records, read-only: each still has to match the fstat of our own descriptor.
         records = FixedRecords.from_json(h.get("digest_records") or [], owner=h.get("host_uid"))
@@ -319,6 +320,7 @@ class _Worker:
             passed=passed,
             variant=h.get("variant"),
             use_safetensors=h.get("use_safetensors"),
+            custom_classes=companion_classes(cls),
         )
         _warm_processors(kwargs.values())
         self.pipe = cls(**kwargs)

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from pipewarden.errors import InputError, IntegrityError, NotAllowedError
+from pipewarden.errors import InputError, IntegrityError, NotAllowedError, PipewardenError
 from pipewarden.loader.component_policy import ModelRule, ProcessorRule, TokenizerRule, component_policy
 from pipewarden.loader.records import RecordSource
 from pipewarden.loader.snapshot import Snapshot
@@ -414,6 +414,12 @@ def files_to_fetch(
             out += [f"{folder}/{n}" for n in names if n == rule.config_file]
             continue
         out += [f"{folder}/{n}" for n in names if n.endswith(".json") and not n.endswith(".index.json") and ".index." not in n]
+        if library not in ("diffusers",) and rule is None:  # a class of the pipeline file: a model has weights
+            try:
+                out += weight_files_for(listing, folder, "diffusion_pytorch_model", variant if variant in variants.values() else None)
+            except PipewardenError:
+                pass
+            continue
         if not _is_model_spec((library, class_name)):
             continue
         prefix = rule.weights_prefix if isinstance(rule, ModelRule) else "diffusion_pytorch_model"
@@ -423,6 +429,14 @@ def files_to_fetch(
             continue  # reported when the component is built (with the files actually present)
     out += list(extra)
     return sorted(dict.fromkeys(r for r in out if r in set(listing) or r == MODEL_INDEX))
+
+
+def _is_custom_model(cls: type | None) -> bool:
+    if cls is None:
+        return False
+    from diffusers import ModelMixin
+
+    return issubclass(cls, ModelMixin)
 
 
 def _is_model_spec(spec: tuple[str, str]) -> bool:
@@ -538,7 +552,8 @@ def load_components(
             passed.setdefault(name, None)
     plan = plan_components(pipeline_class, index, passed)
     files = tuple(snapshot.files)
-    model_folders = [f for f, spec in plan.build.items() if _is_model_spec(spec)]
+    custom_map = dict(custom_classes or {})
+    model_folders = [f for f, spec in plan.build.items() if _is_model_spec(spec) or _is_custom_model(custom_map.get(spec))]
     ctx = _Ctx(
         root=root,
         files=files,
@@ -546,12 +561,17 @@ def load_components(
         digests_out=digests_out,
         torch_dtype=torch_dtype,
         variants=model_variants(files, model_folders, variant),
-        custom_classes=dict(custom_classes or {}),
+        custom_classes=custom_map,
         preloaded={},
     )
     weight_files: list[str] = []
+    from diffusers import ModelMixin
+
     for name, spec in plan.build.items():
-        if (spec[0], spec[1]) in ctx.custom_classes or not _is_model_spec(spec):
+        custom = ctx.custom_classes.get((spec[0], spec[1]))
+        if custom is not None and not issubclass(custom, ModelMixin):
+            continue
+        if custom is None and not _is_model_spec(spec):
             continue
         rule = component_policy().find(*spec)
         prefix = rule.weights_prefix if isinstance(rule, ModelRule) else "diffusion_pytorch_model"
@@ -669,16 +689,29 @@ def _build(cls: Any, ctx: _Ctx, sub: str) -> Any:
 
 
 def _build_custom(ctx: _Ctx, sub: str, cls: type) -> Any:
-    """A class the vetted pipeline file defines (e.g. its own scheduler): built from its config."""
+    """A class the vetted pipeline file defines (e.g. its own scheduler): built from its config.
+
+    Its ``__init__`` is sandboxed code (the class came out of the sandbox), so building it runs
+    under the same policy as the pipeline. A model class gets its safetensors weights as well.
+    """
+    from diffusers import ModelMixin
+
     names = _require_folder(ctx, sub)
     cfg_name = getattr(cls, "config_name", None)
     if not isinstance(cfg_name, str) or cfg_name not in names:
         cfg_name = next((n for n in ("scheduler_config.json", "config.json") if n in names), None)
     if cfg_name is None:
-        raise InputError(f"{sub}/ has no config file for {cls.__name__}", rule="weights.file-missing")
+        raise InputError(
+            f"{sub}/ has no config file for {cls.__name__}",
+            rule="weights.file-missing",
+            fix=f"save the component's config in {sub}/ (scheduler_config.json or config.json)",
+        )
     config = _read_json(ctx, f"{sub}/{cfg_name}")
+    if issubclass(cls, ModelMixin):
+        state = _load_weights(ctx, sub, "diffusion_pytorch_model")
+        return _instantiate_model(cls, config, state, torch_dtype=ctx.torch_dtype, where=f"{sub}/")
     from_config = getattr(cls, "from_config", None)
-    if from_config is None:
+    if from_config is None:  # pragma: no cover - companions are ConfigMixin subclasses
         raise NotAllowedError(
             f"{cls.__name__} (defined by the pipeline file) has no from_config",
             rule="components.class-not-allowed",

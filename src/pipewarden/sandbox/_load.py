@@ -8,6 +8,7 @@ calling; this module never reads files or the network).
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Mapping
 
 from pipewarden.errors import PipewardenError, PolicyViolation, ScanError
@@ -16,7 +17,7 @@ from pipewarden.sandbox.compile import compile_restricted_module
 from pipewarden.sandbox.policy import SandboxPolicy, default_policy
 from pipewarden.sandbox.scan import decode_source, require_single_pipeline, scan_tree
 
-__all__ = ["load_class"]
+__all__ = ["companion_classes", "load_class"]
 
 
 def _module_name(filename: str) -> str:
@@ -91,6 +92,7 @@ def load_class(
         ) from None
 
     cls = glb.get(candidate.name)
+    _remember_companions(cls, glb, box, filename)
     if not isinstance(cls, type) or not box.owns(cls) or not issubclass(cls, DiffusionPipeline):
         raise ScanError(
             f"{filename}: {candidate.name} (line {candidate.lineno}) is not a DiffusionPipeline subclass "
@@ -132,3 +134,38 @@ def _short(exc: BaseException) -> str:
     except Exception:  # noqa: BLE001
         text = "<unprintable>"
     return text if len(text) <= 300 else text[:297] + "..."
+
+
+#: vetted pipeline class -> the component classes its file defines, keyed as diffusers names
+#: custom components in model_index.json: (module name = the file's stem, class name).
+_COMPANIONS: weakref.WeakKeyDictionary[type, dict[tuple[str, str], type]] = weakref.WeakKeyDictionary()
+
+
+def _remember_companions(cls: object, glb: Mapping[str, object], box: object, filename: str) -> None:
+    if not isinstance(cls, type):
+        return
+    from diffusers.configuration_utils import ConfigMixin
+
+    stem = filename.rsplit("/", 1)[-1].removesuffix(".py")
+    found: dict[tuple[str, str], type] = {}
+    for name, value in list(glb.items()):
+        if (
+            isinstance(value, type)
+            and value is not cls
+            and not name.startswith("_")
+            and box.owns(value)  # type: ignore[attr-defined]  # defined by this file, not imported
+            and issubclass(value, ConfigMixin)
+        ):
+            found[(stem, name)] = value
+    _COMPANIONS[cls] = found
+
+
+def companion_classes(cls: type) -> dict[tuple[str, str], type]:
+    """Classes the vetted pipeline's file defines besides the pipeline (issue 11 part 6).
+
+    Only diffusers ``ConfigMixin`` subclasses (schedulers, models) the sandbox itself made from
+    the file; keyed ``(file stem, class name)``, the ``[<module>, <ClassName>]`` form diffusers
+    uses for custom components in model_index.json. Built from their config like any component,
+    their methods run sandboxed.
+    """
+    return dict(_COMPANIONS.get(cls, {}))
