@@ -441,7 +441,9 @@ def _run_in_worker(
         required_layers=set(admitted.required_layers) or None,
         # Verified-digest records from the host's store (hashed here on a miss); the worker
         # checks each against its own fstat and never sees or writes the store.
-        digest_records=worker_records(pinned, expected=expected, records=records_for(reverify), skip=set(components))
+        digest_records=worker_records(
+            pinned, expected=expected, records=records_for(reverify), skip=set(components), variant=options.variant
+        )
         if reverify != "always"
         else None,
     )

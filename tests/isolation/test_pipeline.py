@@ -219,10 +219,14 @@ def test_pipeline_errors_come_back_as_pipewarden_errors(hostile):
 
 
 def test_host_objects_as_components_are_refused(weights, example):
-    from diffusers import DDPMScheduler
+    # Schedulers, models, tokenizers cross as data (tests/loader/test_sd_components.py); an
+    # object of any other class is refused before a worker starts, never accepted and ignored.
+    class Sched:
+        pass
 
-    with pytest.raises(NotAllowedError, match='isolation="inprocess"'):
-        pipewarden.load_pipeline(str(weights), isolation="process", scheduler=DDPMScheduler(), **example)
+    with pytest.raises(NotAllowedError, match='isolation="inprocess"') as info:
+        pipewarden.load_pipeline(str(weights), isolation="process", scheduler=Sched(), **example)
+    assert info.value.rule == "worker.object-component"
 
 
 def _request(weights: Path, source: bytes, *, tamper: str | None = None, **kw) -> WorkerLoadRequest:

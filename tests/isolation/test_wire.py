@@ -265,4 +265,5 @@ def test_frozen_config_never_exposes_underscore_keys_as_attributes():
     with pytest.raises(AttributeError):
         cfg.__array_interface__  # noqa: B018
     assert not hasattr(cfg, "__array_interface__")
-    assert np.asarray(cfg).dtype.kind == "U"  # numpy sees the keys, never a raw-memory interface
+    arr = np.asarray(cfg)  # a dict to numpy (an object scalar), never a raw-memory interface
+    assert arr.dtype.kind == "O" and arr.shape == () and arr.item() is cfg

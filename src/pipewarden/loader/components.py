@@ -952,35 +952,6 @@ def _size_or_zero(path: Path) -> int:
         return 0
 
 
-def _weight_files(root: Path, sub: str) -> list[str]:
-    """The safetensors files of one component (sharded via an index, or a single file)."""
-    folder = root / sub
-    names = sorted(os.listdir(folder))
-    safetensors = [n for n in names if n.endswith(".safetensors")]
-    pickles = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
-    if not safetensors:
-        if pickles:
-            raise NotAllowedError(
-                f"{sub}/ holds only pickle weights ({', '.join(pickles)})",
-                rule="weights are read through safetensors only; pickle files are never opened",
-                fix="convert the weights to .safetensors (in an isolated environment) and pin the result",
-            )
-        raise InputError(
-            f"{sub}/ has no .safetensors weights",
-            rule="model components need safetensors weights",
-            fix="check the weights directory",
-        )
-    # Prefer the default diffusers name and its sharded form; variants (fp16) are not chosen implicitly.
-    default = "diffusion_pytorch_model.safetensors"
-    if default in safetensors:
-        return [f"{sub}/{default}"]
-    shards = [n for n in safetensors if re.fullmatch(r"diffusion_pytorch_model-\d+-of-\d+\.safetensors", n)]
-    if shards:
-        return [f"{sub}/{n}" for n in shards]
-    plain = [n for n in safetensors if n.count(".") == 1]
-    return [f"{sub}/{n}" for n in (plain or safetensors)[:1]]
-
-
 def _instantiate_model(
     cls: Any, config: dict[str, Any], state: dict[str, Any], *, torch_dtype, where: str, keep_dtypes: bool = False
 ) -> Any:
@@ -1142,6 +1113,7 @@ def worker_records(
     expected: Mapping[str, str] | None,
     records: RecordSource,
     skip: frozenset[str] | set[str] = frozenset(),
+    variant: str | None = None,
 ) -> list[list[object]]:
     """Host side of a process-mode load: records vouching for the weight files the worker reads.
 
@@ -1156,12 +1128,21 @@ def worker_records(
     pins = _pins(snapshot, expected)
     try:  # without importing diffusers: which folders hold weights (a guess only costs speed)
         index = read_verified(root, MODEL_INDEX, expected=pins, digests_out=None, max_bytes=MAX_JSON_BYTES)
-        files = [
-            rel
+        folders = [
+            name
             for name, spec in parse_model_index(index).items()
-            if spec is not None and name not in skip and any(p.suffix == ".safetensors" for p in (root / name).iterdir())
-            for rel in _weight_files(root, name)
+            if spec is not None and name not in skip and any(rel.endswith(".safetensors") for rel in folder_files(snapshot.files, name))
         ]
+        variants = model_variants(snapshot.files, folders, variant) if variant else {}
+        files = []
+        for name in folders:
+            spec = parse_model_index(index)[name]
+            rule = component_policy().find(*spec) if spec is not None else None
+            prefix = rule.weights_prefix if isinstance(rule, ModelRule) else "diffusion_pytorch_model"
+            try:
+                files += weight_files_for(snapshot.files, name, prefix, variants.get(name))
+            except PipewardenError:
+                continue
     except Exception:  # the worker's own load reports the problem with the usual error
         return []
     if not files:
