@@ -103,6 +103,9 @@ def test_process_fp16_variant_is_bit_identical_to_diffusers(sd: SimpleNamespace)
         with pytest.raises(NotAllowedError, match="object"):
             pipe.scheduler = object()
         assert pipe.scheduler.class_name == "EulerDiscreteScheduler"
+        pipe.reload()  # a fresh worker keeps the swapped scheduler
+        assert pipe.scheduler.class_name == "EulerDiscreteScheduler"
+        assert np.array_equal(_run(pipe), want2)
 
 
 def test_process_mode_takes_objects_as_data(sd: SimpleNamespace) -> None:

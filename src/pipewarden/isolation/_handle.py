@@ -212,6 +212,7 @@ class PipelineHandle:
             self._worker.kill()
             raise WorkerError("the worker answered a component change with the wrong message", rule="worker protocol", fix="reload")
         object.__setattr__(self, "_loaded", msg)
+        self.__dict__.setdefault("_swaps", {})[name] = value  # replayed by reload()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"worker pid {self._worker.pid}"
@@ -321,6 +322,8 @@ class PipelineHandle:
         worker, loaded = _start(self._request, new_limits)
         worker.reload_fix = _RELOAD_FIX
         self._worker, self._loaded, self._limits, self._device = worker, loaded, new_limits, "cpu"
+        for name, value in dict(self.__dict__.get("_swaps") or {}).items():
+            setattr(self, name, value)  # components swapped on this handle, in the same order
         if self._to_args is not None:
             self.to(*self._to_args[0], **self._to_args[1])
         return self
