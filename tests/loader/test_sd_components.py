@@ -32,8 +32,10 @@ def sd(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
     repo = write_sd_repo(base / "repo")
     code = base / "code"
     code.mkdir()
-    (code / "pipeline.py").write_bytes(SOURCE)
-    return SimpleNamespace(repo=repo, code=code / "pipeline.py", base=base)
+    # Not "pipeline.py": diffusers caches custom pipelines by file name for the whole process,
+    # and other tests load a different pipeline.py through plain diffusers.
+    (code / "tiny_text_to_image.py").write_bytes(SOURCE)
+    return SimpleNamespace(repo=repo, code=code / "tiny_text_to_image.py", base=base)
 
 
 def _plain(sd: SimpleNamespace, **kw: object) -> np.ndarray:
