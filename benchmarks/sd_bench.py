@@ -92,8 +92,9 @@ def build_repo(cache: Path = DEFAULT_CACHE) -> Path:
         return target
     import torch
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from pipewarden._tiny import clip_tokenizer_files
     from transformers import CLIPTextConfig, CLIPTextModel
+
+    from pipewarden._tiny import clip_tokenizer_files
 
     tmp = cache / (REPO_NAME + ".partial")
     tmp.mkdir(parents=True, exist_ok=True)
