@@ -425,6 +425,7 @@ def _run_in_worker(
             rel: FileRecord(relpath=rel, sha256=expected.get(rel, rec.sha256), size=rec.size)
             for rel, rec in weights.files.items()
         },
+        boundary=weights.boundary,
     )
     handle = run_in_worker(
         source_bytes=admitted.code.source_bytes,

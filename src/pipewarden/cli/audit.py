@@ -8,7 +8,6 @@ output). Imports nothing heavy: torch and diffusers are never loaded by this com
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 from pipewarden.errors import InputError
@@ -83,17 +82,10 @@ _MAX_ALLOWLIST_BYTES = 4 * 1024 * 1024
 
 def _allowlist_extras(path: str) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], tuple[tuple[str, str], ...]]:
     """(extra_modules, import_aliases) of an organisation allowlist, parsed by the registry."""
+    from pipewarden.fsaccess import read_user_file
     from pipewarden.registry.allowlist import Allowlist
 
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(_MAX_ALLOWLIST_BYTES + 1)
-    except OSError as exc:
-        raise InputError(f"cannot read the allowlist {path}: {exc.strerror or exc}",
-                         rule="--allowlist must be a readable file", fix="check the path") from None
-    if len(data) > _MAX_ALLOWLIST_BYTES:
-        raise InputError(f"the allowlist {path} is larger than {_MAX_ALLOWLIST_BYTES} bytes",
-                         rule="allowlists are small TOML files", fix="check the path")
+    data = read_user_file(path, limit=_MAX_ALLOWLIST_BYTES, what="allowlist")
     policy = Allowlist.from_bytes(data, origin=path).policy
     modules = tuple(sorted((name, tuple(attrs)) for name, attrs in policy.extra_modules.items()))
     aliases = tuple(sorted(dict(getattr(policy, "import_aliases", None) or {}).items()))
@@ -135,15 +127,9 @@ def run(args: argparse.Namespace) -> int:
         print("pipewarden audit: no *.py files found in the given directories", file=sys.stderr)
     rendered = render(report, args.format)
     if args.output:
-        try:
-            with open(args.output, "w", encoding="utf-8", newline="\n") as fh:
-                fh.write(rendered)
-        except OSError as exc:
-            raise InputError(
-                f"cannot write the report to {os.fspath(args.output)}: {exc.strerror or exc}",
-                rule="--output must be a writable file path",
-                fix="choose a writable path for --output",
-            ) from None
+        from pipewarden.fsaccess import write_new_or_regular
+
+        write_new_or_regular(args.output, rendered.encode("utf-8"))
         print(summary_line(report), file=sys.stderr)
     else:
         sys.stdout.write(rendered)

@@ -299,7 +299,9 @@ def _public_key_arg(text: str):
     from pipewarden.registry.keys import PUBLIC_KEY_PREFIX, PublicKey
 
     if not text.strip().startswith(PUBLIC_KEY_PREFIX) and Path(text).is_file():
-        text = Path(text).read_text(encoding="ascii", errors="replace")
+        from pipewarden.fsaccess import read_user_file
+
+        text = read_user_file(text, limit=64 * 1024, what="public key file").decode("ascii", errors="replace")
     return PublicKey.from_text(text, what="--public-key")
 
 

@@ -92,12 +92,19 @@ def probe_layers() -> tuple[LayerStatus, ...]:
 
 
 def _read_paths(weights: Any) -> tuple[str, ...]:
+    """What the worker may read (Landlock): the weights root and, for each file reached through a
+    link (HF cache: ``snapshots/<commit>/x -> ../../blobs/<sha>``), the file it resolves to *inside*
+    the snapshot's boundary. A link leaving the boundary is refused here, never added to the list.
+    """
+    from pipewarden import fsaccess
+
     root = os.path.abspath(str(weights.root))
+    boundary = os.path.abspath(str(getattr(weights, "link_boundary", weights.root)))
     paths = [root, os.path.realpath(root)]
     for rel in weights.files:
-        real = os.path.realpath(os.path.join(root, rel))
-        if not real.startswith(os.path.realpath(root) + os.sep):
-            paths.append(real)  # e.g. HF cache: snapshots/<commit>/x -> ../../blobs/<sha>
+        real = os.path.join(boundary, fsaccess.resolve_in(boundary, rel, root=root))
+        if not real.startswith(os.path.realpath(root) + os.sep) and not real.startswith(root + os.sep):
+            paths.append(real)
     return tuple(dict.fromkeys(paths))
 
 
@@ -187,6 +194,7 @@ def _start(request: WorkerLoadRequest, limits: Limits, *, test_hooks: bool = Fal
             "source_sha256": request.source_sha256,
             "filename": request.filename,
             "root": os.path.abspath(str(request.weights.root)),
+            "boundary": os.path.abspath(str(request.weights.link_boundary)),
             "source": str(request.weights.source),
             "commit": request.weights.commit,
             "files": files,

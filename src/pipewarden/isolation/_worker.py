@@ -283,7 +283,13 @@ class _Worker:
         files = {
             rel: FileRecord(relpath=rel, sha256=str(rec["sha256"]), size=int(rec["size"])) for rel, rec in h["files"].items()
         }
-        snapshot = Snapshot(root=Path(h["root"]), source=str(h["source"]), commit=h.get("commit"), files=files)
+        snapshot = Snapshot(
+            root=Path(h["root"]),
+            source=str(h["source"]),
+            commit=h.get("commit"),
+            files=files,
+            boundary=Path(h["boundary"]) if h.get("boundary") else None,
+        )
         expected = {rel: rec.sha256 for rel, rec in files.items() if rec.sha256}
         dtype = None
         if h.get("torch_dtype"):

@@ -553,13 +553,14 @@ def verify_entry(
             f"{label} is {expected.size} bytes, more than {max_bytes}", rule="code files are bounded"
         )
 
+    from pipewarden import fsaccess
+
     try:
-        fd = os.open(pointer, os.O_RDONLY)
-    except OSError as exc:
-        raise refuse(
-            f"the cached file cannot be read ({exc.strerror})", "every file is read and hashed"
-        ) from None
-    with os.fdopen(fd, "rb") as fh:
+        # Links are followed only inside the cache folder (snapshot -> blobs/ -> shared store).
+        fh_in = fsaccess.open_in(storage.parent, relpath, root=snapshot_dir(storage, commit))
+    except PipewardenError as exc:
+        raise refuse(f"the cached file cannot be read ({exc.what})", "every file is read and hashed") from None
+    with fh_in as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
             raise refuse("the cached entry is not a regular file", "every file is read and hashed")
@@ -674,21 +675,33 @@ def _blob_name(storage: Path, pointer: Path) -> str | None:
 def evict(storage: Path, pointer: Path) -> None:
     """Remove a snapshot entry, the repo blob it links to and, for Xet files, the shared store file.
 
-    Only paths inside this cache are ever removed: a link that leads elsewhere loses the link, never
-    its target.
+    Only paths inside this cache are ever removed, by name from a directory descriptor opened
+    without following links (``fsaccess.remove_in``): a link that leads elsewhere loses the link,
+    never its target, and a snapshot folder swapped for a link to elsewhere loses nothing.
     """
+    from pipewarden import fsaccess
+
+    cache = storage.parent
+    try:
+        rel_pointer = Path(os.path.abspath(pointer)).relative_to(os.path.abspath(storage)).as_posix()
+    except ValueError:
+        return
     entry = _blob_entry(pointer)
     if entry is not None:
-        blobs = Path(os.path.realpath(storage / "blobs"))
-        if Path(os.path.realpath(entry.parent)) == blobs:
-            final = Path(os.path.realpath(entry))
-            if final != blobs / entry.name and _is_shared_store_file(final, storage):
-                with contextlib.suppress(OSError):
-                    os.unlink(final)
-            with contextlib.suppress(OSError):
-                os.unlink(blobs / entry.name)
-    with contextlib.suppress(OSError):
-        os.unlink(pointer)
+        try:
+            rel_entry = Path(entry).relative_to(os.path.abspath(storage)).as_posix()
+        except ValueError:
+            rel_entry = ""
+        parts = rel_entry.split("/")
+        if len(parts) == 2 and parts[0] == "blobs" and parts[1] not in ("", ".", ".."):
+            try:
+                final = fsaccess.resolve_in(cache, f"{storage.name}/{rel_entry}")
+            except PipewardenError:
+                final = ""
+            if _is_shared_store_file(cache / final, storage) and final.startswith("blobs/"):
+                fsaccess.remove_in(cache, final)
+            fsaccess.remove_in(storage, rel_entry)
+    fsaccess.remove_in(storage, rel_pointer)
 
 
 def _hash_bar(label: str, size: int, quiet: bool) -> Any:

@@ -24,7 +24,7 @@ import queue
 import stat
 import sys
 import threading
-from typing import Any
+from typing import Any, BinaryIO
 
 from pipewarden.errors import InputError
 
@@ -68,18 +68,25 @@ def _private_buffer(size: int) -> bytearray | mmap.mmap:
     return buf
 
 
-def read_and_hash(path: str | os.PathLike[str]) -> tuple[bytearray | mmap.mmap, str]:
-    """Read the whole file into a private buffer; return it with the sha256 of exactly its bytes."""
-    # Symlinks are followed: the HF cache's snapshot entries are links into blobs/. What is
-    # trusted is the digest of the bytes read, not the path.
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{os.fspath(path)} is not a regular file", rule="weights are regular files")
-        buf, digest = read_fd(fd, st.st_size, hash_=True, where=os.fspath(path))
-    finally:
-        os.close(fd)
+def read_and_hash(source: str | os.PathLike[str] | BinaryIO) -> tuple[bytearray | mmap.mmap, str]:
+    """Read the whole file into a private buffer; return it with the sha256 of exactly its bytes.
+
+    ``source`` is an open binary file (from ``pipewarden.fsaccess.open_in``, which follows links
+    only inside the snapshot's boundary, never blocks and checks it is a regular file) or a path,
+    opened without following a final link.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        from pipewarden import fsaccess
+
+        parent, name = os.path.split(os.path.abspath(source))
+        with fsaccess.open_in(parent, name, links=False) as fh:
+            return read_and_hash(fh)
+    fd = source.fileno()
+    where = str(getattr(source, "name", "weights file"))
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{where} is not a regular file", rule="weights are regular files")
+    buf, digest = read_fd(fd, st.st_size, hash_=True, where=where)
     assert digest is not None
     return buf, digest
 

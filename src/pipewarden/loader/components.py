@@ -33,7 +33,7 @@ import inspect
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,9 +64,14 @@ def read_verified(
     expected: Mapping[str, str] | None,
     digests_out: MutableMapping[str, str] | None,
     max_bytes: int | None = None,
+    boundary: Path | None = None,
 ) -> bytes:
-    """Read ``root/relpath`` once, hash the bytes, compare with ``expected[relpath]`` if pinned."""
-    data = _read_bytes(root, relpath, max_bytes=max_bytes)
+    """Read ``root/relpath`` once, hash the bytes, compare with ``expected[relpath]`` if pinned.
+
+    Links are followed only while they stay inside ``boundary`` (default: ``root``); the file
+    must be a regular file and is opened without blocking (``pipewarden.fsaccess``).
+    """
+    data = _read_bytes(root, relpath, max_bytes=max_bytes, boundary=boundary)
     digest = hashlib.sha256(data).hexdigest()
     _compare(relpath, digest, expected)
     if digests_out is not None:
@@ -74,30 +79,31 @@ def read_verified(
     return data
 
 
-def _read_bytes(root: Path, relpath: str, *, max_bytes: int | None = None) -> bytes:
-    path = root / relpath
+def _read_bytes(root: Path, relpath: str, *, max_bytes: int | None = None, boundary: Path | None = None) -> bytes:
+    from pipewarden import fsaccess
+
     try:
-        with open(path, "rb") as fh:
-            if max_bytes is not None:
-                data = fh.read(max_bytes + 1)
-                if len(data) > max_bytes:
-                    raise InputError(
-                        f"{relpath} is larger than {max_bytes} bytes",
-                        rule="file.too-large",
-                        fix="check that the weights directory is what you expect",
-                    )
-                return data
-            return fh.read()
-    except FileNotFoundError:
-        raise InputError(
-            f"{relpath} is missing from {root}",
-            rule="weights.file-missing",
-            fix="point load_pipeline at a directory laid out like google/ddpm-cifar10-32",
-        ) from None
-    except IsADirectoryError:
-        raise InputError(f"{relpath} in {root} is a directory, not a file", rule="file.not-regular") from None
-    except OSError as exc:
-        raise InputError(f"cannot read {path}: {exc.strerror}", rule="file.unreadable") from None
+        return fsaccess.read_in(boundary or root, relpath, root=root, max_bytes=max_bytes)
+    except InputError as exc:
+        if "is missing from" in exc.what:
+            raise InputError(
+                f"{relpath} is missing from {root}",
+                rule="weights.file-missing",
+                fix="point load_pipeline at a directory laid out like google/ddpm-cifar10-32",
+            ) from None
+        if "larger than" in exc.what and max_bytes is not None:
+            raise InputError(
+                f"{relpath} is larger than {max_bytes} bytes",
+                rule="file.too-large",
+                fix="check that the weights directory is what you expect",
+            ) from None
+        raise
+
+
+def _opener(root: Path, relpath: str, boundary: Path | None) -> Callable[[], int]:
+    from pipewarden import fsaccess
+
+    return lambda: fsaccess.open_fd_in(boundary or root, relpath, root=root)
 
 
 def _compare(relpath: str, digest: str, expected: Mapping[str, str] | None) -> None:
@@ -471,6 +477,7 @@ class _Ctx:
     variants: Mapping[str, str]
     custom_classes: Mapping[tuple[str, str], type]
     preloaded: dict[str, dict[str, Any]]
+    boundary: Path | None = None  # links may stay inside it (pipewarden.fsaccess)
 
 
 def _resolve_diffusers_class(component: str, library: str, class_name: str) -> type:
@@ -544,7 +551,10 @@ def load_components(
         expected = {k: v.sha256 for k, v in snapshot.files.items() if v.sha256}
     else:
         expected = {k: v for k, v in expected.items() if v}  # "" = hash and record only
-    data = read_verified(root, MODEL_INDEX, expected=expected, digests_out=digests_out, max_bytes=MAX_JSON_BYTES)
+    boundary = snapshot.link_boundary
+    data = read_verified(
+        root, MODEL_INDEX, expected=expected, digests_out=digests_out, max_bytes=MAX_JSON_BYTES, boundary=boundary
+    )
     index = read_model_index(data)
     passed = dict(passed or {})
     if pipeline_class is None:
@@ -555,6 +565,7 @@ def load_components(
     custom_map = dict(custom_classes or {})
     model_folders = [f for f, spec in plan.build.items() if _is_model_spec(spec) or _is_custom_model(custom_map.get(spec))]
     ctx = _Ctx(
+        boundary=boundary,
         root=root,
         files=files,
         expected=expected,
@@ -576,7 +587,9 @@ def load_components(
         rule = component_policy().find(*spec)
         prefix = rule.weights_prefix if isinstance(rule, ModelRule) else "diffusion_pytorch_model"
         weight_files += weight_files_for(files, name, prefix, ctx.variants.get(name))
-    ctx.preloaded.update(read_weight_files(root, weight_files, expected=expected, digests_out=digests_out, records=records))
+    ctx.preloaded.update(
+        read_weight_files(root, weight_files, expected=expected, digests_out=digests_out, records=records, boundary=boundary)
+    )
     out: dict[str, Any] = {}
     if pipeline_class is None:
         out.update({k: None for k in plan.none})
@@ -622,7 +635,9 @@ def _require_folder(ctx: _Ctx, sub: str) -> list[str]:
 
 
 def _read_json(ctx: _Ctx, relpath: str) -> dict[str, Any]:
-    data = read_verified(ctx.root, relpath, expected=ctx.expected, digests_out=ctx.digests_out, max_bytes=MAX_JSON_BYTES)
+    data = read_verified(
+        ctx.root, relpath, expected=ctx.expected, digests_out=ctx.digests_out, max_bytes=MAX_JSON_BYTES, boundary=ctx.boundary
+    )
     value = _parse_json(data, relpath)
     _refuse_code_keys(value, relpath)
     return value
@@ -667,7 +682,7 @@ def _load_weights(ctx: _Ctx, sub: str, prefix: str) -> dict[str, Any]:
     for rel in weight_files_for(ctx.files, sub, prefix, ctx.variants.get(sub)):
         loaded = ctx.preloaded.pop(rel, None)  # drop our reference once it is built
         if loaded is None:
-            loaded = _load_safetensors(ctx.root, rel, expected=ctx.expected, digests_out=ctx.digests_out)
+            loaded = _load_safetensors(ctx.root, rel, expected=ctx.expected, digests_out=ctx.digests_out, boundary=ctx.boundary)
         for key, tensor in loaded.items():
             if key in state:
                 raise InputError(f"{rel} repeats tensor {key!r}", rule="components.weights-mismatch")
@@ -800,7 +815,9 @@ def _build_tokenizer(ctx: _Ctx, sub: str, rule: TokenizerRule) -> Any:
             continue
         rel = f"{sub}/{name}"
         limit = policy.max_json_bytes if name.endswith(".json") and name != "tokenizer.json" else policy.max_data_file_bytes
-        data = read_verified(ctx.root, rel, expected=ctx.expected, digests_out=ctx.digests_out, max_bytes=limit)
+        data = read_verified(
+            ctx.root, rel, expected=ctx.expected, digests_out=ctx.digests_out, max_bytes=limit, boundary=ctx.boundary
+        )
         if name.endswith(".json"):
             _refuse_code_keys(_parse_json(data, rel) if name != "added_tokens.json" else {}, rel)
         blobs[name] = data
@@ -871,25 +888,35 @@ def processor_from_config(rule: ProcessorRule, config: dict[str, Any], *, where:
         ) from None
 
 
-def _load_safetensors(root: Path, relpath: str, *, expected, digests_out, records: RecordSource | None = None) -> dict[str, Any]:
+def _load_safetensors(
+    root: Path, relpath: str, *, expected, digests_out, records: RecordSource | None = None, boundary: Path | None = None
+) -> dict[str, Any]:
     """Read once (hashing while reading unless a record vouches), compare the digest, then parse.
 
     The tensors are views of a private buffer holding exactly the bytes that were verified; they
     are only created after the digest matched its pin.
     """
-    tensors, digest = _verify_and_parse(root, relpath, expected=expected, records=records)
+    tensors, digest = _verify_and_parse(root, relpath, expected=expected, records=records, boundary=boundary)
     if digests_out is not None:
         digests_out[relpath] = digest
     return tensors
 
 
-def _verify_and_parse(root: Path, relpath: str, *, expected, records: RecordSource | None) -> tuple[dict[str, Any], str]:
+def _verify_and_parse(
+    root: Path, relpath: str, *, expected, records: RecordSource | None, boundary: Path | None = None
+) -> tuple[dict[str, Any], str]:
     from pipewarden.loader._safetensors import parse
     from pipewarden.loader.records import NoRecords, read_verified_file
 
     path = root / relpath
     try:
-        got = read_verified_file(path, expected=expected.get(relpath), records=records or NoRecords(), where=relpath)
+        got = read_verified_file(
+            path,
+            expected=expected.get(relpath),
+            records=records or NoRecords(),
+            where=relpath,
+            open_fd=_opener(root, relpath, boundary),
+        )
     except FileNotFoundError:
         raise InputError(f"{relpath} is missing from {root}", rule="each component needs its weights") from None
     except OSError as exc:
@@ -909,6 +936,7 @@ def read_weight_files(
     expected: Mapping[str, str],
     digests_out: MutableMapping[str, str] | None,
     records: RecordSource | None,
+    boundary: Path | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Read, verify and parse several safetensors files, in parallel across cores.
 
@@ -923,13 +951,15 @@ def read_weight_files(
     done: dict[str, tuple[dict[str, Any], str]] = {}
     if workers == 1:
         for rel in jobs:
-            done[rel] = _verify_and_parse(root, rel, expected=expected, records=records)
+            done[rel] = _verify_and_parse(root, rel, expected=expected, records=records, boundary=boundary)
     else:
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipewarden-read") as pool:
             # Each job runs in a copy of this context: trusted reading stays trusted (in a worker,
             # a fresh thread would start with the process-wide tripwire armed).
             futures = {
-                rel: pool.submit(contextvars.copy_context().run, _verify_and_parse, root, rel, expected=expected, records=records)
+                rel: pool.submit(
+                    contextvars.copy_context().run, _verify_and_parse, root, rel, expected=expected, records=records, boundary=boundary
+                )
                 for rel in jobs
             }
             try:
@@ -1090,7 +1120,10 @@ def planned_weight_files(
 ) -> list[str]:
     """The diffusers weight files a full load would read (default variant; no weights read)."""
     root = Path(snapshot.root)
-    index = read_verified(root, MODEL_INDEX, expected=_pins(snapshot, expected), digests_out=None, max_bytes=MAX_JSON_BYTES)
+    index = read_verified(
+        root, MODEL_INDEX, expected=_pins(snapshot, expected), digests_out=None, max_bytes=MAX_JSON_BYTES,
+        boundary=snapshot.link_boundary,
+    )
     out: list[str] = []
     for name, spec in parse_model_index(index).items():
         if spec is None or name in skip or not _is_model_spec(spec):
@@ -1127,7 +1160,9 @@ def worker_records(
     root = Path(snapshot.root)
     pins = _pins(snapshot, expected)
     try:  # without importing diffusers: which folders hold weights (a guess only costs speed)
-        index = read_verified(root, MODEL_INDEX, expected=pins, digests_out=None, max_bytes=MAX_JSON_BYTES)
+        index = read_verified(
+            root, MODEL_INDEX, expected=pins, digests_out=None, max_bytes=MAX_JSON_BYTES, boundary=snapshot.link_boundary
+        )
         folders = [
             name
             for name, spec in parse_model_index(index).items()
@@ -1150,7 +1185,9 @@ def worker_records(
     files.sort(key=lambda rel: -_size_or_zero(root / rel))
     workers = max(1, min(len(files), os.cpu_count() or 1))
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pipewarden-verify") as pool:
-        found = list(pool.map(lambda rel: verify_file_digest(root / rel, expected=pins.get(rel), records=records), files))
+        found = list(pool.map(lambda rel: verify_file_digest(
+                    root / rel, expected=pins.get(rel), records=records, open_fd=_opener(root, rel, snapshot.link_boundary)
+                ), files))
     flush = getattr(records, "flush", None)
     if flush is not None:
         flush()

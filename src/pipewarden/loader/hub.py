@@ -198,7 +198,9 @@ def resolve_weights(
         )
     if not settings.offline:
         _hf.write_ref(storage, revision, commit)
-    return Snapshot(root=_hf.snapshot_dir(storage, commit), source=repo_id, commit=commit, files=records)
+    return Snapshot(
+        root=_hf.snapshot_dir(storage, commit), source=repo_id, commit=commit, files=records, boundary=storage.parent
+    )
 
 
 def _is_weight_file(relpath: str) -> bool:

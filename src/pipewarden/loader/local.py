@@ -12,15 +12,14 @@ import os
 import stat
 from pathlib import Path
 
+from pipewarden import fsaccess
 from pipewarden.errors import InputError
 from pipewarden.loader.code import MODULE_FILE, CodeSource
-from pipewarden.loader.digests import sha256_bytes, sha256_file
+from pipewarden.loader.digests import sha256_bytes
 from pipewarden.loader.snapshot import FileRecord, Snapshot
 
 #: Largest pipeline source we read (diffusers' biggest community file is ~300 kB).
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
-#: Directories never counted as part of a code directory's contents.
-_IGNORED_DIRS = frozenset({"__pycache__", ".git"})
 
 
 def _signature_file_name() -> str:
@@ -61,8 +60,9 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
                 rule="a pipeline file is Python source",
                 fix="pass the pipeline's .py file or its directory",
             )
-        root = p.resolve().parent
-        module = p.name
+        real = p.resolve()  # the user named this file; a link they made is theirs to follow
+        root = real.parent
+        module = real.name
         files = {}
     else:
         raise InputError(f"custom_pipeline {str(path)!r} is not a regular file or directory", rule="regular files only")
@@ -70,7 +70,7 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
     digest = sha256_bytes(source_bytes)
     files[module] = digest  # the digest of the bytes we keep, not of a second read
     sig_path = root / sig_name
-    signature_bytes = _read_small(sig_path) if sig_path.is_file() else None
+    signature_bytes = _read_small(sig_path) if os.path.lexists(sig_path) else None
     return CodeSource(
         kind="local",
         source_id=f"local:{root / module}" if stat.S_ISREG(st.st_mode) else f"local:{root}",
@@ -86,62 +86,26 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
 
 def _read_source(path: Path) -> bytes:
     try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
-    except OSError as exc:
-        raise InputError(
-            f"cannot read pipeline file {path}: {exc.strerror}",
-            rule="the pipeline module must be a readable regular file (not a symlink)",
-            fix="check the path and permissions",
-        ) from None
-    with os.fdopen(fd, "rb") as fh:
-        if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise InputError(f"{path} is not a regular file", rule="the pipeline module must be a regular file")
-        data = fh.read(MAX_SOURCE_BYTES + 1)
-    if len(data) > MAX_SOURCE_BYTES:
-        raise InputError(
-            f"pipeline file {path} is larger than {MAX_SOURCE_BYTES} bytes",
-            rule="pipeline sources are bounded in size",
-            fix="a community pipeline is one reasonably sized .py file",
-        )
+        data = fsaccess.read_in(path.parent, path.name, links=False, max_bytes=MAX_SOURCE_BYTES)
+    except InputError as exc:
+        if "larger than" in exc.what:
+            raise InputError(
+                f"pipeline file {path} is larger than {MAX_SOURCE_BYTES} bytes",
+                rule="pipeline sources are bounded in size",
+                fix="a community pipeline is one reasonably sized .py file",
+            ) from None
+        raise
     return data
 
 
 def _read_small(path: Path, limit: int = 1024 * 1024) -> bytes:
-    with open(path, "rb") as fh:
-        data = fh.read(limit + 1)
-    if len(data) > limit:
-        raise InputError(f"{path} is larger than {limit} bytes", rule="signature files are bounded in size")
-    return data
+    return fsaccess.read_in(path.parent, path.name, links=False, max_bytes=limit)
 
 
 def _walk_code_dir(root: Path, *, exclude: str) -> dict[str, str]:
     """relpath -> sha256 of every regular file under ``root`` (symlinks/special files refused)."""
-    files: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _IGNORED_DIRS)
-        for d in dirnames:
-            if os.path.islink(os.path.join(dirpath, d)):
-                raise InputError(
-                    f"{os.path.join(dirpath, d)} is a symlink",
-                    rule="code directories hold regular files only",
-                    fix="replace the link with the files it points to",
-                )
-        for name in sorted(filenames):
-            full = Path(dirpath) / name
-            rel = full.relative_to(root).as_posix()
-            if rel == exclude:
-                continue
-            st = os.lstat(full)
-            if not stat.S_ISREG(st.st_mode):
-                raise InputError(
-                    f"{full} is not a regular file",
-                    rule="code directories hold regular files only (no symlinks, devices or sockets)",
-                    fix="remove it from the pipeline directory",
-                )
-            if rel == MODULE_FILE:
-                continue  # hashed from the bytes we keep, by the caller
-            files[rel] = sha256_file(full)
-    return files
+    entries = fsaccess.walk(root, exclude=frozenset({exclude}), what="pipeline code directory")
+    return {rel: fsaccess.hash_in(root, e.real) for rel, e in entries.items() if rel != MODULE_FILE}
 
 
 def resolve_local_weights(path: str | os.PathLike[str]) -> Snapshot:
@@ -154,17 +118,13 @@ def resolve_local_weights(path: str | os.PathLike[str]) -> Snapshot:
             fix="check the path",
         )
     root = root.resolve()
-    if not (root / "model_index.json").is_file():
+    boundary = fsaccess.hf_cache_boundary(root)
+    entries = fsaccess.walk(root, boundary=boundary, links=True, what="weights directory")
+    if "model_index.json" not in entries:
         raise InputError(
             f"{root} has no model_index.json",
             rule="a diffusers weights directory has model_index.json at its top",
             fix="point load_pipeline at a directory laid out like google/ddpm-cifar10-32",
         )
-    files: dict[str, FileRecord] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in _IGNORED_DIRS)
-        for name in sorted(filenames):
-            full = Path(dirpath) / name
-            rel = full.relative_to(root).as_posix()
-            files[rel] = FileRecord(relpath=rel, sha256="", size=full.stat().st_size)
-    return Snapshot(root=root, source=f"local:{root}", commit=None, files=files)
+    files = {rel: FileRecord(relpath=rel, sha256="", size=e.size) for rel, e in entries.items()}
+    return Snapshot(root=root, source=f"local:{root}", commit=None, files=files, boundary=boundary)

@@ -417,6 +417,7 @@ def read_verified_file(
     expected: str | None,
     records: RecordSource,
     where: str | None = None,
+    open_fd: Callable[[], int] | None = None,
 ) -> VerifiedRead:
     """Read a whole regular file once into private memory and establish the sha256 of those bytes.
 
@@ -425,13 +426,14 @@ def read_verified_file(
     the descriptor's ``fstat`` is unchanged after the read. After a full hash of a file that did
     not change while it was read (and matched ``expected``, when pinned), a record is added.
     The caller compares the digest with its pin; this function decides nothing about trust.
-    Symlinks are followed (the HF cache's snapshot entries link into blobs/).
+    ``open_fd`` opens the file instead of ``path`` (``pipewarden.fsaccess.open_fd_in``: links
+    followed only inside the snapshot's boundary, e.g. the HF cache's snapshot entries into blobs/).
     """
     from pipewarden.errors import InputError
     from pipewarden.loader import _safetensors
 
     name = where or os.fspath(path)
-    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+    fd = open_fd() if open_fd is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
     try:
         st0 = os.fstat(fd)
         if not stat.S_ISREG(st0.st_mode):
@@ -458,7 +460,13 @@ def read_verified_file(
         os.close(fd)
 
 
-def verify_file_digest(path: str | os.PathLike[str], *, expected: str | None, records: RecordSource) -> Record | None:
+def verify_file_digest(
+    path: str | os.PathLike[str],
+    *,
+    expected: str | None,
+    records: RecordSource,
+    open_fd: Callable[[], int] | None = None,
+) -> Record | None:
     """Host side of a process-mode load: make sure a trusted record vouches for this file.
 
     Returns the record the worker may use (a trusted existing one, or a new one after a full
@@ -469,9 +477,11 @@ def verify_file_digest(path: str | os.PathLike[str], *, expected: str | None, re
     """
     import hashlib
 
+    from pipewarden.errors import PipewardenError
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
-    except OSError:
+        fd = open_fd() if open_fd is not None else os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOFOLLOW)
+    except (OSError, PipewardenError):
         return None  # the worker's own read reports the problem
     try:
         st0 = os.fstat(fd)

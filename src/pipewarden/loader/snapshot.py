@@ -30,6 +30,13 @@ class Snapshot:
     source: str
     commit: str | None
     files: Mapping[str, FileRecord] = field(default_factory=dict)
+    #: The directory links may stay inside while files are read (``pipewarden.fsaccess``): the
+    #: HF cache repo folder for cache snapshots (entries link into its ``blobs/``), else ``root``.
+    boundary: Path | None = None
+
+    @property
+    def link_boundary(self) -> Path:
+        return Path(self.boundary) if self.boundary is not None else Path(self.root)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", MappingProxyType(dict(self.files)))

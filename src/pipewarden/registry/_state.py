@@ -41,13 +41,14 @@ class VersionStore:
         return cls(default_state_dir())
 
     def _read(self) -> dict[str, int]:
-        try:
-            with open(self.path, "rb") as fh:
-                data = fh.read(_MAX_STATE + 1)
-        except FileNotFoundError:
+        from pipewarden.fsaccess import read_user_file
+
+        if not os.path.lexists(self.path):
             return {}
-        except OSError as exc:
-            raise self._corrupt(f"cannot read it: {exc.strerror}") from None
+        try:
+            data = read_user_file(self.path, limit=_MAX_STATE, what="state file")
+        except InputError as exc:
+            raise self._corrupt(exc.what) from None
         try:
             doc = json.loads(data.decode("utf-8"))
         except (UnicodeDecodeError, ValueError, RecursionError):

@@ -359,27 +359,19 @@ def empty_allowlist(version: int = 0) -> Allowlist:
 
 
 def identity_of(path: str | os.PathLike[str]) -> str:
-    """The rollback-protection identity of an allowlist file: its resolved absolute path."""
-    return "path:" + Path(path).resolve().as_posix()
+    """The rollback-protection identity of an allowlist: the absolute path *as named*.
+
+    Not the resolved path: an allowlist mounted as a symlink (Kubernetes ConfigMaps swap
+    ``..data`` to a new folder on every update) keeps one identity however its link is swapped, so
+    an older version behind a swapped link is a rollback, not a new file.
+    """
+    return "path:" + os.path.normpath(os.path.abspath(os.fspath(path)))
 
 
 def _read_bounded(path: Path, limit: int, *, what: str) -> bytes:
-    try:
-        with open(path, "rb") as fh:
-            data = fh.read(limit + 1)
-    except IsADirectoryError:
-        raise InputError(f"{what} {path} is a directory", rule=f"the {what} is a file") from None
-    except OSError as exc:
-        raise InputError(
-            f"cannot read {what} {path}: {exc.strerror}",
-            rule=f"the {what} must be readable",
-            fix="check the path",
-        ) from None
-    if len(data) > limit:
-        raise InputError(
-            f"{what} {path} is larger than {limit} bytes", rule="registry files are bounded in size"
-        )
-    return data
+    from pipewarden.fsaccess import read_user_file
+
+    return read_user_file(path, limit=limit, what=what, private_writes=True)
 
 
 # -- validation --------------------------------------------------------------------------------

@@ -173,7 +173,7 @@ def load_signing_key(path: str | os.PathLike[str]) -> SigningKey:
 
     p = Path(path)
     try:
-        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise InputError(
             f"cannot read key file {p}: {exc.strerror}", rule="the key file must be readable"

@@ -163,15 +163,16 @@ class Lockfile:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Lockfile:
         p = Path(path)
+        from pipewarden.fsaccess import open_user_file
+
         try:
-            with open(p, "rb") as fh:
-                data = fh.read(MAX_LOCK_BYTES + 1)
-        except OSError as exc:
+            fh = open_user_file(p, what="lock file")
+        except InputError as exc:
             raise InputError(
-                f"cannot read lock file {p}: {exc.strerror}",
-                rule="the lock file must be readable",
-                fix="check the path, or create it with `pipewarden lock`",
+                exc.what, rule=exc.rule, fix="check the path, or create it with `pipewarden lock`"
             ) from None
+        with fh:
+            data = fh.read(MAX_LOCK_BYTES + 1)
         return cls.from_bytes(data, origin=str(p), base_dir=p.resolve().parent)
 
     def merged(self, entries: Iterable[LockEntry]) -> Lockfile:

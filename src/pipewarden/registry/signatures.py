@@ -34,8 +34,9 @@ from types import MappingProxyType
 from typing import Any
 
 from pipewarden.errors import InputError, IntegrityError, NotAllowedError, PipewardenError, SignatureError
+from pipewarden.fsaccess import replace_regular
 from pipewarden.loader.digests import is_sha256_hex
-from pipewarden.registry._files import atomic_write, walk_files
+from pipewarden.registry._files import walk_files
 from pipewarden.registry._time import (
     DEFAULT_SIGNATURE_LIFETIME,
     EXPIRY_SKEW,
@@ -371,7 +372,7 @@ def sign_dir(
     files = walk_files(root, exclude=frozenset({SIGNATURE_FILE}))
     sig_path = root / SIGNATURE_FILE
     existing = _read_signature_file(sig_path) if os.path.lexists(sig_path) else None
-    atomic_write(
+    replace_regular(
         sig_path, sign_files(files, signing, source=source, expires=expires, now=now, existing=existing)
     )
     return sig_path

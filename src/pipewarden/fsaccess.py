@@ -1,0 +1,651 @@
+"""The one file-access layer for host reads and writes (issue 12, flaw 7).
+
+Every path the host touches is hostile: a weights directory, a cache snapshot, a repository under
+audit, an allowlist named on the command line. This module is the only place that turns such a
+path into bytes, a directory listing, a written file or a removed file, and it keeps four rules:
+
+* **Within a root.** A path inside a directory (weights dir, HF cache, code dir) is resolved
+  component by component from a directory descriptor. A symlink is followed only when the caller
+  allows links *and* the link stays inside the boundary (e.g. the HF cache's
+  ``snapshots/<commit>/x -> ../../blobs/<sha>``); a link that leaves it, dangles or loops is
+  refused with a clean error. The file is then opened with ``O_NOFOLLOW`` on every component
+  (``openat``), so a link swapped in after the check is refused, never followed.
+* **Never block.** Every open uses ``O_NONBLOCK`` and checks ``S_ISREG`` on the descriptor before
+  reading: a FIFO, socket or device named as an allowlist, key, lock file or weight is refused.
+* **Bounded.** Reads take a byte limit; walks take a file-count and depth limit.
+* **Never delete or replace what it did not create.** Removal happens only by name inside a
+  directory descriptor of the boundary (``unlinkat``), never through a link; writes to a file the
+  user named either go through the link to the real file (``write_through``) or refuse a link
+  (``write_new_or_regular``), and temp files are created ``O_EXCL`` next to the real target.
+
+The one directory walker (:func:`walk`) is used for manifests (sign/verify), lock files, local
+pipeline code and local weights, so the rules (UTF-8 names, file limit, no links, ignored dirs)
+are the same everywhere.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+from pipewarden.errors import InputError
+
+__all__ = [
+    "IGNORED_DIRS",
+    "MAX_FILES",
+    "MAX_DEPTH",
+    "MAX_LINK_HOPS",
+    "WalkEntry",
+    "check_name",
+    "hf_cache_boundary",
+    "open_in",
+    "open_user_file",
+    "read_in",
+    "read_user_file",
+    "resolve_in",
+    "remove_in",
+    "walk",
+    "write_new_or_regular",
+    "write_through",
+]
+
+_O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+_O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+_O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+_O_PATH = getattr(os, "O_PATH", 0)
+_DIR_FLAGS = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK
+# Directories only walked through (never listed) are opened O_PATH where the OS has it: that
+# needs no read access, so it works inside the worker's Landlock domain, where only the files
+# themselves are readable.
+_PASS_FLAGS = (_O_PATH | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC) if _O_PATH else _DIR_FLAGS
+_FILE_FLAGS = os.O_RDONLY | _O_NOFOLLOW | _O_CLOEXEC | _O_NONBLOCK
+
+#: Directories never part of a walked directory's contents (the loader never reads them).
+IGNORED_DIRS = frozenset({"__pycache__", ".git"})
+#: Bound on the number of files in one walked directory (manifests, locks, weights, code).
+MAX_FILES = 100_000
+#: Bound on the nesting depth of a walked directory.
+MAX_DEPTH = 64
+#: Bound on symlinks followed while resolving one path inside a boundary (Linux uses 40).
+MAX_LINK_HOPS = 40
+
+_LINK_RULE = "host code never follows a symlink out of the directory it reads (hostile paths)"
+_REGULAR_RULE = "host code reads regular files only (no FIFOs, sockets or devices; they could block or lie)"
+
+
+def _link_error(shown: str, boundary: str | os.PathLike[str], why: str) -> InputError:
+    return InputError(
+        f"{shown} {why} (outside {os.fspath(boundary)})",
+        rule=_LINK_RULE,
+        fix="replace the link with the file it points to, or point pipewarden at the real directory",
+    )
+
+
+def _not_regular(shown: str) -> InputError:
+    return InputError(
+        f"{shown} is not a regular file",
+        rule=_REGULAR_RULE,
+        fix="replace it with a regular file",
+    )
+
+
+def _missing(shown: str, where: str | os.PathLike[str]) -> InputError:
+    return InputError(
+        f"{shown} is missing from {os.fspath(where)}",
+        rule="every file the load uses must exist",
+        fix="check the directory",
+    )
+
+
+def _split(relpath: str) -> list[str]:
+    if "\x00" in relpath:
+        raise InputError(f"path {relpath!r} holds a NUL byte", rule="paths are plain text")
+    if relpath.startswith("/"):
+        raise InputError(f"path {relpath!r} is absolute", rule="paths inside a directory are relative")
+    return [p for p in relpath.split("/") if p not in ("", ".")]
+
+
+@contextmanager
+def _dir_fd(path: str | os.PathLike[str], *, listable: bool = False) -> Iterator[int]:
+    """A descriptor of a directory the user (or the code) named; the boundary's own path may be a link."""
+    flags = os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC | _O_NONBLOCK
+    if _O_PATH and not listable:
+        flags = _O_PATH | _O_DIRECTORY | _O_CLOEXEC
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise InputError(
+            f"cannot open directory {os.fspath(path)}: {exc.strerror}",
+            rule="the directory must exist and be readable",
+            fix="check the path",
+        ) from None
+    try:
+        yield fd
+    finally:
+        os.close(fd)
+
+
+def _relative_parts(boundary: Path, root: Path) -> list[str]:
+    try:
+        rel = os.path.relpath(os.path.abspath(root), os.path.abspath(boundary))
+    except ValueError:  # pragma: no cover - other drive
+        raise InputError(f"{root} is not inside {boundary}", rule=_LINK_RULE) from None
+    if rel == ".":
+        return []
+    if rel == ".." or rel.startswith("../"):
+        raise InputError(f"{root} is not inside {boundary}", rule=_LINK_RULE)
+    return _split(rel)
+
+
+def _resolve_parts(bfd: int, boundary: Path, parts: list[str], *, links: bool, shown: str) -> list[str]:
+    """Resolve ``parts`` from the boundary's descriptor: the link-free components inside it."""
+    real_boundary: str | None = None
+    out: list[str] = []
+    todo = list(reversed(parts))
+    hops = 0
+    while todo:
+        comp = todo.pop()
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if not out:
+                raise _link_error(shown, boundary, "leads above its directory")
+            out.pop()
+            continue
+        cur = "/".join([*out, comp])
+        try:
+            st = os.stat(cur, dir_fd=bfd, follow_symlinks=False)
+        except FileNotFoundError:
+            raise _missing(shown, boundary) from None
+        except NotADirectoryError:
+            raise InputError(f"{shown}: a component of the path is not a directory", rule="paths name files in folders") from None
+        except OSError as exc:
+            raise InputError(f"cannot read {shown}: {exc.strerror}", rule="files must be readable") from None
+        if not stat.S_ISLNK(st.st_mode):
+            out.append(comp)
+            continue
+        if not links:
+            raise _link_error(shown, boundary, "is a symlink")
+        hops += 1
+        if hops > MAX_LINK_HOPS:
+            raise _link_error(shown, boundary, "is a symlink loop")
+        try:
+            target = os.readlink(cur, dir_fd=bfd)
+        except OSError as exc:  # pragma: no cover - raced away
+            raise InputError(f"cannot read link {shown}: {exc.strerror}", rule="files must be readable") from None
+        if target.startswith("/"):
+            if real_boundary is None:
+                real_boundary = os.path.realpath(boundary)
+            norm = os.path.normpath(target)
+            if norm != real_boundary and not norm.startswith(real_boundary.rstrip("/") + "/"):
+                raise _link_error(shown, boundary, f"is a symlink to {target}")
+            out = []
+            target = os.path.relpath(norm, real_boundary)
+        todo.extend(reversed(_split(target)))
+    return out
+
+
+def resolve_in(
+    boundary: str | os.PathLike[str], relpath: str, *, root: str | os.PathLike[str] | None = None, links: bool = True
+) -> str:
+    """The link-free path of ``root/relpath`` relative to ``boundary`` (links must stay inside it)."""
+    b = Path(boundary)
+    parts = _relative_parts(b, Path(root)) if root is not None else []
+    with _dir_fd(b) as bfd:
+        return "/".join(_resolve_parts(bfd, b, parts + _split(relpath), links=links, shown=relpath))
+
+
+def _open_parts(bfd: int, parts: list[str], *, shown: str, where: str | os.PathLike[str]) -> int:
+    """Open ``parts`` below ``bfd`` with O_NOFOLLOW on every component; a regular file, never blocking."""
+    cur = bfd
+    try:
+        for comp in parts[:-1]:
+            nxt = os.open(comp, _PASS_FLAGS, dir_fd=cur)
+            if cur != bfd:
+                os.close(cur)
+            cur = nxt
+        fd = os.open(parts[-1] if parts else ".", _FILE_FLAGS, dir_fd=cur)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
+            raise InputError(
+                f"{shown} changed into a symlink while it was opened",
+                rule=_LINK_RULE,
+                fix="make sure nothing else modifies the directory during the load",
+            ) from None
+        if exc.errno == errno.ENOENT:
+            raise _missing(shown, where) from None
+        raise InputError(f"cannot read {shown}: {exc.strerror}", rule="files must be readable") from None
+    finally:
+        if cur != bfd:
+            os.close(cur)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _not_regular(shown)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def open_in(
+    boundary: str | os.PathLike[str],
+    relpath: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    links: bool = True,
+) -> BinaryIO:
+    """Open ``root/relpath`` for reading; links are followed only inside ``boundary``.
+
+    ``root`` (default: the boundary) is a directory inside the boundary, e.g. a snapshot folder
+    of the HF cache whose entries link into the cache's ``blobs/``.
+    """
+    b = Path(boundary)
+    parts = _relative_parts(b, Path(root)) if root is not None else []
+    with _dir_fd(b) as bfd:
+        resolved = _resolve_parts(bfd, b, parts + _split(relpath), links=links, shown=relpath)
+        if not resolved:
+            raise _not_regular(relpath)
+        fd = _open_parts(bfd, resolved, shown=relpath, where=root if root is not None else b)
+    return os.fdopen(fd, "rb", buffering=0)  # type: ignore[return-value]
+
+
+def open_fd_in(
+    boundary: str | os.PathLike[str],
+    relpath: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    links: bool = True,
+) -> int:
+    """Like :func:`open_in`, but the raw descriptor (blocking, regular file); the caller closes it."""
+    b = Path(boundary)
+    parts = _relative_parts(b, Path(root)) if root is not None else []
+    with _dir_fd(b) as bfd:
+        resolved = _resolve_parts(bfd, b, parts + _split(relpath), links=links, shown=relpath)
+        if not resolved:
+            raise _not_regular(relpath)
+        return _open_parts(bfd, resolved, shown=relpath, where=root if root is not None else b)
+
+
+def _read_limited(fh: BinaryIO, limit: int | None, shown: str) -> bytes:
+    if limit is None:
+        return fh.read()
+    data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(f"{shown} is larger than {limit} bytes", rule="files read by the host are bounded in size")
+    return data
+
+
+def read_in(
+    boundary: str | os.PathLike[str],
+    relpath: str,
+    *,
+    root: str | os.PathLike[str] | None = None,
+    links: bool = True,
+    max_bytes: int | None = None,
+) -> bytes:
+    """All bytes of ``root/relpath`` (see :func:`open_in`), at most ``max_bytes``."""
+    with open_in(boundary, relpath, root=root, links=links) as fh:
+        return _read_limited(fh, max_bytes, relpath)
+
+
+def open_user_file(path: str | os.PathLike[str], *, what: str = "file", private_writes: bool = False) -> BinaryIO:
+    """Open a file the user named (allowlist, key, lock file): links the user made are followed,
+    but the open never blocks and the result must be a regular file.
+
+    ``private_writes``: refuse a file that its group or everyone may write (a trust file anyone
+    on the machine can edit is no trust file), as a readable private key is refused.
+    """
+    shown = os.fspath(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK)
+    except IsADirectoryError:
+        raise InputError(f"{what} {shown} is a directory", rule=f"the {what} is a file", fix="check the path") from None
+    except OSError as exc:
+        raise InputError(
+            f"cannot read {what} {shown}: {exc.strerror}", rule=f"the {what} must be readable", fix="check the path"
+        ) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError(
+                f"{what} {shown} is not a regular file", rule=_REGULAR_RULE, fix="pass the path of a regular file"
+            )
+        if private_writes and st.st_mode & 0o022:
+            raise InputError(
+                f"{what} {shown} may be written by others (mode {stat.S_IMODE(st.st_mode):04o})",
+                rule="trust files (allowlists) are writable by their owner only",
+                fix=f"chmod go-w {shown}",
+            )
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "rb", buffering=0)  # type: ignore[return-value]
+
+
+def read_user_file(
+    path: str | os.PathLike[str], *, limit: int, what: str = "file", private_writes: bool = False
+) -> bytes:
+    """All bytes of a user-named file (see :func:`open_user_file`), at most ``limit``."""
+    with open_user_file(path, what=what, private_writes=private_writes) as fh:
+        data = fh.read(limit + 1)
+    if len(data) > limit:
+        raise InputError(
+            f"{what} {os.fspath(path)} is larger than {limit} bytes", rule="registry files are bounded in size"
+        )
+    return data
+
+
+# ------------------------------------------------------------------------------------- walking
+
+
+@dataclass(frozen=True)
+class WalkEntry:
+    """One regular file found by :func:`walk`: its relpath (POSIX) and the link-free relpath."""
+
+    relpath: str
+    real: str  # relative to the walk's boundary; == relpath when no link was followed
+    size: int
+
+
+def check_name(rel: str) -> None:
+    """File names must be UTF-8 (and printable enough to show): manifests and locks hold them."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(
+            f"file name {rel!r} is not valid UTF-8",
+            rule="manifest paths are UTF-8",
+            fix="rename the file",
+        ) from None
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in rel):
+        raise InputError(f"file name {rel!r} holds control characters", rule="manifest paths are printable", fix="rename the file")
+
+
+def walk(
+    root: str | os.PathLike[str],
+    *,
+    boundary: str | os.PathLike[str] | None = None,
+    links: bool = False,
+    exclude: frozenset[str] = frozenset(),
+    ignored_dirs: frozenset[str] = IGNORED_DIRS,
+    max_files: int = MAX_FILES,
+    what: str = "directory",
+) -> dict[str, WalkEntry]:
+    """Every regular file under ``root``, at any depth, hidden files included (sorted by relpath).
+
+    Directories named in ``ignored_dirs`` are skipped (only real directories: a link with such a
+    name is still refused). ``exclude`` are top-level relpaths left out. Devices, sockets and
+    FIFOs are refused. Symlinks are refused unless ``links`` is true, and then must resolve to a
+    regular file inside ``boundary`` (default: ``root``); directories reached through a link are
+    not descended. Names must be UTF-8; at most ``max_files`` files and ``MAX_DEPTH`` levels.
+    """
+    base = Path(root)
+    b = Path(boundary) if boundary is not None else base
+    base_parts = _relative_parts(b, base) if boundary is not None else []
+    out: dict[str, WalkEntry] = {}
+    with _dir_fd(b) as bfd, _dir_fd(base, listable=True) as rfd:
+        st = os.fstat(rfd)
+        if not stat.S_ISDIR(st.st_mode):  # pragma: no cover - O_DIRECTORY
+            raise InputError(f"{base} is not a directory", rule=f"a {what} is a directory")
+
+        def visit(dfd: int, prefix: str, depth: int) -> None:
+            if depth > MAX_DEPTH:
+                raise InputError(f"{base}/{prefix} is nested more than {MAX_DEPTH} levels", rule="directories are bounded")
+            try:
+                with os.scandir(dfd) as it:
+                    entries = sorted(it, key=lambda e: e.name)
+            except OSError as exc:
+                raise InputError(f"cannot read {base}/{prefix}: {exc.strerror}", rule="every directory must be readable") from None
+            for entry in entries:
+                rel = prefix + entry.name
+                check_name(rel)
+                try:
+                    est = entry.stat(follow_symlinks=False)
+                except OSError as exc:
+                    raise InputError(f"cannot read {base}/{rel}: {exc.strerror}", rule="every file must be readable") from None
+                if stat.S_ISDIR(est.st_mode):
+                    if entry.name in ignored_dirs:
+                        continue
+                    try:
+                        sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
+                    except OSError as exc:
+                        raise InputError(f"cannot read {base}/{rel}: {exc.strerror}", rule="every directory must be readable") from None
+                    try:
+                        visit(sub, rel + "/", depth + 1)
+                    finally:
+                        os.close(sub)
+                    continue
+                if rel in exclude:
+                    continue
+                if stat.S_ISREG(est.st_mode):
+                    out[rel] = WalkEntry(relpath=rel, real="/".join([*base_parts, rel]), size=est.st_size)
+                elif stat.S_ISLNK(est.st_mode):
+                    if not links:
+                        raise InputError(
+                            f"{base}/{rel} is a symlink",
+                            rule=f"a {what} holds regular files only; symlinks are never followed",
+                            fix="replace the link with the file it points to",
+                        )
+                    real = _resolve_parts(bfd, b, [*base_parts, *rel.split("/")], links=True, shown=f"{base}/{rel}")
+                    try:
+                        rst = os.stat("/".join(real), dir_fd=bfd, follow_symlinks=False)
+                    except OSError as exc:  # pragma: no cover - raced away
+                        raise InputError(f"cannot read {base}/{rel}: {exc.strerror}", rule="every file must be readable") from None
+                    if stat.S_ISDIR(rst.st_mode):
+                        raise InputError(
+                            f"{base}/{rel} is a symlink to a directory",
+                            rule=f"a {what} holds regular files and real folders only",
+                            fix="replace the link with the folder it points to",
+                        )
+                    if not stat.S_ISREG(rst.st_mode):
+                        raise _not_regular(f"{base}/{rel}")
+                    out[rel] = WalkEntry(relpath=rel, real="/".join(real), size=rst.st_size)
+                else:
+                    raise InputError(
+                        f"{base}/{rel} is not a regular file",
+                        rule=f"a {what} holds regular files only (no devices, sockets, FIFOs)",
+                        fix="remove it from the directory",
+                    )
+                if len(out) > max_files:
+                    raise InputError(f"{base} holds more than {max_files} files", rule="directories are bounded")
+
+        visit(rfd, "", 0)
+    return dict(sorted(out.items()))
+
+
+def hash_in(boundary: str | os.PathLike[str], real: str) -> str:
+    """sha256 of the link-free file ``real`` (relative to ``boundary``), opened without following links."""
+    from pipewarden.loader.digests import sha256_stream
+
+    with open_in(boundary, real, links=False) as fh:
+        return sha256_stream(fh)
+
+
+def hf_cache_boundary(path: str | os.PathLike[str]) -> Path | None:
+    """The HF cache folder when ``path`` is a snapshot folder ``<cache>/<repo>/snapshots/<commit>``.
+
+    Its entries are links into ``<cache>/<repo>/blobs`` (and, for Xet files, the cache-wide
+    ``<cache>/blobs``), so reads may follow links that stay inside the cache folder.
+    """
+    p = Path(os.path.abspath(path))
+    storage = p.parent.parent
+    if p.parent.name != "snapshots" or not os.path.isdir(storage / "blobs") or os.path.islink(storage / "blobs"):
+        return None
+    if storage.name.startswith(("models--", "datasets--", "spaces--")):
+        return storage.parent
+    return storage
+
+
+# ------------------------------------------------------------------------------------- removing
+
+
+def remove_in(boundary: str | os.PathLike[str], relpath: str) -> bool:
+    """Unlink ``boundary/relpath`` by name (never through a link: a link loses itself, not its target).
+
+    Every directory component is opened with O_NOFOLLOW, so a folder swapped for a link to
+    elsewhere makes this a no-op. Returns whether something was removed.
+    """
+    parts = _split(relpath)
+    if not parts:
+        return False
+    try:
+        bfd = os.open(boundary, (_O_PATH | _O_DIRECTORY | _O_CLOEXEC) if _O_PATH else (os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC))
+    except OSError:
+        return False
+    cur = bfd
+    try:
+        for comp in parts[:-1]:
+            if comp == "..":
+                return False
+            nxt = os.open(comp, _PASS_FLAGS, dir_fd=cur)
+            if cur != bfd:
+                os.close(cur)
+            cur = nxt
+        if parts[-1] == "..":
+            return False
+        os.unlink(parts[-1], dir_fd=cur)
+        return True
+    except OSError:
+        return False
+    finally:
+        if cur != bfd:
+            os.close(cur)
+        os.close(bfd)
+
+
+# ------------------------------------------------------------------------------------- writing
+
+
+def _atomic_replace(target: Path, data: bytes, mode: int, shown: str) -> None:
+    try:
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="the output must be writable") from None
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), mode)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)  # our own temp file, created O_EXCL by mkstemp
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise InputError(f"cannot write {shown}: {exc.strerror}", rule="the output must be writable") from None
+        raise
+
+
+def write_through(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> Path:
+    """Atomically rewrite the file the user named, *through* any symlink to it.
+
+    An allowlist mounted as a link (Kubernetes ConfigMaps) is edited where it really lives: the
+    temp file is created next to the real file and renamed over it, so the link stays a link and
+    the real file changes (or the write fails clearly, e.g. on a read-only mount). An existing
+    target keeps its permission bits; a target that exists but is not a regular file is refused.
+    Returns the real path written.
+    """
+    shown = os.fspath(path)
+    target = Path(os.path.realpath(path))
+    try:
+        st = os.stat(target)
+    except FileNotFoundError:
+        if os.path.islink(path):
+            raise InputError(
+                f"{shown} is a symlink to {target}, which does not exist",
+                rule="a file edited through a link must exist",
+                fix="fix the link, or pass the real path",
+            ) from None
+        st = None
+    except OSError as exc:
+        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="the output must be writable") from None
+    if st is not None:
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(shown)
+        mode = stat.S_IMODE(st.st_mode)
+    _atomic_replace(target, data, mode, shown)
+    return target
+
+
+def write_new_or_regular(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
+    """Write a report (e.g. ``audit --output``) to a path inside a possibly hostile tree.
+
+    The file is created, or an existing *regular* file is overwritten; a symlink (final component,
+    or any folder of a relative path) is refused, never followed, and a FIFO never blocks.
+    """
+    shown = os.fspath(path)
+    p = Path(path)
+    if not p.is_absolute():
+        parts = [c for c in p.parts[:-1] if c not in ("", ".")]
+        cur = Path(".")
+        for comp in parts:
+            cur = cur / comp
+            if os.path.islink(cur):
+                raise InputError(
+                    f"{shown}: the folder {cur} is a symlink",
+                    rule="reports are never written through a symlink (it may be planted in the repository)",
+                    fix="write the report to a path without symlinks",
+                )
+    flags = os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC
+    try:
+        fd = os.open(path, flags, mode)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) or os.path.islink(path):
+            raise InputError(
+                f"{shown} is a symlink",
+                rule="reports are never written through a symlink (it may be planted in the repository)",
+                fix="remove the link or choose another output path",
+            ) from None
+        if exc.errno == errno.ENXIO:
+            raise _not_regular(shown) from None
+        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="the output must be writable") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise _not_regular(shown)
+        os.set_blocking(fd, True)
+        os.ftruncate(fd, 0)
+        view = memoryview(data)
+        while view:
+            n = os.write(fd, view)
+            view = view[n:]
+    except OSError as exc:
+        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="the output must be writable") from None
+    finally:
+        os.close(fd)
+
+
+def replace_regular(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
+    """Atomically replace a file that lives in a possibly hostile directory (a signature file).
+
+    An existing entry must be a regular file: a symlink is refused (never written through, never
+    silently replaced by a file), and so is a FIFO or device.
+    """
+    shown = os.fspath(path)
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="the output must be writable") from None
+    if st is not None:
+        if stat.S_ISLNK(st.st_mode):
+            raise InputError(
+                f"{shown} is a symlink",
+                rule="files inside a signed directory are regular files; a link is never written through",
+                fix="remove the link, then sign again",
+            )
+        if not stat.S_ISREG(st.st_mode):
+            raise _not_regular(shown)
+    _atomic_replace(Path(path), data, mode, shown)
