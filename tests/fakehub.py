@@ -377,8 +377,14 @@ def _make_handler(hub: FakeHub, role: str) -> type[BaseHTTPRequestHandler]:
 
         # --------------------------------------------------------------------------------------
         def _repo(self, repo_type: str, repo_id: str) -> FakeRepo | None:
+            # Like the real hub: repo ids resolve case-insensitively, answers carry the canonical id.
             with hub._lock:
-                return hub.repos.get((repo_type, repo_id))
+                found = hub.repos.get((repo_type, repo_id))
+                if found is None:
+                    for (rtype, rid), repo in hub.repos.items():
+                        if rtype == repo_type and rid.lower() == repo_id.lower():
+                            return repo
+                return found
 
         def _hub(self, method: str, target: str) -> None:
             parts = urlsplit(target)

@@ -183,8 +183,10 @@ def test_links_inside_the_weights_dir_still_load(weights, example_pipeline):
     assert pipe.unet is not None
 
 
-def test_an_hf_cache_snapshot_dir_loads_as_a_local_path(tmp_path, tiny_weights, example_pipeline):
-    """Passing ``<cache>/models--a--b/snapshots/<commit>`` works: its links stay inside the cache."""
+@pytest.mark.parametrize("isolation", ["inprocess", "process"])
+def test_an_hf_cache_snapshot_dir_loads_as_a_local_path(tmp_path, tiny_weights, example_pipeline, isolation):
+    """Passing ``<cache>/models--a--b/snapshots/<commit>`` works: its links stay inside the cache
+    (in the worker too, where Landlock lets it read the blobs but not list the cache folders)."""
     storage = tmp_path / "hub" / "models--acme--tiny"
     snap = storage / "snapshots" / ("a" * 40)
     (storage / "blobs").mkdir(parents=True)
@@ -195,7 +197,7 @@ def test_an_hf_cache_snapshot_dir_loads_as_a_local_path(tmp_path, tiny_weights, 
             shutil.copyfile(src, blob)
             (snap / rel).parent.mkdir(parents=True, exist_ok=True)
             os.symlink(os.path.relpath(blob, (snap / rel).parent), snap / rel)
-    pipe = _load(snap, example_pipeline)
+    pipe = _load(snap, example_pipeline, isolation=isolation)
     assert pipe.scheduler is not None
 
 

@@ -312,7 +312,7 @@ def test_hf_cache_layout_symlinks_are_readable_and_nothing_else(weights, tmp_pat
     from pipewarden.isolation import _read_paths
     from pipewarden.isolation._client import WorkerProcess
 
-    snapshot = Snapshot(root=snap_root, source="org/tiny", commit="c" * 40, files=files)
+    snapshot = Snapshot(root=snap_root, source="org/tiny", commit="c" * 40, files=files, boundary=tmp_path)
     w = WorkerProcess(Limits(wall_s=60), read_paths=_read_paths(snapshot), test_hooks=True)
     try:
         def read(path: Path) -> str:

@@ -42,7 +42,12 @@ def add_parsers(subparsers) -> None:
     p.add_argument("directory", type=Path, help="the pipeline directory you reviewed")
     p.add_argument("--key", required=True, type=Path, help="your private key file (NAME.key, not NAME.pub)")
     p.add_argument("--expires", help=f"{_DATE_HELP}; default: one year from now")
-    p.add_argument("--source", help="bind the signature to this " + _SOURCE_HELP + " (default: valid for any source)")
+    bind = p.add_mutually_exclusive_group()
+    bind.add_argument("--source", help="bind the signature to this " + _SOURCE_HELP
+                                       + " (default: local:DIRECTORY, the directory's own source id)")
+    bind.add_argument("--any-source", action="store_true",
+                      help="make the signature valid for any source (explicit opt-in: a copy of the "
+                           "signed files anywhere then counts as signed)")
     p.set_defaults(func=_sign)
 
     p = _sub(subparsers, "verify", "check a directory's signatures against an allowlist",
@@ -208,6 +213,9 @@ def _sign(args) -> int:
     now = resolve_now(None).replace(microsecond=0)
     expires = parse_date_arg(args.expires) if args.expires else now + DEFAULT_SIGNATURE_LIFETIME
     source = source_id_arg(args.source) if args.source is not None else None
+    if source is None and not getattr(args, "any_source", False):
+        # Bound by default: to the directory's own source id, as load_pipeline spells it.
+        source = f"local:{Path(args.directory).expanduser().resolve()}"
     earlier = _earlier_signatures(args.directory, args.key)
     path = sign_dir(args.directory, args.key, source=source, expires=expires, now=now)
     bound = f"for source {source!r}" if source else "valid for any source"

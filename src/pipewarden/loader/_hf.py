@@ -100,6 +100,9 @@ class HubSettings:
 # Parsed hub metadata
 
 
+_REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}/[A-Za-z0-9][A-Za-z0-9._-]{0,95}|[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+
+
 @dataclass(frozen=True)
 class RemoteFile:
     """One file of a repo at one commit, as the hub describes it."""
@@ -207,7 +210,20 @@ def parse_listing(repo_id: str, repo_type: str, info: Any, *, requested: str | N
                 f"the hub listed {rf.relpath!r} twice", rule="a repo listing names each file once"
             )
         files[rf.relpath] = rf
-    return RepoListing(repo_id=repo_id, repo_type=repo_type, commit=str(commit), files=files)
+    return RepoListing(repo_id=canonical_id(repo_id, info), repo_type=repo_type, commit=str(commit), files=files)
+
+
+def canonical_id(asked: str, info: Any) -> str:
+    """The repo id as the hub spells it (``model_info(...).id``).
+
+    The hub resolves ids case-insensitively (and follows renames), so trust decisions (allowlist
+    rules, signature sources, lock entries) use the hub's spelling, never the caller's: asking for
+    ``acme/Critical`` must meet the rules written for ``acme/critical``.
+    """
+    got = getattr(info, "id", None)
+    if isinstance(got, str) and _REPO_ID_RE.fullmatch(got):
+        return got
+    return asked
 
 
 def parse_path_info(entry: Any) -> RemoteFile:

@@ -168,6 +168,9 @@ def resolve_weights(
     else:
         listing = _hf.repo_listing(repo_id, "model", revision, token=token, settings=settings)
         commit = listing.commit
+        if listing.repo_id != repo_id:  # the hub's spelling decides trust (case-insensitive ids)
+            repo_id = listing.repo_id
+            storage = settings.storage_folder(repo_id, "model")
         expected = {rel: rf for rel, rf in listing.files.items() if _is_weight_file(rel) or select is not None}
         if not any(rel.endswith(".safetensors") for rel in expected):
             _refuse_no_safetensors(repo_id, commit, listing)
@@ -271,6 +274,9 @@ def _resolve_hub_code(repo_id: str, revision: str | None, token: Any, settings: 
     else:
         listing = _hf.repo_listing(repo_id, "model", revision, token=token, settings=settings)
         commit = listing.commit
+        if listing.repo_id != repo_id:  # the hub's spelling decides trust (case-insensitive ids)
+            repo_id = listing.repo_id
+            storage = settings.storage_folder(repo_id, "model")
         expected = {}
         for rel, rf in listing.files.items():
             if not _in_code_manifest(rel):

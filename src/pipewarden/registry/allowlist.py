@@ -135,7 +135,19 @@ class SourceRule:
     threshold: int
 
     def matches(self, source: str) -> bool:
-        return glob_match(self.pattern, source)
+        if glob_match(self.pattern, source):
+            return True
+        # Hub ids resolve case-insensitively on the hub: `acme/Critical` IS `acme/critical`, so a
+        # rule written for either spelling applies to both (every matching rule must hold, so
+        # matching more rules is never weaker). Local paths stay case-sensitive.
+        if _is_hub_source(source):
+            return glob_match(self.pattern.lower(), source.lower())
+        return False
+
+
+def _is_hub_source(source: str) -> bool:
+    head = source.split("/", 1)[0]
+    return ":" not in head
 
 
 #: Names of the worker confinement layers (``pipewarden.isolation.LAYER_NAMES``; a test
