@@ -100,9 +100,11 @@ def test_rule_positive_and_negative(rule, positive, negative, top):
     assert rule not in rules_of(with_helper(negative, top=top)), negative
 
 
-def test_pinned_hub_download_is_not_reported_as_network_either():
+def test_pinned_hub_download_is_still_a_network_download():
+    """Issue 12 flaw 10: hf_hub_download is a network download helper (PW044) even when pinned; only
+    the unpinned-revision warning (PW041) goes away with a pin."""
     source = with_helper(f'from huggingface_hub import hf_hub_download\nreturn hf_hub_download("a/b", "f", revision="{PINNED}")')
-    assert not {"PW041", "PW044"} & set(rules_of(source))
+    assert "PW044" in rules_of(source) and "PW041" not in rules_of(source)
 
 
 def test_module_level_definition_shadows_builtin_open():

@@ -230,6 +230,39 @@ def _call_findings(
             if finding is not None:
                 found.append(finding)
 
+    # getattr(os, name) with a computed name: which function is used is hidden from review.
+    if qualified in _ATTRIBUTE_BUILTINS and len(call.args) >= 2 and qualified != "builtins.hasattr":
+        obj, name_arg = call.args[0], call.args[1]
+        if not (isinstance(name_arg, ast.Constant) and isinstance(name_arg.value, str)) and (
+            isinstance(obj, ast.Name) and obj.id in bindings
+        ):
+            found.append(RawFinding(
+                "PW032", call.lineno, call.col_offset,
+                f"{display}() of {bindings[obj.id]!r} with an attribute name computed at run time",
+            ))
+
+    # Nested custom code: custom_pipeline=..., trust_remote_code=<anything but False>.
+    for kw in call.keywords:
+        keys: list[tuple[str, ast.expr]] = []
+        if kw.arg is not None:
+            keys.append((kw.arg, kw.value))
+        elif isinstance(kw.value, ast.Dict):  # f(**{"trust_remote_code": True})
+            keys.extend(
+                (k.value, v) for k, v in zip(kw.value.keys, kw.value.values, strict=True)
+                if isinstance(k, ast.Constant) and isinstance(k.value, str)
+            )
+        for key, value in keys:
+            if key not in _rules.NESTED_CODE_KEYWORDS:
+                continue
+            if isinstance(value, ast.Constant) and value.value in (None, False):
+                continue
+            found.append(RawFinding(
+                "PW046", call.lineno, call.col_offset, f"{display}({key}=...) loads further custom or remote code",
+            ))
+    last_name = qualified.rsplit(".", 1)[-1] if qualified is not None else parts[-1]
+    if last_name in _rules.DOWNLOAD_LAST_NAMES:
+        found.append(RawFinding("PW044", call.lineno, call.col_offset, f"{display} downloads files from the network"))
+
     patterns = None
     if qualified is not None:
         patterns = _rules.EXACT_CALLS.get(qualified)
@@ -244,7 +277,7 @@ def _call_findings(
     if patterns:
         for pattern in patterns:
             if pattern.condition is None or _CONDITIONS[pattern.condition](call):
-                if pattern.rule is not None:
+                if pattern.rule is not None and not (pattern.rule == "PW044" and last_name in _rules.DOWNLOAD_LAST_NAMES):
                     message = pattern.what.replace("{name}", display)
                     found.append(RawFinding(pattern.rule, call.lineno, call.col_offset, message))
                 break

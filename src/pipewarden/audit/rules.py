@@ -50,6 +50,11 @@ RULES: tuple[Rule, ...] = (
          "The audit could not analyse this file",
          "An unexpected failure stopped the analysis of this file; the file is treated as failing "
          "(fail closed). Please report it with the file attached."),
+    Rule("PW006", "encoding-declaration", "error",
+         "File declares a source encoding other than UTF-8 (a coding cookie)",
+         "Python decodes a file with `# -*- coding: utf-7 -*-` (or latin-1, ...) differently from how "
+         "reviewers and this audit read it, which can hide code (an os.system call inside what looks like "
+         "a comment). The sandbox loads UTF-8 only. Save the file as UTF-8 and remove the declaration."),
     Rule("PW010", "pipeline-class-count", "error",
          "File does not define exactly one DiffusionPipeline subclass",
          "diffusers picks the pipeline class of a custom_pipeline file automatically and needs exactly one "
@@ -80,6 +85,10 @@ RULES: tuple[Rule, ...] = (
          "Frame, code, traceback and generator internals, __globals__/__builtins__/__subclasses__, "
          "globals(), sys._getframe and inspect's frame functions reach objects outside the sandbox. "
          "Pipelines have no legitimate need for them; remove the access."),
+    Rule("PW032", "computed-module-attribute", "warning",
+         "Attribute of a module chosen at run time (getattr/setattr with a computed name)",
+         "getattr(module, name) with a name built at run time hides which function is used from "
+         "review and from this audit (getattr(os, 'sys' + 'tem')). Use the attribute by its name."),
     Rule("PW040", "unsafe-deserialization", "error",
          "Call that can unpickle data (torch.load without weights_only=True, np.load(allow_pickle=True), pickle)",
          "Unpickling runs arbitrary code from the data file. Use safetensors, pass weights_only=True to "
@@ -103,6 +112,11 @@ RULES: tuple[Rule, ...] = (
          "Dynamic code execution or import (exec, eval, compile, __import__, importlib, torch.hub.load)",
          "Code built or imported at run time cannot be audited. Write the code out in the file and import "
          "modules with a plain import statement."),
+    Rule("PW046", "nested-remote-code", "error",
+         "Load of further custom or remote code (custom_pipeline=, trust_remote_code=True, dynamic module loaders)",
+         "A pipeline that loads another custom pipeline or remote code (custom_pipeline=..., "
+         "trust_remote_code=True, get_class_from_dynamic_module) runs code that was never reviewed or "
+         "pinned. Load the code you need through pipewarden itself, with its own pin."),
     Rule("PW050", "restricted-compile", "error",
          "File would not compile under the sandbox's restricted policy",
          "The sandbox compiles pipelines with a RestrictedPython transformer; the reported construct is "
@@ -155,6 +169,11 @@ EXACT_CALLS: Mapping[str, tuple[CallPattern, ...]] = MappingProxyType({
     "torch.hub.load_state_dict_from_url": (
         CallPattern("PW044", "torch.hub.load_state_dict_from_url downloads and unpickles a file"),
     ),
+    "torch.hub.download_url_to_file": (CallPattern("PW044", "torch.hub.download_url_to_file downloads a file"),),
+    "torch.utils.model_zoo.load_url": (CallPattern("PW044", "torch.utils.model_zoo.load_url downloads and unpickles a file"),),
+    "torch.jit.load": (CallPattern("PW040", "torch.jit.load loads a TorchScript archive (code and pickled data)"),),
+    "torch.ops.load_library": (CallPattern("PW043", "torch.ops.load_library loads a native library"),),
+    "torch.classes.load_library": (CallPattern("PW043", "torch.classes.load_library loads a native library"),),
     "torch.save": (CallPattern("PW042", "torch.save writes a file"),),
     "numpy.save": (CallPattern("PW042", "numpy.save writes a file"),),
     "numpy.savez": (CallPattern("PW042", "numpy.savez writes a file"),),
@@ -231,6 +250,13 @@ LAST_NAME_CALLS: Mapping[str, tuple[CallPattern, ...]] = MappingProxyType({
         "load_textual_inversion", "load_ip_adapter", "load_dataset", "hf_hub_url", "cached_download",
     )
 } | {
+    "get_class_from_dynamic_module": (CallPattern("PW046", "{name} imports code downloaded or read at run time"),),
+    "get_cached_module_file": (CallPattern("PW046", "{name} fetches code to import at run time"),),
+    "get_class_in_module": (CallPattern("PW046", "{name} imports a module chosen at run time"),),
+    "download_url_to_file": (CallPattern("PW044", "{name} downloads a file"),),
+    "load_url": (CallPattern("PW044", "{name} downloads a file"),),
+    "load_state_dict_from_url": (CallPattern("PW044", "{name} downloads and unpickles a file"),),
+    "load_library": (CallPattern("PW043", "{name} loads a native library"),),
     "save_pretrained": (CallPattern("PW042", "{name} writes files"),),
     "push_to_hub": (CallPattern("PW044", "{name} uploads to the network"),),
     "write_text": (CallPattern("PW042", "{name} writes a file"),),
@@ -263,6 +289,8 @@ PREFIX_CALLS: Mapping[str, tuple[CallPattern, ...]] = MappingProxyType({
     "asyncio.create_subprocess_exec": (CallPattern("PW043", "{name} starts a process"),),
     "asyncio.create_subprocess_shell": (CallPattern("PW043", "{name} runs a shell command"),),
     "ctypes": (CallPattern("PW043", "{name} loads or calls native code"),),
+    "torch.utils.cpp_extension": (CallPattern("PW043", "{name} compiles and loads native code"),),
+    "torch.package": (CallPattern("PW040", "{name} imports code and pickled objects from a package archive"),),
     "cffi": (CallPattern("PW043", "{name} loads or calls native code"),),
     "signal": (CallPattern("PW043", "{name} changes process signal handling"),),
     "requests": (CallPattern("PW044", "{name} opens a network connection"),),
@@ -290,6 +318,16 @@ PREFIX_CALLS: Mapping[str, tuple[CallPattern, ...]] = MappingProxyType({
     "inspect.getclosurevars": (CallPattern("PW031", "{name} exposes globals and closures of a function"),),
     "huggingface_hub": (CallPattern("PW044", "{name} talks to the Hugging Face Hub"),),
 })
+
+#: Last names of network download helpers: reported as PW044 in addition to any other pattern of
+#: the call (``hf_hub_download`` is also PW041 when its revision is not pinned).
+DOWNLOAD_LAST_NAMES: frozenset[str] = frozenset({
+    "hf_hub_download", "snapshot_download", "cached_download", "download_url_to_file", "load_url",
+    "load_state_dict_from_url", "urlretrieve",
+})
+
+#: Keyword arguments that make a call load further custom or remote code (PW046).
+NESTED_CODE_KEYWORDS: frozenset[str] = frozenset({"custom_pipeline", "trust_remote_code"})
 
 # --- attribute patterns ---------------------------------------------------------------------------
 

@@ -365,7 +365,18 @@ def _decode(raw: bytes) -> str | Finding:
         col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1)
         return _file_finding("PW001", f"file is not valid UTF-8 (byte 0x{raw[exc.start]:02x} at offset {exc.start})",
                              line, len(raw[exc.start - col : exc.start].decode("utf-8", "replace")) + 1)
-    return text[1:] if text.startswith("\ufeff") else text
+    text = text[1:] if text.startswith("\ufeff") else text
+    from pipewarden.sandbox.scan import coding_declaration, is_utf8_name
+
+    declared = coding_declaration(text)
+    if declared is not None and not is_utf8_name(declared[0]):
+        return _file_finding(
+            "PW006",
+            f"the file declares the source encoding {declared[0]!r}: Python would decode it differently from "
+            "what the audit reads as UTF-8, so the audit cannot vouch for it",
+            declared[1],
+        )
+    return text
 
 
 def _syntax_finding(exc: SyntaxError, text: str) -> Finding:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import re
 import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -111,6 +112,17 @@ def decode_source(source: str | bytes, *, filename: str = "pipeline.py") -> str:
             ) from None
     else:
         raise TypeError(f"source must be str or bytes, not {type(source).__name__}")
+    # The same text whatever the path (audit, worker, in-process; bytes or str): one BOM dropped.
+    if text.startswith("\ufeff"):
+        text = text[1:]
+    declared = coding_declaration(text)
+    if declared is not None and not is_utf8_name(declared[0]):
+        raise ScanError(
+            f"{filename} declares the source encoding {declared[0]!r} (line {declared[1]})",
+            rule="scan.coding",
+            fix="save the file as UTF-8 and remove the coding declaration (Python would decode it "
+            "differently from what reviewers and the audit read)",
+        )
     if "\x00" in text:
         line = text[: text.index("\x00")].count("\n") + 1
         raise ScanError(
@@ -119,6 +131,29 @@ def decode_source(source: str | bytes, *, filename: str = "pipeline.py") -> str:
             fix="a Python source file never contains NUL bytes; check the download",
         )
     return text
+
+
+_CODING_RE = re.compile(r"^[ \t\f]*#.*?coding[:=][ \t]*([-\w.]+)")
+_BLANK_OR_COMMENT_RE = re.compile(r"^[ \t\f]*(?:[#\r\n]|$)")
+
+
+def coding_declaration(text: str) -> tuple[str, int] | None:
+    """The PEP 263 encoding declaration of a source (name, line), as Python's tokenizer finds it:
+    on line 1, or on line 2 when line 1 is blank or a comment."""
+    lines = text.split("\n", 2)[:2]
+    for index, line in enumerate(lines):
+        m = _CODING_RE.match(line)
+        if m:
+            return m.group(1), index + 1
+        if not _BLANK_OR_COMMENT_RE.match(line):
+            return None
+    return None
+
+
+def is_utf8_name(name: str) -> bool:
+    """Does Python's tokenizer read this declared encoding as UTF-8? (``get_normal_name``)."""
+    norm = name[:12].lower().replace("_", "-")
+    return norm in ("utf-8", "utf8") or norm.startswith("utf-8-")
 
 
 def parse_source(text: str, *, filename: str = "pipeline.py") -> ast.Module:
@@ -195,7 +230,13 @@ def _is_pipeline_name(name: str) -> bool:
         return True
     if name in known_pipeline_names():
         return True
-    from pipewarden.sandbox.policy import diffusers_non_pipeline_names
+    from pipewarden.sandbox.policy import diffusers_non_pipeline_names, diffusers_unavailable_pipeline_names
+
+    # Static knowledge, not this environment's: a pipeline whose optional dependency (onnxruntime,
+    # ...) is missing here is still a DiffusionPipeline subclass in diffusers, so the verdict on a
+    # file never depends on which optional packages the runner has installed.
+    if name in diffusers_unavailable_pipeline_names():
+        return True
 
     if name in diffusers_non_pipeline_names() or name.endswith("ModularPipeline"):
         return False
