@@ -305,6 +305,7 @@ def load_pipeline(
                 fix="add them with `pipewarden lock --weights ...`, or drop lockfile=",
             )
         weights_lock.check_commit(weights.commit, what="weights")
+        weights_lock.check_names(weights.files, what="weights files")  # an extra file is refused too
         # Every file the loader reads must be in the lock; each is compared while it is loaded.
         expected = dict(weights_lock.files)
 

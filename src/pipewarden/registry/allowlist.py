@@ -530,6 +530,26 @@ def _parse(doc: Mapping[str, Any], *, sha256: str, origin: str) -> Allowlist:
     )
 
 
+def _check_policy_extras(extra: Mapping[str, tuple[str, ...]], aliases: Mapping[str, str], where: str) -> None:
+    """Refuse, when the allowlist is loaded, extras the sandbox would refuse when code is loaded:
+    an import alias pointing at a module the sandbox forbids (or that no rule admits), an alias
+    shadowing an allowed module, a name the policy cannot take."""
+    if not extra and not aliases:
+        return
+    from pipewarden.sandbox.policy import default_policy
+
+    try:
+        policy = default_policy().with_extras(extra_modules=extra, import_aliases=aliases)
+    except (ValueError, TypeError) as exc:
+        raise _bad(f"{where}: {exc}", "policy extras may only add modules and aliases to allowed modules") from None
+    for alias, target in aliases.items():
+        if not policy.is_module_allowed(target):
+            raise _bad(
+                f"{where}.import_aliases: {alias!r} points to {target!r}, which the sandbox does not allow",
+                "an import alias names a module the sandbox policy (or this allowlist's extra_modules) allows",
+            )
+
+
 def _parse_policy(raw: Any, where: str) -> AllowlistPolicy:
     t = _table(raw, where)
     _keys(t, {"required_isolation", "extra_modules", "import_aliases", "required_layers"}, set(), where)
@@ -563,6 +583,7 @@ def _parse_policy(raw: Any, where: str) -> AllowlistPolicy:
                 "dotted Python identifiers",
             )
         aliases[alias] = target
+    _check_policy_extras(extra, aliases, where)
     layers = tuple(_str(x, f"{where}.required_layers[]", max_len=40) for x in _array(t.get("required_layers", []), f"{where}.required_layers"))
     unknown = sorted(set(layers) - set(KNOWN_LAYERS))
     if unknown:

@@ -111,6 +111,24 @@ class LockEntry:
                 fix="restore the locked files, or re-run `pipewarden lock` if the change is intended",
             )
 
+    def check_names(self, present: Iterable[str], *, what: str = "files") -> None:
+        """Refuse a file present in the source that the lock does not name (an *extra* file).
+
+        The digests of the files that are read are compared while they are read; this catches the
+        files the load would not read (a planted ``unet/extra.safetensors``, a new config), so a
+        locked directory holds exactly the locked files, as a signature manifest does.
+        """
+        names = set(_drop_signature(dict.fromkeys(present, "")))
+        problems = [f"{rel} is not in the lock file" for rel in sorted(names - set(self.files))]
+        problems += [f"{rel} is locked but missing" for rel in sorted(set(self.files) - names)]
+        if problems:
+            shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
+            raise IntegrityError(
+                f"{what} of {self.source!r} differ from the lock file: {shown}",
+                rule="a lock file pins every file of a locked source: no missing, extra or changed file",
+                fix="remove the extra files, or re-run `pipewarden lock` if they are meant to be there",
+            )
+
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"source": self.stored or self.source, "role": self.role}
         if self.commit is not None:
