@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
-from pipewarden.errors import FetchError, IntegrityError, PipewardenError
+from pipewarden.errors import FetchError, InputError, IntegrityError, PipewardenError
 from pipewarden.loader.digests import CHUNK, is_commit_hex, is_sha256_hex
 from pipewarden.loader.snapshot import FileRecord
 
@@ -156,14 +156,30 @@ def check_relpath(relpath: object, *, what: str = "file name") -> str:
     return relpath
 
 
+_REVISION_RE = re.compile(r"[A-Za-z0-9._+\-/]{1,256}")
+
+
 def check_revision(revision: object) -> str:
-    """A branch, tag or commit name that is safe to use as a path below ``refs/``."""
+    """A branch, tag or commit name that is safe to use as a path below ``refs/`` and in a URL.
+
+    Refused with ``InputError`` (a clean error, never a traceback): empty names, ``..`` or ``.``
+    segments, absolute paths, control characters, spaces and the characters git forbids in refs.
+    """
     if not isinstance(revision, str):
         raise TypeError(f"revision must be a str, got {type(revision).__name__}")
-    if not revision or revision.startswith("/") or "\\" in revision or "\x00" in revision:
-        raise ValueError(f"invalid revision {revision!r}")
-    if any(part in ("", ".", "..") for part in revision.split("/")):
-        raise ValueError(f"invalid revision {revision!r}")
+    if (
+        not _REVISION_RE.fullmatch(revision)
+        or revision.startswith(("/", "-"))
+        or revision.endswith((".lock", "/"))
+        or ".." in revision
+        or any(part in ("", ".") for part in revision.split("/"))
+    ):
+        raise InputError(
+            f"invalid revision {revision!r}",
+            rule="a revision is a branch, tag or 40-hex commit: letters, digits and . _ + - / "
+            "(no '..', no control characters, at most 256 characters)",
+            fix="pass the branch, tag or commit as the hub shows it",
+        )
     return revision
 
 

@@ -151,6 +151,10 @@ def _bad(where: str, why: str) -> InputError:
     )
 
 
+#: Most dimensions a tensor may have (torch allows 64; real weights use at most 5).
+MAX_DIMS = 16
+
+
 def parse(buf: bytearray | mmap.mmap, *, where: str) -> dict[str, Any]:
     """Tensors as zero-copy views of ``buf`` (validated header; no code runs)."""
     import torch
@@ -188,8 +192,10 @@ def parse(buf: bytearray | mmap.mmap, *, where: str) -> dict[str, Any]:
             raise _bad(where, f"entry {name!r} has unsupported dtype {info['dtype']!r}")
         shape = info["shape"]
         offs = info["data_offsets"]
-        if not (isinstance(shape, list) and all(type(d) is int and d >= 0 for d in shape)):
+        if not (isinstance(shape, list) and len(shape) <= MAX_DIMS and all(type(d) is int and d >= 0 for d in shape)):
             raise _bad(where, f"entry {name!r} has an invalid shape")
+        if math.prod(max(d, 1) for d in shape) >= 1 << 62:  # even with a zero dim: torch cannot index it
+            raise _bad(where, f"entry {name!r} has a shape whose element count overflows")
         if not (isinstance(offs, list) and len(offs) == 2 and all(type(o) is int for o in offs)):
             raise _bad(where, f"entry {name!r} has invalid data_offsets")
         start, end = offs

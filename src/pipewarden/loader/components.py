@@ -696,7 +696,7 @@ def _build(cls: Any, ctx: _Ctx, sub: str) -> Any:
     _require_folder(ctx, sub)
     if issubclass(cls, SchedulerMixin):
         cfg_name = getattr(cls, "config_name", None) or "scheduler_config.json"
-        return cls.from_config(_read_json(ctx, f"{sub}/{cfg_name}"))
+        return _build_scheduler(cls, _read_json(ctx, f"{sub}/{cfg_name}"), where=f"{sub}/")
     assert issubclass(cls, ModelMixin)
     config = _read_json(ctx, f"{sub}/config.json")
     state = _load_weights(ctx, sub, "diffusion_pytorch_model")
@@ -982,6 +982,44 @@ def _size_or_zero(path: Path) -> int:
         return 0
 
 
+#: Largest ``num_train_timesteps`` a scheduler config may ask for (diffusers' schedulers allocate
+#: arrays of that length when built; real ones use 1000).
+MAX_SCHEDULER_TIMESTEPS = 1_000_000
+#: Non-persistent buffers (recomputed by ``__init__``, not in the weights) may add at most this
+#: many elements beyond the weights themselves when a model is rebuilt on the CPU.
+MAX_EXTRA_BUFFER_ELEMENTS = 1 << 26
+
+
+def _config_error(cls: Any, where: str, exc: BaseException, name: str = "config.json") -> InputError:
+    detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+    return InputError(
+        f"{where}{name} does not build a {cls.__name__}: {type(exc).__name__}: {detail}",
+        rule="components.bad-config",
+        fix="check the weights directory",
+    )
+
+
+def _build_scheduler(cls: Any, config: dict[str, Any], *, where: str) -> Any:
+    """``cls.from_config`` with the config's failures as clean errors and its sizes bounded."""
+    steps = config.get("num_train_timesteps")
+    if steps is not None and (type(steps) is not int or not 0 < steps <= MAX_SCHEDULER_TIMESTEPS):
+        raise InputError(
+            f"{where}scheduler config asks for num_train_timesteps={steps!r}",
+            rule="components.bad-config",
+            fix=f"num_train_timesteps is a positive integer of at most {MAX_SCHEDULER_TIMESTEPS}; check the weights directory",
+        )
+    try:
+        return cls.from_config(config)
+    except (KeyboardInterrupt, SystemExit, MemoryError, PipewardenError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - third-party validation (NotImplementedError, ...): input error
+        raise _config_error(cls, where, exc, "scheduler config") from None
+
+
+def _numel(tensors: Iterable[Any]) -> int:
+    return sum(int(t.numel()) for t in tensors)
+
+
 def _instantiate_model(
     cls: Any, config: dict[str, Any], state: dict[str, Any], *, torch_dtype, where: str, keep_dtypes: bool = False
 ) -> Any:
@@ -996,12 +1034,21 @@ def _instantiate_model(
     try:
         with torch.device("meta"):
             model = cls.from_config(config)
-    except (TypeError, ValueError) as exc:
+    except (KeyboardInterrupt, SystemExit, MemoryError, PipewardenError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - ZeroDivisionError (norm_num_groups: 0), ...: input error
+        raise _config_error(cls, where, exc) from None
+    # Nothing is built at the config's size before its parameter count matched the tensors: an
+    # enormous config with small weights is refused here, on the meta device.
+    extra_buffers = _numel(b for n, b in model.named_buffers() if n not in model.state_dict())
+    wanted = _numel(model.parameters()) + _numel(model.buffers()) - extra_buffers
+    have = _numel(state.values())
+    if wanted > have:
         raise InputError(
-            f"{where}config.json does not build a {cls.__name__}: {exc}",
-            rule="components.bad-config",
-            fix="check the weights directory",
-        ) from None
+            f"{where}config.json describes {wanted} weight elements but the safetensors files hold {have}",
+            rule="components.weights-mismatch",
+            fix="check the weights directory (checked before anything is allocated)",
+        )
     keep = list(getattr(cls, "_keep_in_fp32_modules", None) or [])
     target = torch_dtype if torch_dtype is not None else torch.get_default_dtype()
     for key, tensor in list(state.items()):
@@ -1028,7 +1075,18 @@ def _instantiate_model(
         )
     leftovers = [n for n, t in list(model.named_parameters()) + list(model.named_buffers()) if t.is_meta]
     if leftovers:  # non-persistent buffers: rebuild on the CPU and copy the weights in
-        model = cls.from_config(config)
+        if extra_buffers > MAX_EXTRA_BUFFER_ELEMENTS:
+            raise InputError(
+                f"{where}config.json asks for {extra_buffers} elements of computed buffers",
+                rule="components.bad-config",
+                fix=f"computed (non-persistent) buffers are bounded ({MAX_EXTRA_BUFFER_ELEMENTS} elements); check the weights directory",
+            )
+        try:
+            model = cls.from_config(config)
+        except (KeyboardInterrupt, SystemExit, MemoryError, PipewardenError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            raise _config_error(cls, where, exc) from None
         if torch_dtype is not None:
             model = model.to(torch_dtype)
         model.load_state_dict(state, strict=True)

@@ -93,6 +93,7 @@ def community_revision(revision: str | None) -> tuple[str, str | None]:
         return folder, (revision.lower() if revision is not None else None)
     if not isinstance(revision, str):
         raise TypeError(f"custom_revision must be a str, got {type(revision).__name__}")
+    _hf.check_revision(revision)  # '..', control characters: InputError
     if revision == "main":
         return "main", None
     m = _VERSION.fullmatch(revision)

@@ -21,6 +21,10 @@ EXPIRY_SKEW = _dt.timedelta(minutes=5)
 DEFAULT_SIGNATURE_LIFETIME = _dt.timedelta(days=365)
 
 _TS_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
+#: Dates outside this range are refused (they cannot be shifted by a time zone or the skew, and
+#: are not written back as four-digit years): 1970-01-01 <= t < 9999-01-01, UTC.
+EARLIEST = _dt.datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = _dt.datetime(9999, 1, 1, tzinfo=UTC)
 _DATE_RE = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 #: The clock seam. Tests pass ``now=`` explicitly instead of patching this.
@@ -38,21 +42,43 @@ def resolve_now(now: _dt.datetime | None) -> _dt.datetime:
 
 
 def is_expired(expires: _dt.datetime | None, now: _dt.datetime) -> bool:
-    return expires is not None and now >= expires - EXPIRY_SKEW
+    if expires is None:
+        return False
+    try:
+        return now >= expires - EXPIRY_SKEW
+    except OverflowError:  # expires within the skew of datetime.min: long past
+        return True
+
+
+def check_range(t: _dt.datetime, *, what: str) -> _dt.datetime:
+    """Refuse a time outside [EARLIEST, LATEST) with a clean error (no OverflowError later)."""
+    try:
+        utc = t.astimezone(UTC)
+    except OverflowError:
+        utc = None
+    if utc is None or not (EARLIEST <= utc < LATEST):
+        raise InputError(
+            f"{what} {t.isoformat()} is out of range",
+            rule="dates are between 1970-01-01 and 9998-12-31 (UTC)",
+            fix="write a date in that range, e.g. 2027-01-01",
+        )
+    return utc
 
 
 def format_ts(t: _dt.datetime) -> str:
     """``YYYY-MM-DDTHH:MM:SSZ`` in UTC, seconds precision (the only form in signed payloads)."""
-    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    u = t.astimezone(UTC)
+    return f"{u.year:04d}-{u.month:02d}-{u.day:02d}T{u.hour:02d}:{u.minute:02d}:{u.second:02d}Z"
 
 
 def parse_ts(text: object, *, what: str) -> _dt.datetime:
     if not isinstance(text, str) or not _TS_RE.fullmatch(text):
         raise InputError(f"{what} is not a UTC timestamp YYYY-MM-DDTHH:MM:SSZ", rule="timestamps are UTC")
     try:
-        return _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+        parsed = _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
         raise InputError(f"{what} {text!r} is not a valid date", rule="timestamps are UTC") from None
+    return check_range(parsed, what=what)
 
 
 def parse_date_arg(text: str, *, what: str = "--expires") -> _dt.datetime:
@@ -62,7 +88,7 @@ def parse_date_arg(text: str, *, what: str = "--expires") -> _dt.datetime:
             d = _dt.date.fromisoformat(text)
         except ValueError:
             raise InputError(f"{what} {text!r} is not a valid date", rule="dates are YYYY-MM-DD") from None
-        return _dt.datetime(d.year, d.month, d.day, tzinfo=UTC)
+        return check_range(_dt.datetime(d.year, d.month, d.day, tzinfo=UTC), what=what)
     if not isinstance(text, str) or not _TS_RE.fullmatch(text):
         raise InputError(
             f"{what} {text!r} is not a date",
@@ -81,7 +107,7 @@ def from_toml_value(value: object, *, what: str) -> _dt.datetime:
                 rule="expiry times are absolute",
                 fix="write a date (2027-01-01) or a UTC time (2027-01-01T00:00:00Z)",
             )
-        return value.astimezone(UTC).replace(microsecond=0)
+        return check_range(value, what=what).replace(microsecond=0)
     if isinstance(value, _dt.date):
-        return _dt.datetime(value.year, value.month, value.day, tzinfo=UTC)
+        return check_range(_dt.datetime(value.year, value.month, value.day, tzinfo=UTC), what=what)
     raise InputError(f"{what} is not a date", rule="expiry is a TOML date or date-time")

@@ -78,7 +78,9 @@ def _value(v: object) -> str:
     if isinstance(v, _dt.datetime):
         if v.tzinfo is None:
             raise ValueError("naive datetimes are not written")
-        return v.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        from pipewarden.registry._time import format_ts
+
+        return format_ts(v)  # four-digit year always (strftime writes year 1 as "1")
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_value(x) for x in v) + "]"
     raise TypeError(f"cannot write {type(v).__name__} to TOML")

@@ -14,12 +14,22 @@ from __future__ import annotations
 import dataclasses
 import keyword
 import math
+import time
+from collections import OrderedDict
 from typing import Any
 
 from pipewarden.errors import PipewardenError, WorkerError
 
 MAX_DEPTH = 32
 MAX_NODES = 200_000
+#: Wall-clock budget for decoding one message on the host (checked every 1024 nodes).
+MAX_DECODE_SECONDS = 10.0
+#: Output dataclasses not in diffusers' own table that one message may name (each costs a class).
+MAX_CUSTOM_OUTPUTS_PER_MESSAGE = 4
+#: Generated output classes kept for reuse (least recently used dropped first).
+MAX_CACHED_OUTPUT_CLASSES = 64
+#: Torch dtypes that have a numpy equivalent (ndarray and image results).
+_NUMPY_DTYPES = frozenset({"bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64"})
 _IMAGE_MODES = {"L": 2, "RGB": 3, "RGBA": 3}
 _TAG = "__pw__"
 
@@ -156,6 +166,8 @@ class Decoder:
         self._nodes = 0
         self._used: set[str] = set()
         self.generators: list[Any] = []
+        self._custom_outputs: set[tuple[str, tuple[str, ...]]] = set()
+        self._deadline = time.monotonic() + MAX_DECODE_SECONDS
 
     def _tensor(self, ref: object) -> Any:
         if not isinstance(ref, str) or ref not in self.tensors:
@@ -165,10 +177,19 @@ class Decoder:
         self._used.add(ref)
         return self.tensors[ref]
 
+    def _numpy(self, ref: object) -> Any:
+        """A tensor as a numpy array; only dtypes numpy has (no bfloat16, no float8)."""
+        tensor = self._tensor(ref)
+        if str(tensor.dtype).removeprefix("torch.") not in _NUMPY_DTYPES:
+            raise _malformed(f"array of dtype {str(tensor.dtype).removeprefix('torch.')} has no numpy equivalent")
+        return tensor.numpy()
+
     def decode(self, node: Any, depth: int = 0) -> Any:
         self._nodes += 1
         if self._nodes > MAX_NODES or depth > MAX_DEPTH:
             raise _malformed("value too large or nested too deeply")
+        if not self._nodes & 1023 and time.monotonic() > self._deadline:
+            raise _malformed(f"decoding took longer than {MAX_DECODE_SECONDS:g} s")
         if node is None or isinstance(node, (bool, int, str)):
             return node
         if isinstance(node, float):
@@ -196,7 +217,7 @@ class Decoder:
         if tag == "tensor":
             return self._tensor(node.get("ref"))
         if tag == "ndarray":
-            return self._tensor(node.get("ref")).numpy()
+            return self._numpy(node.get("ref"))
         if tag == "pil":
             return self._image(node)
         if tag == "dtype":
@@ -226,7 +247,7 @@ class Decoder:
         mode = node.get("mode")
         if mode not in _IMAGE_MODES:
             raise _malformed("unsupported image mode")
-        arr = self._tensor(node.get("ref")).numpy()
+        arr = self._numpy(node.get("ref"))
         if arr.dtype != np.uint8 or arr.ndim != _IMAGE_MODES[mode] or (mode != "L" and arr.shape[-1] != len(mode)):
             raise _malformed("image array does not match its mode")
         img = Image.fromarray(arr)
@@ -239,8 +260,15 @@ class Decoder:
         fields = node.get("fields")
         if not _ident(name) or not isinstance(fields, dict) or not all(_ident(k) for k in fields):
             raise _malformed("bad output class")
+        if len(fields) > 64:
+            raise _malformed("output class with too many fields")
         values = {k: self.decode(v, depth + 1) for k, v in fields.items()}
-        cls = _output_class(str(name), tuple(values))
+        cls = _known_output_class(str(name), tuple(values))
+        if cls is None:
+            self._custom_outputs.add((str(name), tuple(values)))
+            if len(self._custom_outputs) > MAX_CUSTOM_OUTPUTS_PER_MESSAGE:
+                raise _malformed(f"more than {MAX_CUSTOM_OUTPUTS_PER_MESSAGE} custom output classes in one message")
+            cls = _output_class(str(name), tuple(values))
         try:
             return cls(**values)
         except (TypeError, ValueError):
@@ -253,8 +281,11 @@ class Decoder:
         device = node.get("device")
         if not isinstance(device, str) or len(device) > 32:
             raise _malformed("bad generator device")
-        gen = torch.Generator(device=device)
-        gen.set_state(state)
+        try:
+            gen = torch.Generator(device=device)
+            gen.set_state(state)
+        except (RuntimeError, TypeError, ValueError):
+            raise _malformed("bad generator state") from None
         self.generators.append(gen)
         return gen
 
@@ -270,26 +301,51 @@ def _dtype(name: object) -> Any:
     return value
 
 
+#: diffusers' own output dataclasses, by name: rebuilt as the real class (the allowlist).
 _KNOWN_OUTPUTS = {
     "ImagePipelineOutput": ("diffusers.pipelines.pipeline_utils", "ImagePipelineOutput"),
     "AudioPipelineOutput": ("diffusers.pipelines.pipeline_utils", "AudioPipelineOutput"),
     "StableDiffusionPipelineOutput": ("diffusers.pipelines.stable_diffusion", "StableDiffusionPipelineOutput"),
+    "StableDiffusionXLPipelineOutput": ("diffusers.pipelines.stable_diffusion_xl", "StableDiffusionXLPipelineOutput"),
+    "FluxPipelineOutput": ("diffusers.pipelines.flux", "FluxPipelineOutput"),
 }
-_MADE: dict[tuple[str, tuple[str, ...]], type] = {}
+_MADE: OrderedDict[tuple[str, tuple[str, ...]], type] = OrderedDict()
+
+
+def _known_output_class(name: str, fields: tuple[str, ...]) -> type | None:
+    import importlib
+
+    if name not in _KNOWN_OUTPUTS:
+        return None
+    mod, attr = _KNOWN_OUTPUTS[name]
+    try:
+        cls = getattr(importlib.import_module(mod), attr)
+    except (ImportError, AttributeError):  # pragma: no cover - other diffusers layout
+        return None
+    if set(fields) <= {f.name for f in dataclasses.fields(cls)}:
+        return cls
+    return None
 
 
 def _output_class(name: str, fields: tuple[str, ...]) -> type:
-    """The host class for an output dataclass: a known diffusers one, else a generated BaseOutput."""
-    import importlib
+    """The host class for an output dataclass: a known diffusers one, else a generated BaseOutput.
 
-    if name in _KNOWN_OUTPUTS:
-        mod, attr = _KNOWN_OUTPUTS[name]
-        cls = getattr(importlib.import_module(mod), attr)
-        if set(fields) <= {f.name for f in dataclasses.fields(cls)}:
-            return cls
+    Generated classes are bounded: at most ``MAX_CUSTOM_OUTPUTS_PER_MESSAGE`` per message (see
+    ``Decoder``) and ``MAX_CACHED_OUTPUT_CLASSES`` kept, so a hostile worker cannot make the host
+    build or keep an unbounded number of classes.
+    """
+    known = _known_output_class(name, fields)
+    if known is not None:
+        return known
     key = (name, fields)
-    if key not in _MADE:
-        from diffusers.utils import BaseOutput
+    cls = _MADE.get(key)
+    if cls is not None:
+        _MADE.move_to_end(key)
+        return cls
+    from diffusers.utils import BaseOutput
 
-        _MADE[key] = dataclasses.make_dataclass(name, [(f, Any, None) for f in fields], bases=(BaseOutput,))
-    return _MADE[key]
+    cls = dataclasses.make_dataclass(name, [(f, Any, None) for f in fields], bases=(BaseOutput,))
+    _MADE[key] = cls
+    while len(_MADE) > MAX_CACHED_OUTPUT_CLASSES:
+        _MADE.popitem(last=False)
+    return cls

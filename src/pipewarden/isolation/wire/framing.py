@@ -97,7 +97,14 @@ def read_frame(fd: int, *, max_bytes: int, deadline: float | None = None) -> Fra
             rule="worker messages are length-prefixed JSON + safetensors frames",
             fix="the worker is broken or compromised; it was stopped",
         )
-    if head_len > min(MAX_HEADER_BYTES, max_bytes) or head_len + payload_len > max_bytes:
+    if head_len + payload_len <= max_bytes and head_len > min(MAX_HEADER_BYTES, max_bytes):
+        raise ResourceLimitError(
+            f"the worker sent a message header of {head_len} bytes, over the header limit of "
+            f"{min(MAX_HEADER_BYTES, max_bytes)} bytes",
+            rule="message headers (JSON) are bounded; large values travel as tensors",
+            fix="return large data as tensors or arrays, not as JSON lists",
+        )
+    if head_len + payload_len > max_bytes:
         raise ResourceLimitError(
             f"the worker sent a message of {head_len + payload_len} bytes, over the limit of {max_bytes}",
             rule="Limits.max_message_mb bounds every message from the worker",

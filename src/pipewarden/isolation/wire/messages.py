@@ -43,12 +43,19 @@ def _is_tensor(value: object) -> bool:
     return isinstance(value, torch.Tensor)
 
 
-def freeze(value: Any) -> Any:
-    """JSON -> read-only: dicts become ``FrozenConfig``, lists tuples."""
+#: Deepest config the worker may describe (diffusers configs are 2-3 levels deep).
+MAX_CONFIG_DEPTH = 32
+
+
+def freeze(value: Any, depth: int = 0) -> Any:
+    """JSON -> read-only: dicts become ``FrozenConfig``, lists tuples (bounded depth: a 900-deep
+    config from a worker is a clean ``WorkerError``, not a RecursionError)."""
+    if depth > MAX_CONFIG_DEPTH:
+        raise _bad(f"config nested more than {MAX_CONFIG_DEPTH} levels")
     if isinstance(value, dict):
-        return FrozenConfig({str(k): freeze(v) for k, v in value.items()})
+        return FrozenConfig({str(k): freeze(v, depth + 1) for k, v in value.items()})
     if isinstance(value, list):
-        return tuple(freeze(v) for v in value)
+        return tuple(freeze(v, depth + 1) for v in value)
     return value
 
 
