@@ -555,3 +555,39 @@ def test_open_in_refuses_a_link_swapped_in_after_resolution(tmp_path, monkeypatc
     monkeypatch.setattr(fsaccess, "_resolve_parts", swap)
     with pytest.raises(InputError, match="symlink"):
         fsaccess.read_in(root, "d/f")
+
+
+@pytest.mark.parametrize("target", ["outside", "dangling"])
+def test_audit_never_reads_a_planted_link_out_of_the_tree(tmp_path, monkeypatch, capsys, target):
+    from pipewarden.cli import main
+
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "ok.py").write_text("x = 1\n")
+    secret = tmp_path / "secret.py"
+    secret.write_text("API_KEY = 'hunter2'\nthis is not python\n")
+    os.symlink(secret if target == "outside" else tmp_path / "nope.py", repo / "link.py")
+    read: list[str] = []
+    real_open = os.open
+
+    def spy(path, *args, **kwargs):  # noqa: ANN001
+        read.append(os.fspath(path))
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", spy)
+    rc = main(["audit", str(repo), "--format", "json", "--no-cache"])
+    monkeypatch.undo()
+    out = capsys.readouterr()
+    assert rc == 2 and "hunter2" not in out.out + out.err
+    assert not any(p.endswith("secret.py") for p in read)
+
+
+def test_audit_follows_a_link_inside_the_tree(tmp_path, capsys):
+    from pipewarden.cli import main
+
+    repo = tmp_path / "repo"
+    (repo / "real").mkdir(parents=True)
+    (repo / "real" / "a.py").write_text("x = 1\n")
+    os.symlink("real/a.py", repo / "b.py")
+    main(["audit", str(repo), "--format", "json", "--no-cache"])
+    assert "Traceback" not in capsys.readouterr().err

@@ -143,7 +143,15 @@ def collect_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
                 for name in filenames:
                     if name.endswith(".py") and not name.startswith("."):
                         full = Path(dirpath, name)
-                        found.append((full.relative_to(path).as_posix(), full))
+                        rel = full.relative_to(path).as_posix()
+                        if os.path.islink(full):
+                            # A link inside the tree is audited as the file it names, which must
+                            # be inside the tree too (a planted link never makes the audit read,
+                            # and report on, a file outside it).
+                            from pipewarden import fsaccess
+
+                            full = Path(path, fsaccess.resolve_in(path, rel))
+                        found.append((rel, full))
             candidates = [p for _, p in sorted(found)]
         elif path.exists() or path.is_symlink():
             candidates = [path]
