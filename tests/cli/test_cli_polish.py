@@ -116,7 +116,8 @@ def test_replacing_your_own_signature_says_so(tmp_path, capsys):
     assert "replaced" not in capsys.readouterr().err
     assert main(["sign", str(tmp_path / "pipe"), "--key", key, "--source", "acme/pipes"]) == 0
     err = capsys.readouterr().err
-    assert "replaced your earlier signature (valid for any source" in err
+    # `sign` binds to the directory's own local: id by default (issue 12 flaw 8)
+    assert "replaced your earlier signature (for source 'local:" in err
 
 
 def test_audit_with_no_paths_is_a_clean_run_with_a_note(capsys, tmp_path):
