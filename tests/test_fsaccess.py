@@ -140,8 +140,9 @@ def test_components_never_read_a_link_out_even_past_the_listing(weights, secret,
     from pipewarden.loader.components import load_components
     from pipewarden.loader.snapshot import FileRecord, Snapshot
 
-    _plant(weights, secret, door)
-    snap = Snapshot(root=weights, source="local:x", commit=None, files={"model_index.json": FileRecord("model_index.json", "", 1)})
+    listed = {p.relative_to(weights).as_posix() for p in weights.rglob("*") if p.is_file()}
+    _plant(weights, secret, door)  # after the listing: as if swapped in between listing and reading
+    snap = Snapshot(root=weights, source="local:x", commit=None, files={rel: FileRecord(rel, "", 1) for rel in listed})
     with pytest.raises(InputError, match="symlink|outside|above"):
         load_components(snap)
 

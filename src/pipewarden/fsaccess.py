@@ -77,8 +77,8 @@ MAX_DEPTH = 64
 #: Bound on symlinks followed while resolving one path inside a boundary (Linux uses 40).
 MAX_LINK_HOPS = 40
 
-_LINK_RULE = "host code never follows a symlink out of the directory it reads (hostile paths)"
-_REGULAR_RULE = "host code reads regular files only (no FIFOs, sockets or devices; they could block or lie)"
+_LINK_RULE = "file.link-outside"
+_REGULAR_RULE = "file.not-regular"
 
 
 def _link_error(shown: str, boundary: str | os.PathLike[str], why: str) -> InputError:
@@ -100,16 +100,16 @@ def _not_regular(shown: str) -> InputError:
 def _missing(shown: str, where: str | os.PathLike[str]) -> InputError:
     return InputError(
         f"{shown} is missing from {os.fspath(where)}",
-        rule="every file the load uses must exist",
+        rule="file.unreadable",
         fix="check the directory",
     )
 
 
 def _split(relpath: str) -> list[str]:
     if "\x00" in relpath:
-        raise InputError(f"path {relpath!r} holds a NUL byte", rule="paths are plain text")
+        raise InputError(f"path {relpath!r} holds a NUL byte", rule="file.unreadable")
     if relpath.startswith("/"):
-        raise InputError(f"path {relpath!r} is absolute", rule="paths inside a directory are relative")
+        raise InputError(f"path {relpath!r} is absolute", rule="file.unreadable")
     return [p for p in relpath.split("/") if p not in ("", ".")]
 
 
@@ -124,7 +124,7 @@ def _dir_fd(path: str | os.PathLike[str], *, listable: bool = False) -> Iterator
     except OSError as exc:
         raise InputError(
             f"cannot open directory {os.fspath(path)}: {exc.strerror}",
-            rule="the directory must exist and be readable",
+            rule="file.not-directory",
             fix="check the path",
         ) from None
     try:
@@ -166,9 +166,9 @@ def _resolve_parts(bfd: int, boundary: Path, parts: list[str], *, links: bool, s
         except FileNotFoundError:
             raise _missing(shown, boundary) from None
         except NotADirectoryError:
-            raise InputError(f"{shown}: a component of the path is not a directory", rule="paths name files in folders") from None
+            raise InputError(f"{shown}: a component of the path is not a directory", rule="file.unreadable") from None
         except OSError as exc:
-            raise InputError(f"cannot read {shown}: {exc.strerror}", rule="files must be readable") from None
+            raise InputError(f"cannot read {shown}: {exc.strerror}", rule="file.unreadable") from None
         if not stat.S_ISLNK(st.st_mode):
             out.append(comp)
             continue
@@ -180,7 +180,7 @@ def _resolve_parts(bfd: int, boundary: Path, parts: list[str], *, links: bool, s
         try:
             target = os.readlink(cur, dir_fd=bfd)
         except OSError as exc:  # pragma: no cover - raced away
-            raise InputError(f"cannot read link {shown}: {exc.strerror}", rule="files must be readable") from None
+            raise InputError(f"cannot read link {shown}: {exc.strerror}", rule="file.unreadable") from None
         if target.startswith("/"):
             if real_boundary is None:
                 real_boundary = os.path.realpath(boundary)
@@ -222,7 +222,7 @@ def _open_parts(bfd: int, parts: list[str], *, shown: str, where: str | os.PathL
             ) from None
         if exc.errno == errno.ENOENT:
             raise _missing(shown, where) from None
-        raise InputError(f"cannot read {shown}: {exc.strerror}", rule="files must be readable") from None
+        raise InputError(f"cannot read {shown}: {exc.strerror}", rule="file.unreadable") from None
     finally:
         if cur != bfd:
             os.close(cur)
@@ -280,7 +280,7 @@ def _read_limited(fh: BinaryIO, limit: int | None, shown: str) -> bytes:
         return fh.read()
     data = fh.read(limit + 1)
     if len(data) > limit:
-        raise InputError(f"{shown} is larger than {limit} bytes", rule="files read by the host are bounded in size")
+        raise InputError(f"{shown} is larger than {limit} bytes", rule="file.too-large")
     return data
 
 
@@ -308,10 +308,10 @@ def open_user_file(path: str | os.PathLike[str], *, what: str = "file", private_
     try:
         fd = os.open(path, os.O_RDONLY | _O_CLOEXEC | _O_NONBLOCK)
     except IsADirectoryError:
-        raise InputError(f"{what} {shown} is a directory", rule=f"the {what} is a file", fix="check the path") from None
+        raise InputError(f"{what} {shown} is a directory", rule="file.not-regular", fix="check the path") from None
     except OSError as exc:
         raise InputError(
-            f"cannot read {what} {shown}: {exc.strerror}", rule=f"the {what} must be readable", fix="check the path"
+            f"cannot read {what} {shown}: {exc.strerror}", rule="file.unreadable", fix="check the path"
         ) from None
     try:
         st = os.fstat(fd)
@@ -322,7 +322,7 @@ def open_user_file(path: str | os.PathLike[str], *, what: str = "file", private_
         if private_writes and st.st_mode & 0o022:
             raise InputError(
                 f"{what} {shown} may be written by others (mode {stat.S_IMODE(st.st_mode):04o})",
-                rule="trust files (allowlists) are writable by their owner only",
+                rule="allowlist.writable",
                 fix=f"chmod go-w {shown}",
             )
         os.set_blocking(fd, True)
@@ -340,7 +340,7 @@ def read_user_file(
         data = fh.read(limit + 1)
     if len(data) > limit:
         raise InputError(
-            f"{what} {os.fspath(path)} is larger than {limit} bytes", rule="registry files are bounded in size"
+            f"{what} {os.fspath(path)} is larger than {limit} bytes", rule="file.too-large"
         )
     return data
 
@@ -364,11 +364,11 @@ def check_name(rel: str) -> None:
     except UnicodeEncodeError:
         raise InputError(
             f"file name {rel!r} is not valid UTF-8",
-            rule="manifest paths are UTF-8",
+            rule="file.name-not-utf8",
             fix="rename the file",
         ) from None
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in rel):
-        raise InputError(f"file name {rel!r} holds control characters", rule="manifest paths are printable", fix="rename the file")
+        raise InputError(f"file name {rel!r} holds control characters", rule="file.name-not-utf8", fix="rename the file")
 
 
 def walk(
@@ -396,30 +396,30 @@ def walk(
     with _dir_fd(b) as bfd, _dir_fd(base, listable=True) as rfd:
         st = os.fstat(rfd)
         if not stat.S_ISDIR(st.st_mode):  # pragma: no cover - O_DIRECTORY
-            raise InputError(f"{base} is not a directory", rule=f"a {what} is a directory")
+            raise InputError(f"{base} is not a directory", rule="file.not-directory")
 
         def visit(dfd: int, prefix: str, depth: int) -> None:
             if depth > MAX_DEPTH:
-                raise InputError(f"{base}/{prefix} is nested more than {MAX_DEPTH} levels", rule="directories are bounded")
+                raise InputError(f"{base}/{prefix} is nested more than {MAX_DEPTH} levels", rule="file.too-many")
             try:
                 with os.scandir(dfd) as it:
                     entries = sorted(it, key=lambda e: e.name)
             except OSError as exc:
-                raise InputError(f"cannot read {base}/{prefix}: {exc.strerror}", rule="every directory must be readable") from None
+                raise InputError(f"cannot read {base}/{prefix}: {exc.strerror}", rule="file.unreadable") from None
             for entry in entries:
                 rel = prefix + entry.name
                 check_name(rel)
                 try:
                     est = entry.stat(follow_symlinks=False)
                 except OSError as exc:
-                    raise InputError(f"cannot read {base}/{rel}: {exc.strerror}", rule="every file must be readable") from None
+                    raise InputError(f"cannot read {base}/{rel}: {exc.strerror}", rule="file.unreadable") from None
                 if stat.S_ISDIR(est.st_mode):
                     if entry.name in ignored_dirs:
                         continue
                     try:
                         sub = os.open(entry.name, _DIR_FLAGS, dir_fd=dfd)
                     except OSError as exc:
-                        raise InputError(f"cannot read {base}/{rel}: {exc.strerror}", rule="every directory must be readable") from None
+                        raise InputError(f"cannot read {base}/{rel}: {exc.strerror}", rule="file.unreadable") from None
                     try:
                         visit(sub, rel + "/", depth + 1)
                     finally:
@@ -433,18 +433,18 @@ def walk(
                     if not links:
                         raise InputError(
                             f"{base}/{rel} is a symlink",
-                            rule=f"a {what} holds regular files only; symlinks are never followed",
+                            rule="file.link-outside",
                             fix="replace the link with the file it points to",
                         )
                     real = _resolve_parts(bfd, b, [*base_parts, *rel.split("/")], links=True, shown=f"{base}/{rel}")
                     try:
                         rst = os.stat("/".join(real), dir_fd=bfd, follow_symlinks=False)
                     except OSError as exc:  # pragma: no cover - raced away
-                        raise InputError(f"cannot read {base}/{rel}: {exc.strerror}", rule="every file must be readable") from None
+                        raise InputError(f"cannot read {base}/{rel}: {exc.strerror}", rule="file.unreadable") from None
                     if stat.S_ISDIR(rst.st_mode):
                         raise InputError(
                             f"{base}/{rel} is a symlink to a directory",
-                            rule=f"a {what} holds regular files and real folders only",
+                            rule="file.link-outside",
                             fix="replace the link with the folder it points to",
                         )
                     if not stat.S_ISREG(rst.st_mode):
@@ -453,11 +453,11 @@ def walk(
                 else:
                     raise InputError(
                         f"{base}/{rel} is not a regular file",
-                        rule=f"a {what} holds regular files only (no devices, sockets, FIFOs)",
+                        rule="file.not-regular",
                         fix="remove it from the directory",
                     )
                 if len(out) > max_files:
-                    raise InputError(f"{base} holds more than {max_files} files", rule="directories are bounded")
+                    raise InputError(f"{base} holds more than {max_files} files", rule="file.too-many")
 
         visit(rfd, "", 0)
     return dict(sorted(out.items()))
@@ -530,7 +530,7 @@ def _atomic_replace(target: Path, data: bytes, mode: int, shown: str) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as exc:
-        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="the output must be writable") from None
+        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="file.unwritable") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             os.fchmod(fh.fileno(), mode)
@@ -544,7 +544,7 @@ def _atomic_replace(target: Path, data: bytes, mode: int, shown: str) -> None:
         except OSError:
             pass
         if isinstance(exc, OSError):
-            raise InputError(f"cannot write {shown}: {exc.strerror}", rule="the output must be writable") from None
+            raise InputError(f"cannot write {shown}: {exc.strerror}", rule="file.unwritable") from None
         raise
 
 
@@ -565,12 +565,12 @@ def write_through(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o64
         if os.path.islink(path):
             raise InputError(
                 f"{shown} is a symlink to {target}, which does not exist",
-                rule="a file edited through a link must exist",
+                rule="file.unwritable",
                 fix="fix the link, or pass the real path",
             ) from None
         st = None
     except OSError as exc:
-        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="the output must be writable") from None
+        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="file.unwritable") from None
     if st is not None:
         if not stat.S_ISREG(st.st_mode):
             raise _not_regular(shown)
@@ -595,7 +595,7 @@ def write_new_or_regular(path: str | os.PathLike[str], data: bytes, *, mode: int
             if os.path.islink(cur):
                 raise InputError(
                     f"{shown}: the folder {cur} is a symlink",
-                    rule="reports are never written through a symlink (it may be planted in the repository)",
+                    rule="cli.output-unwritable",
                     fix="write the report to a path without symlinks",
                 )
     flags = os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC
@@ -605,12 +605,12 @@ def write_new_or_regular(path: str | os.PathLike[str], data: bytes, *, mode: int
         if exc.errno in (errno.ELOOP, errno.EMLINK) or os.path.islink(path):
             raise InputError(
                 f"{shown} is a symlink",
-                rule="reports are never written through a symlink (it may be planted in the repository)",
+                rule="cli.output-unwritable",
                 fix="remove the link or choose another output path",
             ) from None
         if exc.errno == errno.ENXIO:
             raise _not_regular(shown) from None
-        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="the output must be writable") from None
+        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="file.unwritable") from None
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise _not_regular(shown)
@@ -621,7 +621,7 @@ def write_new_or_regular(path: str | os.PathLike[str], data: bytes, *, mode: int
             n = os.write(fd, view)
             view = view[n:]
     except OSError as exc:
-        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="the output must be writable") from None
+        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="file.unwritable") from None
     finally:
         os.close(fd)
 
@@ -638,12 +638,12 @@ def replace_regular(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o
     except FileNotFoundError:
         st = None
     except OSError as exc:
-        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="the output must be writable") from None
+        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="file.unwritable") from None
     if st is not None:
         if stat.S_ISLNK(st.st_mode):
             raise InputError(
                 f"{shown} is a symlink",
-                rule="files inside a signed directory are regular files; a link is never written through",
+                rule="file.link-outside",
                 fix="remove the link, then sign again",
             )
         if not stat.S_ISREG(st.st_mode):

@@ -176,9 +176,9 @@ def check_revision(revision: object) -> str:
     ):
         raise InputError(
             f"invalid revision {revision!r}",
-            rule="a revision is a branch, tag or 40-hex commit: letters, digits and . _ + - / "
+            rule="hub.bad-revision",
+            fix="pass a branch, tag or 40-hex commit as the hub shows it: letters, digits and . _ + - / "
             "(no '..', no control characters, at most 256 characters)",
-            fix="pass the branch, tag or commit as the hub shows it",
         )
     return revision
 

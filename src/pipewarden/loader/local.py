@@ -91,7 +91,7 @@ def _read_source(path: Path) -> bytes:
         if "larger than" in exc.what:
             raise InputError(
                 f"pipeline file {path} is larger than {MAX_SOURCE_BYTES} bytes",
-                rule="pipeline sources are bounded in size",
+                rule="file.too-large",
                 fix="a community pipeline is one reasonably sized .py file",
             ) from None
         raise

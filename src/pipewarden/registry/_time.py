@@ -59,7 +59,7 @@ def check_range(t: _dt.datetime, *, what: str) -> _dt.datetime:
     if utc is None or not (EARLIEST <= utc < LATEST):
         raise InputError(
             f"{what} {t.isoformat()} is out of range",
-            rule="dates are between 1970-01-01 and 9998-12-31 (UTC)",
+            rule="registry.bad-time",
             fix="write a date in that range, e.g. 2027-01-01",
         )
     return utc

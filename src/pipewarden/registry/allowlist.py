@@ -541,12 +541,12 @@ def _check_policy_extras(extra: Mapping[str, tuple[str, ...]], aliases: Mapping[
     try:
         policy = default_policy().with_extras(extra_modules=extra, import_aliases=aliases)
     except (ValueError, TypeError) as exc:
-        raise _bad(f"{where}: {exc}", "policy extras may only add modules and aliases to allowed modules") from None
+        raise _bad(f"{where}: {exc}", "policy.extras-invalid") from None
     for alias, target in aliases.items():
         if not policy.is_module_allowed(target):
             raise _bad(
                 f"{where}.import_aliases: {alias!r} points to {target!r}, which the sandbox does not allow",
-                "an import alias names a module the sandbox policy (or this allowlist's extra_modules) allows",
+                "policy.extras-invalid",
             )
 
 

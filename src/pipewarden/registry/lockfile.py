@@ -125,7 +125,7 @@ class LockEntry:
             shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
             raise IntegrityError(
                 f"{what} of {self.source!r} differ from the lock file: {shown}",
-                rule="a lock file pins every file of a locked source: no missing, extra or changed file",
+                rule="lock.digest-mismatch",
                 fix="remove the extra files, or re-run `pipewarden lock` if they are meant to be there",
             )
 

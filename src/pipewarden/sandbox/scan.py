@@ -119,7 +119,7 @@ def decode_source(source: str | bytes, *, filename: str = "pipeline.py") -> str:
     if declared is not None and not is_utf8_name(declared[0]):
         raise ScanError(
             f"{filename} declares the source encoding {declared[0]!r} (line {declared[1]})",
-            rule="scan.coding",
+            rule="scan.utf8",
             fix="save the file as UTF-8 and remove the coding declaration (Python would decode it "
             "differently from what reviewers and the audit read)",
         )

@@ -101,7 +101,7 @@ def read_frame(fd: int, *, max_bytes: int, deadline: float | None = None) -> Fra
         raise ResourceLimitError(
             f"the worker sent a message header of {head_len} bytes, over the header limit of "
             f"{min(MAX_HEADER_BYTES, max_bytes)} bytes",
-            rule="message headers (JSON) are bounded; large values travel as tensors",
+            rule="limits.message-size",
             fix="return large data as tensors or arrays, not as JSON lists",
         )
     if head_len + payload_len > max_bytes:
