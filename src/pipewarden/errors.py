@@ -25,6 +25,7 @@ __all__ = [
     "InputError",
     "FetchError",
     "WorkerError",
+    "PolicyError",
 ]
 
 
@@ -110,6 +111,11 @@ class WorkerError(PipewardenError):
     """The isolated worker crashed, hung up, or sent a malformed message."""
 
 
+class PolicyError(InputError, ValueError):
+    """The sandbox policy data is malformed (unknown key or value) or names a class or module that
+    does not resolve in the installed libraries (the policy fails closed)."""
+
+
 _BY_NAME: dict[str, type[PipewardenError]] = {
     c.__name__: c
     for c in (
@@ -124,6 +130,7 @@ _BY_NAME: dict[str, type[PipewardenError]] = {
         InputError,
         FetchError,
         WorkerError,
+        PolicyError,
     )
 }
 

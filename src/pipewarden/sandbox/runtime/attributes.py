@@ -18,17 +18,14 @@ from pipewarden.sandbox.policy import TypeRule
 from pipewarden.sandbox.runtime._common import (
     _CALL_DUNDERS,
     _FORBIDDEN_VALUE_TYPES,
-    _REVIEWED_GETATTR,
     _STR_DUNDERS,
-    _VALUE_TYPES,
     _WRITABLE_CONTAINERS,
     _is_unbound_method,
-    _resolve_type_path,
     _static_lookup,
     _tname,
     _violation,
 )
-from pipewarden.sandbox.runtime.argguards import _ARGUMENT_GUARDS, _first_field_check
+from pipewarden.sandbox.runtime.argguards import ARGUMENT_GUARD_IMPLS, _first_field_check
 from pipewarden.sandbox.runtime.facades import FacadeResolver
 from pipewarden.sandbox.runtime.objects import (
     _LOGGER_METHODS,
@@ -56,14 +53,7 @@ class AttributeRules(FacadeResolver):
     """Attribute decisions (third layer of :class:`~pipewarden.sandbox.runtime.Sandbox`)."""
 
     def _resolve_rules(self) -> list[tuple[type, TypeRule]]:
-        if self._resolved_rules is None:
-            resolved: list[tuple[type, TypeRule]] = []
-            for rule in self.policy.types:
-                cls = _resolve_type_path(rule.type_path)
-                if cls is not None:
-                    resolved.append((cls, rule))
-            self._resolved_rules = resolved
-        return self._resolved_rules
+        return list(self.resolved.type_rules)
 
     def rules_for(self, t: type) -> tuple[TypeRule, ...]:
         hit = self._rules_for_type.get(t)
@@ -219,8 +209,9 @@ class AttributeRules(FacadeResolver):
             self.check_value(value, f"{_tname(obj)}.{name}")
         if name in _STR_DUNDERS and not isinstance(value, (str, type(None))):
             raise _violation(f"{name} of a {_tname(obj)} is not a string", "attribute.dunder")
-        if name in _ARGUMENT_GUARDS and callable(value):
-            return _ARGUMENT_GUARDS[name](self, value, f"{_tname(obj)}.{name}")
+        guard = self.policy.argument_guards.get(name)
+        if guard is not None and callable(value):
+            return ARGUMENT_GUARD_IMPLS[guard](self, value, f"{_tname(obj)}.{name}")
         if (t_value in _WRITABLE_CONTAINERS or t_value in _SNAPSHOT_MAPPINGS or _is_frozen_config(value)) and (
             t not in _WRITABLE_CONTAINERS and self._held_by_host(obj, name)
         ):
@@ -352,11 +343,11 @@ class AttributeRules(FacadeResolver):
                 ok = False
         elif name.startswith("_"):
             ok = False
-        elif t in _VALUE_TYPES or t in _READONLY_TYPES:
+        elif t in self.resolved.value_types or t in _READONLY_TYPES:
             ok = True
         elif isinstance(obj, type):
             # Class-level access: value types' methods, enum members, the rules of the class itself.
-            if obj in _VALUE_TYPES:
+            if obj in self.resolved.value_types:
                 ok = True
             elif issubclass(obj, enum.Enum):
                 ok = name in obj.__members__ or name in ("name", "value")
@@ -400,8 +391,7 @@ class AttributeRules(FacadeResolver):
             if "__getattr__" in klass.__dict__:
                 if klass in self._classes:
                     return True
-                qual = f"{getattr(klass, '__module__', '')}.{getattr(klass, '__qualname__', '')}"
-                return qual in _REVIEWED_GETATTR
+                return klass in self.resolved.reviewed_getattr
         return True
 
     def _safe_format(self, s: str, name: str) -> Callable[..., str]:

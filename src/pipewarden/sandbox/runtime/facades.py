@@ -22,7 +22,6 @@ from pipewarden.sandbox.runtime._base import SandboxBase
 from pipewarden.sandbox.runtime._common import (
     _MISSING,
     _is_type_hint,
-    _resolve_type_path,
     _suspending,
     _tname,
     _violation,
@@ -138,35 +137,19 @@ class FacadeResolver(SandboxBase):
         return False
 
     def _no_construct(self, cls: type) -> bool:
-        bases = self._no_construct_types
-        if bases is None:
-            bases = tuple(
-                t for t in (_resolve_type_path(p) for p in self.policy.no_construct_bases) if t is not None
-            )
-            self._no_construct_types = bases
+        bases = self.resolved.no_construct
         try:
             return bool(bases) and issubclass(cls, bases)
         except TypeError:
             return False
 
     def _key_class_subclassable(self, cls: type) -> bool:
-        allowed = tuple(
-            t for t in (_resolve_type_path(p) for p in self.policy.attribute_key_subclassable) if t is not None
-        )
-        forwarding = tuple(
-            t
-            for t in (_resolve_type_path(p) for p in self.policy.attribute_key_bases)
-            if t is not None and t not in allowed
-        )
+        allowed = self.resolved.attribute_key_subclassable
+        forwarding = tuple(t for t in self.resolved.attribute_key_bases if t not in allowed)
         return bool(allowed) and issubclass(cls, allowed) and not issubclass(cls, forwarding)
 
     def _keys_become_attributes(self, cls: type) -> bool:
-        bases = self._attribute_key_types
-        if bases is None:
-            bases = tuple(
-                t for t in (_resolve_type_path(p) for p in self.policy.attribute_key_bases) if t is not None
-            )
-            self._attribute_key_types = bases
+        bases = self.resolved.attribute_key_bases
         try:
             return bool(bases) and issubclass(cls, bases)
         except TypeError:
