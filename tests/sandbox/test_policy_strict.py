@@ -140,3 +140,57 @@ def test_runtime_implements_the_policy_vocabulary():
     assert set(default_policy().argument_guards.values()) <= ARGUMENT_GUARDS
     used = {d for rule in default_policy().types for d in rule.dynamic}
     assert used <= DYNAMIC_RULES
+
+
+def test_decide_attribute_is_one_typed_decision():
+    import torch
+    from diffusers.configuration_utils import FrozenDict
+
+    from pipewarden.sandbox.runtime import Sandbox, Verdict
+
+    box = Sandbox(default_policy(), "decide_test")
+    x = torch.zeros(2)
+    assert box.decide_attribute(x, "shape") is Verdict.ALLOW
+    assert box.decide_attribute(x, "add") is Verdict.ALLOW  # a torch operator (tensor_ops)
+    assert box.decide_attribute(x, "data_ptr") is Verdict.DENIED
+    assert box.decide_attribute(x, "_version") is Verdict.NOT_LISTED
+    cfg = FrozenDict({"sample_size": 8})
+    assert box.decide_attribute(cfg, "sample_size") is Verdict.ALLOW  # a config key (dynamic rule)
+    assert box.decide_attribute(cfg, "not_a_key") is Verdict.NOT_LISTED
+    assert box.decide_attribute("text", "upper") is Verdict.ALLOW  # plain value type ([values])
+    assert box.decide_attribute(print, "__self__") is Verdict.NOT_LISTED
+
+
+def test_shipped_torch_operator_list_matches_installed_torch():
+    """The generator reproduces the shipped list from the installed torch (else: regenerate, review)."""
+    from pipewarden.sandbox.policy import torch_operator_data
+    from pipewarden.sandbox.policy._gen_torch_ops import collect
+
+    version, names = collect()
+    assert (version, frozenset(names)) == torch_operator_data()
+    assert {"cat", "add", "randn", "where"} <= frozenset(names)
+
+
+def test_operator_missing_from_the_generated_list_is_refused(monkeypatch):
+    """A name the installed torch has but the reviewed list lacks (a torch upgrade) is not admitted."""
+    import torch
+
+    import pipewarden.sandbox.policy.resolve as resolve_mod
+    from pipewarden.errors import PolicyViolation
+    from pipewarden.sandbox.policy import torch_operator_data
+    from pipewarden.sandbox.runtime import Sandbox, Verdict
+
+    version, shipped = torch_operator_data()
+    monkeypatch.setattr(resolve_mod, "torch_operator_data", lambda: (version, shipped - {"cat", "add"}))
+    resolve_mod._torch_operators.cache_clear()
+    try:
+        box = Sandbox(load_policy_bytes(SHIPPED.encode()), "ops_test")
+        facade = box.guarded_import("torch", fromlist=("cat",))
+        with pytest.raises(PolicyViolation):
+            box.facade_attr(facade, "cat")
+        assert box.facade_attr(facade, "stack") is torch.stack
+        assert box.decide_attribute(torch.zeros(1), "add") is Verdict.NOT_LISTED
+        assert box.decide_attribute(torch.zeros(1), "sub") is Verdict.ALLOW
+    finally:
+        monkeypatch.undo()
+        resolve_mod._torch_operators.cache_clear()

@@ -1,9 +1,13 @@
 """The sandbox policy: what sandboxed pipeline code may import, read, call and define.
 
 Decides nothing by itself: it parses the shipped, versioned data (``default.toml``; the generated
-``diffusers_pipelines.toml``) once into frozen objects with frozensets for the hot-path lookups the
-guards make. An organisation may extend a policy (``with_extras``: more modules, more import aliases);
-the global deny list, the tripwire and the compile rules cannot be relaxed that way.
+``torch_ops.toml`` and ``diffusers_pipelines.toml``) once into frozen objects with frozensets for the
+hot-path lookups the guards make. The schema is strict: an unknown key, a value of the wrong type or
+outside the policy's vocabulary (``REPLACEMENTS``, ``ARGUMENT_GUARDS``, ``DYNAMIC_RULES``) raises
+:class:`~pipewarden.errors.PolicyError`. Whether the class paths and modules it names exist is
+checked by :mod:`pipewarden.sandbox.policy.resolve` (which imports the libraries) before any
+sandboxed code runs. An organisation may extend a policy (``with_extras``: more modules, more import
+aliases); the global deny list, the tripwire and the compile rules cannot be relaxed that way.
 
 Trusts: only the files shipped inside this package. Never imports torch or diffusers.
 """
@@ -439,6 +443,21 @@ def _pipeline_data() -> tuple[str, frozenset[str], frozenset[str], frozenset[str
         | frozenset(_strs(doc.get("unavailable_pipelines", []), "unavailable_pipelines")),
         frozenset(_strs(doc.get("unavailable_pipelines", []), "unavailable_pipelines")),
     )
+
+
+@functools.lru_cache(maxsize=1)
+def torch_operator_data() -> tuple[str, frozenset[str]]:
+    """(torch version, operator names) from the generated ``torch_ops.toml`` (see _gen_torch_ops)."""
+    data = resources.files(__name__).joinpath("torch_ops.toml").read_bytes()
+    top = _Table(tomllib.loads(data.decode("utf-8")), "")
+    if top._get("version", True) != 1:
+        raise _fail("torch_ops.toml: unknown `version`")
+    torch_version = top._get("torch_version", True)
+    if not isinstance(torch_version, str):
+        raise _fail("torch_ops.toml: `torch_version` must be a string")
+    names = frozenset(top.strs("operators", required=True))
+    top.done()
+    return torch_version, names
 
 
 def diffusers_pipeline_names() -> frozenset[str]:

@@ -19,11 +19,15 @@ import builtins
 import functools
 import importlib
 import importlib.util
+import logging
 from dataclasses import dataclass
 from typing import Any
 
 from pipewarden.errors import PolicyError
-from pipewarden.sandbox.policy import SandboxPolicy, TypeRule
+from pipewarden.sandbox.policy import SandboxPolicy, TypeRule, torch_operator_data
+from pipewarden.sandbox.policy._gen_torch_ops import base_version
+
+_LOG = logging.getLogger("pipewarden.sandbox")
 
 __all__ = ["ResolvedPolicy", "resolve_class_path", "resolve_optional_class_path", "resolve_policy"]
 
@@ -113,6 +117,8 @@ class ResolvedPolicy:
     value_types: frozenset[type]
     builtin_bases: frozenset[type]
     reviewed_getattr: frozenset[type]
+    #: The generated torch operator names (torch_ops.toml) that the installed torch also has.
+    torch_operators: frozenset[str]
 
 
 def _classes(paths: tuple[str, ...], where: str, missing: list[str]) -> tuple[type, ...]:
@@ -136,6 +142,28 @@ def _check_modules(policy: SandboxPolicy, missing: list[str]) -> None:
                 importlib.import_module(name)
         except Exception:  # noqa: BLE001 - any failure to import: the table names nothing
             missing.append(f"modules: {name}")
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_operators() -> frozenset[str]:
+    """The shipped operator list, restricted to what the installed torch has: never a name the
+    reviewed list lacks. A different torch version is logged (regenerate and review the diff)."""
+    shipped_version, shipped = torch_operator_data()
+    if not _installed("torch"):
+        return frozenset()
+    with _suspended():
+        import torch
+
+    installed = frozenset(n for n in dir(torch._C._VariableFunctions) if not n.startswith("_"))
+    found = base_version(str(torch.__version__))
+    if found != shipped_version:
+        _LOG.warning(
+            "pipewarden: torch %s is installed but the sandbox's operator list was generated for torch %s; "
+            "only operators in both are available (%d new operators are not; regenerate torch_ops.toml "
+            "with python -m pipewarden.sandbox.policy._gen_torch_ops and review the diff)",
+            found, shipped_version, len(installed - shipped),
+        )
+    return shipped & installed
 
 
 _CACHE: dict[int, ResolvedPolicy] = {}
@@ -175,6 +203,7 @@ def resolve_policy(policy: SandboxPolicy) -> ResolvedPolicy:
         value_types=frozenset(value_types),
         builtin_bases=frozenset(builtin_bases),
         reviewed_getattr=frozenset(reviewed_getattr),
+        torch_operators=_torch_operators(),
     )
     if len(_CACHE) > 16:
         _CACHE.clear()

@@ -37,7 +37,6 @@ class SandboxBase:
         self._classes: weakref.WeakSet[type] = weakref.WeakSet()
         self._owned_type_cache: dict[type, bool] = {}
         self._functions: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._variable_functions: frozenset[str] | None = None
         self._snapshot_cache: dict[int, tuple[Any, Any]] = {}
         self._formatter = _SafeFormatter(cast("GuardHooks", self))  # SandboxBase is only ever a Sandbox's first layer
         self._deny = policy.deny

@@ -54,9 +54,6 @@ _INPLACE_OPS: dict[str, Callable[[Any, Any], Any]] = {
 
 
 
-_DENIED = object()
-_DYN_OWNED = object()
-_DYN_HOST = object()
 
 
 def _violation(what: str, rule: str, fix: str = "") -> PolicyViolation:

@@ -109,13 +109,8 @@ class FacadeResolver(SandboxBase):
         return self.facade(top_name, self._import_real(top_name))
 
     def _vf_names(self) -> frozenset[str]:
-        if self._variable_functions is None:
-            import torch
-
-            self._variable_functions = frozenset(
-                n for n in dir(torch._C._VariableFunctions) if not n.startswith("_")
-            )
-        return self._variable_functions
+        """torch operators (generated data, ``policy/torch_ops.toml``) the installed torch also has."""
+        return self.resolved.torch_operators
 
     def _is_plain_constant(self, value: Any, rule: ModuleRule, depth: int = 0) -> bool:
         if depth > 4:
