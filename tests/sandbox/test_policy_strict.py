@@ -194,3 +194,53 @@ def test_operator_missing_from_the_generated_list_is_refused(monkeypatch):
     finally:
         monkeypatch.undo()
         resolve_mod._torch_operators.cache_clear()
+
+
+@pytest.mark.slow
+def test_shipped_diffusers_name_lists_match_installed_diffusers():
+    """The generator reproduces diffusers_names.toml from the installed diffusers (walks every module)."""
+    from pipewarden.sandbox.policy import diffusers_name_data
+    from pipewarden.sandbox.policy._gen_diffusers_names import collect
+
+    version, prefixes, classes, members = collect()
+    shipped = diffusers_name_data()
+    assert version == shipped.library_version
+    assert frozenset(prefixes) == shipped.member_prefixes
+    assert frozenset(classes) == shipped.classes
+    assert {k: frozenset(v) for k, v in members.items()} == dict(shipped.members)
+
+
+def test_diffusers_names_missing_from_the_generated_lists_are_refused(monkeypatch):
+    """classes_from / class_methods_from admit only the generated names (a diffusers upgrade's new
+    class or method stays refused until the list is regenerated and reviewed)."""
+    import dataclasses
+
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    import pipewarden.sandbox.policy.resolve as resolve_mod
+    from pipewarden.errors import PolicyViolation
+    from pipewarden.sandbox.policy import diffusers_name_data
+    from pipewarden.sandbox.runtime import Sandbox, Verdict
+
+    shipped = diffusers_name_data()
+    members = dict(shipped.members)
+    members["EulerDiscreteScheduler"] = shipped.members["EulerDiscreteScheduler"] - {"index_for_timestep"}
+    trimmed = dataclasses.replace(shipped, classes=shipped.classes - {"DDPMScheduler"}, members=members)
+    sched = EulerDiscreteScheduler()
+    box = Sandbox(default_policy(), "names_before")
+    assert box.decide_attribute(sched, "index_for_timestep") is Verdict.ALLOW  # by class_methods_from
+    monkeypatch.setattr(resolve_mod, "diffusers_name_data", lambda: trimmed)
+    box = Sandbox(load_policy_bytes(SHIPPED.encode()), "names_test")
+    facade = box.guarded_import("diffusers", fromlist=("DDPMScheduler",))
+    with pytest.raises(PolicyViolation):
+        box.facade_attr(facade, "DDPMScheduler")
+    assert box.facade_attr(facade, "DDIMScheduler") is DDIMScheduler
+    assert box.decide_attribute(sched, "index_for_timestep") is Verdict.NOT_LISTED
+    assert box.decide_attribute(sched, "step") is Verdict.ALLOW
+
+
+def test_class_methods_prefix_not_covered_by_the_generated_lists_refuses_to_load():
+    policy = load_policy_bytes(_copy('class_methods_from = ["diffusers.schedulers"]',
+                                     'class_methods_from = ["diffusers.schedulers", "diffusers.models"]'))
+    with pytest.raises(PolicyError, match="diffusers.models"):
+        resolve_policy(policy)

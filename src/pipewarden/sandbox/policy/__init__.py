@@ -460,6 +460,39 @@ def torch_operator_data() -> tuple[str, frozenset[str]]:
     return torch_version, names
 
 
+@dataclass(frozen=True)
+class GeneratedNames:
+    """Names a rule of the policy admits, generated from one library version (see _gen_diffusers_names)."""
+
+    package: str
+    library_version: str
+    #: the ``class_methods_from`` prefixes the member lists cover
+    member_prefixes: frozenset[str]
+    #: public classes defined in the package (``classes_from``)
+    classes: frozenset[str]
+    #: class qualname -> public names its body defines (``class_methods_from``)
+    members: Mapping[str, frozenset[str]]
+
+
+@functools.lru_cache(maxsize=1)
+def diffusers_name_data() -> GeneratedNames:
+    """The generated ``diffusers_names.toml``, parsed strictly."""
+    data = resources.files(__name__).joinpath("diffusers_names.toml").read_bytes()
+    top = _Table(tomllib.loads(data.decode("utf-8")), "")
+    if top._get("version", True) != 1:
+        raise _fail("diffusers_names.toml: unknown `version`")
+    library_version = top._get("diffusers_version", True)
+    if not isinstance(library_version, str):
+        raise _fail("diffusers_names.toml: `diffusers_version` must be a string")
+    prefixes = frozenset(top.strs("class_methods_from_prefixes", required=True))
+    classes = frozenset(top.strs("classes", required=True))
+    members_table = top.table("members", required=True)
+    members = {name: frozenset(members_table.strs(name)) for name in list(members_table._d)}
+    members_table.done()
+    top.done()
+    return GeneratedNames("diffusers", library_version, prefixes, classes, MappingProxyType(members))
+
+
 def diffusers_pipeline_names() -> frozenset[str]:
     """Names of diffusers' DiffusionPipeline subclasses (generated list; see _gen_diffusers_pipelines)."""
     return _pipeline_data()[1]

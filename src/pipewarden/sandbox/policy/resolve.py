@@ -20,11 +20,19 @@ import functools
 import importlib
 import importlib.util
 import logging
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any
 
 from pipewarden.errors import PolicyError
-from pipewarden.sandbox.policy import SandboxPolicy, TypeRule, torch_operator_data
+from pipewarden.sandbox.policy import (
+    GeneratedNames,
+    SandboxPolicy,
+    TypeRule,
+    diffusers_name_data,
+    torch_operator_data,
+)
 from pipewarden.sandbox.policy._gen_torch_ops import base_version
 
 _LOG = logging.getLogger("pipewarden.sandbox")
@@ -119,6 +127,9 @@ class ResolvedPolicy:
     reviewed_getattr: frozenset[type]
     #: The generated torch operator names (torch_ops.toml) that the installed torch also has.
     torch_operators: frozenset[str]
+    #: generated name lists by top-level package (diffusers_names.toml): classes_from and
+    #: class_methods_from admit only names listed here for these packages.
+    generated: Mapping[str, GeneratedNames]
 
 
 def _classes(paths: tuple[str, ...], where: str, missing: list[str]) -> tuple[type, ...]:
@@ -166,6 +177,29 @@ def _torch_operators() -> frozenset[str]:
     return shipped & installed
 
 
+def _generated_names(policy: SandboxPolicy, missing: list[str]) -> dict[str, GeneratedNames]:
+    """The generated name lists, checked to cover every rule of the policy that relies on them."""
+    names = diffusers_name_data()
+    if not _installed(names.package):
+        return {}
+    for rule in policy.types:
+        for prefix in rule.class_methods_from:
+            if prefix.split(".")[0] == names.package and prefix not in names.member_prefixes:
+                missing.append(f"types.{rule.type_path}.class_methods_from: {prefix} (not in diffusers_names.toml)")
+    with _suspended():
+        import diffusers
+
+    found = base_version(str(diffusers.__version__))
+    if found != names.library_version:
+        _LOG.warning(
+            "pipewarden: diffusers %s is installed but the sandbox's diffusers name lists were generated for "
+            "diffusers %s; classes and methods they do not list are refused (regenerate diffusers_names.toml "
+            "with python -m pipewarden.sandbox.policy._gen_diffusers_names and review the diff)",
+            found, names.library_version,
+        )
+    return {names.package: names}
+
+
 _CACHE: dict[int, ResolvedPolicy] = {}
 
 
@@ -186,6 +220,7 @@ def resolve_policy(policy: SandboxPolicy) -> ResolvedPolicy:
     builtin_bases = _classes(policy.builtin_bases, "classes.builtin_bases", missing)
     reviewed_getattr = _classes(policy.reviewed_getattr, "getattr.reviewed", missing)
     _check_modules(policy, missing)
+    generated = _generated_names(policy, missing)
     if missing:
         raise PolicyError(
             "the sandbox policy names classes or modules that do not resolve in the installed libraries "
@@ -204,6 +239,7 @@ def resolve_policy(policy: SandboxPolicy) -> ResolvedPolicy:
         builtin_bases=frozenset(builtin_bases),
         reviewed_getattr=frozenset(reviewed_getattr),
         torch_operators=_torch_operators(),
+        generated=MappingProxyType(generated),
     )
     if len(_CACHE) > 16:
         _CACHE.clear()

@@ -94,7 +94,13 @@ class AttributeRules(FacadeResolver):
         for klass in t.__mro__:
             if name in klass.__dict__:
                 mod = getattr(klass, "__module__", "") or ""
-                return isinstance(mod, str) and any(mod == p or mod.startswith(p + ".") for p in prefixes)
+                if not isinstance(mod, str) or not any(mod == p or mod.startswith(p + ".") for p in prefixes):
+                    return False
+                generated = self.resolved.generated.get(mod.split(".")[0])
+                if generated is None:
+                    return True
+                # generated, versioned data (diffusers_names.toml): only the names it lists
+                return name in generated.members.get(klass.__qualname__, ())
         return False
 
     def _listed_by_type_rules(self, t: type, name: str) -> bool:

@@ -161,7 +161,11 @@ class FacadeResolver(SandboxBase):
         name = getattr(value, "__name__", "")
         if not isinstance(name, str) or name.startswith("_"):
             return False
-        return any(mod == p or mod.startswith(p + ".") for p in rule.classes_from)
+        if not any(mod == p or mod.startswith(p + ".") for p in rule.classes_from):
+            return False
+        generated = self.resolved.generated.get(mod.split(".")[0])
+        # generated, versioned data (diffusers_names.toml): only the classes it lists
+        return generated is None or name in generated.classes
 
     def facade_attr(self, facade: Facade, name: Any, *, for_import: bool = False) -> Any:
         if type(name) is not str:
