@@ -244,3 +244,25 @@ def test_class_methods_prefix_not_covered_by_the_generated_lists_refuses_to_load
                                      'class_methods_from = ["diffusers.schedulers", "diffusers.models"]'))
     with pytest.raises(PolicyError, match="diffusers.models"):
         resolve_policy(policy)
+
+
+def test_runtime_implements_every_replacement_the_policy_names():
+    """Every `replace` value is in the parser's vocabulary, and the runtime serves each one."""
+    from pipewarden.sandbox.policy import REPLACEMENTS
+    from pipewarden.sandbox.runtime import Sandbox
+
+    box = Sandbox(default_policy(), "replace_test")
+    served: set[str] = set()
+    for mod_name, rule in default_policy().modules.items():
+        for name, impl in rule.replace.items():
+            assert impl in REPLACEMENTS
+            # a package rule with any_submodule also serves its submodules (diffusers.utils.deprecate)
+            for where in (mod_name, f"{mod_name}.utils") if rule.any_submodule else (mod_name,):
+                facade = box.guarded_import(where, fromlist=(name,))
+                try:
+                    value = box.facade_attr(facade, name)
+                except AttributeError:
+                    continue  # the host module lacks the name (nothing to replace)
+                assert callable(value)
+                served.add(impl)
+    assert served == REPLACEMENTS
