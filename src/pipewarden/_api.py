@@ -55,7 +55,7 @@ class AdmittedCode:
         if sha256_bytes(self.code.source_bytes) != self.code.sha256:  # defence in depth
             raise IntegrityError(
                 "the admitted pipeline bytes changed in memory",
-                rule="the bytes compiled are the bytes admitted",
+                rule="trust.bytes-changed",
                 fix="report this as a bug",
             )
         try:
@@ -63,7 +63,7 @@ class AdmittedCode:
         except UnicodeDecodeError as exc:
             raise ScanError(
                 f"{self.code.module_relpath} is not valid UTF-8 (byte {exc.start})",
-                rule="pipeline sources are UTF-8 text",
+                rule="code.utf8",
                 fix="save the file as UTF-8",
             ) from None
 
@@ -144,7 +144,7 @@ def _admit(
     if _remote_code_disabled():
         raise NotAllowedError(
             f"refusing to run pipeline code from {where}",
-            rule="PIPEWARDEN_DISABLE_REMOTE_CODE is set: no custom pipeline code runs",
+            rule="trust.kill-switch",
             fix="unset PIPEWARDEN_DISABLE_REMOTE_CODE to allow vetted pipeline code",
         )
     passed("kill switch", "PIPEWARDEN_DISABLE_REMOTE_CODE not set")
@@ -152,7 +152,7 @@ def _admit(
     if trust_remote_code is not True:
         raise TrustRequiredError(
             f"pipeline code from {where} would be executed, but trust_remote_code is not True",
-            rule="custom pipeline code runs only with an explicit opt-in (every source kind, community names included)",
+            rule="trust.opt-in",
             fix=f"read the code, then pass trust_remote_code=True and pipeline_sha256={code.sha256!r}",
         )
     passed("opt-in", "trust_remote_code=True")
@@ -173,7 +173,7 @@ def _admit(
         commit = f" at commit {code.commit}" if code.commit else ""
         raise NotAllowedError(
             f"pipeline code from {code.source_id}{commit} is not pinned (its sha256 is {code.sha256})",
-            rule="code runs only when pinned by pipeline_sha256=, a lock file entry or allowlist signatures",
+            rule="trust.code-unpinned",
             fix=(
                 f"after reading the code, pass pipeline_sha256={code.sha256!r}"
                 + (f" and custom_revision={code.commit!r}" if code.commit else "")
@@ -301,7 +301,7 @@ def load_pipeline(
         if weights_lock is None:
             raise IntegrityError(
                 f"weights {weights.source!r} are not in lock file {lock.origin}",
-                rule="with a lock file, every source used must be locked",
+                rule="lock.source-unlocked",
                 fix="add them with `pipewarden lock --weights ...`, or drop lockfile=",
             )
         weights_lock.check_commit(weights.commit, what="weights")
@@ -334,12 +334,12 @@ def _admit_precheck(custom_pipeline: Any, trust_remote_code: bool) -> None:
     if _remote_code_disabled():
         raise NotAllowedError(
             f"refusing to run pipeline code from {where}",
-            rule="PIPEWARDEN_DISABLE_REMOTE_CODE is set: no custom pipeline code runs",
+            rule="trust.kill-switch",
             fix="unset PIPEWARDEN_DISABLE_REMOTE_CODE to allow vetted pipeline code",
         )
     raise TrustRequiredError(
         f"pipeline code from {where} would be executed, but trust_remote_code is not True",
-        rule="custom pipeline code runs only with an explicit opt-in (every source kind, community names included)",
+        rule="trust.opt-in",
         fix="read the code, then pass trust_remote_code=True together with a pin (pipeline_sha256=...)",
     )
 

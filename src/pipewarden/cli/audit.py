@@ -90,10 +90,10 @@ def _allowlist_extras(path: str) -> tuple[tuple[tuple[str, tuple[str, ...]], ...
             data = fh.read(_MAX_ALLOWLIST_BYTES + 1)
     except OSError as exc:
         raise InputError(f"cannot read the allowlist {path}: {exc.strerror or exc}",
-                         rule="--allowlist must be a readable file", fix="check the path") from None
+                         rule="file.unreadable", fix="check the path") from None
     if len(data) > _MAX_ALLOWLIST_BYTES:
         raise InputError(f"the allowlist {path} is larger than {_MAX_ALLOWLIST_BYTES} bytes",
-                         rule="allowlists are small TOML files", fix="check the path")
+                         rule="file.too-large", fix="check the path")
     policy = Allowlist.from_bytes(data, origin=path).policy
     modules = tuple(sorted((name, tuple(attrs)) for name, attrs in policy.extra_modules.items()))
     aliases = tuple(sorted(dict(getattr(policy, "import_aliases", None) or {}).items()))
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options.policy()  # validate the extras before touching any file
     except ValueError as exc:
-        raise InputError(f"the policy extras are not valid: {exc}", rule="extras may only add modules and aliases",
+        raise InputError(f"the policy extras are not valid: {exc}", rule="policy.extras-invalid",
                          fix="fix --import-alias / the allowlist's [policy] table") from None
     cache = None
     if not args.no_cache:
@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         except OSError as exc:
             raise InputError(
                 f"cannot write the report to {os.fspath(args.output)}: {exc.strerror or exc}",
-                rule="--output must be a writable file path",
+                rule="cli.output-unwritable",
                 fix="choose a writable path for --output",
             ) from None
         print(summary_line(report), file=sys.stderr)

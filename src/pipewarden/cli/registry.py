@@ -155,7 +155,7 @@ def source_id_arg(text: str, *, option: str = "--source") -> str:
         if hub.is_community_name(name):
             return name
         raise InputError(f"{option} {text!r}: {name!r} is not a community pipeline name",
-                         rule="community names are letters, digits and underscores",
+                         rule="spec.source-id",
                          fix="e.g. community:one_step_unet")
     if value.startswith("local:"):
         rest = value[len("local:"):]
@@ -163,7 +163,7 @@ def source_id_arg(text: str, *, option: str = "--source") -> str:
             return "local:" + str(Path(rest).resolve())
         if rest and os.path.exists(rest):
             return "local:" + str(Path(rest).resolve())
-        raise InputError(f"{option} {text!r} is not a source id", rule="local source ids are absolute: local:/path",
+        raise InputError(f"{option} {text!r} is not a source id", rule="spec.source-id",
                          fix=f"pass the path itself ({option} ./{rest or 'DIR'}) or local:/absolute/path")
     if value and os.path.exists(value):
         return "local:" + str(Path(value).resolve())
@@ -171,7 +171,7 @@ def source_id_arg(text: str, *, option: str = "--source") -> str:
         return value
     raise InputError(
         f"{option} {text!r} is neither a hub repo id, community:NAME, nor an existing path",
-        rule=f"{option} takes a {_SOURCE_HELP}",
+        rule="spec.source-id",
         fix="check the spelling; for a community pipeline write community:NAME",
     )
 
@@ -258,7 +258,7 @@ def _pairs(values: list[str], *, what: str) -> dict[str, str]:
     for v in values:
         name, sep, rest = v.partition("=")
         if not sep or not name.strip():
-            raise InputError(f"{what} {v!r} is not NAME=VALUE", rule=f"{what} takes NAME=VALUE")
+            raise InputError(f"{what} {v!r} is not NAME=VALUE", rule="cli.bad-argument")
         out[name.strip()] = rest.strip()
     return out
 
@@ -288,7 +288,7 @@ def _policy(args) -> int:
     if not changes:
         raise InputError(
             "no policy change given",
-            rule="allowlist policy needs at least one option",
+            rule="cli.bad-argument",
             fix="pass --required-isolation, --extra-module or --import-alias",
         )
     _save(args.file, allowlist.with_policy(**changes))
@@ -369,7 +369,7 @@ def _lock(args) -> int:
     if not args.weights and not args.custom_pipeline:
         raise InputError(
             "nothing to lock",
-            rule="lock needs --weights and/or --custom-pipeline",
+            rule="cli.bad-argument",
             fix="pipewarden lock --weights DIR_OR_REPO --custom-pipeline DIR_OR_REPO",
         )
     entries = []
@@ -382,7 +382,7 @@ def _lock(args) -> int:
             if not hub.is_hub_repo_id(args.weights):
                 raise InputError(
                     f"--weights {args.weights!r} is neither a local directory nor a hub repo id",
-                    rule="lock local paths or hub repos",
+                    rule="lock.unknown-source",
                     fix="check the path or the repo id (org/name)",
                 )
             snap = hub.resolve_weights(args.weights, revision=args.revision)
@@ -401,7 +401,7 @@ def _lock(args) -> int:
             else:
                 raise InputError(
                     f"--custom-pipeline {args.custom_pipeline!r} is not a local path, hub repo id or community name",
-                    rule="lock local paths, hub repos or community pipelines",
+                    rule="lock.unknown-source",
                     fix="check the spelling",
                 )
             code = hub.resolve_code(args.custom_pipeline, kind=kind, revision=args.custom_revision)

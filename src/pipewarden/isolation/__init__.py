@@ -154,7 +154,7 @@ def _start(request: WorkerLoadRequest, limits: Limits, *, test_hooks: bool = Fal
     if hashlib.sha256(request.source_bytes).hexdigest() != request.source_sha256:
         raise IntegrityError(
             f"{request.filename}: source bytes do not match the verified sha256",
-            rule="only verified source is sent to a worker",
+            rule="worker.unverified-source",
             fix="reload the pipeline",
         )
     files = {rel: {"sha256": rec.sha256, "size": rec.size} for rel, rec in request.weights.files.items()}
@@ -171,7 +171,7 @@ def _start(request: WorkerLoadRequest, limits: Limits, *, test_hooks: bool = Fal
         if missing:
             raise NotAllowedError(
                 f"isolation layers required by the policy are not active: {', '.join(missing)}",
-                rule="the allowlist policy requires these layers (required_layers)",
+                rule="worker.layers-missing",
                 fix="run `pipewarden doctor` to see why, and run on a host where they are available",
             )
         if inactive:
@@ -211,7 +211,7 @@ def _start(request: WorkerLoadRequest, limits: Limits, *, test_hooks: bool = Fal
             payload = payload + tensors
         loaded = worker.request(header, payload, what="loading the pipeline")
         if not isinstance(loaded, Loaded):
-            raise WorkerError("the worker answered a load with the wrong message", rule="worker protocol", fix="reload")
+            raise WorkerError("the worker answered a load with the wrong message", rule="worker.protocol", fix="reload")
     except BaseException:
         worker.kill()
         raise
@@ -252,7 +252,7 @@ def run_in_worker(
         for name, value in extra_components.items():  # refuse early, before any worker starts
             encode_component(name, value, probe)
     if weights is None or not hasattr(weights, "files"):
-        raise InputError("no weights snapshot to load in the worker", rule="isolation", fix="pass a weights directory")
+        raise InputError("no weights snapshot to load in the worker", rule="spec.weights", fix="pass a weights directory")
     request = WorkerLoadRequest(
         source_bytes=bytes(source_bytes),
         source_sha256=source_sha256,

@@ -118,7 +118,7 @@ def _error_header(exc: BaseException) -> dict:
             "kind": "error",
             "error": "ResourceLimitError",
             "what": "the pipeline wrote a file larger than the worker's limit",
-            "rule": "Limits.file_size_mb bounds every file the worker writes",
+            "rule": "limits.file-size",
             "fix": "raise Limits(file_size_mb=...) if the pipeline really needs to",
         }
     if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(m in text.lower() for m in _ALLOC_MARKERS)):
@@ -126,14 +126,14 @@ def _error_header(exc: BaseException) -> dict:
             "kind": "error",
             "error": "ResourceLimitError",
             "what": f"the pipeline ran out of memory in the worker ({type(exc).__name__}: {text[:300]})",
-            "rule": "Limits.memory_mb bounds the worker's memory",
+            "rule": "limits.memory",
             "fix": "raise Limits(memory_mb=...) if the pipeline really needs more",
         }
     return {
         "kind": "error",
         "error": "PipewardenError",
         "what": f"the pipeline raised {type(exc).__name__}: {text}",
-        "rule": "errors inside the isolated worker are reported by type name and message only",
+        "rule": "worker.pipeline-error",
         "fix": "see the message; the pipeline code or its inputs caused it",
     }
 
@@ -259,7 +259,7 @@ class _Worker:
         if op == "hook" and self.test_hooks:
             with self._hook_context(frame.header):
                 return self._hook(frame.header), b""
-        raise PolicyViolation(f"unknown request {op!r}", rule="worker protocol")
+        raise PolicyViolation(f"unknown request {op!r}", rule="worker.protocol")
 
     def _send(self, header: dict, payload: bytes = b"") -> None:
         write_frame(self.resp_fd, header, payload)
@@ -277,7 +277,7 @@ class _Worker:
         if hashlib.sha256(source_bytes).hexdigest() != h["source_sha256"]:
             raise IntegrityError(
                 f"{h['filename']}: the source received by the worker does not match its sha256",
-                rule="the worker re-verifies the pipeline source before compiling it",
+                rule="worker.source-mismatch",
                 fix="reload the pipeline",
             )
         files = {
@@ -346,7 +346,7 @@ class _Worker:
 
     def _call(self, h: dict, payload: bytes) -> tuple[dict, bytes]:
         if self.pipe is None:
-            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker protocol")
+            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker.protocol")
         import torch
 
         dec = Decoder(load_tensors(payload), allow_generators=True)
@@ -387,25 +387,25 @@ class _Worker:
             if op == "callback_abort":
                 raise _HostCallbackFailed(
                     "callback_on_step_end raised on the host; the call was abandoned",
-                    rule="the host's exception is raised there",
+                    rule="worker.callback-failed",
                 )
             if op != "callback_result":
-                raise PolicyViolation(f"expected the callback's result, got {op!r}", rule="worker protocol")
+                raise PolicyViolation(f"expected the callback's result, got {op!r}", rule="worker.protocol")
             dec = Decoder(load_tensors(frame.payload), allow_generators=False)
             value = dec.decode(frame.header.get("value"))
         if not isinstance(value, dict):
-            raise PolicyViolation("callback_on_step_end must return a dict", rule="diffusers callback protocol")
+            raise PolicyViolation("callback_on_step_end must return a dict", rule="worker.callback-result")
         return value
     def _set_component(self, h: dict, payload: bytes) -> dict:
         """``handle.<name> = component``: rebuild it here from data, set it the diffusers way."""
         from pipewarden.isolation.wire.components import decode_component
 
         if self.pipe is None:
-            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker protocol")
+            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker.protocol")
         name = str(h.get("name"))
         components = dict(getattr(self.pipe, "components", {}) or {})
         if name not in components:
-            raise PolicyViolation(f"the pipeline has no component {name!r}", rule="worker protocol")
+            raise PolicyViolation(f"the pipeline has no component {name!r}", rule="worker.protocol")
         value = decode_component(h.get("component"), load_tensors(payload), name)
         setattr(self.pipe, name, value)
         return self._describe()
@@ -414,7 +414,7 @@ class _Worker:
         import torch
 
         if self.pipe is None:
-            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker protocol")
+            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker.protocol")
         dec = Decoder(load_tensors(payload), allow_generators=False)
         args = dec.decode(h["args"])
         kwargs = dec.decode(h["kwargs"])
@@ -456,7 +456,7 @@ class _Worker:
             if pid < 0:
                 raise PolicyViolation(
                     f"fork() refused in the worker: {errno.errorcode.get(err, err)}",
-                    rule="seccomp: no new processes",
+                    rule="worker.no-processes",
                 )
             os.waitpid(pid, 0)
             return {"kind": "ok", "detail": "forked"}
@@ -546,7 +546,7 @@ class _Worker:
         if name == "oversize":
             os.write(self.resp_fd, b"PWF1" + (16).to_bytes(4, "big") + (1 << 40).to_bytes(8, "big"))
             signal.pause()
-        raise PolicyViolation(f"unknown test hook {name!r}", rule="worker protocol")
+        raise PolicyViolation(f"unknown test hook {name!r}", rule="worker.protocol")
 
 
 class _HostCallbackFailed(PipewardenError):

@@ -71,7 +71,7 @@ def read_and_hash(path: str | os.PathLike[str]) -> tuple[bytearray | mmap.mmap, 
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{os.fspath(path)} is not a regular file", rule="weights are regular files")
+            raise InputError(f"{os.fspath(path)} is not a regular file", rule="file.not-regular")
         buf, digest = read_fd(fd, st.st_size, hash_=True, where=os.fspath(path))
     finally:
         os.close(fd)
@@ -125,7 +125,7 @@ def read_fd(fd: int, size: int, *, hash_: bool, where: str) -> tuple[bytearray |
     if got != size or grew:
         raise InputError(
             f"{where} changed size while it was read",
-            rule="weights must not change while they are loaded",
+            rule="weights.changed-while-read",
             fix="retry when nothing else is writing the file",
         )
     return buf, digest.hexdigest() if digest is not None else None
@@ -134,7 +134,7 @@ def read_fd(fd: int, size: int, *, hash_: bool, where: str) -> tuple[bytearray |
 def _bad(where: str, why: str) -> InputError:
     return InputError(
         f"{where} is not a valid safetensors file: {why}",
-        rule="weights must be well-formed safetensors",
+        rule="weights.malformed-safetensors",
         fix="re-download or re-convert the weights",
     )
 

@@ -891,11 +891,11 @@ def _verify_and_parse(root: Path, relpath: str, *, expected, records: RecordSour
     try:
         got = read_verified_file(path, expected=expected.get(relpath), records=records or NoRecords(), where=relpath)
     except FileNotFoundError:
-        raise InputError(f"{relpath} is missing from {root}", rule="each component needs its weights") from None
+        raise InputError(f"{relpath} is missing from {root}", rule="weights.file-missing") from None
     except OSError as exc:
         raise InputError(
             f"cannot read {path}: {exc.strerror}",
-            rule="weights must be readable regular files",
+            rule="file.unreadable",
             fix="check the weights directory",
         ) from None
     _compare(relpath, got.sha256, expected)  # raises before any tensor exists

@@ -193,7 +193,7 @@ def resolve_weights(
     if not records:
         raise FetchError(
             f"{repo_id}@{commit} has no safetensors or json files in the cache",
-            rule="HF_HUB_OFFLINE=1 loads from the local cache alone",
+            rule="hub.offline-not-cached",
             fix="load it once online",
         )
     if not settings.offline:
@@ -212,12 +212,12 @@ def _refuse_no_safetensors(repo_id: str, commit: str, listing: _hf.RepoListing) 
     if pickles:
         raise NotAllowedError(
             f"{repo_id}@{commit} has weights only in pickle formats ({', '.join(pickles[:5])})",
-            rule="weights are loaded from safetensors only; pickle files are never fetched",
+            rule="weights.pickle-refused",
             fix="use a revision with .safetensors weights (many repos have a 'refs/pr/N' conversion)",
         )
     raise InputError(
         f"{repo_id}@{commit} has no .safetensors files",
-        rule="a weights repo holds model_index.json and safetensors weights",
+        rule="weights.file-missing",
         fix="check the repo id and revision",
     )
 
@@ -276,7 +276,7 @@ def _resolve_hub_code(repo_id: str, revision: str | None, token: Any, settings: 
             if rel in kept_limits and rf.size > kept_limits[rel]:
                 raise InputError(
                     f"{repo_id}@{commit}: {rel} is {rf.size} bytes, more than {kept_limits[rel]}",
-                    rule="pipeline sources and signature files are bounded in size",
+                    rule="file.too-large",
                 )
             if rf.is_lfs and rel not in kept_limits:
                 # Never executed: take its sha256 from the hub instead of downloading large blobs.
@@ -288,13 +288,13 @@ def _resolve_hub_code(repo_id: str, revision: str | None, token: Any, settings: 
         if len(expected) + len(lfs_only) > MAX_CODE_FILES or fetched > MAX_CODE_DOWNLOAD_BYTES:
             raise InputError(
                 f"{repo_id}@{commit} holds {len(expected) + len(lfs_only)} files, {fetched} bytes outside LFS",
-                rule=f"a code repo is bounded ({MAX_CODE_FILES} files, {MAX_CODE_DOWNLOAD_BYTES} bytes to hash)",
+                rule="code.repo-too-large",
                 fix="keep the pipeline in a small repo of its own",
             )
     if MODULE_FILE not in expected:
         raise InputError(
             f"{repo_id}@{commit} has no {MODULE_FILE}" + (" in the cache" if settings.offline else ""),
-            rule=f"a hub code repo holds its pipeline in {MODULE_FILE} at the repo root",
+            rule="code.module-missing",
             fix="check custom_pipeline and custom_revision"
             + ("; load it once online" if settings.offline else ""),
         )
@@ -350,7 +350,7 @@ def _resolve_community_code(name: str, revision: str | None, token: Any, setting
         if not (_hf.snapshot_dir(storage, commit) / relpath).exists():
             raise FetchError(
                 f"offline and community pipeline {name!r} ({relpath}) is not in the cache at {commit}",
-                rule="HF_HUB_OFFLINE=1 loads from the local cache alone",
+                rule="hub.offline-not-cached",
                 fix="load it once online",
             )
     else:
@@ -366,13 +366,13 @@ def _resolve_community_code(name: str, revision: str | None, token: Any, setting
         if rf is None:
             raise FetchError(
                 f"community pipeline {name!r} is not in {COMMUNITY_MIRROR_ID} at {folder!r} (commit {commit})",
-                rule="community names are looked up in diffusers' community pipelines mirror",
+                rule="hub.community-not-found",
                 fix="check the name, or pass custom_revision='main' or another diffusers version",
             )
         if rf.size > MAX_SOURCE_BYTES:
             raise InputError(
                 f"{relpath} is {rf.size} bytes, more than {MAX_SOURCE_BYTES}",
-                rule="pipeline sources are bounded",
+                rule="file.too-large",
             )
         _hf.download((COMMUNITY_MIRROR_ID, "dataset"), rf, commit, token=token, settings=settings)
     vf = _hf.verify_entry(

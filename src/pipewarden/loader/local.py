@@ -40,7 +40,7 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
     except OSError:
         raise InputError(
             f"custom_pipeline {str(path)!r} does not exist",
-            rule="custom_pipeline is a local path, a hub repo id or a community pipeline name",
+            rule="spec.custom-pipeline",
             fix="check the path",
         ) from None
     sig_name = _signature_file_name()
@@ -51,21 +51,21 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
         if not (root / module).is_file():
             raise InputError(
                 f"{root} has no {MODULE_FILE}",
-                rule=f"a pipeline directory holds its code in {MODULE_FILE}",
+                rule="code.module-missing",
                 fix=f"pass the .py file itself, or rename it to {MODULE_FILE}",
             )
     elif stat.S_ISREG(st.st_mode):
         if p.suffix != ".py":
             raise InputError(
                 f"custom_pipeline {str(path)!r} is not a .py file",
-                rule="a pipeline file is Python source",
+                rule="code.not-python",
                 fix="pass the pipeline's .py file or its directory",
             )
         root = p.resolve().parent
         module = p.name
         files = {}
     else:
-        raise InputError(f"custom_pipeline {str(path)!r} is not a regular file or directory", rule="regular files only")
+        raise InputError(f"custom_pipeline {str(path)!r} is not a regular file or directory", rule="file.not-regular")
     source_bytes = _read_source(root / module)
     digest = sha256_bytes(source_bytes)
     files[module] = digest  # the digest of the bytes we keep, not of a second read
@@ -90,17 +90,17 @@ def _read_source(path: Path) -> bytes:
     except OSError as exc:
         raise InputError(
             f"cannot read pipeline file {path}: {exc.strerror}",
-            rule="the pipeline module must be a readable regular file (not a symlink)",
+            rule="file.not-regular",
             fix="check the path and permissions",
         ) from None
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
-            raise InputError(f"{path} is not a regular file", rule="the pipeline module must be a regular file")
+            raise InputError(f"{path} is not a regular file", rule="file.not-regular")
         data = fh.read(MAX_SOURCE_BYTES + 1)
     if len(data) > MAX_SOURCE_BYTES:
         raise InputError(
             f"pipeline file {path} is larger than {MAX_SOURCE_BYTES} bytes",
-            rule="pipeline sources are bounded in size",
+            rule="file.too-large",
             fix="a community pipeline is one reasonably sized .py file",
         )
     return data
@@ -110,7 +110,7 @@ def _read_small(path: Path, limit: int = 1024 * 1024) -> bytes:
     with open(path, "rb") as fh:
         data = fh.read(limit + 1)
     if len(data) > limit:
-        raise InputError(f"{path} is larger than {limit} bytes", rule="signature files are bounded in size")
+        raise InputError(f"{path} is larger than {limit} bytes", rule="file.too-large")
     return data
 
 
@@ -123,7 +123,7 @@ def _walk_code_dir(root: Path, *, exclude: str) -> dict[str, str]:
             if os.path.islink(os.path.join(dirpath, d)):
                 raise InputError(
                     f"{os.path.join(dirpath, d)} is a symlink",
-                    rule="code directories hold regular files only",
+                    rule="file.not-regular",
                     fix="replace the link with the files it points to",
                 )
         for name in sorted(filenames):
@@ -135,7 +135,7 @@ def _walk_code_dir(root: Path, *, exclude: str) -> dict[str, str]:
             if not stat.S_ISREG(st.st_mode):
                 raise InputError(
                     f"{full} is not a regular file",
-                    rule="code directories hold regular files only (no symlinks, devices or sockets)",
+                    rule="file.not-regular",
                     fix="remove it from the pipeline directory",
                 )
             if rel == MODULE_FILE:
@@ -150,14 +150,14 @@ def resolve_local_weights(path: str | os.PathLike[str]) -> Snapshot:
     if not root.is_dir():
         raise InputError(
             f"weights directory {str(path)!r} does not exist",
-            rule="the first argument of load_pipeline is a weights directory or a hub repo id",
+            rule="spec.weights",
             fix="check the path",
         )
     root = root.resolve()
     if not (root / "model_index.json").is_file():
         raise InputError(
             f"{root} has no model_index.json",
-            rule="a diffusers weights directory has model_index.json at its top",
+            rule="weights.file-missing",
             fix="point load_pipeline at a directory laid out like google/ddpm-cifar10-32",
         )
     files: dict[str, FileRecord] = {}

@@ -29,14 +29,14 @@ def walk_files(root: str | os.PathLike[str], *, exclude: frozenset[str] = frozen
         st = os.stat(base)
     except OSError as exc:
         raise InputError(
-            f"cannot read directory {base}: {exc.strerror}", rule="the directory must exist"
+            f"cannot read directory {base}: {exc.strerror}", rule="file.unreadable"
         ) from None
     if not stat.S_ISDIR(st.st_mode):
-        raise InputError(f"{base} is not a directory", rule="signing and locking work on directories")
+        raise InputError(f"{base} is not a directory", rule="file.not-directory")
     files: dict[str, str] = {}
 
     def onerror(exc: OSError) -> None:
-        raise InputError(f"cannot read {exc.filename}: {exc.strerror}", rule="every file must be readable")
+        raise InputError(f"cannot read {exc.filename}: {exc.strerror}", rule="file.unreadable")
 
     for dirpath, dirnames, filenames in os.walk(base, onerror=onerror):
         kept = []
@@ -47,7 +47,7 @@ def walk_files(root: str | os.PathLike[str], *, exclude: frozenset[str] = frozen
             if not stat.S_ISDIR(os.lstat(full).st_mode):
                 raise InputError(
                     f"{full} is a symlink",
-                    rule="signed and locked directories hold regular files only",
+                    rule="file.not-regular",
                     fix="replace the link with the files it points to",
                 )
             kept.append(d)
@@ -60,7 +60,7 @@ def walk_files(root: str | os.PathLike[str], *, exclude: frozenset[str] = frozen
                 continue
             files[rel] = _hash_regular(full)
             if len(files) > MAX_FILES:
-                raise InputError(f"{base} holds more than {MAX_FILES} files", rule="directories are bounded")
+                raise InputError(f"{base} holds more than {MAX_FILES} files", rule="file.too-many")
     return files
 
 
@@ -70,7 +70,7 @@ def _check_name(rel: str) -> None:
     except UnicodeEncodeError:
         raise InputError(
             f"file name {rel!r} is not valid UTF-8",
-            rule="manifest paths are UTF-8",
+            rule="file.name-not-utf8",
             fix="rename the file",
         ) from None
 
@@ -82,15 +82,15 @@ def _hash_regular(path: str) -> str:
         if os.path.islink(path):
             raise InputError(
                 f"{path} is a symlink",
-                rule="signed and locked directories hold regular files only",
+                rule="file.not-regular",
                 fix="replace the link with the file it points to",
             ) from None
-        raise InputError(f"cannot read {path}: {exc.strerror}", rule="every file must be readable") from None
+        raise InputError(f"cannot read {path}: {exc.strerror}", rule="file.unreadable") from None
     with os.fdopen(fd, "rb") as fh:
         if not stat.S_ISREG(os.fstat(fh.fileno()).st_mode):
             raise InputError(
                 f"{path} is not a regular file",
-                rule="signed and locked directories hold regular files only (no devices, sockets, FIFOs)",
+                rule="file.not-regular",
                 fix="remove it from the directory",
             )
         return sha256_stream(fh)
@@ -103,7 +103,7 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     except OSError as exc:
         raise InputError(
-            f"cannot write {target}: {exc.strerror}", rule="the output must be writable"
+            f"cannot write {target}: {exc.strerror}", rule="file.unwritable"
         ) from None
     try:
         with os.fdopen(fd, "wb") as fh:
@@ -119,6 +119,6 @@ def atomic_write(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644
             pass
         if isinstance(exc, OSError):
             raise InputError(
-                f"cannot write {target}: {exc.strerror}", rule="the output must be writable"
+                f"cannot write {target}: {exc.strerror}", rule="file.unwritable"
             ) from None
         raise

@@ -122,7 +122,7 @@ def decide(
     if code.kind in REMOTE_KINDS and remote_code_disabled(env):
         raise NotAllowedError(
             f"remote pipeline code {code.source_id!r} refused: {DISABLE_REMOTE_CODE_ENV}=1",
-            rule=f"{DISABLE_REMOTE_CODE_ENV}=1 refuses all hub and community pipeline code",
+            rule="trust.kill-switch",
             fix=f"unset {DISABLE_REMOTE_CODE_ENV} or use a local, reviewed copy of the pipeline",
         )
 
@@ -133,7 +133,7 @@ def decide(
         raise IntegrityError(
             f"{code.module_relpath} of {code.source_id!r}: recorded sha256 {recorded or code.sha256}, "
             f"bytes to run have sha256 {actual}",
-            rule="the bytes verified are the bytes executed",
+            rule="trust.bytes-changed",
             fix="reload; if it persists the file is changing under the loader",
         )
 
@@ -144,7 +144,7 @@ def decide(
         if isolation is not None and not allow.policy.allows_isolation(isolation):
             raise NotAllowedError(
                 f"isolation {isolation!r} is weaker than {allow.required_isolation!r} required by {allow.origin}",
-                rule="the organisation allowlist sets a minimum isolation mode",
+                rule="trust.isolation-required",
                 fix=f"use isolation={allow.required_isolation!r}",
             )
         verdict = verify_signed_files(
@@ -159,7 +159,7 @@ def decide(
         if entry is None:
             raise IntegrityError(
                 f"pipeline code {code.source_id!r} is not in lock file {lock.origin}",
-                rule="with a lock file, every source used must be locked",
+                rule="lock.source-unlocked",
                 fix="add it with `pipewarden lock --custom-pipeline ...`, or drop lockfile=",
             )
         entry.check_commit(code.commit, what="pipeline code")
@@ -171,7 +171,7 @@ def decide(
         if pin != actual:
             raise IntegrityError(
                 f"{code.module_relpath} of {code.source_id!r}: pipeline_sha256 pins {pin}, found sha256 {actual}",
-                rule="pipeline_sha256 pins the exact pipeline source",
+                rule="trust.pin-mismatch",
                 fix="review the new source and update the pin, or load the pinned revision",
             )
         pins.append("pipeline_sha256")
@@ -206,7 +206,7 @@ def check_weights_lock(
     if entry is None:
         raise IntegrityError(
             f"weights {source!r} are not in lock file {lock.origin}",
-            rule="with a lock file, every source used must be locked",
+            rule="lock.source-unlocked",
             fix="add them with `pipewarden lock --weights ...`, or drop lockfile=",
         )
     entry.check_commit(commit, what="weights")

@@ -15,6 +15,7 @@ from pipewarden.errors import WorkerError
 from pipewarden.isolation.layers.apply import LAYER_NAMES, LayerStatus
 from pipewarden.isolation.wire.codec import Decoder, load_tensors
 from pipewarden.isolation.wire.framing import Frame
+from pipewarden.rules import is_registered
 
 _MAX_TEXT = 4000
 
@@ -22,7 +23,7 @@ _MAX_TEXT = 4000
 def _bad(what: str) -> WorkerError:
     return WorkerError(
         f"the worker sent a malformed message: {what}",
-        rule="worker messages have a fixed schema, validated on receipt",
+        rule="wire.malformed-message",
         fix="the worker is broken or compromised; it was stopped",
     )
 
@@ -153,7 +154,10 @@ def parse(frame: Frame) -> WorkerMessage:
         name = _text(h.get("error"), "error", limit=64)
         if not name.isidentifier():
             raise _bad("error class is not a name")
-        return Failure(name, _text(h.get("what"), "what"), _text(h.get("rule", ""), "rule"), _text(h.get("fix", ""), "fix"))
+        rule = _text(h.get("rule", ""), "rule", limit=128)
+        if not is_registered(rule):
+            raise _bad("error rule is not a registered rule id")
+        return Failure(name, _text(h.get("what"), "what"), rule, _text(h.get("fix", ""), "fix"))
     if kind == "ready":
         pid = h.get("pid")
         layers = h.get("layers")
