@@ -102,7 +102,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("hub.cache-unwritable", "loader", "files are fetched into the HF cache (HF_HOME / HF_HUB_CACHE) before use"),
     ("hub.commit-changed", "loader", "a pinned commit is never silently replaced; every file comes from the commit resolved at the start"),
     ("hub.community-not-found", "loader", "community names are looked up in diffusers' community pipelines mirror"),
-    ("hub.digest-mismatch", "loader", "every hub file matches the size, sha256 and git blob id the hub publishes"),
+    ("hub.digest-mismatch", "loader", "every hub file and cache blob matches the size and the sha256 (LFS) or git SHA-1 (small files) the hub publishes"),
     ("hub.file-not-found", "loader", "files are fetched at the resolved commit only"),
     ("hub.gated", "loader", "gated repos need an accepted licence and a token"),
     ("hub.http-error", "loader", "a load needs a complete, successful answer from the hub"),

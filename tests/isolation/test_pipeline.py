@@ -30,7 +30,6 @@ from pipewarden.isolation import (
     IsolationWarning,
     PipelineHandle,
     WorkerLoadRequest,
-    run_in_worker,
     start_worker_pipeline,
 )
 from pipewarden.isolation._client import fork_server
@@ -251,11 +250,8 @@ def test_the_worker_re_verifies_every_weight_file(weights):
     with pytest.raises(IntegrityError, match="diffusion_pytorch_model.safetensors"):
         start_worker_pipeline(_request(weights, src, tamper="unet/diffusion_pytorch_model.safetensors"), Limits(wall_s=60))
     with pytest.raises(IntegrityError, match="sha256"):
-        run_in_worker(
-            source_bytes=src + b"\n# changed",
-            source_sha256=hashlib.sha256(src).hexdigest(),
-            filename="pipeline.py",
-            weights=_request(weights, src).weights,
+        start_worker_pipeline(
+            WorkerLoadRequest(src + b"\n# changed", hashlib.sha256(src).hexdigest(), "pipeline.py", _request(weights, src).weights)
         )
 
 

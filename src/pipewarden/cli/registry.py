@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Literal
 
 from pipewarden.errors import InputError
 
@@ -372,39 +371,33 @@ def _lock(args) -> int:
             rule="cli.bad-argument",
             fix="pipewarden lock --weights DIR_OR_REPO --custom-pipeline DIR_OR_REPO",
         )
+    from pipewarden.loader.spec import parse_pipeline_spec, parse_weights_spec
+
     entries = []
     if args.weights:
-        if Path(args.weights).exists():
-            entries.append(entry_for_local_weights(args.weights))
+        weights = parse_weights_spec(args.weights, revision=args.revision)
+        if weights.kind == "local":
+            entries.append(entry_for_local_weights(weights.value))
         else:
             from pipewarden.loader import hub
 
-            if not hub.is_hub_repo_id(args.weights):
-                raise InputError(
-                    f"--weights {args.weights!r} is neither a local directory nor a hub repo id",
-                    rule="lock.unknown-source",
-                    fix="check the path or the repo id (org/name)",
-                )
-            snap = hub.resolve_weights(args.weights, revision=args.revision)
+            snap = hub.resolve_weights(weights.value, revision=weights.revision)
             entries.append(LockEntry(source=snap.source, role="weights", files=dict(snap.digests()), commit=snap.commit))
     if args.custom_pipeline:
-        if Path(args.custom_pipeline).exists():
-            entries.append(entry_for_local_code(args.custom_pipeline))
+        try:
+            code_spec = parse_pipeline_spec(args.custom_pipeline, revision=args.custom_revision)
+        except ValueError:
+            raise InputError(
+                f"--custom-pipeline {args.custom_pipeline!r} is not a local path, hub repo id or community name",
+                rule="lock.unknown-source",
+                fix="check the spelling",
+            ) from None
+        if code_spec.kind == "local":
+            entries.append(entry_for_local_code(code_spec.value))
         else:
             from pipewarden.loader import hub
 
-            kind: Literal["hub", "community"]
-            if hub.is_hub_repo_id(args.custom_pipeline):
-                kind = "hub"
-            elif hub.is_community_name(args.custom_pipeline):
-                kind = "community"
-            else:
-                raise InputError(
-                    f"--custom-pipeline {args.custom_pipeline!r} is not a local path, hub repo id or community name",
-                    rule="lock.unknown-source",
-                    fix="check the spelling",
-                )
-            code = hub.resolve_code(args.custom_pipeline, kind=kind, revision=args.custom_revision)
+            code = hub.resolve_code(code_spec.value, kind=code_spec.kind, revision=code_spec.revision)
             entries.append(LockEntry(source=code.source_id, role="code", files=dict(code.files), commit=code.commit))
     lock = write_lock(args.out, entries)
     for e in entries:

@@ -26,6 +26,7 @@ from pipewarden.errors import IntegrityError, PipewardenError, PolicyViolation
 from pipewarden.isolation.layers import apply as _layers
 from pipewarden.isolation.wire.codec import Decoder, Encoder, load_tensors
 from pipewarden.isolation.wire.framing import PeerClosed, read_frame, write_frame
+from pipewarden.isolation.wire.messages import LoadRequest
 
 
 def trusted_modules() -> tuple[str, ...]:
@@ -249,7 +250,7 @@ class _Worker:
 
     def _dispatch(self, op: object, frame) -> tuple[dict, bytes]:
         if op == "load":
-            return self._load(frame.header, frame.payload), b""
+            return self._load(LoadRequest.parse(frame.header), frame.payload), b""
         if op == "call":
             return self._call(frame.header, frame.payload)
         if op == "to":
@@ -266,51 +267,50 @@ class _Worker:
 
     # ------------------------------------------------------------------------------- requests
 
-    def _load(self, h: dict, payload: bytes) -> dict:
+    def _load(self, req: LoadRequest, payload: bytes) -> dict:
+        """Defence in depth: re-verify the admitted digests (source now, each weight file while
+        it is loaded) before anything is compiled or built."""
         import torch
 
         from pipewarden.loader.components import load_components
         from pipewarden.loader.snapshot import FileRecord, Snapshot
 
-        source_len = h.get("source_len")
-        source_bytes = payload if source_len is None else payload[: int(source_len)]
-        if hashlib.sha256(source_bytes).hexdigest() != h["source_sha256"]:
+        source_bytes = payload if req.source_len is None else payload[: req.source_len]
+        if hashlib.sha256(source_bytes).hexdigest() != req.source_sha256:
             raise IntegrityError(
-                f"{h['filename']}: the source received by the worker does not match its sha256",
+                f"{req.filename}: the source received by the worker does not match its sha256",
                 rule="worker.source-mismatch",
                 fix="reload the pipeline",
             )
-        files = {
-            rel: FileRecord(relpath=rel, sha256=str(rec["sha256"]), size=int(rec["size"])) for rel, rec in h["files"].items()
-        }
-        snapshot = Snapshot(root=Path(h["root"]), source=str(h["source"]), commit=h.get("commit"), files=files)
-        expected = {rel: rec.sha256 for rel, rec in files.items() if rec.sha256}
+        files = {f.relpath: FileRecord(relpath=f.relpath, sha256=f.sha256, size=f.size) for f in req.files}
+        snapshot = Snapshot(root=Path(req.root), source=req.source, commit=req.commit, files=files)
+        expected = {f.relpath: f.sha256 for f in req.files if f.sha256}
         dtype = None
-        if h.get("torch_dtype"):
-            dtype = getattr(torch, h["torch_dtype"])
+        if req.torch_dtype:
+            dtype = getattr(torch, req.torch_dtype)
             if not isinstance(dtype, torch.dtype):
                 raise ValueError("torch_dtype")
         from pipewarden.sandbox import load_class
 
         policy = None
-        extras = h.get("policy_extras") or None
-        aliases = h.get("import_aliases") or None
+        extras = {k: list(v) for k, v in req.policy_extras.items()} if req.policy_extras else None
+        aliases = dict(req.import_aliases) if req.import_aliases else None
         if extras or aliases:
             from pipewarden.sandbox.policy import default_policy
 
             policy = default_policy().with_extras(extra_modules=extras, import_aliases=aliases)
-        cls = load_class(source_bytes, filename=h["filename"], policy=policy, import_aliases=aliases)
+        cls = load_class(source_bytes, filename=req.filename, policy=policy, import_aliases=aliases)
         from pipewarden.loader.records import FixedRecords
         from pipewarden.sandbox._load import companion_classes
 
         # The host's records, read-only: each still has to match the fstat of our own descriptor.
-        records = FixedRecords.from_json(h.get("digest_records") or [], owner=h.get("host_uid"))
+        records = FixedRecords.from_json([list(r) for r in req.digest_records], owner=req.host_uid)
         passed: dict[str, Any] = {}
-        if h.get("passed"):
+        if req.passed:
             from pipewarden.isolation.wire.components import decode_component
 
             tensors = load_tensors(payload[len(source_bytes) :])
-            passed = {str(name): decode_component(node, tensors, str(name)) for name, node in h["passed"].items()}
+            passed = {str(name): decode_component(node, tensors, str(name)) for name, node in req.passed.items()}
         kwargs = load_components(
             snapshot,
             torch_dtype=dtype,
@@ -318,13 +318,13 @@ class _Worker:
             records=records,
             pipeline_class=cls,
             passed=passed,
-            variant=h.get("variant"),
-            use_safetensors=h.get("use_safetensors"),
+            variant=req.variant,
+            use_safetensors=req.use_safetensors,
             custom_classes=companion_classes(cls),
         )
         _warm_processors(kwargs.values())
         self.pipe = cls(**kwargs)
-        self.gpu_fraction = h.get("gpu_memory_fraction")
+        self.gpu_fraction = req.gpu_memory_fraction
         return self._describe()
 
     def _describe(self) -> dict:

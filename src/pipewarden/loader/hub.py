@@ -30,6 +30,7 @@ from pipewarden.loader import _hf
 from pipewarden.loader.code import MODULE_FILE, CodeSource
 from pipewarden.loader.digests import is_commit_hex
 from pipewarden.loader.snapshot import FileRecord, Snapshot
+from pipewarden.loader.spec import is_community_name, is_hub_repo_id  # the one spec parse (re-exported)
 
 __all__ = [
     "COMMUNITY_MIRROR_ID",
@@ -55,29 +56,11 @@ MAX_CODE_DOWNLOAD_BYTES = 256 * 1024 * 1024
 _IGNORED_DIRS = frozenset({"__pycache__", ".git"})
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
-_REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
-_COMMUNITY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 _VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 
 
 # ---------------------------------------------------------------------------------------------
 # Names
-
-
-def is_hub_repo_id(s: object) -> bool:
-    """True for ``"org/name"`` as the hub spells repo ids (syntax only; no network, no disk)."""
-    if not isinstance(s, str) or s.count("/") != 1 or len(s) > 96:
-        return False
-    org, name = s.split("/")
-    for part in (org, name):
-        if not _REPO_PART.fullmatch(part) or part.endswith((".", "-")):
-            return False
-    return "--" not in s and ".." not in s and not s.endswith(".git")
-
-
-def is_community_name(s: object) -> bool:
-    """True for a community pipeline name such as ``"one_step_unet"`` (no slash, no dots)."""
-    return isinstance(s, str) and _COMMUNITY_NAME.fullmatch(s) is not None
 
 
 def community_revision(revision: str | None) -> tuple[str, str | None]:
