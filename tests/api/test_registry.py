@@ -114,6 +114,7 @@ def test_lockfile_without_entry_for_this_code(tiny_weights, example_pipeline, tm
         _load(tiny_weights, example_pipeline.parent, lockfile=lock)
 
 
+@pytest.mark.slow
 def test_allowlist_required_layers_are_parsed_and_checked(tiny_weights, signed_pipeline):
     from pipewarden.errors import InputError
     from pipewarden.isolation import LAYER_NAMES
@@ -138,6 +139,7 @@ def test_allowlist_required_layers_are_parsed_and_checked(tiny_weights, signed_p
         assert pipe().shape == (1, 3, 8, 8)
 
 
+@pytest.mark.slow
 def test_process_mode_with_allowlist_and_lockfile_end_to_end(tiny_weights, signed_pipeline, example_pipeline, tmp_path):
     """The default isolation with allowlist= (signatures pin the code; its policy demands the
     process mode and layers) and lockfile= (pins every weight, re-verified in the worker)."""

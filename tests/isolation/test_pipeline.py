@@ -180,6 +180,7 @@ def test_8gib_allocation_in_a_pipeline_is_a_resource_limit_error(weights, hostil
     _host_still_works(weights, example)
 
 
+@pytest.mark.slow
 def test_infinite_loop_in_a_pipeline_is_a_resource_limit_error(weights, hostile_file, example):
     for limits, within in ((Limits(cpu_s=2, wall_s=60), 15.0), (Limits(cpu_s=600, wall_s=2.0), 8.0)):
         pipe = pipewarden.load_pipeline(str(weights), isolation="process", limits=limits, **hostile_file)

@@ -120,6 +120,7 @@ def test_arbitrary_bytes_never_escape_the_error_tree(data):
             pass
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(
     st.recursive(

@@ -132,6 +132,7 @@ def test_tampered_weights_refused_end_to_end_then_recovers(world: SimpleNamespac
     _run(pipewarden.load_pipeline("org/weights", **kw))
 
 
+@pytest.mark.slow
 def test_eight_threads_loading_the_same_pipeline(
     world: SimpleNamespace, weight_files: dict[str, bytes]
 ) -> None:
@@ -267,6 +268,7 @@ def test_kill_switch_refuses_every_custom_pipeline_whatever_its_source(
     _run(pipe)
 
 
+@pytest.mark.slow
 def test_process_mode_with_hub_lockfile_end_to_end(world: SimpleNamespace, tmp_path: Path) -> None:
     """lockfile= in the default process mode: the lock pins the code and every weight, which the
     worker re-verifies; a lock whose weights digest differs is refused."""
