@@ -75,7 +75,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("keys.public-not-private", "registry", "signing needs the private key file written by `pipewarden keygen`"),
     # -- registry files in general (registry/_toml.py, registry/_time.py)
     ("registry.bad-toml", "registry", "registry files are UTF-8 TOML"),
-    ("registry.bad-time", "registry", "times are UTC dates (YYYY-MM-DD) or UTC date-times (YYYY-MM-DDTHH:MM:SSZ)"),
+    ("registry.bad-time", "registry", "times are YYYY-MM-DD (start of that day, UTC) or YYYY-MM-DDTHH:MM:SSZ"),
     # -- what the user asked for (the spec parse)
     ("spec.custom-pipeline", "spec", "custom_pipeline is a local path, a hub repo id or a community pipeline name"),
     ("spec.source-id", "spec", "a source id is a hub repo id (org/name), community:NAME or local:/absolute/path (or an existing path)"),
