@@ -193,6 +193,8 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("internal.wrap", "sandbox", "the sandbox wraps only functions (a pipewarden bug if raised)"),
     ("item.facade", "sandbox", "module facades are not subscriptable"),
     ("iter.facade", "sandbox", "module facades are not iterable"),
+    ("policy.malformed", "sandbox", "the sandbox policy data is strict: unknown keys and values are refused (fail closed)"),
+    ("policy.unresolved", "sandbox", "every class path and module the sandbox policy names resolves in the installed libraries (fail closed)"),
     ("policy.replace", "sandbox", "sandbox replacements are named in the policy"),
     ("value.forbidden-type", "sandbox", "sandboxed code never holds modules, frames, code objects and similar"),
     ("value.metaclass", "sandbox", "sandboxed code never holds a metaclass"),
