@@ -33,7 +33,7 @@ import inspect
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -576,13 +576,21 @@ def load_components(
         rule = component_policy().find(*spec)
         prefix = rule.weights_prefix if isinstance(rule, ModelRule) else "diffusion_pytorch_model"
         weight_files += weight_files_for(files, name, prefix, ctx.variants.get(name))
-    ctx.preloaded.update(read_weight_files(root, weight_files, expected=expected, digests_out=digests_out, records=records))
+    # The weight files are read (and hashed, unless a record vouches) in background threads while
+    # the components are built here from their verified configs (on the meta device); each
+    # model waits for its own files, whose digests were compared before any tensor existed.
+    reads = _PendingReads(root, weight_files, expected=expected, digests_out=digests_out, records=records)
+    ctx.preloaded = reads  # type: ignore[assignment]
     out: dict[str, Any] = {}
     if pipeline_class is None:
         out.update({k: None for k in plan.none})
         out.update({k: v for k, v in passed.items() if k not in skip})
-    for name, (library, class_name) in plan.build.items():
-        out[name] = build_component(ctx, name, library, class_name)
+    try:
+        for name, (library, class_name) in plan.build.items():
+            out[name] = build_component(ctx, name, library, class_name)
+        reads.finish()  # every file read (and every digest compared), used or not
+    finally:
+        reads.close()
     if pipeline_class is not None:
         out.update(plan.init_values)
         out.update({k: None for k in plan.none})
@@ -684,8 +692,9 @@ def _build(cls: Any, ctx: _Ctx, sub: str) -> Any:
         return cls.from_config(_read_json(ctx, f"{sub}/{cfg_name}"))
     assert issubclass(cls, ModelMixin)
     config = _read_json(ctx, f"{sub}/config.json")
-    state = _load_weights(ctx, sub, "diffusion_pytorch_model")
-    return _instantiate_model(cls, config, state, torch_dtype=ctx.torch_dtype, where=f"{sub}/")
+    return _instantiate_model(
+        cls, config, lambda: _load_weights(ctx, sub, "diffusion_pytorch_model"), torch_dtype=ctx.torch_dtype, where=f"{sub}/"
+    )
 
 
 def _build_custom(ctx: _Ctx, sub: str, cls: type) -> Any:
@@ -945,6 +954,51 @@ def read_weight_files(
     return {rel: tensors for rel, (tensors, _) in done.items()}
 
 
+class _PendingReads:
+    """``read_weight_files`` started in the background; ``pop(rel)`` waits for that file.
+
+    Used as ``_Ctx.preloaded``: the main thread builds components while the files are read and
+    verified in parallel (reads and hashlib release the GIL). A failed read raises from ``pop``
+    (or from ``finish`` for a file no component took); ``close`` cancels what has not started.
+    """
+
+    def __init__(self, root: Path, relpaths: list[str], *, expected, digests_out, records) -> None:
+        self._root = root
+        self._expected = expected
+        self._digests_out = digests_out
+        self._order = list(dict.fromkeys(relpaths))
+        self._futures: dict[str, Any] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        if not self._order:
+            return
+        jobs = sorted(self._order, key=lambda rel: -_size_or_zero(root / rel))  # biggest first
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1)), thread_name_prefix="pipewarden-read")
+        for rel in jobs:
+            # each job runs in a copy of this context (a worker's fresh thread would otherwise
+            # start with the process-wide tripwire armed)
+            self._futures[rel] = self._pool.submit(
+                contextvars.copy_context().run, _verify_and_parse, root, rel, expected=expected, records=records
+            )
+
+    def pop(self, rel: str, default: Any = None) -> Any:
+        future = self._futures.pop(rel, None)
+        if future is None:
+            return default
+        tensors, digest = future.result()
+        if self._digests_out is not None:
+            self._digests_out[rel] = digest
+        return tensors
+
+    def finish(self) -> None:
+        for rel in [r for r in self._order if r in self._futures]:
+            self.pop(rel)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
 def _size_or_zero(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -953,7 +1007,13 @@ def _size_or_zero(path: Path) -> int:
 
 
 def _instantiate_model(
-    cls: Any, config: dict[str, Any], state: dict[str, Any], *, torch_dtype, where: str, keep_dtypes: bool = False
+    cls: Any,
+    config: dict[str, Any],
+    state: dict[str, Any] | Callable[[], dict[str, Any]],
+    *,
+    torch_dtype,
+    where: str,
+    keep_dtypes: bool = False,
 ) -> Any:
     """Build the model from its config on the meta device, then assign the loaded tensors.
 
@@ -972,6 +1032,8 @@ def _instantiate_model(
             rule="components.bad-config",
             fix="check the weights directory",
         ) from None
+    if callable(state):  # the tensors, once their file is read and verified (see _PendingReads)
+        state = state()
     keep = list(getattr(cls, "_keep_in_fp32_modules", None) or [])
     target = torch_dtype if torch_dtype is not None else torch.get_default_dtype()
     for key, tensor in list(state.items()):
