@@ -497,3 +497,22 @@ def test_objects_of_unreviewed_classes_never_cross(sd: SimpleNamespace, tmp_path
         _load(sd, scheduler=Sneaky())
     assert info.value.rule == "worker.object-component"
     assert not marker.exists()
+
+
+def test_hub_cache_dir_and_local_files_only(sd: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tests.fakehub import FakeHub, use_fake_hub
+
+    files = {p.relative_to(sd.repo).as_posix(): p.read_bytes() for p in sorted(sd.repo.rglob("*")) if p.is_file()}
+    own_cache = tmp_path / "own-cache"
+    with FakeHub() as hub:
+        default_cache = use_fake_hub(monkeypatch, hub, tmp_path / "default")
+        hub.add_commit("org/sd", files)
+        first = _run(_load(sd, "org/sd", isolation="inprocess", cache_dir=own_cache, safety_checker=None, feature_extractor=None))
+        assert any(own_cache.rglob("model_index.json"))
+        assert not any(Path(str(default_cache)).rglob("model_index.json"))
+        seen = len(hub.requests)
+        hub.fail(500)  # the hub is down: local_files_only loads from the cache alone, asking nothing
+        again = _run(_load(sd, "org/sd", isolation="inprocess", cache_dir=own_cache, local_files_only=True,
+                           safety_checker=None, feature_extractor=None))
+        assert len(hub.requests) == seen
+    assert np.array_equal(first, again)
