@@ -63,11 +63,11 @@ def _run(pipe: object) -> np.ndarray:
 
 
 def test_inprocess_fp16_variant_is_bit_identical_to_diffusers(sd: SimpleNamespace) -> None:
-    want = _plain(sd, variant="fp16")
     pipe = _load(sd, isolation="inprocess", variant="fp16")
     assert type(pipe.text_encoder).__name__ == "CLIPTextModel"  # type: ignore[attr-defined]
     assert type(pipe.safety_checker).__name__ == "StableDiffusionSafetyChecker"  # type: ignore[attr-defined]
-    got = _run(pipe)
+    got = _run(pipe)  # first, before plain diffusers has warmed any library cache in this process
+    want = _plain(sd, variant="fp16")
     assert got.shape == want.shape and np.array_equal(got, want)
 
 
@@ -516,3 +516,22 @@ def test_hub_cache_dir_and_local_files_only(sd: SimpleNamespace, monkeypatch: py
                            safety_checker=None, feature_extractor=None))
         assert len(hub.requests) == seen
     assert np.array_equal(first, again)
+
+
+def test_hub_lock_covers_tokenizer_files(sd: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Everything the load reads is in the lock (merges.txt too), and the locked load works."""
+    from pipewarden.cli import main
+    from tests.fakehub import FakeHub, use_fake_hub
+
+    files = {p.relative_to(sd.repo).as_posix(): p.read_bytes() for p in sorted(sd.repo.rglob("*")) if p.is_file()}
+    lock = tmp_path / "pipewarden.lock"
+    with FakeHub() as hub:
+        use_fake_hub(monkeypatch, hub, tmp_path)
+        hub.add_commit("org/sd", files)
+        assert main(["lock", "--weights", "org/sd", "--custom-pipeline", str(sd.code), "--out", str(lock)]) == 0
+        assert "tokenizer/merges.txt" in lock.read_text()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = pipewarden.load_pipeline("org/sd", custom_pipeline=str(sd.code), trust_remote_code=True,
+                                            lockfile=lock, isolation="inprocess", variant="fp16")
+    assert np.array_equal(_run(pipe), _plain(sd, variant="fp16"))

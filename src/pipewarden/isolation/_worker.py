@@ -322,7 +322,6 @@ class _Worker:
             use_safetensors=req.use_safetensors,
             custom_classes=companion_classes(cls),
         )
-        _warm_processors(kwargs.values())
         self.pipe = cls(**kwargs)
         self.gpu_fraction = req.gpu_memory_fraction
         return self._describe()
@@ -612,24 +611,3 @@ class _NullFile:
     def flush(self) -> None:
         pass
 
-
-def _warm_processors(components: Any) -> None:
-    """Run each image processor once on a blank image, here, in the worker's trusted context.
-
-    transformers validates processor keyword arguments through huggingface_hub, which on its
-    first use per processor class tries ``import annotationlib`` (Python >= 3.14 only); under
-    the process-wide tripwire that lazy import, made later from a pipeline's frame, is refused.
-    The validation class is cached after the first call, so calling once here is enough.
-    """
-    try:
-        from transformers.image_processing_utils import ImageProcessingMixin
-    except ImportError:  # pragma: no cover - transformers is optional
-        return
-    for comp in components:
-        if isinstance(comp, ImageProcessingMixin) and callable(comp):
-            try:
-                from PIL import Image
-
-                comp(Image.new("RGB", (8, 8)), return_tensors="pt")
-            except Exception:  # noqa: BLE001, S110 - a warm-up only; the real call reports errors
-                pass

@@ -595,10 +595,33 @@ def load_components(
         out.update(plan.init_values)
         out.update({k: None for k in plan.none})
         out.update(passed)
+    _warm_processors(out.values())
     flush = getattr(records, "flush", None)
     if flush is not None:
         flush()
     return out
+
+
+def _warm_processors(components: Iterable[Any]) -> None:
+    """Run each image processor once on a blank image, here, in trusted loader code.
+
+    transformers validates processor keyword arguments through huggingface_hub, which on first
+    use per processor class tries ``import annotationlib`` (Python >= 3.14 only); made later
+    from a pipeline's frame, that lazy import is refused by the tripwire (both modes). The
+    validation class is cached after the first call, so calling once here is enough.
+    """
+    try:
+        from transformers.image_processing_utils import ImageProcessingMixin
+    except ImportError:  # pragma: no cover - transformers is optional
+        return
+    for comp in components:
+        if isinstance(comp, ImageProcessingMixin) and callable(comp):
+            try:
+                from PIL import Image
+
+                comp(Image.new("RGB", (8, 8)), return_tensors="pt")
+            except Exception:  # noqa: BLE001, S110 - a warm-up only; the real call reports errors
+                pass
 
 
 def build_component(ctx: _Ctx, name: str, library: str, class_name: str) -> Any:

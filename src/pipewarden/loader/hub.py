@@ -44,8 +44,8 @@ __all__ = [
 
 #: diffusers' mirror of its community pipelines (a dataset repo; file ``<version>/<name>.py``).
 COMMUNITY_MIRROR_ID = "diffusers/community-pipelines-mirror"
-#: The only files fetched from a weights repo.
-WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.json")
+#: The only files fetched from a weights repo (tokenizer data files besides the JSON ones included).
+WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.json", "*/merges.txt", "*/spiece.model")
 #: Largest pipeline module and signature file read into memory.
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 1024 * 1024

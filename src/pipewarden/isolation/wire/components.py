@@ -189,5 +189,7 @@ def decode_component(node: Any, tensors: dict[str, Any], name: str) -> Any:
             raise C._not_allowed(name, str(node["library"]), str(node["class"]))
         config = dict(node["config"])
         C._refuse_code_keys(config, name)
-        return C.processor_from_config(rule, config, where=name)
+        proc = C.processor_from_config(rule, config, where=name)
+        C._warm_processors([proc])
+        return proc
     raise InputError(f"unknown component kind {kind!r}", rule="worker.protocol")
