@@ -90,9 +90,12 @@ def encode_component(name: str, value: Any, enc: Any) -> dict[str, Any]:
     policy = component_policy()
     found: Any = None
     rules: tuple[Any, ...] = (*policy.models, *policy.tokenizers, *policy.processors)
+    # transformers' own classes only (a subclass of yours would lose its code in the worker)
+    from_transformers = type(value).__module__.split(".")[0] in ("transformers", "diffusers")
     for rule in rules:
-        if type(value).__name__ == rule.class_name or (
-            isinstance(rule, ProcessorRule) and type(value).__name__.startswith(rule.build_as)
+        if from_transformers and (
+            type(value).__name__ == rule.class_name
+            or (isinstance(rule, ProcessorRule) and type(value).__name__ in (rule.build_as, rule.build_as + "Pil", rule.build_as + "Fast"))
         ):
             found = rule
             break
