@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo bench lint typecheck clean
+.PHONY: venv test test-fast demo bench lint typecheck clean
 
 venv: $(STAMP)
 
@@ -24,6 +24,10 @@ typecheck: venv
 
 test: venv lint typecheck
 	$(PY) -m pytest -q
+
+# The inner loop: everything but the tests marked slow (`make test` and CI run them all).
+test-fast: venv
+	$(PY) -m pytest -q -m "not slow"
 
 demo: venv
 	$(PY) -m pipewarden demo

@@ -22,8 +22,9 @@ HERE = Path(__file__).resolve().parent
 TARGETS = [
     ("a", "vetted/plain, one step", ("a", "one_step", "ratio"), "<= 1.005x", lambda v: v <= 1.005),
     ("a", "vetted/plain, 50-step loop", ("a", "loop_50", "ratio"), "<= 1.005x", lambda v: v <= 1.005),
-    ("b", "verified load / diffusers load", ("b", "load", "ratio"), "<= 1.3x", lambda v: v <= 1.3),
-    ("b", "verified load+first step / diffusers", ("b", "load_plus_first_step", "ratio"), "(info)", None),
+    ("b", "verified load (record hit) / diffusers load", ("b", "load", "ratio"), "<= 1.3x", lambda v: v <= 1.3),
+    ("b", "verified load+first step / diffusers", ("b", "load_plus_first_step", "ratio"), "<= 1.1x", lambda v: v <= 1.1),
+    ("b", "verified load, reverify='always' / diffusers", ("b", "load_reverify_always", "ratio"), "(info)", None),
     ("c", "first worker start / python -c 'import torch, diffusers, transformers'", ("c", "first_start_ratio"), "<= 1.2x", lambda v: v <= 1.2),
     ("c", "later worker start (ms)", ("c", "later_start_ms"), "<= 50 ms", lambda v: v <= 50),
     ("c", "50-step loop process/in-process", ("c", "loop_50_ratio"), "<= 1.03x", lambda v: v <= 1.03),

@@ -26,6 +26,7 @@ import gc
 import hashlib
 import json
 import os
+import statistics
 import tempfile
 import time
 import types
@@ -186,6 +187,28 @@ def _note(what: str) -> None:
 
 
 def run(cache: Path = DEFAULT_CACHE, *, quick: bool = False) -> dict[str, Any]:
+    """``run_here`` in a fresh interpreter with one OpenMP thread (host, fork server and worker)."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(root / "src"), str(root), env.get("PYTHONPATH", "")) if p)
+    code = (
+        "import json\n"
+        "from pathlib import Path\n"
+        "from benchmarks.sd_bench import run_here\n"
+        f"print('RESULT', json.dumps(run_here(Path({str(cache)!r}), quick={quick!r})), flush=True)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=str(root), stdout=subprocess.PIPE, text=True, timeout=7200)
+    for line in proc.stdout.splitlines():
+        if line.startswith("RESULT "):
+            result: dict[str, Any] = json.loads(line[len("RESULT ") :])
+            return result
+    raise RuntimeError(f"the SD-shaped benchmark failed (rc {proc.returncode}); its stderr is above")
+
+
+def run_here(cache: Path = DEFAULT_CACHE, *, quick: bool = False) -> dict[str, Any]:
     import torch
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as dlogging
@@ -196,13 +219,17 @@ def run(cache: Path = DEFAULT_CACHE, *, quick: bool = False) -> dict[str, Any]:
     dlogging.set_verbosity_error()
     dlogging.disable_progress_bar()
     repeats = 3 if quick else 7
+    # One torch thread on every side: on a shared machine a busy neighbour stretches every OpenMP
+    # barrier, and that noise would drown the figures (see isolation_bench.loop_overhead_isolated).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     repo = build_repo(cache)
     code = pipeline_file(cache)
     pin = sha256_file(code)
     files = weight_files(repo)
     total = sum(p.stat().st_size for p in files)
     out: dict[str, Any] = {"weights_bytes": total, "weight_files": len(files), "repeats": repeats, "quick": quick,
-                           "torch_threads": torch.get_num_threads(), "call": {**CALL, "prompt": PROMPT}}
+                           "torch_threads": 1, "call": {**CALL, "prompt": PROMPT}}
     saved_env = os.environ.get("PIPEWARDEN_DIGEST_STORE")
     tmp = Path(tempfile.mkdtemp(prefix="pw-sd-bench-"))
     store = _Store(tmp)
@@ -222,33 +249,63 @@ def run(cache: Path = DEFAULT_CACHE, *, quick: bool = False) -> dict[str, Any]:
     def call(pipe: Any) -> Any:
         return pipe(PROMPT, generator=torch.Generator().manual_seed(0), **CALL)
 
-    try:
-        # page cache warm, and the warm store populated (the files are older than the racy window)
-        for p in files:
-            p.read_bytes()
-        ours_hit()
+    def timed(fn: Any) -> tuple[float, Any]:
         gc.collect()
+        t0 = time.perf_counter()
+        value = fn()
+        return time.perf_counter() - t0, value
+
+    datas = [p.read_bytes() for p in files]  # page cache warm; the raw-hashlib baseline's input
+
+    def raw_hash() -> None:
+        for d in datas:
+            hashlib.sha256(d).hexdigest()
+
+    samples: dict[str, list[float]] = {k: [] for k in ("diffusers", "diffusers_call", "hit", "hit_call", "miss", "hashlib")}
+
+    def step_diffusers() -> None:
+        t, pipe = timed(diffusers_load)
+        samples["diffusers"].append(t)
+        samples["diffusers_call"].append(t + timed(lambda: call(pipe))[0])
+
+    def step_hit() -> None:
+        t, pipe = timed(ours_hit)
+        samples["hit"].append(t)
+        samples["hit_call"].append(t + timed(lambda: call(pipe))[0])
+
+    def step_miss() -> None:
+        samples["miss"].append(timed(ours_miss)[0])
+
+    def step_hashlib() -> None:
+        samples["hashlib"].append(timed(raw_hash)[0])
+
+    try:
+        _note("warm-up (untimed): fills the warm digest store")
+        ours_hit()
         gates: list[str] = []
         store.use_warm()
         pipewarden.load_pipeline(str(repo), isolation="inprocess", on_gate=lambda g, v: gates.append(f"{g}: {v}"), **common)
         out["hit_gate"] = next((g for g in gates if g.startswith("components")), None)
-        _note("load, record hit vs diffusers")
-        out["load_hit"] = ab(diffusers_load, ours_hit, repeats=repeats)
-        _note("load + first call")
-        out["load_first_call"] = ab(lambda: call(diffusers_load()), lambda: call(ours_hit()), repeats=max(3, repeats // 2))
-        datas = [p.read_bytes() for p in files]
-
-        def raw_hash() -> None:
-            for d in datas:
-                hashlib.sha256(d).hexdigest()
-
-        _note("record miss vs raw hashlib")
-        out["miss_vs_hashlib"] = ab(raw_hash, ours_miss, repeats=repeats)
-        out["miss_vs_hashlib"]["raw_hashlib_MBps"] = total / out["miss_vs_hashlib"]["baseline_s"] / 1e6
-        datas.clear()
+        call(diffusers_load())
         gc.collect()
-        _note("hit vs miss")
-        out["hit_vs_miss"] = ab(ours_miss, ours_hit, repeats=max(3, repeats // 2))
+        steps = [step_diffusers, step_hit, step_miss, step_hashlib]
+        for i in range(repeats):  # rotate the order each repeat: no step always runs first
+            _note(f"loads: repeat {i + 1}/{repeats}")
+            for step in steps[i % len(steps) :] + steps[: i % len(steps)]:
+                step()
+        datas.clear()
+        med = {k: statistics.median(v) for k, v in samples.items()}
+        out["samples_s"] = samples
+        out["medians_s"] = med
+        out["load_hit"] = {"baseline_s": med["diffusers"], "candidate_s": med["hit"], "ratio": med["hit"] / med["diffusers"]}
+        out["load_first_call"] = {
+            "baseline_s": med["diffusers_call"], "candidate_s": med["hit_call"], "ratio": med["hit_call"] / med["diffusers_call"]
+        }
+        out["miss_vs_hashlib"] = {
+            "baseline_s": med["hashlib"], "candidate_s": med["miss"], "ratio": med["miss"] / med["hashlib"],
+            "raw_hashlib_MBps": total / med["hashlib"] / 1e6,
+        }
+        out["hit_vs_miss"] = {"baseline_s": med["miss"], "candidate_s": med["hit"], "ratio": med["hit"] / med["miss"]}
 
         # Calls: the same components under the plain class, the vetted class, and a process handle.
         from pipewarden.sandbox import load_class
@@ -277,6 +334,7 @@ def run(cache: Path = DEFAULT_CACHE, *, quick: bool = False) -> dict[str, Any]:
             finally:
                 handle.close()
     finally:
+        torch.set_num_threads(threads)
         if saved_env is None:
             os.environ.pop("PIPEWARDEN_DIGEST_STORE", None)
         else:

@@ -7,7 +7,9 @@ from pathlib import Path
 
 import pytest
 
-SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "seed"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+#: The original seed files, for the optional cross-check (tests/test_seed_crosscheck.py) only.
+DEFAULT_SEED_DIR = Path(__file__).resolve().parents[2] / "shared" / "seed"
 
 # Never reach a real hub from tests; hub tests point HF_ENDPOINT at their own fake server.
 os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
@@ -44,8 +46,29 @@ def example_pipeline(tmp_path_factory) -> Path:
 
 
 def seed_file(name: str = "one_step_unet.py") -> Path:
-    """A file of ../shared/seed/. CI always has ../shared beside the clone."""
-    path = SEED_DIR / name
+    """A seed-shaped pipeline of the project's own fixtures (tests/fixtures/pipelines/)."""
+    path = FIXTURES / "pipelines" / name
     if not path.is_file():
-        pytest.fail(f"seed file {path} is missing: the repository expects ../shared/seed beside it")
+        raise FileNotFoundError(f"fixture {path} is missing from the repository")
+    return path
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--seed-dir",
+        default=None,
+        help="folder holding the original seed files for tests/test_seed_crosscheck.py "
+        "(default: ../shared/seed beside the clone; those tests are skipped, with the reason, without it)",
+    )
+
+
+@pytest.fixture(scope="session")
+def seed_dir(request: pytest.FixtureRequest) -> Path:
+    """The original seed folder for the cross-check, or a visible skip when there is none."""
+    given = request.config.getoption("--seed-dir")
+    path = Path(given) if given else DEFAULT_SEED_DIR
+    if not path.is_dir():
+        if given:
+            pytest.fail(f"--seed-dir {given} is not a directory")
+        pytest.skip(f"seed cross-check: no seed folder at {path} (pass --seed-dir DIR to run it)")
     return path

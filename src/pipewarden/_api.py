@@ -1,14 +1,15 @@
-"""``load_pipeline``: one load, start to finish, in the order verify -> scan -> admit -> run.
+"""``load_pipeline``: one load, start to finish: admit the code, then the weights, then run.
 
-1. Resolve the code (``custom_pipeline``) and the weights to bytes/digests (loader). Nothing
-   executes here.
-2. Admit the code at the exec site (``_admit``): the remote-code kill switch, the caller's
-   ``trust_remote_code`` opt-in, the organisation allowlist (source + signatures), the lock file
-   and the sha256 pin are all checked against the exact bytes that will be compiled. Only an
-   ``AdmittedCode`` can reach the sandbox, and the sandbox compiles ``AdmittedCode.source_bytes``
-   after re-hashing them.
-3. Run: in this process under the sandbox (``isolation="inprocess"``), or in a locked-down worker
-   (``isolation="process"``, the default) that re-reads and re-verifies every file itself.
+1. Parse what the user asked for (``loader.spec``: one parse into ``PipelineSpec`` /
+   ``WeightsSpec``) and start the admission (``registry.admission.Admission``): kill switch and
+   opt-in are checked before anything is fetched.
+2. Resolve the code to bytes and digests (loader; nothing executes) and admit it: allowlist
+   (source + signatures), lock file and sha256 pin are checked against the exact bytes that
+   will be compiled. Only then are the weights resolved (downloaded from the hub) and admitted
+   against the lock file, so an unpinned pipeline costs no weight download.
+3. Run the ``AdmittedCode`` with the ``AdmittedWeights``: in this process under the sandbox
+   (``isolation="inprocess"``), or in a locked-down worker (``isolation="process"``, the default)
+   that re-reads and re-verifies every file itself.
 """
 
 from __future__ import annotations
@@ -16,203 +17,39 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Literal
 
-from pipewarden.errors import (
-    IntegrityError,
-    NotAllowedError,
-    ScanError,
-    TrustRequiredError,
-)
 from pipewarden.limits import Limits
 from pipewarden.loader.code import CodeSource
-from pipewarden.loader.digests import sha256_bytes
 from pipewarden.loader.snapshot import Snapshot
+from pipewarden.loader.spec import PipelineSpec, WeightsSpec, parse_pipeline_spec, parse_weights_spec
+from pipewarden.registry.admission import Admission, AdmittedCode, AdmittedWeights
 
 Isolation = Literal["process", "inprocess"]
 GateReporter = Callable[[str, str], None]
 
-_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.\-]{0,95}")
-_COMMUNITY_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_\-]{0,127}")
-
-
-@dataclass(frozen=True)
-class AdmittedCode:
-    """Pipeline code that passed every trust gate. Only ``_admit`` creates one."""
-
-    code: CodeSource
-    gates: tuple[tuple[str, str], ...]
-    import_aliases: Mapping[str, str] = field(default_factory=dict)
-    extra_modules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
-    required_isolation: str | None = None
-    required_layers: tuple[str, ...] = ()
-
-    def source_text(self) -> str:
-        """The exact admitted bytes, re-hashed right before they are handed to the compiler."""
-        if sha256_bytes(self.code.source_bytes) != self.code.sha256:  # defence in depth
-            raise IntegrityError(
-                "the admitted pipeline bytes changed in memory",
-                rule="the bytes compiled are the bytes admitted",
-                fix="report this as a bug",
-            )
-        try:
-            return self.code.source_bytes.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise ScanError(
-                f"{self.code.module_relpath} is not valid UTF-8 (byte {exc.start})",
-                rule="pipeline sources are UTF-8 text",
-                fix="save the file as UTF-8",
-            ) from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Resolution (bytes only)
-
-
-def _classify_code(spec: str) -> Literal["local", "hub", "community"]:
-    if os.path.exists(spec) or spec.endswith(".py") or spec.startswith((".", "/", "~")) or os.sep in spec and not _HUB_ID.fullmatch(spec):
-        return "local"
-    if _HUB_ID.fullmatch(spec):
-        return "hub"
-    if _COMMUNITY_NAME.fullmatch(spec):
-        return "community"
-    raise ValueError(f"custom_pipeline {spec!r} is neither an existing path, a hub repo id nor a community name")
-
-
-def _resolve_code(spec: str | os.PathLike[str], *, revision: str | None, token: Any = None, hub_options: Mapping[str, Any] | None = None) -> CodeSource:
-    if isinstance(spec, os.PathLike):
-        spec = os.fspath(spec)
-    if not isinstance(spec, str) or not spec:
-        raise TypeError("custom_pipeline must be a non-empty str or path")
-    kind = _classify_code(spec)
-    if kind == "local":
+def _resolve_code(spec: PipelineSpec, *, token: Any = None, hub_options: Mapping[str, Any] | None = None) -> CodeSource:
+    if spec.kind == "local":
         from pipewarden.loader.local import resolve_local_code
 
-        return resolve_local_code(spec)
+        return resolve_local_code(spec.value)
     from pipewarden.loader import hub
 
-    return hub.resolve_code(spec, kind=kind, revision=revision, token=token, **dict(hub_options or {}))
+    return hub.resolve_code(spec.value, kind=spec.kind, revision=spec.revision, token=token, **dict(hub_options or {}))
 
 
 def _resolve_weights(
-    spec: str | os.PathLike[str], *, revision: str | None, token: Any = None, hub_options: Mapping[str, Any] | None = None,
-    select: Any = None,
+    spec: WeightsSpec, *, token: Any = None, hub_options: Mapping[str, Any] | None = None, select: Any = None
 ) -> Snapshot:
-    if isinstance(spec, os.PathLike):
-        spec = os.fspath(spec)
-    if not isinstance(spec, str) or not spec:
-        raise TypeError("the weights argument must be a non-empty str or path")
-    if os.path.isdir(spec) or not _HUB_ID.fullmatch(spec):
+    if spec.kind == "local":
         from pipewarden.loader.local import resolve_local_weights
 
-        return resolve_local_weights(spec)
+        return resolve_local_weights(spec.value)
     from pipewarden.loader import hub
 
-    return hub.resolve_weights(spec, revision=revision, token=token, select=select, **dict(hub_options or {}))
-
-
-# ---------------------------------------------------------------------------------------------
-# Admission: the trust gates, at the exec site
-
-
-def _remote_code_disabled() -> bool:
-    return os.environ.get("PIPEWARDEN_DISABLE_REMOTE_CODE", "").strip().lower() in {"1", "true", "yes", "on"}
-
-
-def _admit(
-    code: CodeSource,
-    *,
-    trust_remote_code: bool,
-    pipeline_sha256: str | None,
-    lock: Any,
-    allowlist: Any,
-    import_aliases: Mapping[str, str] | None,
-    isolation: str,
-    report: GateReporter,
-) -> AdmittedCode:
-    gates: list[tuple[str, str]] = []
-
-    def passed(gate: str, verdict: str) -> None:
-        gates.append((gate, verdict))
-        report(gate, verdict)
-
-    where = code.source_id + (f"@{code.commit}" if code.commit else "")
-    # 1. Kill switch.
-    if _remote_code_disabled():
-        raise NotAllowedError(
-            f"refusing to run pipeline code from {where}",
-            rule="PIPEWARDEN_DISABLE_REMOTE_CODE is set: no custom pipeline code runs",
-            fix="unset PIPEWARDEN_DISABLE_REMOTE_CODE to allow vetted pipeline code",
-        )
-    passed("kill switch", "PIPEWARDEN_DISABLE_REMOTE_CODE not set")
-    # 2. Explicit opt-in, checked here, where the code is about to be executed.
-    if trust_remote_code is not True:
-        raise TrustRequiredError(
-            f"pipeline code from {where} would be executed, but trust_remote_code is not True",
-            rule="custom pipeline code runs only with an explicit opt-in (every source kind, community names included)",
-            fix=f"read the code, then pass trust_remote_code=True and pipeline_sha256={code.sha256!r}",
-        )
-    passed("opt-in", "trust_remote_code=True")
-    # 3-5. Allowlist (source, isolation, k-of-n signatures over every file), lock file (commit +
-    # every file), sha256 pin: the registry's pure checks, run here on the bytes about to execute.
-    from pipewarden.registry.trust import decide
-
-    decision = decide(code, allowlist=allowlist, lockfile=lock, pipeline_sha256=pipeline_sha256, isolation=isolation)
-    if "signatures" in decision.pins:
-        sig = decision.signature
-        signers = ", ".join(getattr(sig, "signers", ()) or ()) if sig is not None else ""
-        passed("allowlist", f"source {code.source_id} allowed; signed by {signers or 'the required signers'}")
-    if "lockfile" in decision.pins:
-        passed("lock file", f"{len(code.files)} code file(s) match the lock")
-    if "pipeline_sha256" in decision.pins:
-        passed("sha256 pin", f"{code.sha256} matches")
-    if not decision.pinned:
-        commit = f" at commit {code.commit}" if code.commit else ""
-        raise NotAllowedError(
-            f"pipeline code from {code.source_id}{commit} is not pinned (its sha256 is {code.sha256})",
-            rule="code runs only when pinned by pipeline_sha256=, a lock file entry or allowlist signatures",
-            fix=(
-                f"after reading the code, pass pipeline_sha256={code.sha256!r}"
-                + (f" and custom_revision={code.commit!r}" if code.commit else "")
-            ),
-        )
-    aliases = {**dict(import_aliases or {}), **dict(decision.import_aliases)}  # the organisation's win
-    return AdmittedCode(
-        code=code,
-        gates=tuple(gates),
-        import_aliases=MappingProxyType(aliases),
-        extra_modules=MappingProxyType(dict(decision.extra_modules)),
-        required_isolation=decision.required_isolation,
-        required_layers=tuple(decision.required_layers),
-    )
-
-
-def _load_allowlist(allowlist: Any) -> Any:
-    from pipewarden.registry.allowlist import Allowlist
-    from pipewarden.registry.trust import load_allowlist_from_env
-
-    if allowlist is None:
-        return load_allowlist_from_env()
-    if isinstance(allowlist, Allowlist):
-        return allowlist
-    if isinstance(allowlist, (str, os.PathLike)):
-        return Allowlist.load(Path(allowlist))
-    raise TypeError("allowlist must be a path or a pipewarden.registry.allowlist.Allowlist")
-
-
-def _load_lock(lockfile: Any) -> Any:
-    if lockfile is None:
-        return None
-    from pipewarden.registry.lockfile import Lockfile
-
-    if isinstance(lockfile, Lockfile):
-        return lockfile
-    if isinstance(lockfile, (str, os.PathLike)):
-        return Lockfile.load(Path(lockfile))
-    raise TypeError("lockfile must be a path or a pipewarden.registry.lockfile.Lockfile")
+    return hub.resolve_weights(spec.value, revision=spec.revision, token=token, select=select, **dict(hub_options or {}))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,8 +104,6 @@ def load_pipeline(
     torch_dtype = options.torch_dtype
     if isolation not in ("process", "inprocess"):
         raise ValueError(f"isolation must be 'process' or 'inprocess', got {isolation!r}")
-    if not isinstance(trust_remote_code, bool):
-        raise TypeError("trust_remote_code must be a bool")
     if limits is not None and not isinstance(limits, Limits):
         raise TypeError("limits must be a pipewarden.Limits")
     report: GateReporter = on_gate or (lambda gate, verdict: None)
@@ -276,72 +111,40 @@ def load_pipeline(
 
     reverify = resolve_reverify(reverify)
 
-    # Fail fast, before any download; the authoritative checks run again in _admit.
-    if _remote_code_disabled() or trust_remote_code is not True:
-        _admit_precheck(custom_pipeline, trust_remote_code)
-
+    where = os.fspath(custom_pipeline) if isinstance(custom_pipeline, (str, os.PathLike)) else repr(custom_pipeline)
+    # Kill switch and opt-in first: a refusal costs no download. Loads the allowlist and lock.
+    admission = Admission(
+        trust_remote_code=trust_remote_code,
+        pipeline_sha256=pipeline_sha256,
+        lockfile=lockfile,
+        allowlist=allowlist,
+        isolation=isolation,
+        import_aliases=import_aliases,
+        source=where,
+        report=report,
+    )
+    code_spec = parse_pipeline_spec(custom_pipeline, revision=custom_revision)
+    weights_spec = parse_weights_spec(pretrained, revision=revision)
     if isolation == "process":  # boot the fork server while we resolve and hash
         from pipewarden.isolation import prestart
 
         prestart()
-    allow = _load_allowlist(allowlist)
-    lock = _load_lock(lockfile)
-    code = _resolve_code(custom_pipeline, revision=custom_revision, token=token, hub_options=options.hub)
+    code = _resolve_code(code_spec, token=token, hub_options=options.hub)
     report("code", f"read {code.module_relpath} from {code.source_id} ({len(code.source_bytes)} bytes, sha256 {code.sha256})")
+    admitted = admission.admit_code(code)  # the code pin, before any weight is read or fetched
     weights = _resolve_weights(
-        pretrained, revision=revision, token=token, hub_options=options.hub,
-        select=_weights_selector(code, components, options),
+        weights_spec, token=token, hub_options=options.hub, select=_weights_selector(code, components, options)
     )
     report("weights", f"{weights.source}" + (f" @ {weights.commit}" if weights.commit else ""))
-
-    expected: dict[str, str] = {k: v.sha256 for k, v in weights.files.items() if v.sha256}
-    weights_lock = None
-    if lock is not None:
-        weights_lock = lock.entry_for(weights.source, "weights")
-        if weights_lock is None:
-            raise IntegrityError(
-                f"weights {weights.source!r} are not in lock file {lock.origin}",
-                rule="with a lock file, every source used must be locked",
-                fix="add them with `pipewarden lock --weights ...`, or drop lockfile=",
-            )
-        weights_lock.check_commit(weights.commit, what="weights")
-        weights_lock.check_names(weights.files, what="weights files")  # an extra file is refused too
-        # Every file the loader reads must be in the lock; each is compared while it is loaded.
-        expected = dict(weights_lock.files)
-
-    admitted = _admit(
-        code,
-        trust_remote_code=trust_remote_code,
-        pipeline_sha256=pipeline_sha256,
-        lock=lock,
-        allowlist=allow,
-        import_aliases=import_aliases,
-        isolation=isolation,
-        report=report,
-    )
-    # The allowlist's minimum isolation was enforced by registry.trust.decide.
+    admitted_weights = admission.admit_weights(weights)
+    # The allowlist's minimum isolation was enforced when the code was admitted.
     if isolation == "inprocess":
         return _run_inprocess(
-            admitted, weights, expected=expected, options=options, components=components, report=report, reverify=reverify
+            admitted, admitted_weights, options=options, components=components, report=report, reverify=reverify
         )
     return _run_in_worker(
-        admitted, weights, expected=expected, options=options, components=components, limits=limits, report=report,
+        admitted, admitted_weights, options=options, components=components, limits=limits, report=report,
         reverify=reverify,
-    )
-
-
-def _admit_precheck(custom_pipeline: Any, trust_remote_code: bool) -> None:
-    where = os.fspath(custom_pipeline) if isinstance(custom_pipeline, (str, os.PathLike)) else repr(custom_pipeline)
-    if _remote_code_disabled():
-        raise NotAllowedError(
-            f"refusing to run pipeline code from {where}",
-            rule="PIPEWARDEN_DISABLE_REMOTE_CODE is set: no custom pipeline code runs",
-            fix="unset PIPEWARDEN_DISABLE_REMOTE_CODE to allow vetted pipeline code",
-        )
-    raise TrustRequiredError(
-        f"pipeline code from {where} would be executed, but trust_remote_code is not True",
-        rule="custom pipeline code runs only with an explicit opt-in (every source kind, community names included)",
-        fix="read the code, then pass trust_remote_code=True together with a pin (pipeline_sha256=...)",
     )
 
 
@@ -359,9 +162,8 @@ def _sandbox_policy(admitted: AdmittedCode) -> Any:
 
 def _run_inprocess(
     admitted: AdmittedCode,
-    weights: Snapshot,
+    weights: AdmittedWeights,
     *,
-    expected: Mapping[str, str],
     options: LoadingOptions,
     components: Mapping[str, Any],
     report: GateReporter,
@@ -382,9 +184,9 @@ def _run_inprocess(
     report("sandbox", f"vetted class {cls.__name__}: scanned, restricted-compiled, executed with facades")
     digests: dict[str, str] = {}
     kwargs = load_components(
-        weights,
+        weights.snapshot,
         torch_dtype=options.torch_dtype,
-        expected=expected,
+        expected=weights.expected,
         digests_out=digests,
         records=records_for(reverify),
         pipeline_class=cls,
@@ -402,9 +204,8 @@ def _run_inprocess(
 
 def _run_in_worker(
     admitted: AdmittedCode,
-    weights: Snapshot,
+    weights: AdmittedWeights,
     *,
-    expected: Mapping[str, str],
     options: LoadingOptions,
     components: Mapping[str, Any],
     limits: Limits | None,
@@ -414,37 +215,21 @@ def _run_in_worker(
     from pipewarden.isolation import run_in_worker
     from pipewarden.loader.components import worker_records
     from pipewarden.loader.records import records_for
-    from pipewarden.loader.snapshot import FileRecord
 
-    # The worker re-reads every file and re-verifies it against these digests (pins from the
-    # hub metadata or the lock file; an empty digest means "hash and record, nothing to compare").
-    pinned = Snapshot(
-        root=weights.root,
-        source=weights.source,
-        commit=weights.commit,
-        files={
-            rel: FileRecord(relpath=rel, sha256=expected.get(rel, rec.sha256), size=rec.size)
-            for rel, rec in weights.files.items()
-        },
-        boundary=weights.boundary,
-    )
+    # The worker re-reads every file and re-verifies it against the admitted digests (pins from
+    # the hub metadata or the lock file; an empty digest means "hash and record").
     handle = run_in_worker(
-        source_bytes=admitted.code.source_bytes,
-        source_sha256=admitted.code.sha256,
-        filename=admitted.code.module_relpath,
-        weights=pinned,
+        admitted,
+        weights,
         extra_components=dict(components) or None,
         torch_dtype=options.torch_dtype,
         variant=options.variant,
         use_safetensors=options.use_safetensors,
-        policy_extras={k: list(v) for k, v in admitted.extra_modules.items()} or None,
-        import_aliases=dict(admitted.import_aliases) or None,
         limits=limits,
-        required_layers=set(admitted.required_layers) or None,
         # Verified-digest records from the host's store (hashed here on a miss); the worker
         # checks each against its own fstat and never sees or writes the store.
         digest_records=worker_records(
-            pinned, expected=expected, records=records_for(reverify), skip=set(components), variant=options.variant
+            weights.pinned, expected=weights.expected, records=records_for(reverify), skip=set(components), variant=options.variant
         )
         if reverify != "always"
         else None,

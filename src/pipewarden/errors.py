@@ -13,6 +13,8 @@ never a carrier of a real object to sandboxed code (sandbox errors are raised fr
 
 from __future__ import annotations
 
+from pipewarden.rules import is_registered, lookup
+
 __all__ = [
     "PipewardenError",
     "TrustRequiredError",
@@ -25,6 +27,7 @@ __all__ = [
     "InputError",
     "FetchError",
     "WorkerError",
+    "PolicyError",
 ]
 
 
@@ -34,16 +37,26 @@ class PipewardenError(Exception):
     #: Exit code the CLI uses for this kind of error (1 = refused, 2 = unusable input).
     exit_code: int = 1
 
-    def __init__(self, what: str, *, rule: str = "", fix: str = "") -> None:
+    def __init__(self, what: str, *, rule: str, fix: str = "") -> None:
+        if not is_registered(rule):
+            # A programming error in pipewarden, never a user's: every raise site names an id
+            # registered in pipewarden/rules.py (tests/test_rules.py checks them all statically).
+            raise ValueError(f"unregistered rule id {rule!r}: add it to pipewarden/rules.py")
         self.what = str(what)
         self.rule = str(rule)
         self.fix = str(fix)
         super().__init__(self._render())
 
+    @property
+    def rule_meaning(self) -> str:
+        """The registry's one-line meaning of ``rule``."""
+        info = lookup(self.rule)
+        return info.meaning if info is not None else ""
+
     def _render(self) -> str:
         parts = [self.what.rstrip(".") + "."]
         if self.rule:
-            parts.append(f"Rule: {self.rule}.")
+            parts.append(f"Rule {self.rule}: {self.rule_meaning.rstrip('.')}.")
         if self.fix:
             parts.append(f"To proceed: {self.fix.rstrip('.')}.")
         return " ".join(parts)
@@ -52,7 +65,7 @@ class PipewardenError(Exception):
         """A human-readable multi-line explanation, printed by the CLI."""
         lines = [f"{type(self).__name__}: {self.what.rstrip('.')}."]
         if self.rule:
-            lines.append(f"  rule: {self.rule}")
+            lines.append(f"  rule: {self.rule} ({self.rule_meaning})")
         if self.fix:
             lines.append(f"  to proceed: {self.fix}")
         return "\n".join(lines)
@@ -110,6 +123,11 @@ class WorkerError(PipewardenError):
     """The isolated worker crashed, hung up, or sent a malformed message."""
 
 
+class PolicyError(InputError, ValueError):
+    """The sandbox policy data is malformed (unknown key or value) or names a class or module that
+    does not resolve in the installed libraries (the policy fails closed)."""
+
+
 _BY_NAME: dict[str, type[PipewardenError]] = {
     c.__name__: c
     for c in (
@@ -124,6 +142,7 @@ _BY_NAME: dict[str, type[PipewardenError]] = {
         InputError,
         FetchError,
         WorkerError,
+        PolicyError,
     )
 }
 

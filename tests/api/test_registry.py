@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 
 import pytest
@@ -113,6 +114,7 @@ def test_lockfile_without_entry_for_this_code(tiny_weights, example_pipeline, tm
         _load(tiny_weights, example_pipeline.parent, lockfile=lock)
 
 
+@pytest.mark.slow
 def test_allowlist_required_layers_are_parsed_and_checked(tiny_weights, signed_pipeline):
     from pipewarden.errors import InputError
     from pipewarden.isolation import LAYER_NAMES
@@ -135,3 +137,43 @@ def test_allowlist_required_layers_are_parsed_and_checked(tiny_weights, signed_p
         assert {"seccomp", "landlock-fs", "env"} <= active
         torch.manual_seed(0)
         assert pipe().shape == (1, 3, 8, 8)
+
+
+@pytest.mark.slow
+def test_process_mode_with_allowlist_and_lockfile_end_to_end(tiny_weights, signed_pipeline, example_pipeline, tmp_path):
+    """The default isolation with allowlist= (signatures pin the code; its policy demands the
+    process mode and layers) and lockfile= (pins every weight, re-verified in the worker)."""
+    code, alice, bob = signed_pipeline
+    allow = allowlist(
+        {"alice": alice, "bob": bob},
+        [("local:**", ["alice", "bob"], 2)],
+        policy='[policy]\nrequired_isolation = "process"\nrequired_layers = ["env"]',
+    )
+    weights = tmp_path / "w"
+    shutil.copytree(tiny_weights, weights)
+    lock = tmp_path / "pipewarden.lock"
+    write_lock(lock, [entry_for_local_code(code), entry_for_local_weights(weights)])
+    gates: list[str] = []
+    pipe = pipewarden.load_pipeline(
+        weights, custom_pipeline=code, trust_remote_code=True, allowlist=allow, lockfile=lock,
+        on_gate=lambda g, v: gates.append(g),
+    )
+    try:
+        assert pipe.worker_pid != os.getpid()
+        torch.manual_seed(0)
+        out = pipe(generator=torch.Generator().manual_seed(1), num_inference_steps=2)
+    finally:
+        pipe.close()
+    assert {"allowlist", "lock file", "weights lock", "worker"} <= set(gates)
+    plain = _load(tiny_weights, example_pipeline, pipeline_sha256=pipewarden.loader.digests.sha256_file(example_pipeline))
+    torch.manual_seed(0)
+    assert torch.equal(out, plain(generator=torch.Generator().manual_seed(1), num_inference_steps=2))
+    # a weight changed after locking: the worker, which hashes what it loads, refuses it
+    f = weights / "scheduler" / "scheduler_config.json"
+    f.write_text(f.read_text().replace("0.02", "0.03"))
+    with pytest.raises(IntegrityError, match="scheduler/scheduler_config.json"):
+        pipewarden.load_pipeline(weights, custom_pipeline=code, trust_remote_code=True, allowlist=allow, lockfile=lock)
+    # one file added to the signed, locked code directory: refused before anything runs
+    (code / "helper.py").write_text("x = 1\n")
+    with pytest.raises(IntegrityError):
+        pipewarden.load_pipeline(weights, custom_pipeline=code, trust_remote_code=True, allowlist=allow, lockfile=lock)

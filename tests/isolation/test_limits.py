@@ -36,7 +36,7 @@ def test_cpu_s_is_per_request_not_per_worker_life():
         w.close()
     err = info.value
     assert "more than 2 s of CPU during hook burn" in err.what
-    assert "each request" in err.rule
+    assert err.rule == "limits.cpu" and "each request" in err.rule_meaning
 
 
 def test_default_memory_is_sized_from_the_machine():

@@ -30,7 +30,6 @@ from pipewarden.isolation import (
     IsolationWarning,
     PipelineHandle,
     WorkerLoadRequest,
-    run_in_worker,
     start_worker_pipeline,
 )
 from pipewarden.isolation._client import fork_server
@@ -181,6 +180,7 @@ def test_8gib_allocation_in_a_pipeline_is_a_resource_limit_error(weights, hostil
     _host_still_works(weights, example)
 
 
+@pytest.mark.slow
 def test_infinite_loop_in_a_pipeline_is_a_resource_limit_error(weights, hostile_file, example):
     for limits, within in ((Limits(cpu_s=2, wall_s=60), 15.0), (Limits(cpu_s=600, wall_s=2.0), 8.0)):
         pipe = pipewarden.load_pipeline(str(weights), isolation="process", limits=limits, **hostile_file)
@@ -251,11 +251,8 @@ def test_the_worker_re_verifies_every_weight_file(weights):
     with pytest.raises(IntegrityError, match="diffusion_pytorch_model.safetensors"):
         start_worker_pipeline(_request(weights, src, tamper="unet/diffusion_pytorch_model.safetensors"), Limits(wall_s=60))
     with pytest.raises(IntegrityError, match="sha256"):
-        run_in_worker(
-            source_bytes=src + b"\n# changed",
-            source_sha256=hashlib.sha256(src).hexdigest(),
-            filename="pipeline.py",
-            weights=_request(weights, src).weights,
+        start_worker_pipeline(
+            WorkerLoadRequest(src + b"\n# changed", hashlib.sha256(src).hexdigest(), "pipeline.py", _request(weights, src).weights)
         )
 
 

@@ -6,6 +6,7 @@ unpickle, never in another exception type.
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import struct
@@ -19,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pipewarden.errors import ResourceLimitError, WorkerError
+from pipewarden.errors import PipewardenError, ResourceLimitError, WorkerError
 from pipewarden.isolation.layers import seccomp as _seccomp
 from pipewarden.isolation.layers.apply import LAYER_NAMES, LayerPlan
 from pipewarden.isolation.wire import codec as _codec
@@ -119,6 +120,7 @@ def test_arbitrary_bytes_never_escape_the_error_tree(data):
             pass
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None)
 @given(
     st.recursive(
@@ -226,14 +228,53 @@ def test_messages_are_parsed_into_frozen_objects():
     for bad in (
         {"kind": "ready", "pid": "5", "layers": []},
         {"kind": "ready", "pid": 5, "layers": [{"name": "made-up", "active": True}]},
-        {"kind": "error", "error": "os.system()", "what": "x"},
+        {"kind": "error", "error": "os.system()", "what": "x", "rule": "limits.memory"},
+        {"kind": "error", "error": "WorkerError", "what": "x"},  # every error names a rule id
+        {"kind": "error", "error": "WorkerError", "what": "x", "rule": "a sentence, not an id"},
         {"kind": "nope"},
         {"kind": "result"},
     ):
         with pytest.raises(WorkerError):
             _messages.parse(_wire.Frame(bad, b""))
-    fail = _messages.parse(_wire.Frame({"kind": "error", "error": "ResourceLimitError", "what": "w" * 10000}, b""))
-    assert isinstance(fail, _messages.Failure) and len(fail.what) <= 4000
+    fail = _messages.parse(
+        _wire.Frame({"kind": "error", "error": "ResourceLimitError", "what": "w" * 10000, "rule": "limits.memory"}, b"")
+    )
+    assert isinstance(fail, _messages.Failure) and len(fail.what) <= 4000 and fail.rule == "limits.memory"
+
+
+def test_load_request_is_one_frozen_type_on_both_sides():
+    req = _messages.LoadRequest(
+        source_sha256="a" * 64,
+        filename="pipeline.py",
+        root="/w",
+        source="local:/w",
+        commit=None,
+        files=(_messages.LoadFile("unet/x.safetensors", "b" * 64, 3), _messages.LoadFile("model_index.json", "", 1)),
+        torch_dtype="float16",
+        policy_extras={"einops": ("rearrange",)},
+        import_aliases={"MuseVdiffusers": "diffusers"},
+        gpu_memory_fraction=0.5,
+        digest_records=((1, 2, 3, 4, 5, "c" * 64, 6, ""),),
+        host_uid=1000,
+    )
+    header = json.loads(json.dumps(req.header()))  # what crosses the pipe
+    assert _messages.LoadRequest.parse(header) == req
+    for key, value in [
+        ("source_sha256", "A" * 64),
+        ("files", {"x": {"sha256": "b" * 64}}),
+        ("files", {"x": {"sha256": "b" * 64, "size": -1}}),
+        ("files", {"x": {"sha256": "zz", "size": 1}}),
+        ("torch_dtype", "__class__"),
+        ("policy_extras", {"einops": "rearrange"}),
+        ("import_aliases", {"a": 1}),
+        ("gpu_memory_fraction", True),
+        ("digest_records", {"a": 1}),
+        ("host_uid", -1),
+        ("op", "call"),
+    ]:
+        with pytest.raises(PipewardenError) as exc:
+            _messages.LoadRequest.parse({**header, key: value})
+        assert exc.value.rule == "worker.protocol"
 
 
 @pytest.mark.parametrize("arch", ["x86_64", "aarch64"])

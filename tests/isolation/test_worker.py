@@ -261,6 +261,7 @@ def test_file_size_limit_refuses_a_big_write_without_killing_the_worker(server):
         assert hook(w, "identity")["pid"] == w.pid
 
 
+@pytest.mark.slow
 def test_cpu_limit_ends_an_infinite_loop(server):
     with worker(Limits(cpu_s=1, wall_s=60)) as w:
         t0 = time.monotonic()
@@ -283,6 +284,7 @@ def test_wall_clock_limit_kills_a_hung_worker(server):
     _host_still_works(server)
 
 
+@pytest.mark.slow
 def test_deep_recursion_ends_in_pipewarden_error(server):
     with worker() as w:
         with pytest.raises(PipewardenError, match="RecursionError"):
@@ -346,6 +348,7 @@ def test_later_worker_starts_are_cheap(server):
     assert sorted(times)[2] < 1.0  # generous bound for a shared CI box; the benchmark measures ~20 ms
 
 
+@pytest.mark.slow
 def test_workers_die_with_a_crashed_host():
     """Host killed hard -> its fork server gets SIGKILL (parent-death signal) -> so do its workers."""
     import subprocess

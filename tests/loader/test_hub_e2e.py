@@ -132,6 +132,7 @@ def test_tampered_weights_refused_end_to_end_then_recovers(world: SimpleNamespac
     _run(pipewarden.load_pipeline("org/weights", **kw))
 
 
+@pytest.mark.slow
 def test_eight_threads_loading_the_same_pipeline(
     world: SimpleNamespace, weight_files: dict[str, bytes]
 ) -> None:
@@ -203,3 +204,88 @@ def test_lock_cli_locks_hub_sources_and_load_enforces_them(world: SimpleNamespac
         pipewarden.load_pipeline(
             "org/weights", custom_pipeline="org/code", trust_remote_code=True, lockfile=lock, isolation="inprocess"
         )
+
+
+# -- admission order and the kill switch (issue 13 part 1, issue 11 part 4, issue 14 part 3) ----------
+
+
+def _weight_requests(hub: FakeHub) -> int:
+    return hub.count(contains="org/weights") + hub.count(server="cdn")
+
+
+@pytest.mark.parametrize("custom_pipeline", ["org/code", "one_step_unet"])
+@pytest.mark.parametrize("pin", [None, "0" * 64], ids=["unpinned", "mis-pinned"])
+def test_code_pin_is_checked_before_any_weight_request(
+    world: SimpleNamespace, custom_pipeline: str, pin: str | None
+) -> None:
+    with pytest.raises((NotAllowedError, IntegrityError)) as exc:
+        pipewarden.load_pipeline(
+            "org/weights", custom_pipeline=custom_pipeline, trust_remote_code=True, pipeline_sha256=pin, isolation="inprocess"
+        )
+    assert exc.value.rule == ("trust.code-unpinned" if pin is None else "trust.pin-mismatch")
+    assert world.hub.count() > 0  # the code was fetched ...
+    assert _weight_requests(world.hub) == 0, world.hub.requests  # ... and not one weight request was made
+    # the same load, pinned, does reach the weights: the counter sees them
+    pipewarden.load_pipeline(
+        "org/weights", custom_pipeline=custom_pipeline, trust_remote_code=True, pipeline_sha256=SOURCE_SHA, isolation="inprocess"
+    )
+    assert _weight_requests(world.hub) > 0
+
+
+def test_kill_switch_refuses_every_custom_pipeline_whatever_its_source(
+    world: SimpleNamespace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PIPEWARDEN_DISABLE_REMOTE_CODE has one meaning: no custom pipeline runs, local ones included.
+    Nothing is fetched, nothing is compiled, even with the opt-in and a correct pin."""
+    import pipewarden.sandbox as sb
+
+    compiled: list[object] = []
+    real_load_class = sb.load_class
+    monkeypatch.setattr(sb, "load_class", lambda *a, **k: compiled.append(a) or pytest.fail("compiled"))
+    local = tmp_path / "local-code"
+    local.mkdir()
+    (local / "pipeline.py").write_bytes(SOURCE)
+    monkeypatch.setenv("PIPEWARDEN_DISABLE_REMOTE_CODE", "1")
+    for custom_pipeline, weights in [
+        (str(local), str(world.local_weights)),
+        (str(local / "pipeline.py"), str(world.local_weights)),
+        ("org/code", "org/weights"),
+        ("one_step_unet", "org/weights"),
+    ]:
+        for isolation in ("inprocess", "process"):
+            with pytest.raises(NotAllowedError) as exc:
+                pipewarden.load_pipeline(
+                    weights, custom_pipeline=custom_pipeline, trust_remote_code=True, pipeline_sha256=SOURCE_SHA, isolation=isolation
+                )
+            assert exc.value.rule == "trust.kill-switch" and "PIPEWARDEN_DISABLE_REMOTE_CODE" in str(exc.value)
+    assert world.hub.requests == [] and compiled == []
+    # switched off ("0"), the same local load runs: the refusals above were the switch's
+    monkeypatch.setenv("PIPEWARDEN_DISABLE_REMOTE_CODE", "0")
+    monkeypatch.setattr(sb, "load_class", real_load_class)
+    pipe = pipewarden.load_pipeline(
+        str(world.local_weights), custom_pipeline=str(local), trust_remote_code=True, pipeline_sha256=SOURCE_SHA, isolation="inprocess"
+    )
+    _run(pipe)
+
+
+@pytest.mark.slow
+def test_process_mode_with_hub_lockfile_end_to_end(world: SimpleNamespace, tmp_path: Path) -> None:
+    """lockfile= in the default process mode: the lock pins the code and every weight, which the
+    worker re-verifies; a lock whose weights digest differs is refused."""
+    from pipewarden.cli import main
+
+    lock = tmp_path / "pipewarden.lock"
+    assert main(["lock", "--weights", "org/weights", "--custom-pipeline", "one_step_unet", "--out", str(lock)]) == 0
+    pipe = pipewarden.load_pipeline("org/weights", custom_pipeline="one_step_unet", trust_remote_code=True, lockfile=lock)
+    try:
+        out = _run(pipe)
+    finally:
+        pipe.close()
+    ref = pipewarden.load_pipeline(
+        "org/weights", custom_pipeline="one_step_unet", trust_remote_code=True, lockfile=lock, isolation="inprocess"
+    )
+    assert torch.equal(out, _run(ref))
+    digest = hashlib.sha256(world.hub.file("org/weights", world.weights_commit, SAFETENSORS).data).hexdigest()
+    lock.write_text(lock.read_text().replace(digest, "0" * 64))
+    with pytest.raises(IntegrityError, match=SAFETENSORS):
+        pipewarden.load_pipeline("org/weights", custom_pipeline="one_step_unet", trust_remote_code=True, lockfile=lock)

@@ -63,11 +63,11 @@ def _run(pipe: object) -> np.ndarray:
 
 
 def test_inprocess_fp16_variant_is_bit_identical_to_diffusers(sd: SimpleNamespace) -> None:
-    want = _plain(sd, variant="fp16")
     pipe = _load(sd, isolation="inprocess", variant="fp16")
     assert type(pipe.text_encoder).__name__ == "CLIPTextModel"  # type: ignore[attr-defined]
     assert type(pipe.safety_checker).__name__ == "StableDiffusionSafetyChecker"  # type: ignore[attr-defined]
-    got = _run(pipe)
+    got = _run(pipe)  # first, before plain diffusers has warmed any library cache in this process
+    want = _plain(sd, variant="fp16")
     assert got.shape == want.shape and np.array_equal(got, want)
 
 
@@ -424,3 +424,114 @@ def test_pipeline_file_class_must_be_named_by_the_file(sd: SimpleNamespace, tmp_
         pipewarden.load_pipeline(str(repo), custom_pipeline=str(code), trust_remote_code=True, pipeline_sha256=sha,
                                  isolation="inprocess")
     assert info.value.rule == "components.class-not-allowed"
+
+
+# ----------------------------------------------------------------------------- SDXL / Flux shapes
+
+
+def test_sdxl_and_flux_text_encoders_match_transformers(tmp_path: Path) -> None:
+    """CLIPTextModelWithProjection, CLIPVisionModelWithProjection and T5EncoderModel (tied
+    embeddings, fp32-kept modules) come out exactly as transformers' from_pretrained builds them."""
+    from transformers import (
+        CLIPTextConfig,
+        CLIPTextModelWithProjection,
+        CLIPVisionConfig,
+        CLIPVisionModelWithProjection,
+        T5Config,
+        T5EncoderModel,
+    )
+
+    torch.manual_seed(0)
+    models = {
+        "text_encoder_2": CLIPTextModelWithProjection(CLIPTextConfig(
+            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, vocab_size=99,
+            projection_dim=16, max_position_embeddings=16)),
+        "image_encoder": CLIPVisionModelWithProjection(CLIPVisionConfig(
+            hidden_size=32, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2, image_size=16,
+            patch_size=8, projection_dim=16)),
+        "text_encoder_3": T5EncoderModel(T5Config(
+            vocab_size=99, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, decoder_start_token_id=0)),
+    }
+    index = {"_class_name": "X"}
+    for name, model in models.items():
+        model.to(torch.float16).save_pretrained(tmp_path / name, variant="fp16")
+        model.to(torch.float32).save_pretrained(tmp_path / name)
+        index[name] = ["transformers", type(model).__name__]
+    (tmp_path / "model_index.json").write_text(json.dumps(index))
+    snap = resolve_local_weights(tmp_path)
+    for kw in ({}, {"variant": "fp16"}, {"variant": "fp16", "torch_dtype": torch.float16}):
+        built = load_components(snap, **kw)  # type: ignore[arg-type]
+        for name, model in models.items():
+            ref_kw = {"variant": kw.get("variant"), "dtype": kw.get("torch_dtype")}
+            ref = type(model).from_pretrained(str(tmp_path / name), **{k: v for k, v in ref_kw.items() if v is not None})
+            a, b = built[name].state_dict(), ref.state_dict()
+            assert set(a) == set(b), name
+            assert all(a[k].dtype == b[k].dtype and torch.equal(a[k], b[k]) for k in b), (name, kw)
+            assert not built[name].training
+
+
+def test_auto_map_in_a_model_config_is_refused(sd: SimpleNamespace, tmp_path: Path) -> None:
+    repo = _tampered(sd, tmp_path)
+    cfg = json.loads((repo / "text_encoder" / "config.json").read_text())
+    cfg["auto_map"] = {"AutoModel": "modeling_evil.EvilModel"}
+    (repo / "text_encoder" / "config.json").write_text(json.dumps(cfg))
+    marker = tmp_path / "ran.txt"
+    (repo / "text_encoder" / "modeling_evil.py").write_text(MARKER_CODE.format(marker=str(marker)))
+    with pytest.raises(NotAllowedError, match="auto_map") as info:
+        _load(sd, repo, isolation="inprocess")
+    assert info.value.rule == "components.code-reference"
+    assert not marker.exists()
+
+
+def test_objects_of_unreviewed_classes_never_cross(sd: SimpleNamespace, tmp_path: Path) -> None:
+    """A subclass of a diffusers scheduler (its own code) is refused, not pickled or rebuilt as its base."""
+    from diffusers import DDIMScheduler
+
+    marker = tmp_path / "ran.txt"
+
+    class Sneaky(DDIMScheduler):
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (Path(marker).write_text, ("ran",))
+
+    with pytest.raises(NotAllowedError, match="Sneaky") as info:
+        _load(sd, scheduler=Sneaky())
+    assert info.value.rule == "worker.object-component"
+    assert not marker.exists()
+
+
+def test_hub_cache_dir_and_local_files_only(sd: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from tests.fakehub import FakeHub, use_fake_hub
+
+    files = {p.relative_to(sd.repo).as_posix(): p.read_bytes() for p in sorted(sd.repo.rglob("*")) if p.is_file()}
+    own_cache = tmp_path / "own-cache"
+    with FakeHub() as hub:
+        default_cache = use_fake_hub(monkeypatch, hub, tmp_path / "default")
+        hub.add_commit("org/sd", files)
+        first = _run(_load(sd, "org/sd", isolation="inprocess", cache_dir=own_cache, safety_checker=None, feature_extractor=None))
+        assert any(own_cache.rglob("model_index.json"))
+        assert not any(Path(str(default_cache)).rglob("model_index.json"))
+        seen = len(hub.requests)
+        hub.fail(500)  # the hub is down: local_files_only loads from the cache alone, asking nothing
+        again = _run(_load(sd, "org/sd", isolation="inprocess", cache_dir=own_cache, local_files_only=True,
+                           safety_checker=None, feature_extractor=None))
+        assert len(hub.requests) == seen
+    assert np.array_equal(first, again)
+
+
+def test_hub_lock_covers_tokenizer_files(sd: SimpleNamespace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Everything the load reads is in the lock (merges.txt too), and the locked load works."""
+    from pipewarden.cli import main
+    from tests.fakehub import FakeHub, use_fake_hub
+
+    files = {p.relative_to(sd.repo).as_posix(): p.read_bytes() for p in sorted(sd.repo.rglob("*")) if p.is_file()}
+    lock = tmp_path / "pipewarden.lock"
+    with FakeHub() as hub:
+        use_fake_hub(monkeypatch, hub, tmp_path)
+        hub.add_commit("org/sd", files)
+        assert main(["lock", "--weights", "org/sd", "--custom-pipeline", str(sd.code), "--out", str(lock)]) == 0
+        assert "tokenizer/merges.txt" in lock.read_text()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pipe = pipewarden.load_pipeline("org/sd", custom_pipeline=str(sd.code), trust_remote_code=True,
+                                            lockfile=lock, isolation="inprocess", variant="fp16")
+    assert np.array_equal(_run(pipe), _plain(sd, variant="fp16"))

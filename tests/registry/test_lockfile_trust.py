@@ -1,4 +1,4 @@
-"""Lock files and the trust decision the loader calls (kill switch, allowlist, lock, pins)."""
+"""Lock files and the admission state machine the loader runs (opt-in, allowlist, lock, pins)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from pipewarden.errors import InputError, IntegrityError, NotAllowedError, SignatureError
+from pipewarden.errors import InputError, IntegrityError, NotAllowedError, SignatureError, TrustRequiredError
 from pipewarden.loader.code import CodeSource
+from pipewarden.loader.snapshot import FileRecord, Snapshot
+from pipewarden.registry.admission import Admission, AdmittedCode, AdmittedWeights, load_allowlist_from_env
 from pipewarden.registry.lockfile import (
     LockEntry,
     Lockfile,
@@ -17,7 +19,6 @@ from pipewarden.registry.lockfile import (
     write_lock,
 )
 from pipewarden.registry.signatures import SIGNATURE_FILE
-from pipewarden.registry.trust import check_weights_lock, decide, load_allowlist_from_env
 from tests._registry_support import (
     FILES_BYTES,
     NOW,
@@ -134,55 +135,87 @@ def test_local_lock_entries(tmp_path, tiny_weights):
     )
 
 
-def test_check_weights_lock(tmp_path):
+def _snapshot(files: dict[str, str], *, source: str = "acme/w", commit: str | None = COMMIT) -> Snapshot:
+    return Snapshot(
+        root=Path("/nonexistent"),
+        source=source,
+        commit=commit,
+        files={rel: FileRecord(rel, digest, 1) for rel, digest in files.items()},
+    )
+
+
+def decide(code: CodeSource, *, allowlist, lockfile, pipeline_sha256, isolation=None, now=None) -> AdmittedCode:
+    """One admission of ``code`` with these pins (what load_pipeline runs, minus the I/O)."""
+    return Admission(
+        trust_remote_code=True,
+        pipeline_sha256=pipeline_sha256,
+        lockfile=lockfile,
+        allowlist=allowlist,
+        isolation=isolation,
+        env={},
+        now=now,
+    ).admit_code(code)
+
+
+def test_weights_are_admitted_only_after_the_code(tmp_path):
     w = {"model_index.json": "1" * 64, "unet/x.safetensors": "2" * 64}
     path = tmp_path / "p.lock"
-    write_lock(path, [LockEntry(source="acme/w", role="weights", files=w, commit=COMMIT)])
-    assert check_weights_lock(None, "acme/w", COMMIT, w) is None
-    assert check_weights_lock(path, "acme/w", COMMIT, w).source == "acme/w"
+    write_lock(
+        path,
+        [
+            LockEntry(source="acme/w", role="weights", files=w, commit=COMMIT),
+            LockEntry(source="acme/pipes", role="code", files=FILES, commit=COMMIT),
+        ],
+    )
+
+    def admit(files, *, source="acme/w", commit=COMMIT, lockfile=path) -> AdmittedWeights:
+        a = Admission(trust_remote_code=True, lockfile=lockfile, pipeline_sha256=FILES["pipeline.py"], env={})
+        with pytest.raises(RuntimeError, match="code pin is checked first"):
+            a.admit_weights(_snapshot(files, source=source, commit=commit))
+        a.admit_code(_code())
+        return a.admit_weights(_snapshot(files, source=source, commit=commit))
+
+    assert admit(w, lockfile=None).lock_entry is None
+    admitted = admit(w)
+    assert admitted.lock_entry is not None and admitted.lock_entry.source == "acme/w"
+    assert dict(admitted.expected) == w and admitted.pinned.files["unet/x.safetensors"].sha256 == "2" * 64
     with pytest.raises(IntegrityError, match="unet/x.safetensors"):
-        check_weights_lock(path, "acme/w", COMMIT, {**w, "unet/x.safetensors": "3" * 64})
+        admit({**w, "unet/x.safetensors": "3" * 64})
+    with pytest.raises(IntegrityError, match="unet/y.safetensors"):
+        admit({**w, "unet/y.safetensors": "3" * 64})  # a published file the lock does not name
     with pytest.raises(IntegrityError, match="not in lock file"):
-        check_weights_lock(path, "acme/other", COMMIT, w)
+        admit(w, source="acme/other")
     with pytest.raises(IntegrityError, match="commit"):
-        check_weights_lock(path, "acme/w", "c" * 40, w)
+        admit(w, commit="c" * 40)
+    # local weights carry no digests yet: the lock's digests are what each file must hash to
+    local = admit({"model_index.json": "", "unet/x.safetensors": ""})
+    assert dict(local.expected) == w
 
 
-# -- decide --------------------------------------------------------------------------------------------
-def test_kill_switch_refuses_remote_code_only():
-    for kind in ("hub", "community"):
-        with pytest.raises(NotAllowedError, match="PIPEWARDEN_DISABLE_REMOTE_CODE"):
-            decide(
-                _code(kind=kind),
-                allowlist=None,
-                lockfile=None,
-                pipeline_sha256=None,
-                env={"PIPEWARDEN_DISABLE_REMOTE_CODE": "1"},
-            )
-    d = decide(
-        _code(kind="local", commit=None),
-        allowlist=None,
-        lockfile=None,
-        pipeline_sha256=None,
-        env={"PIPEWARDEN_DISABLE_REMOTE_CODE": "1"},
-    )
-    assert d.pins == () and not d.pinned
-    assert (
-        decide(
-            _code(),
-            allowlist=None,
-            lockfile=None,
-            pipeline_sha256=None,
-            env={"PIPEWARDEN_DISABLE_REMOTE_CODE": "0"},
-        ).kind
-        == "hub"
-    )
+def test_admitted_results_are_made_only_by_the_admission():
+    with pytest.raises(TypeError, match="only by"):
+        AdmittedCode(code=_code(), pins=("pipeline_sha256",), gates=())
+    with pytest.raises(TypeError, match="only by"):
+        AdmittedWeights(snapshot=_snapshot({}), expected={})
+    a = Admission(trust_remote_code=True, pipeline_sha256=FILES["pipeline.py"], env={})
+    admitted = a.admit_code(_code())
+    assert admitted.pins == ("pipeline_sha256",) and [g for g, _ in a.gates] == ["kill switch", "opt-in", "sha256 pin"]
+    with pytest.raises(RuntimeError):
+        a.admit_code(_code())
 
 
-def test_kill_switch_reads_the_real_environment(monkeypatch):
-    monkeypatch.setenv("PIPEWARDEN_DISABLE_REMOTE_CODE", "1")
-    with pytest.raises(NotAllowedError):
+def test_opt_in_is_checked_before_anything_else():
+    with pytest.raises(TrustRequiredError):
+        Admission(trust_remote_code=False, pipeline_sha256=FILES["pipeline.py"], env={})
+    with pytest.raises(TypeError):
+        Admission(trust_remote_code="yes", env={})  # type: ignore[arg-type]
+
+
+# -- code admission ------------------------------------------------------------------------------------
+def test_unpinned_code_is_refused():
+    with pytest.raises(NotAllowedError) as exc:
         decide(_code(), allowlist=None, lockfile=None, pipeline_sha256=None)
+    assert exc.value.rule == "trust.code-unpinned" and FILES["pipeline.py"] in str(exc.value) and COMMIT in str(exc.value)
 
 
 def test_allowlist_signatures_and_policy_returned():
@@ -273,7 +306,7 @@ def test_registry_does_not_import_torch():
     import sys
 
     code = (
-        "import sys, pipewarden.registry, pipewarden.cli.registry, pipewarden.registry.trust;"
+        "import sys, pipewarden.registry, pipewarden.cli.registry, pipewarden.registry.admission;"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run(

@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from pipewarden.errors import InputError, PipewardenError
 from pipewarden.loader.code import CodeSource
+from pipewarden.loader.snapshot import FileRecord, Snapshot
 from pipewarden.registry import _toml
+from pipewarden.registry.admission import Admission
 from pipewarden.registry.allowlist import Allowlist
 from pipewarden.registry.lockfile import LockEntry, Lockfile
 from pipewarden.registry.signatures import SignatureVerdict, verify_signed_files
-from pipewarden.registry.trust import check_weights_lock, decide
 from tests._registry_support import (
     FILES_BYTES,
     NOW,
@@ -87,10 +89,12 @@ CODE = CodeSource(
 
 
 def _check_lock(data: bytes) -> None:
-    """What a load with lockfile= runs: the real decide() and check_weights_lock()."""
+    """What a load with lockfile= runs: the real admission of the code, then of the weights."""
     lock = Lockfile.from_bytes(data)
-    decide(CODE, allowlist=None, lockfile=lock, pipeline_sha256=None)
-    check_weights_lock(lock, "acme/weights", "b" * 40, WEIGHTS)
+    admission = Admission(trust_remote_code=True, lockfile=lock, env={})
+    admission.admit_code(CODE)
+    files = {rel: FileRecord(rel, digest, 1) for rel, digest in WEIGHTS.items()}
+    admission.admit_weights(Snapshot(root=Path("/nonexistent"), source="acme/weights", commit="b" * 40, files=files))
 
 
 @settings(max_examples=100, deadline=None)

@@ -74,6 +74,7 @@ def test_malformed_policy_data_is_refused():
         load_policy_bytes(b"version = 0\n")
 
 
+@pytest.mark.slow
 def test_shipped_pipeline_list_matches_installed_diffusers():
     """Regenerates the list from the installed diffusers (the generator script) and compares."""
     from pipewarden.sandbox.policy._gen_diffusers_pipelines import collect

@@ -21,7 +21,7 @@ def test_seed_file_has_its_pipeline_class():
     result = scan_source(seed_file().read_bytes(), filename="one_step_unet.py")
     assert result.pipeline_class == "UnetSchedulerOneForwardPipeline"
     (cand,) = result.candidates
-    assert (cand.name, cand.lineno, cand.bases) == ("UnetSchedulerOneForwardPipeline", 5, ("DiffusionPipeline",))
+    assert (cand.name, cand.lineno, cand.bases) == ("UnetSchedulerOneForwardPipeline", 9, ("DiffusionPipeline",))
     assert require_single_pipeline(result) == cand
     assert any(ref.module == "diffusers" and ref.name == "DiffusionPipeline" for ref in result.imports)
 

@@ -158,7 +158,7 @@ def collect_files(paths: Iterable[str | os.PathLike[str]]) -> list[Path]:
         else:
             raise InputError(
                 f"{os.fspath(raw)}: no such file or directory",
-                rule="audit paths must exist",
+                rule="audit.path-missing",
                 fix="pass existing files or directories to `pipewarden audit`",
             )
         for candidate in candidates:

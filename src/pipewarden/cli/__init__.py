@@ -1,7 +1,9 @@
 """The ``pipewarden`` command: a thin front over the library.
 
-``main(argv) -> int`` parses arguments and dispatches to the sub-command modules, which import
-heavy dependencies (torch, diffusers) lazily so that ``pipewarden audit`` starts fast. Every
+``main(argv) -> int`` parses arguments and dispatches to the command modules (``audit``,
+``registry``: keygen/sign/verify/allowlist/lock, ``doctor``, ``demo``), which
+import heavy dependencies (torch, diffusers) lazily so that ``pipewarden audit`` starts fast.
+Decides nothing itself: every decision is the library's; trusts only its command line. Every
 ``PipewardenError`` is printed as diagnostics without a traceback. Exit codes: 0 success,
 1 refused (or error findings), 2 unusable input or usage error.
 """

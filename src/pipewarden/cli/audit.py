@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         options.policy()  # validate the extras before touching any file
     except ValueError as exc:
-        raise InputError(f"the policy extras are not valid: {exc}", rule="extras may only add modules and aliases",
+        raise InputError(f"the policy extras are not valid: {exc}", rule="policy.extras-invalid",
                          fix="fix --import-alias / the allowlist's [policy] table") from None
     cache = None
     if not args.no_cache:

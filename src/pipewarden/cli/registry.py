@@ -11,7 +11,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Literal
 
 from pipewarden.errors import InputError
 
@@ -160,7 +159,7 @@ def source_id_arg(text: str, *, option: str = "--source") -> str:
         if hub.is_community_name(name):
             return name
         raise InputError(f"{option} {text!r}: {name!r} is not a community pipeline name",
-                         rule="community names are letters, digits and underscores",
+                         rule="spec.source-id",
                          fix="e.g. community:one_step_unet")
     if value.startswith("local:"):
         rest = value[len("local:"):]
@@ -168,7 +167,7 @@ def source_id_arg(text: str, *, option: str = "--source") -> str:
             return "local:" + str(Path(rest).resolve())
         if rest and os.path.exists(rest):
             return "local:" + str(Path(rest).resolve())
-        raise InputError(f"{option} {text!r} is not a source id", rule="local source ids are absolute: local:/path",
+        raise InputError(f"{option} {text!r} is not a source id", rule="spec.source-id",
                          fix=f"pass the path itself ({option} ./{rest or 'DIR'}) or local:/absolute/path")
     if value and os.path.exists(value):
         return "local:" + str(Path(value).resolve())
@@ -176,7 +175,7 @@ def source_id_arg(text: str, *, option: str = "--source") -> str:
         return value
     raise InputError(
         f"{option} {text!r} is neither a hub repo id, community:NAME, nor an existing path",
-        rule=f"{option} takes a {_SOURCE_HELP}",
+        rule="spec.source-id",
         fix="check the spelling; for a community pipeline write community:NAME",
     )
 
@@ -266,7 +265,7 @@ def _pairs(values: list[str], *, what: str) -> dict[str, str]:
     for v in values:
         name, sep, rest = v.partition("=")
         if not sep or not name.strip():
-            raise InputError(f"{what} {v!r} is not NAME=VALUE", rule=f"{what} takes NAME=VALUE")
+            raise InputError(f"{what} {v!r} is not NAME=VALUE", rule="cli.bad-argument")
         out[name.strip()] = rest.strip()
     return out
 
@@ -296,7 +295,7 @@ def _policy(args) -> int:
     if not changes:
         raise InputError(
             "no policy change given",
-            rule="allowlist policy needs at least one option",
+            rule="cli.bad-argument",
             fix="pass --required-isolation, --extra-module or --import-alias",
         )
     _save(args.file, allowlist.with_policy(**changes))
@@ -379,42 +378,36 @@ def _lock(args) -> int:
     if not args.weights and not args.custom_pipeline:
         raise InputError(
             "nothing to lock",
-            rule="lock needs --weights and/or --custom-pipeline",
+            rule="cli.bad-argument",
             fix="pipewarden lock --weights DIR_OR_REPO --custom-pipeline DIR_OR_REPO",
         )
+    from pipewarden.loader.spec import parse_pipeline_spec, parse_weights_spec
+
     entries = []
     if args.weights:
-        if Path(args.weights).exists():
-            entries.append(entry_for_local_weights(args.weights))
+        weights = parse_weights_spec(args.weights, revision=args.revision)
+        if weights.kind == "local":
+            entries.append(entry_for_local_weights(weights.value))
         else:
             from pipewarden.loader import hub
 
-            if not hub.is_hub_repo_id(args.weights):
-                raise InputError(
-                    f"--weights {args.weights!r} is neither a local directory nor a hub repo id",
-                    rule="lock local paths or hub repos",
-                    fix="check the path or the repo id (org/name)",
-                )
-            snap = hub.resolve_weights(args.weights, revision=args.revision)
+            snap = hub.resolve_weights(weights.value, revision=weights.revision)
             entries.append(LockEntry(source=snap.source, role="weights", files=dict(snap.digests()), commit=snap.commit))
     if args.custom_pipeline:
-        if Path(args.custom_pipeline).exists():
-            entries.append(entry_for_local_code(args.custom_pipeline))
+        try:
+            code_spec = parse_pipeline_spec(args.custom_pipeline, revision=args.custom_revision)
+        except ValueError:
+            raise InputError(
+                f"--custom-pipeline {args.custom_pipeline!r} is not a local path, hub repo id or community name",
+                rule="lock.unknown-source",
+                fix="check the spelling",
+            ) from None
+        if code_spec.kind == "local":
+            entries.append(entry_for_local_code(code_spec.value))
         else:
             from pipewarden.loader import hub
 
-            kind: Literal["hub", "community"]
-            if hub.is_hub_repo_id(args.custom_pipeline):
-                kind = "hub"
-            elif hub.is_community_name(args.custom_pipeline):
-                kind = "community"
-            else:
-                raise InputError(
-                    f"--custom-pipeline {args.custom_pipeline!r} is not a local path, hub repo id or community name",
-                    rule="lock local paths, hub repos or community pipelines",
-                    fix="check the spelling",
-                )
-            code = hub.resolve_code(args.custom_pipeline, kind=kind, revision=args.custom_revision)
+            code = hub.resolve_code(code_spec.value, kind=code_spec.kind, revision=code_spec.revision)
             entries.append(LockEntry(source=code.source_id, role="code", files=dict(code.files), commit=code.commit))
     lock = write_lock(args.out, entries)
     for e in entries:

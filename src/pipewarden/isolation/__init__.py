@@ -2,8 +2,8 @@
 
 Public API::
 
-    run_in_worker(*, source_bytes, source_sha256, filename, weights, extra_components, torch_dtype,
-                  policy_extras, import_aliases, limits, required_layers=None) -> PipelineHandle
+    run_in_worker(code: AdmittedCode, weights: AdmittedWeights, *, extra_components=None, torch_dtype=None,
+                  limits=None, digest_records=None, variant=None, use_safetensors=None) -> PipelineHandle
     start_worker_pipeline(request: WorkerLoadRequest, limits=None) -> PipelineHandle
     probe_layers() -> tuple[LayerStatus, ...]      # what `pipewarden doctor` prints
     prestart()                                     # start the fork server in the background
@@ -11,8 +11,10 @@ Public API::
 Decides: each pipeline gets a fresh worker forked from a fork server that has only imported
 torch and diffusers; the worker applies every layer (``_layers``) before it reads an untrusted
 byte, re-verifies the source and every weight file against the host's digests, and runs the
-same sandbox as in-process. Trusts the host's verified ``Snapshot`` and source digest as
-*claims* to check again in the worker; trusts nothing the worker sends back.
+same sandbox as in-process. Trusts the admission's result (``AdmittedCode``/``AdmittedWeights``,
+turned into a ``WorkerLoadRequest`` and sent as a typed ``wire.messages.LoadRequest``) as
+*claims* the worker checks again: it re-hashes the source and every weight file against those
+digests. Trusts nothing the worker sends back.
 
 This module does not import torch (``pipewarden doctor`` and ``audit`` stay fast).
 """
@@ -24,11 +26,14 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pipewarden.errors import InputError, IntegrityError, NotAllowedError, WorkerError
+from pipewarden.errors import IntegrityError, NotAllowedError, WorkerError
 from pipewarden.isolation.layers.apply import LAYER_NAMES, LAYER_PURPOSE, LayerStatus
 from pipewarden.limits import Limits
+
+if TYPE_CHECKING:
+    from pipewarden.registry.admission import AdmittedCode, AdmittedWeights
 
 __all__ = [
     "LAYER_NAMES",
@@ -67,6 +72,34 @@ class WorkerLoadRequest:
     use_safetensors: bool | None = None
     #: The caller's keyword arguments (components and options), sent as data (wire.components).
     passed: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_admitted(
+        cls,
+        code: AdmittedCode,
+        weights: AdmittedWeights,
+        *,
+        torch_dtype: Any = None,
+        digest_records: Iterable[Any] | None = None,
+        variant: str | None = None,
+        use_safetensors: bool | None = None,
+        passed: Mapping[str, Any] | None = None,
+    ) -> WorkerLoadRequest:
+        """The request for an admitted load: the admitted bytes and the digests weights must match."""
+        return cls(
+            source_bytes=bytes(code.code.source_bytes),
+            source_sha256=code.sha256,
+            filename=code.code.module_relpath,
+            weights=weights.pinned,
+            torch_dtype=torch_dtype,
+            policy_extras={k: list(v) for k, v in code.extra_modules.items()} or None,
+            import_aliases=dict(code.import_aliases) or None,
+            required_layers=_check_required(code.required_layers),
+            digest_records=tuple(digest_records) if digest_records is not None else None,
+            variant=variant,
+            use_safetensors=use_safetensors,
+            passed=dict(passed) if passed else None,
+        )
 
 
 def __getattr__(name: str) -> Any:
@@ -151,7 +184,7 @@ def _start(request: WorkerLoadRequest, limits: Limits, *, test_hooks: bool = Fal
            skip: frozenset[str] = frozenset(), stacklevel: int = 3) -> tuple[Any, Any]:
     """Start and load one worker: (WorkerProcess, Loaded). Used for loads and ``reload()``."""
     from pipewarden.isolation._client import WorkerProcess
-    from pipewarden.isolation.wire.messages import Loaded
+    from pipewarden.isolation.wire.messages import Loaded, LoadFile, LoadRequest
 
     if not isinstance(limits, Limits):
         raise TypeError(f"limits must be a pipewarden.Limits, got {type(limits).__name__}")
@@ -161,10 +194,9 @@ def _start(request: WorkerLoadRequest, limits: Limits, *, test_hooks: bool = Fal
     if hashlib.sha256(request.source_bytes).hexdigest() != request.source_sha256:
         raise IntegrityError(
             f"{request.filename}: source bytes do not match the verified sha256",
-            rule="only verified source is sent to a worker",
+            rule="worker.unverified-source",
             fix="reload the pipeline",
         )
-    files = {rel: {"sha256": rec.sha256, "size": rec.size} for rel, rec in request.weights.files.items()}
     # 2. A fresh, confined worker (layers applied before it reads anything untrusted).
     worker = WorkerProcess(
         limits,
@@ -178,7 +210,7 @@ def _start(request: WorkerLoadRequest, limits: Limits, *, test_hooks: bool = Fal
         if missing:
             raise NotAllowedError(
                 f"isolation layers required by the policy are not active: {', '.join(missing)}",
-                rule="the allowlist policy requires these layers (required_layers)",
+                rule="worker.layers-missing",
                 fix="run `pipewarden doctor` to see why, and run on a host where they are available",
             )
         if inactive:
@@ -189,37 +221,38 @@ def _start(request: WorkerLoadRequest, limits: Limits, *, test_hooks: bool = Fal
                 stacklevel=stacklevel,
             )
         # 3. Load: the worker re-reads and re-hashes every file (expected = our digests).
-        header = {
-            "op": "load",
-            "source_sha256": request.source_sha256,
-            "filename": request.filename,
-            "root": os.path.abspath(str(request.weights.root)),
-            "boundary": os.path.abspath(str(request.weights.link_boundary)),
-            "source": str(request.weights.source),
-            "commit": request.weights.commit,
-            "files": files,
-            "torch_dtype": _dtype_name(request.torch_dtype),
-            "policy_extras": {k: list(v) for k, v in (request.policy_extras or {}).items()} or None,
-            "import_aliases": dict(request.import_aliases or {}) or None,
-            "gpu_memory_fraction": limits.gpu_memory_fraction,
-            "digest_records": list(request.digest_records or ()),
-            "host_uid": os.geteuid(),
-            "variant": request.variant,
-            "use_safetensors": request.use_safetensors,
-        }
         payload = request.source_bytes
+        passed = source_len = None
         if request.passed:
             from pipewarden.isolation.wire.codec import Encoder
             from pipewarden.isolation.wire.components import encode_component
 
             enc = Encoder(allow_generators=False)
-            header["passed"] = {name: encode_component(name, value, enc) for name, value in request.passed.items()}
-            tensors = enc.payload()
-            header["source_len"] = len(payload)
-            payload = payload + tensors
-        loaded = worker.request(header, payload, what="loading the pipeline")
+            passed = {name: encode_component(name, value, enc) for name, value in request.passed.items()}
+            source_len = len(payload)
+            payload = payload + enc.payload()
+        load = LoadRequest(
+            source_sha256=request.source_sha256,
+            filename=request.filename,
+            root=os.path.abspath(str(request.weights.root)),
+            boundary=os.path.abspath(str(request.weights.link_boundary)),
+            source=str(request.weights.source),
+            commit=request.weights.commit,
+            files=tuple(LoadFile(rel, rec.sha256, rec.size) for rel, rec in request.weights.files.items()),
+            torch_dtype=_dtype_name(request.torch_dtype),
+            policy_extras={k: tuple(v) for k, v in (request.policy_extras or {}).items()} or None,
+            import_aliases=dict(request.import_aliases or {}) or None,
+            gpu_memory_fraction=limits.gpu_memory_fraction,
+            digest_records=tuple(tuple(r) for r in (request.digest_records or ())),
+            host_uid=os.geteuid(),
+            variant=request.variant,
+            use_safetensors=request.use_safetensors,
+            passed=passed,
+            source_len=source_len,
+        )
+        loaded = worker.request(load.header(), payload, what="loading the pipeline")
         if not isinstance(loaded, Loaded):
-            raise WorkerError("the worker answered a load with the wrong message", rule="worker protocol", fix="reload")
+            raise WorkerError("the worker answered a load with the wrong message", rule="worker.protocol", fix="reload")
     except BaseException:
         worker.kill()
         raise
@@ -227,31 +260,25 @@ def _start(request: WorkerLoadRequest, limits: Limits, *, test_hooks: bool = Fal
 
 
 def run_in_worker(
+    code: AdmittedCode,
+    weights: AdmittedWeights,
     *,
-    source_bytes: bytes,
-    source_sha256: str,
-    filename: str,
-    weights: Any,
     extra_components: Mapping[str, Any] | None = None,
     torch_dtype: Any = None,
-    policy_extras: Mapping[str, Any] | None = None,
-    import_aliases: Mapping[str, str] | None = None,
     limits: Limits | None = None,
-    required_layers: Iterable[str] | None = None,
     digest_records: Iterable[Any] | None = None,
     variant: str | None = None,
     use_safetensors: bool | None = None,
 ) -> Any:
-    """The entry point of ``load_pipeline(..., isolation="process")``.
+    """The entry point of ``load_pipeline(..., isolation="process")``, for an admitted load.
 
     ``extra_components`` (the caller's keyword arguments) cross as data, never pickles
     (``isolation.wire.components``): option values, diffusers schedulers (class + config),
     diffusers and allowlisted transformers models (config + state dict), allowlisted tokenizers
     (data files) and image processors (config); anything else is refused with ``NotAllowedError``
-    here, before a worker starts.
+    here, before a worker starts. ``digest_records``: verified-digest records from the host's
+    store for the weight files.
     """
-    if not isinstance(source_bytes, (bytes, bytearray)):
-        raise TypeError("source_bytes must be bytes")
     if extra_components:
         from pipewarden.isolation.wire.codec import Encoder
         from pipewarden.isolation.wire.components import encode_component
@@ -259,18 +286,11 @@ def run_in_worker(
         probe = Encoder(allow_generators=False)
         for name, value in extra_components.items():  # refuse early, before any worker starts
             encode_component(name, value, probe)
-    if weights is None or not hasattr(weights, "files"):
-        raise InputError("no weights snapshot to load in the worker", rule="isolation", fix="pass a weights directory")
-    request = WorkerLoadRequest(
-        source_bytes=bytes(source_bytes),
-        source_sha256=source_sha256,
-        filename=filename,
-        weights=weights,
+    request = WorkerLoadRequest.from_admitted(
+        code,
+        weights,
         torch_dtype=torch_dtype,
-        policy_extras=policy_extras,
-        import_aliases=import_aliases,
-        required_layers=_check_required(required_layers or ()),
-        digest_records=tuple(digest_records) if digest_records is not None else None,
+        digest_records=digest_records,
         variant=variant,
         use_safetensors=use_safetensors,
         passed=dict(extra_components or {}) or None,

@@ -93,7 +93,7 @@ class ForkServer:
                 if self.ready_info is None:
                     msg, _ = self._recv(timeout)
                     if not msg.get("ready"):
-                        raise WorkerError("the fork server did not start", rule="isolation", fix="run `pipewarden doctor`")
+                        raise WorkerError("the fork server did not start", rule="worker.forkserver", fix="run `pipewarden doctor`")
                     self.ready_info = msg
         return self.ready_info
 
@@ -105,12 +105,12 @@ class ForkServer:
         if not ready:
             raise WorkerError(
                 f"the fork server did not answer within {timeout:.0f} s",
-                rule="isolation needs a fork server",
+                rule="worker.forkserver",
                 fix="run `pipewarden doctor`; check that torch and diffusers import",
             )
         data, fds, _flags, _addr = socket.recv_fds(self._sock, 1 << 20, 4)
         if not data:
-            raise WorkerError("the fork server exited", rule="isolation needs a fork server", fix="run `pipewarden doctor`")
+            raise WorkerError("the fork server exited", rule="worker.forkserver", fix="run `pipewarden doctor`")
         return json.loads(data), fds
 
     def _request(self, obj: dict, fds: list[int] | None = None, timeout: float = 30.0) -> tuple[dict, list[int]]:
@@ -123,7 +123,7 @@ class ForkServer:
                 else:
                     self._sock.send(data)
             except OSError:
-                raise WorkerError("the fork server is gone", rule="isolation needs a fork server", fix="retry") from None
+                raise WorkerError("the fork server is gone", rule="worker.forkserver", fix="retry") from None
             return self._recv(timeout)
 
     def fork(self, plan: _layers.LayerPlan, *, test_hooks: bool) -> tuple[int, int, int, int]:
@@ -136,7 +136,7 @@ class ForkServer:
         if not reply.get("ok") or len(fds) != 3:
             for fd in fds:
                 os.close(fd)
-            raise WorkerError("the fork server could not start a worker", rule="isolation", fix="run `pipewarden doctor`")
+            raise WorkerError("the fork server could not start a worker", rule="worker.forkserver", fix="run `pipewarden doctor`")
         pidfd, req_w, resp_r = fds
         for fd in fds:
             os.set_inheritable(fd, False)
@@ -145,7 +145,7 @@ class ForkServer:
         except OSError:
             for fd in fds:
                 os.close(fd)
-            raise WorkerError("a new worker died before it got its plan", rule="isolation", fix="retry") from None
+            raise WorkerError("a new worker died before it got its plan", rule="worker.start", fix="retry") from None
         return int(reply["pid"]), pidfd, req_w, resp_r
 
     def exit_code(self, pid: int, *, wait: bool) -> int | None:
@@ -230,7 +230,7 @@ class WorkerProcess:
         ready = self._receive(time.monotonic() + min(_READY_TIMEOUT_S, float(limits.wall_s) + 30.0), "start")
         if not isinstance(ready, _messages.Ready):
             self.kill()
-            raise WorkerError("the worker did not report ready", rule="worker protocol", fix="run `pipewarden doctor`")
+            raise WorkerError("the worker did not report ready", rule="worker.protocol", fix="run `pipewarden doctor`")
         self.layers = (
             *ready.layers,
             _layers.LayerStatus("wall-clock", True, f"host kills the worker (pidfd) after {limits.wall_s:g} s per request"),
@@ -250,7 +250,7 @@ class WorkerProcess:
         """
         with self._lock:
             if self.closed:
-                raise WorkerError("the isolated pipeline is closed", rule="a closed worker cannot run", fix=self.reload_fix)
+                raise WorkerError("the isolated pipeline is closed", rule="worker.closed", fix=self.reload_fix)
             deadline = time.monotonic() + float(self.limits.wall_s)
             try:
                 self._send(encode_frame(header, payload), deadline, what)
@@ -262,7 +262,7 @@ class WorkerProcess:
                         self.kill()
                         raise WorkerError(
                             f"the worker sent a {type(msg).__name__} during {what}",
-                            rule="worker protocol",
+                            rule="worker.protocol",
                             fix="the worker is broken or compromised; it was stopped",
                         )
                     started = time.monotonic()
@@ -319,7 +319,7 @@ class WorkerProcess:
         self.kill()
         return ResourceLimitError(
             f"the isolated pipeline did not finish {what} within {self.limits.wall_s:g} s; the worker was killed",
-            rule="Limits.wall_s bounds every request to the worker",
+            rule="limits.wall-clock",
             fix=f"{self.reload_fix}; give it a larger Limits(wall_s=...) if the pipeline really needs longer",
         )
 
@@ -337,13 +337,13 @@ class WorkerProcess:
         if code is not None and code < 0 and -code == signal.SIGXCPU:
             return ResourceLimitError(
                 f"the isolated pipeline used more than {self.limits.cpu_s:g} s of CPU during {what}; the worker was stopped",
-                rule="Limits.cpu_s bounds the CPU time (all threads) of each request to the worker",
+                rule="limits.cpu",
                 fix=f"{self.reload_fix}; give it a larger Limits(cpu_s=...) if the pipeline really needs more",
             )
         how = "hung up" if code is None else (f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}")
         return WorkerError(
             f"the isolated worker {how} during {what}" + (f"; worker log ends: {tail}" if tail else ""),
-            rule="a crashing worker cannot harm the host; its pipeline is gone",
+            rule="worker.crashed",
             fix=f"{self.reload_fix}; if it keeps crashing, the pipeline or its inputs are at fault",
         )
 

@@ -210,7 +210,7 @@ class PipelineHandle:
         msg = self._worker.request({"op": "set_component", "name": name, "component": node}, enc.payload(), what=f"setting {name}")
         if not isinstance(msg, _messages.Loaded):
             self._worker.kill()
-            raise WorkerError("the worker answered a component change with the wrong message", rule="worker protocol", fix="reload")
+            raise WorkerError("the worker answered a component change with the wrong message", rule="worker.protocol", fix="reload")
         object.__setattr__(self, "_loaded", msg)
         self.__dict__.setdefault("_swaps", {})[name] = value  # replayed by reload()
 
@@ -267,22 +267,22 @@ class PipelineHandle:
             raise failed[0]
         if not isinstance(msg, _messages.Result):
             self._worker.kill()
-            raise WorkerError("the worker answered a call with the wrong message", rule="worker protocol", fix="reload")
+            raise WorkerError("the worker answered a call with the wrong message", rule="worker.protocol", fix="reload")
         if len(msg.generator_states) != len(enc.generators):
             self._worker.kill()
-            raise WorkerError("the worker returned the wrong number of generator states", rule="worker protocol", fix="reload")
+            raise WorkerError("the worker returned the wrong number of generator states", rule="worker.protocol", fix="reload")
         for gen, state in zip(enc.generators, msg.generator_states, strict=True):
             try:
                 gen.set_state(state)
             except (RuntimeError, TypeError, ValueError):
                 self._worker.kill()
-                raise WorkerError("the worker returned an invalid generator state", rule="worker protocol", fix="reload") from None
+                raise WorkerError("the worker returned an invalid generator state", rule="worker.protocol", fix="reload") from None
         if msg.rng_state is not None:
             try:
                 torch.set_rng_state(msg.rng_state)
             except (RuntimeError, TypeError, ValueError):
                 self._worker.kill()
-                raise WorkerError("the worker returned an invalid RNG state", rule="worker protocol", fix="reload") from None
+                raise WorkerError("the worker returned an invalid RNG state", rule="worker.protocol", fix="reload") from None
         return msg.value
 
     def to(self, *args: Any, **kwargs: Any) -> PipelineHandle:
@@ -315,7 +315,7 @@ class PipelineHandle:
         from pipewarden.isolation import _start
 
         if self._request is None:
-            raise WorkerError("this handle cannot be reloaded", rule="reload needs the original load request",
+            raise WorkerError("this handle cannot be reloaded", rule="worker.closed",
                               fix="load the pipeline again with pipewarden.load_pipeline")
         new_limits = limits if limits is not None else self._limits
         self._worker.close()

@@ -26,6 +26,7 @@ from pipewarden.errors import IntegrityError, PipewardenError, PolicyViolation
 from pipewarden.isolation.layers import apply as _layers
 from pipewarden.isolation.wire.codec import Decoder, Encoder, load_tensors
 from pipewarden.isolation.wire.framing import PeerClosed, read_frame, write_frame
+from pipewarden.isolation.wire.messages import LoadRequest
 
 
 def trusted_modules() -> tuple[str, ...]:
@@ -118,7 +119,7 @@ def _error_header(exc: BaseException) -> dict:
             "kind": "error",
             "error": "ResourceLimitError",
             "what": "the pipeline wrote a file larger than the worker's limit",
-            "rule": "Limits.file_size_mb bounds every file the worker writes",
+            "rule": "limits.file-size",
             "fix": "raise Limits(file_size_mb=...) if the pipeline really needs to",
         }
     if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(m in text.lower() for m in _ALLOC_MARKERS)):
@@ -126,14 +127,14 @@ def _error_header(exc: BaseException) -> dict:
             "kind": "error",
             "error": "ResourceLimitError",
             "what": f"the pipeline ran out of memory in the worker ({type(exc).__name__}: {text[:300]})",
-            "rule": "Limits.memory_mb bounds the worker's memory",
+            "rule": "limits.memory",
             "fix": "raise Limits(memory_mb=...) if the pipeline really needs more",
         }
     return {
         "kind": "error",
         "error": "PipewardenError",
         "what": f"the pipeline raised {type(exc).__name__}: {text}",
-        "rule": "errors inside the isolated worker are reported by type name and message only",
+        "rule": "worker.pipeline-error",
         "fix": "see the message; the pipeline code or its inputs caused it",
     }
 
@@ -249,7 +250,7 @@ class _Worker:
 
     def _dispatch(self, op: object, frame) -> tuple[dict, bytes]:
         if op == "load":
-            return self._load(frame.header, frame.payload), b""
+            return self._load(LoadRequest.parse(frame.header), frame.payload), b""
         if op == "call":
             return self._call(frame.header, frame.payload)
         if op == "to":
@@ -259,64 +260,63 @@ class _Worker:
         if op == "hook" and self.test_hooks:
             with self._hook_context(frame.header):
                 return self._hook(frame.header), b""
-        raise PolicyViolation(f"unknown request {op!r}", rule="worker protocol")
+        raise PolicyViolation(f"unknown request {op!r}", rule="worker.protocol")
 
     def _send(self, header: dict, payload: bytes = b"") -> None:
         write_frame(self.resp_fd, header, payload)
 
     # ------------------------------------------------------------------------------- requests
 
-    def _load(self, h: dict, payload: bytes) -> dict:
+    def _load(self, req: LoadRequest, payload: bytes) -> dict:
+        """Defence in depth: re-verify the admitted digests (source now, each weight file while
+        it is loaded) before anything is compiled or built."""
         import torch
 
         from pipewarden.loader.components import load_components
         from pipewarden.loader.snapshot import FileRecord, Snapshot
 
-        source_len = h.get("source_len")
-        source_bytes = payload if source_len is None else payload[: int(source_len)]
-        if hashlib.sha256(source_bytes).hexdigest() != h["source_sha256"]:
+        source_bytes = payload if req.source_len is None else payload[: req.source_len]
+        if hashlib.sha256(source_bytes).hexdigest() != req.source_sha256:
             raise IntegrityError(
-                f"{h['filename']}: the source received by the worker does not match its sha256",
-                rule="the worker re-verifies the pipeline source before compiling it",
+                f"{req.filename}: the source received by the worker does not match its sha256",
+                rule="worker.source-mismatch",
                 fix="reload the pipeline",
             )
-        files = {
-            rel: FileRecord(relpath=rel, sha256=str(rec["sha256"]), size=int(rec["size"])) for rel, rec in h["files"].items()
-        }
+        files = {f.relpath: FileRecord(relpath=f.relpath, sha256=f.sha256, size=f.size) for f in req.files}
         snapshot = Snapshot(
-            root=Path(h["root"]),
-            source=str(h["source"]),
-            commit=h.get("commit"),
+            root=Path(req.root),
+            source=req.source,
+            commit=req.commit,
             files=files,
-            boundary=Path(h["boundary"]) if h.get("boundary") else None,
+            boundary=Path(req.boundary) if req.boundary else None,
         )
-        expected = {rel: rec.sha256 for rel, rec in files.items() if rec.sha256}
+        expected = {f.relpath: f.sha256 for f in req.files if f.sha256}
         dtype = None
-        if h.get("torch_dtype"):
-            dtype = getattr(torch, h["torch_dtype"])
+        if req.torch_dtype:
+            dtype = getattr(torch, req.torch_dtype)
             if not isinstance(dtype, torch.dtype):
                 raise ValueError("torch_dtype")
         from pipewarden.sandbox import load_class
 
         policy = None
-        extras = h.get("policy_extras") or None
-        aliases = h.get("import_aliases") or None
+        extras = {k: list(v) for k, v in req.policy_extras.items()} if req.policy_extras else None
+        aliases = dict(req.import_aliases) if req.import_aliases else None
         if extras or aliases:
             from pipewarden.sandbox.policy import default_policy
 
             policy = default_policy().with_extras(extra_modules=extras, import_aliases=aliases)
-        cls = load_class(source_bytes, filename=h["filename"], policy=policy, import_aliases=aliases)
+        cls = load_class(source_bytes, filename=req.filename, policy=policy, import_aliases=aliases)
         from pipewarden.loader.records import FixedRecords
         from pipewarden.sandbox._load import companion_classes
 
         # The host's records, read-only: each still has to match the fstat of our own descriptor.
-        records = FixedRecords.from_json(h.get("digest_records") or [], owner=h.get("host_uid"))
+        records = FixedRecords.from_json([list(r) for r in req.digest_records], owner=req.host_uid)
         passed: dict[str, Any] = {}
-        if h.get("passed"):
+        if req.passed:
             from pipewarden.isolation.wire.components import decode_component
 
             tensors = load_tensors(payload[len(source_bytes) :])
-            passed = {str(name): decode_component(node, tensors, str(name)) for name, node in h["passed"].items()}
+            passed = {str(name): decode_component(node, tensors, str(name)) for name, node in req.passed.items()}
         kwargs = load_components(
             snapshot,
             torch_dtype=dtype,
@@ -324,13 +324,12 @@ class _Worker:
             records=records,
             pipeline_class=cls,
             passed=passed,
-            variant=h.get("variant"),
-            use_safetensors=h.get("use_safetensors"),
+            variant=req.variant,
+            use_safetensors=req.use_safetensors,
             custom_classes=companion_classes(cls),
         )
-        _warm_processors(kwargs.values())
         self.pipe = cls(**kwargs)
-        self.gpu_fraction = h.get("gpu_memory_fraction")
+        self.gpu_fraction = req.gpu_memory_fraction
         return self._describe()
 
     def _describe(self) -> dict:
@@ -352,7 +351,7 @@ class _Worker:
 
     def _call(self, h: dict, payload: bytes) -> tuple[dict, bytes]:
         if self.pipe is None:
-            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker protocol")
+            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker.protocol")
         import torch
 
         dec = Decoder(load_tensors(payload), allow_generators=True)
@@ -393,25 +392,25 @@ class _Worker:
             if op == "callback_abort":
                 raise _HostCallbackFailed(
                     "callback_on_step_end raised on the host; the call was abandoned",
-                    rule="the host's exception is raised there",
+                    rule="worker.callback-failed",
                 )
             if op != "callback_result":
-                raise PolicyViolation(f"expected the callback's result, got {op!r}", rule="worker protocol")
+                raise PolicyViolation(f"expected the callback's result, got {op!r}", rule="worker.protocol")
             dec = Decoder(load_tensors(frame.payload), allow_generators=False)
             value = dec.decode(frame.header.get("value"))
         if not isinstance(value, dict):
-            raise PolicyViolation("callback_on_step_end must return a dict", rule="diffusers callback protocol")
+            raise PolicyViolation("callback_on_step_end must return a dict", rule="worker.callback-result")
         return value
     def _set_component(self, h: dict, payload: bytes) -> dict:
         """``handle.<name> = component``: rebuild it here from data, set it the diffusers way."""
         from pipewarden.isolation.wire.components import decode_component
 
         if self.pipe is None:
-            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker protocol")
+            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker.protocol")
         name = str(h.get("name"))
         components = dict(getattr(self.pipe, "components", {}) or {})
         if name not in components:
-            raise PolicyViolation(f"the pipeline has no component {name!r}", rule="worker protocol")
+            raise PolicyViolation(f"the pipeline has no component {name!r}", rule="worker.protocol")
         value = decode_component(h.get("component"), load_tensors(payload), name)
         setattr(self.pipe, name, value)
         return self._describe()
@@ -420,7 +419,7 @@ class _Worker:
         import torch
 
         if self.pipe is None:
-            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker protocol")
+            raise PolicyViolation("no pipeline is loaded in this worker", rule="worker.protocol")
         dec = Decoder(load_tensors(payload), allow_generators=False)
         args = dec.decode(h["args"])
         kwargs = dec.decode(h["kwargs"])
@@ -462,7 +461,7 @@ class _Worker:
             if pid < 0:
                 raise PolicyViolation(
                     f"fork() refused in the worker: {errno.errorcode.get(err, err)}",
-                    rule="seccomp: no new processes",
+                    rule="worker.no-processes",
                 )
             os.waitpid(pid, 0)
             return {"kind": "ok", "detail": "forked"}
@@ -552,7 +551,7 @@ class _Worker:
         if name == "oversize":
             os.write(self.resp_fd, b"PWF1" + (16).to_bytes(4, "big") + (1 << 40).to_bytes(8, "big"))
             signal.pause()
-        raise PolicyViolation(f"unknown test hook {name!r}", rule="worker protocol")
+        raise PolicyViolation(f"unknown test hook {name!r}", rule="worker.protocol")
 
 
 class _HostCallbackFailed(PipewardenError):
@@ -618,24 +617,3 @@ class _NullFile:
     def flush(self) -> None:
         pass
 
-
-def _warm_processors(components: Any) -> None:
-    """Run each image processor once on a blank image, here, in the worker's trusted context.
-
-    transformers validates processor keyword arguments through huggingface_hub, which on its
-    first use per processor class tries ``import annotationlib`` (Python >= 3.14 only); under
-    the process-wide tripwire that lazy import, made later from a pipeline's frame, is refused.
-    The validation class is cached after the first call, so calling once here is enough.
-    """
-    try:
-        from transformers.image_processing_utils import ImageProcessingMixin
-    except ImportError:  # pragma: no cover - transformers is optional
-        return
-    for comp in components:
-        if isinstance(comp, ImageProcessingMixin) and callable(comp):
-            try:
-                from PIL import Image
-
-                comp(Image.new("RGB", (8, 8)), return_tensors="pt")
-            except Exception:  # noqa: BLE001, S110 - a warm-up only; the real call reports errors
-                pass

@@ -139,7 +139,7 @@ def check_relpath(relpath: object, *, what: str = "file name") -> str:
     """A repo-relative POSIX path that cannot leave its directory."""
     if not isinstance(relpath, str) or not relpath or len(relpath) > 1024:
         raise FetchError(
-            f"the hub listed an invalid {what} {relpath!r}", rule="repo paths are relative POSIX paths"
+            f"the hub listed an invalid {what} {relpath!r}", rule="hub.bad-path"
         )
     p = PurePosixPath(relpath)
     if (
@@ -150,7 +150,7 @@ def check_relpath(relpath: object, *, what: str = "file name") -> str:
     ):
         raise FetchError(
             f"the hub listed an unsafe {what} {relpath!r}",
-            rule="repo paths are relative POSIX paths without '..', backslashes or control characters",
+            rule="hub.bad-path",
             fix="do not load from this repository",
         )
     return relpath
@@ -189,7 +189,7 @@ def _parse_sibling(sib: Any) -> RemoteFile:
     if not isinstance(size, int) or size < 0 or not is_commit_hex(oid):
         raise FetchError(
             f"the hub's listing has no usable metadata for {relpath!r} (size={size!r}, blob id={oid!r})",
-            rule="every file is checked against the size and digest the hub publishes for it",
+            rule="hub.metadata-missing",
             fix="retry; if it persists the endpoint is not a Hugging Face Hub",
         )
     lfs_sha = None
@@ -199,7 +199,7 @@ def _parse_sibling(sib: Any) -> RemoteFile:
         if not is_sha256_hex(lfs_sha) or lfs_size != size:
             raise FetchError(
                 f"the hub's LFS metadata for {relpath!r} is malformed (sha256={lfs_sha!r}, size={lfs_size!r})",
-                rule="LFS files are checked against the sha256 the hub publishes",
+                rule="hub.metadata-missing",
             )
     return RemoteFile(relpath=relpath, size=size, git_oid=str(oid), lfs_sha256=lfs_sha)
 
@@ -209,13 +209,13 @@ def parse_listing(repo_id: str, repo_type: str, info: Any, *, requested: str | N
     if not is_commit_hex(commit):
         raise FetchError(
             f"the hub answered for {repo_id} without a commit id (got {commit!r})",
-            rule="every load is pinned to one 40-hex commit",
+            rule="hub.bad-commit",
             fix="retry; if it persists the endpoint is not a Hugging Face Hub",
         )
     if requested is not None and is_commit_hex(requested) and requested.lower() != commit:
         raise IntegrityError(
             f"asked {repo_id} for commit {requested} but the hub answered for commit {commit}",
-            rule="a pinned commit is never silently replaced",
+            rule="hub.commit-changed",
             fix="check the pin; do not load from this endpoint",
         )
     files: dict[str, RemoteFile] = {}
@@ -223,7 +223,7 @@ def parse_listing(repo_id: str, repo_type: str, info: Any, *, requested: str | N
         rf = _parse_sibling(sib)
         if rf.relpath in files:
             raise FetchError(
-                f"the hub listed {rf.relpath!r} twice", rule="a repo listing names each file once"
+                f"the hub listed {rf.relpath!r} twice", rule="hub.bad-listing"
             )
         files[rf.relpath] = rf
     return RepoListing(repo_id=canonical_id(repo_id, info), repo_type=repo_type, commit=str(commit), files=files)
@@ -273,56 +273,56 @@ def hub_errors(what: str, *, repo_id: str, repo_type: str = "model") -> Iterator
     except GatedRepoError:
         raise FetchError(
             f"{kind}repo {repo_id} is gated: {what} was refused",
-            rule="gated repos need an accepted licence and a token",
+            rule="hub.gated",
             fix="accept the terms on the hub and pass token= (or log in with `hf auth login`)",
         ) from None
     except RepositoryNotFoundError:
         raise FetchError(
             f"{kind}repo {repo_id} was not found (or is private): {what} failed",
-            rule="the repo id must name an existing, readable hub repo",
+            rule="hub.repo-not-found",
             fix="check the repo id, or pass token= for a private repo",
         ) from None
     except RevisionNotFoundError:
         raise FetchError(
             f"{kind}repo {repo_id} has no such revision: {what} failed",
-            rule="revision must be an existing branch, tag or commit",
+            rule="hub.revision-not-found",
             fix="check revision= / custom_revision=",
         ) from None
     except RemoteEntryNotFoundError:
         raise FetchError(
             f"{what}: the file is not in {kind}repo {repo_id} at that commit",
-            rule="files are fetched at the resolved commit only",
+            rule="hub.file-not-found",
             fix="check the file name and the revision",
         ) from None
     except (LocalEntryNotFoundError, OfflineModeIsEnabled) as exc:
         raise FetchError(
             f"{what}: {kind}repo {repo_id} is not reachable and not in the local cache ({_short(exc)})",
-            rule="a file is loaded from the hub or from a verified cache entry",
+            rule="hub.unreachable",
             fix="check the network, or download it once online; HF_HUB_OFFLINE=1 uses the cache alone",
         ) from None
     except HfHubHTTPError as exc:
         status = getattr(getattr(exc, "response", None), "status_code", "?")
         raise FetchError(
             f"{what}: the hub answered HTTP {status} for {kind}repo {repo_id}",
-            rule="a load needs a complete, successful answer from the hub",
+            rule="hub.http-error",
             fix="retry later; HF_HUB_OFFLINE=1 loads from the local cache",
         ) from None
     except FileMetadataError as exc:
         raise FetchError(
             f"{what}: the endpoint did not answer like a Hugging Face Hub ({_short(exc)})",
-            rule="downloads need the commit id and ETag the hub sends with every file",
+            rule="hub.metadata-missing",
             fix="check HF_ENDPOINT and proxies",
         ) from None
     except OSError as exc:
         if "consistency check failed" in str(exc).lower():  # huggingface_hub's size check: truncated body
             raise FetchError(
                 f"{what} from {kind}repo {repo_id} was incomplete: {_short(exc)}",
-                rule="a download must complete with the size the hub announced",
+                rule="hub.truncated",
                 fix="retry; nothing partial was kept",
             ) from None
         raise FetchError(
             f"{what} from {kind}repo {repo_id} failed: {type(exc).__name__}: {_short(exc)}",
-            rule="files are fetched into the HF cache (HF_HOME / HF_HUB_CACHE) before use",
+            rule="hub.cache-unwritable",
             fix="check the network, the cache directory's permissions and free space",
         ) from None
     except Exception as exc:
@@ -331,7 +331,7 @@ def hub_errors(what: str, *, repo_id: str, repo_type: str = "model") -> Iterator
         if isinstance(exc, httpx2.HTTPError):
             raise FetchError(
                 f"{what} from {kind}repo {repo_id} failed: {type(exc).__name__}: {_short(exc)}",
-                rule="a load needs a complete answer from the hub",
+                rule="hub.http-error",
                 fix="check the network and retry; HF_HUB_OFFLINE=1 loads from the local cache",
             ) from None
         raise
@@ -442,7 +442,7 @@ def download(
         evict(storage, Path(got))
         raise IntegrityError(
             f"{repo_id}: {rf.relpath} was served from another commit than {commit} ({got})",
-            rule="every file of a load comes from the one commit resolved at its start",
+            rule="hub.commit-changed",
             fix="retry; if it persists do not load from this endpoint",
         )
     return expected
@@ -502,17 +502,17 @@ def cached_commit(storage: Path, revision: str | None, *, repo_id: str) -> str:
         except OSError:
             raise FetchError(
                 f"offline and {repo_id}@{rev} was never resolved in the cache ({ref})",
-                rule="HF_HUB_OFFLINE=1 loads from the local cache alone",
+                rule="hub.offline-not-cached",
                 fix="load it once online, or pass the 40-hex commit as revision",
             ) from None
         if not is_commit_hex(commit):
             raise IntegrityError(
-                f"cache ref {ref} does not hold a commit id", rule="refs hold 40-hex commits"
+                f"cache ref {ref} does not hold a commit id", rule="hub.bad-commit"
             )
     if not snapshot_dir(storage, commit).is_dir():
         raise FetchError(
             f"offline and {repo_id}@{commit} is not in the cache",
-            rule="HF_HUB_OFFLINE=1 loads from the local cache alone",
+            rule="hub.offline-not-cached",
             fix="load it once online",
         )
     return commit
@@ -573,16 +573,16 @@ def verify_entry(
     if blob_name is None and expected is None:
         raise refuse(
             "the cache entry is not a link to a content-addressed blob, so it cannot be verified offline",
-            "offline loads verify every cached file against the digest its blob is named after",
+            "hub.cache-link",
         )
     if expected is not None and blob_name is not None and blob_name != expected.etag:
         raise refuse(
             f"the cache blob is {blob_name} but the hub publishes {expected.etag}",
-            "cache blobs are named after the digest of their content",
+            "hub.digest-mismatch",
         )
     if expected is not None and expected.size > max_bytes and keep_bytes:
         raise IntegrityError(
-            f"{label} is {expected.size} bytes, more than {max_bytes}", rule="code files are bounded"
+            f"{label} is {expected.size} bytes, more than {max_bytes}", rule="file.too-large"
         )
 
     from pipewarden import fsaccess
@@ -591,15 +591,15 @@ def verify_entry(
         # Links are followed only inside the cache folder (snapshot -> blobs/ -> shared store).
         fh_in = fsaccess.open_in(storage.parent, relpath, root=snapshot_dir(storage, commit))
     except PipewardenError as exc:
-        raise refuse(f"the cached file cannot be read ({exc.what})", "every file is read and hashed") from None
+        raise refuse(f"the cached file cannot be read ({exc.what})", "file.unreadable") from None
     with fh_in as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
-            raise refuse("the cached entry is not a regular file", "every file is read and hashed")
+            raise refuse("the cached entry is not a regular file", "file.unreadable")
         size = st.st_size
         if keep_bytes and size > max_bytes:
             raise refuse(
-                f"the cached file is {size} bytes, more than {max_bytes}", "code files are bounded in size"
+                f"the cached file is {size} bytes, more than {max_bytes}", "file.too-large"
             )
         sha = hashlib.sha256()
         git = hashlib.sha1(usedforsecurity=False)
@@ -624,22 +624,22 @@ def verify_entry(
                 bar.close()
     if read != size:
         raise refuse(
-            f"the cached file changed while it was read ({read} != {size} bytes)", "files are read once"
+            f"the cached file changed while it was read ({read} != {size} bytes)", "weights.changed-while-read"
         )
     sha256, git_sha1 = sha.hexdigest(), git.hexdigest()
 
     if expected is not None:
         if size != expected.size:
-            raise refuse(f"size {size} != {expected.size} published by the hub", "length-or-hash mismatch")
+            raise refuse(f"size {size} != {expected.size} published by the hub", "hub.digest-mismatch")
         if expected.lfs_sha256 is not None and sha256 != expected.lfs_sha256:
             raise refuse(
                 f"sha256 {sha256} != {expected.lfs_sha256} published by the hub",
-                "LFS files must match the hub's sha256 (tampered or corrupted download)",
+                "hub.digest-mismatch",
             )
         if expected.lfs_sha256 is None and git_sha1 != expected.git_oid:
             raise refuse(
                 f"git blob id {git_sha1} != {expected.git_oid} published by the hub",
-                "small files must match their git blob SHA-1 (tampered or corrupted download)",
+                "hub.digest-mismatch",
             )
     else:
         assert blob_name is not None
@@ -652,7 +652,7 @@ def verify_entry(
         if not ok:
             raise refuse(
                 f"the content does not hash to its blob name {blob_name}",
-                "cache blobs named by sha256 must hash to their name, small files to their git SHA-1",
+                "hub.digest-mismatch",
             )
     record = FileRecord(relpath=relpath, sha256=sha256, size=size)
     return VerifiedFile(record=record, data=bytes(kept) if kept is not None else None)
@@ -698,7 +698,7 @@ def _blob_name(storage: Path, pointer: Path) -> str | None:
         evict(storage, pointer)
         raise IntegrityError(
             f"cache entry {pointer} points outside the repo's blobs/ folder ({final})",
-            rule="snapshot entries link to content-addressed blobs of the same cache",
+            rule="hub.cache-link",
             fix="the entry was removed; load again to re-download it",
         )
     return entry.name

@@ -587,23 +587,52 @@ def load_components(
         rule = component_policy().find(*spec)
         prefix = rule.weights_prefix if isinstance(rule, ModelRule) else "diffusion_pytorch_model"
         weight_files += weight_files_for(files, name, prefix, ctx.variants.get(name))
-    ctx.preloaded.update(
-        read_weight_files(root, weight_files, expected=expected, digests_out=digests_out, records=records, boundary=boundary)
-    )
+    # The weight files are read (and hashed, unless a record vouches) in background threads while
+    # the components are built here from their verified configs (on the meta device); each
+    # model waits for its own files, whose digests were compared before any tensor existed.
+    reads = _PendingReads(root, weight_files, expected=expected, digests_out=digests_out, records=records, boundary=boundary)
+    ctx.preloaded = reads  # type: ignore[assignment]
     out: dict[str, Any] = {}
     if pipeline_class is None:
         out.update({k: None for k in plan.none})
         out.update({k: v for k, v in passed.items() if k not in skip})
-    for name, (library, class_name) in plan.build.items():
-        out[name] = build_component(ctx, name, library, class_name)
+    try:
+        for name, (library, class_name) in plan.build.items():
+            out[name] = build_component(ctx, name, library, class_name)
+        reads.finish()  # every file read (and every digest compared), used or not
+    finally:
+        reads.close()
     if pipeline_class is not None:
         out.update(plan.init_values)
         out.update({k: None for k in plan.none})
         out.update(passed)
+    _warm_processors(out.values())
     flush = getattr(records, "flush", None)
     if flush is not None:
         flush()
     return out
+
+
+def _warm_processors(components: Iterable[Any]) -> None:
+    """Run each image processor once on a blank image, here, in trusted loader code.
+
+    transformers validates processor keyword arguments through huggingface_hub, which on first
+    use per processor class tries ``import annotationlib`` (Python >= 3.14 only); made later
+    from a pipeline's frame, that lazy import is refused by the tripwire (both modes). The
+    validation class is cached after the first call, so calling once here is enough.
+    """
+    try:
+        from transformers.image_processing_utils import ImageProcessingMixin
+    except ImportError:  # pragma: no cover - transformers is optional
+        return
+    for comp in components:
+        if isinstance(comp, ImageProcessingMixin) and callable(comp):
+            try:
+                from PIL import Image
+
+                comp(Image.new("RGB", (8, 8)), return_tensors="pt")
+            except Exception:  # noqa: BLE001, S110 - a warm-up only; the real call reports errors
+                pass
 
 
 def build_component(ctx: _Ctx, name: str, library: str, class_name: str) -> Any:
@@ -699,8 +728,9 @@ def _build(cls: Any, ctx: _Ctx, sub: str) -> Any:
         return _build_scheduler(cls, _read_json(ctx, f"{sub}/{cfg_name}"), where=f"{sub}/")
     assert issubclass(cls, ModelMixin)
     config = _read_json(ctx, f"{sub}/config.json")
-    state = _load_weights(ctx, sub, "diffusion_pytorch_model")
-    return _instantiate_model(cls, config, state, torch_dtype=ctx.torch_dtype, where=f"{sub}/")
+    return _instantiate_model(
+        cls, config, lambda: _load_weights(ctx, sub, "diffusion_pytorch_model"), torch_dtype=ctx.torch_dtype, where=f"{sub}/"
+    )
 
 
 def _build_custom(ctx: _Ctx, sub: str, cls: type) -> Any:
@@ -918,11 +948,11 @@ def _verify_and_parse(
             open_fd=_opener(root, relpath, boundary),
         )
     except FileNotFoundError:
-        raise InputError(f"{relpath} is missing from {root}", rule="each component needs its weights") from None
+        raise InputError(f"{relpath} is missing from {root}", rule="weights.file-missing") from None
     except OSError as exc:
         raise InputError(
             f"cannot read {path}: {exc.strerror}",
-            rule="weights must be readable regular files",
+            rule="file.unreadable",
             fix="check the weights directory",
         ) from None
     _compare(relpath, got.sha256, expected)  # raises before any tensor exists
@@ -975,6 +1005,52 @@ def read_weight_files(
     return {rel: tensors for rel, (tensors, _) in done.items()}
 
 
+class _PendingReads:
+    """``read_weight_files`` started in the background; ``pop(rel)`` waits for that file.
+
+    Used as ``_Ctx.preloaded``: the main thread builds components while the files are read and
+    verified in parallel (reads and hashlib release the GIL). A failed read raises from ``pop``
+    (or from ``finish`` for a file no component took); ``close`` cancels what has not started.
+    """
+
+    def __init__(self, root: Path, relpaths: list[str], *, expected, digests_out, records, boundary: Path | None = None) -> None:
+        self._root = root
+        self._expected = expected
+        self._digests_out = digests_out
+        self._order = list(dict.fromkeys(relpaths))
+        self._futures: dict[str, Any] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        if not self._order:
+            return
+        jobs = sorted(self._order, key=lambda rel: -_size_or_zero(root / rel))  # biggest first
+        self._pool = ThreadPoolExecutor(max_workers=max(1, min(len(jobs), os.cpu_count() or 1)), thread_name_prefix="pipewarden-read")
+        for rel in jobs:
+            # each job runs in a copy of this context (a worker's fresh thread would otherwise
+            # start with the process-wide tripwire armed)
+            self._futures[rel] = self._pool.submit(
+                contextvars.copy_context().run, _verify_and_parse, root, rel, expected=expected, records=records,
+                boundary=boundary,
+            )
+
+    def pop(self, rel: str, default: Any = None) -> Any:
+        future = self._futures.pop(rel, None)
+        if future is None:
+            return default
+        tensors, digest = future.result()
+        if self._digests_out is not None:
+            self._digests_out[rel] = digest
+        return tensors
+
+    def finish(self) -> None:
+        for rel in [r for r in self._order if r in self._futures]:
+            self.pop(rel)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
 def _size_or_zero(path: Path) -> int:
     try:
         return path.stat().st_size
@@ -1021,7 +1097,13 @@ def _numel(tensors: Iterable[Any]) -> int:
 
 
 def _instantiate_model(
-    cls: Any, config: dict[str, Any], state: dict[str, Any], *, torch_dtype, where: str, keep_dtypes: bool = False
+    cls: Any,
+    config: dict[str, Any],
+    state: dict[str, Any] | Callable[[], dict[str, Any]],
+    *,
+    torch_dtype,
+    where: str,
+    keep_dtypes: bool = False,
 ) -> Any:
     """Build the model from its config on the meta device, then assign the loaded tensors.
 
@@ -1038,6 +1120,8 @@ def _instantiate_model(
         raise
     except Exception as exc:  # noqa: BLE001 - ZeroDivisionError (norm_num_groups: 0), ...: input error
         raise _config_error(cls, where, exc) from None
+    if callable(state):  # the tensors, once their file is read and verified (see _PendingReads)
+        state = state()
     # Nothing is built at the config's size before its parameter count matched the tensors: an
     # enormous config with small weights is refused here, on the meta device.
     extra_buffers = _numel(b for n, b in model.named_buffers() if n not in model.state_dict())

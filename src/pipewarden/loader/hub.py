@@ -30,6 +30,7 @@ from pipewarden.loader import _hf
 from pipewarden.loader.code import MODULE_FILE, CodeSource
 from pipewarden.loader.digests import is_commit_hex
 from pipewarden.loader.snapshot import FileRecord, Snapshot
+from pipewarden.loader.spec import is_community_name, is_hub_repo_id  # the one spec parse (re-exported)
 
 __all__ = [
     "COMMUNITY_MIRROR_ID",
@@ -43,8 +44,8 @@ __all__ = [
 
 #: diffusers' mirror of its community pipelines (a dataset repo; file ``<version>/<name>.py``).
 COMMUNITY_MIRROR_ID = "diffusers/community-pipelines-mirror"
-#: The only files fetched from a weights repo.
-WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.json")
+#: The only files fetched from a weights repo (tokenizer data files besides the JSON ones included).
+WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.json", "*/merges.txt", "*/spiece.model")
 #: Largest pipeline module and signature file read into memory.
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 1024 * 1024
@@ -55,29 +56,11 @@ MAX_CODE_DOWNLOAD_BYTES = 256 * 1024 * 1024
 _IGNORED_DIRS = frozenset({"__pycache__", ".git"})
 _PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle")
 
-_REPO_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
-_COMMUNITY_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 _VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 
 
 # ---------------------------------------------------------------------------------------------
 # Names
-
-
-def is_hub_repo_id(s: object) -> bool:
-    """True for ``"org/name"`` as the hub spells repo ids (syntax only; no network, no disk)."""
-    if not isinstance(s, str) or s.count("/") != 1 or len(s) > 96:
-        return False
-    org, name = s.split("/")
-    for part in (org, name):
-        if not _REPO_PART.fullmatch(part) or part.endswith((".", "-")):
-            return False
-    return "--" not in s and ".." not in s and not s.endswith(".git")
-
-
-def is_community_name(s: object) -> bool:
-    """True for a community pipeline name such as ``"one_step_unet"`` (no slash, no dots)."""
-    return isinstance(s, str) and _COMMUNITY_NAME.fullmatch(s) is not None
 
 
 def community_revision(revision: str | None) -> tuple[str, str | None]:
@@ -197,7 +180,7 @@ def resolve_weights(
     if not records:
         raise FetchError(
             f"{repo_id}@{commit} has no safetensors or json files in the cache",
-            rule="HF_HUB_OFFLINE=1 loads from the local cache alone",
+            rule="hub.offline-not-cached",
             fix="load it once online",
         )
     if not settings.offline:
@@ -218,12 +201,12 @@ def _refuse_no_safetensors(repo_id: str, commit: str, listing: _hf.RepoListing) 
     if pickles:
         raise NotAllowedError(
             f"{repo_id}@{commit} has weights only in pickle formats ({', '.join(pickles[:5])})",
-            rule="weights are loaded from safetensors only; pickle files are never fetched",
+            rule="weights.pickle-refused",
             fix="use a revision with .safetensors weights (many repos have a 'refs/pr/N' conversion)",
         )
     raise InputError(
         f"{repo_id}@{commit} has no .safetensors files",
-        rule="a weights repo holds model_index.json and safetensors weights",
+        rule="weights.file-missing",
         fix="check the repo id and revision",
     )
 
@@ -285,7 +268,7 @@ def _resolve_hub_code(repo_id: str, revision: str | None, token: Any, settings: 
             if rel in kept_limits and rf.size > kept_limits[rel]:
                 raise InputError(
                     f"{repo_id}@{commit}: {rel} is {rf.size} bytes, more than {kept_limits[rel]}",
-                    rule="pipeline sources and signature files are bounded in size",
+                    rule="file.too-large",
                 )
             if rf.is_lfs and rel not in kept_limits:
                 # Never executed: take its sha256 from the hub instead of downloading large blobs.
@@ -297,13 +280,13 @@ def _resolve_hub_code(repo_id: str, revision: str | None, token: Any, settings: 
         if len(expected) + len(lfs_only) > MAX_CODE_FILES or fetched > MAX_CODE_DOWNLOAD_BYTES:
             raise InputError(
                 f"{repo_id}@{commit} holds {len(expected) + len(lfs_only)} files, {fetched} bytes outside LFS",
-                rule=f"a code repo is bounded ({MAX_CODE_FILES} files, {MAX_CODE_DOWNLOAD_BYTES} bytes to hash)",
+                rule="code.repo-too-large",
                 fix="keep the pipeline in a small repo of its own",
             )
     if MODULE_FILE not in expected:
         raise InputError(
             f"{repo_id}@{commit} has no {MODULE_FILE}" + (" in the cache" if settings.offline else ""),
-            rule=f"a hub code repo holds its pipeline in {MODULE_FILE} at the repo root",
+            rule="code.module-missing",
             fix="check custom_pipeline and custom_revision"
             + ("; load it once online" if settings.offline else ""),
         )
@@ -359,7 +342,7 @@ def _resolve_community_code(name: str, revision: str | None, token: Any, setting
         if not (_hf.snapshot_dir(storage, commit) / relpath).exists():
             raise FetchError(
                 f"offline and community pipeline {name!r} ({relpath}) is not in the cache at {commit}",
-                rule="HF_HUB_OFFLINE=1 loads from the local cache alone",
+                rule="hub.offline-not-cached",
                 fix="load it once online",
             )
     else:
@@ -375,13 +358,13 @@ def _resolve_community_code(name: str, revision: str | None, token: Any, setting
         if rf is None:
             raise FetchError(
                 f"community pipeline {name!r} is not in {COMMUNITY_MIRROR_ID} at {folder!r} (commit {commit})",
-                rule="community names are looked up in diffusers' community pipelines mirror",
+                rule="hub.community-not-found",
                 fix="check the name, or pass custom_revision='main' or another diffusers version",
             )
         if rf.size > MAX_SOURCE_BYTES:
             raise InputError(
                 f"{relpath} is {rf.size} bytes, more than {MAX_SOURCE_BYTES}",
-                rule="pipeline sources are bounded",
+                rule="file.too-large",
             )
         _hf.download((COMMUNITY_MIRROR_ID, "dataset"), rf, commit, token=token, settings=settings)
     vf = _hf.verify_entry(

@@ -39,7 +39,7 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
     except OSError:
         raise InputError(
             f"custom_pipeline {str(path)!r} does not exist",
-            rule="custom_pipeline is a local path, a hub repo id or a community pipeline name",
+            rule="spec.custom-pipeline",
             fix="check the path",
         ) from None
     sig_name = _signature_file_name()
@@ -50,14 +50,14 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
         if not (root / module).is_file():
             raise InputError(
                 f"{root} has no {MODULE_FILE}",
-                rule=f"a pipeline directory holds its code in {MODULE_FILE}",
+                rule="code.module-missing",
                 fix=f"pass the .py file itself, or rename it to {MODULE_FILE}",
             )
     elif stat.S_ISREG(st.st_mode):
         if p.suffix != ".py":
             raise InputError(
                 f"custom_pipeline {str(path)!r} is not a .py file",
-                rule="a pipeline file is Python source",
+                rule="code.not-python",
                 fix="pass the pipeline's .py file or its directory",
             )
         real = p.resolve()  # the user named this file; a link they made is theirs to follow
@@ -65,7 +65,7 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
         module = real.name
         files = {}
     else:
-        raise InputError(f"custom_pipeline {str(path)!r} is not a regular file or directory", rule="regular files only")
+        raise InputError(f"custom_pipeline {str(path)!r} is not a regular file or directory", rule="file.not-regular")
     source_bytes = _read_source(root / module)
     digest = sha256_bytes(source_bytes)
     files[module] = digest  # the digest of the bytes we keep, not of a second read
@@ -114,7 +114,7 @@ def resolve_local_weights(path: str | os.PathLike[str]) -> Snapshot:
     if not root.is_dir():
         raise InputError(
             f"weights directory {str(path)!r} does not exist",
-            rule="the first argument of load_pipeline is a weights directory or a hub repo id",
+            rule="spec.weights",
             fix="check the path",
         )
     root = root.resolve()
@@ -123,7 +123,7 @@ def resolve_local_weights(path: str | os.PathLike[str]) -> Snapshot:
     if "model_index.json" not in entries:
         raise InputError(
             f"{root} has no model_index.json",
-            rule="a diffusers weights directory has model_index.json at its top",
+            rule="weights.file-missing",
             fix="point load_pipeline at a directory laid out like google/ddpm-cifar10-32",
         )
     files = {rel: FileRecord(relpath=rel, sha256="", size=e.size) for rel, e in entries.items()}

@@ -437,7 +437,7 @@ def read_verified_file(
     try:
         st0 = os.fstat(fd)
         if not stat.S_ISREG(st0.st_mode):
-            raise InputError(f"{name} is not a regular file", rule="weights are regular files")
+            raise InputError(f"{name} is not a regular file", rule="file.not-regular")
         os.set_blocking(fd, True)
         verity = verity_digest(fd)
         rec = records.lookup(st0, verity=verity)

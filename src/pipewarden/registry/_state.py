@@ -67,7 +67,7 @@ class VersionStore:
     def _corrupt(self, why: str) -> InputError:
         return InputError(
             f"pipewarden state file {self.path} is unusable: {why}",
-            rule="rollback protection keeps the highest allowlist version seen; a broken record fails closed",
+            rule="allowlist.state-corrupt",
             fix=f"delete {self.path} (forgets versions seen) or set PIPEWARDEN_STATE_DIR",
         )
 
@@ -90,7 +90,7 @@ class VersionStore:
         except OSError as exc:
             raise InputError(
                 f"cannot write rollback state in {self.directory}: {exc.strerror}",
-                rule="allowlist versions seen are recorded so that an older allowlist is refused",
+                rule="allowlist.state-unwritable",
                 fix="set PIPEWARDEN_STATE_DIR to a writable directory",
             ) from None
         try:
@@ -110,6 +110,6 @@ class VersionStore:
 def _rollback(what: str, version: int, seen: int) -> IntegrityError:
     return IntegrityError(
         f"{what} has version {version}, but version {seen} was seen before",
-        rule="allowlist versions only go up (rollback protection)",
+        rule="allowlist.rollback",
         fix=f"use the newest allowlist; if the older one is intended, publish it with a version above {seen}",
     )

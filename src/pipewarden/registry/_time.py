@@ -73,11 +73,11 @@ def format_ts(t: _dt.datetime) -> str:
 
 def parse_ts(text: object, *, what: str) -> _dt.datetime:
     if not isinstance(text, str) or not _TS_RE.fullmatch(text):
-        raise InputError(f"{what} is not a UTC timestamp YYYY-MM-DDTHH:MM:SSZ", rule="timestamps are UTC")
+        raise InputError(f"{what} is not a UTC timestamp YYYY-MM-DDTHH:MM:SSZ", rule="registry.bad-time")
     try:
         parsed = _dt.datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
     except ValueError:
-        raise InputError(f"{what} {text!r} is not a valid date", rule="timestamps are UTC") from None
+        raise InputError(f"{what} {text!r} is not a valid date", rule="registry.bad-time") from None
     return check_range(parsed, what=what)
 
 
@@ -87,12 +87,12 @@ def parse_date_arg(text: str, *, what: str = "--expires") -> _dt.datetime:
         try:
             d = _dt.date.fromisoformat(text)
         except ValueError:
-            raise InputError(f"{what} {text!r} is not a valid date", rule="dates are YYYY-MM-DD") from None
+            raise InputError(f"{what} {text!r} is not a valid date", rule="registry.bad-time") from None
         return check_range(_dt.datetime(d.year, d.month, d.day, tzinfo=UTC), what=what)
     if not isinstance(text, str) or not _TS_RE.fullmatch(text):
         raise InputError(
             f"{what} {text!r} is not a date",
-            rule=f"{what} takes YYYY-MM-DD (start of that day, UTC) or YYYY-MM-DDTHH:MM:SSZ",
+            rule="registry.bad-time",
             fix=f"e.g. {what} {(_dt.datetime.now(UTC) + _dt.timedelta(days=90)).date().isoformat()}",
         )
     return parse_ts(text, what=what)
@@ -104,10 +104,10 @@ def from_toml_value(value: object, *, what: str) -> _dt.datetime:
         if value.tzinfo is None or value.utcoffset() is None:
             raise InputError(
                 f"{what} has no time zone",
-                rule="expiry times are absolute",
+                rule="registry.bad-time",
                 fix="write a date (2027-01-01) or a UTC time (2027-01-01T00:00:00Z)",
             )
         return check_range(value, what=what).replace(microsecond=0)
     if isinstance(value, _dt.date):
         return check_range(_dt.datetime(value.year, value.month, value.day, tzinfo=UTC), what=what)
-    raise InputError(f"{what} is not a date", rule="expiry is a TOML date or date-time")
+    raise InputError(f"{what} is not a date", rule="registry.bad-time")

@@ -29,20 +29,20 @@ def loads(data: bytes, *, what: str, limit: int) -> dict[str, Any]:
     if not isinstance(data, (bytes, bytearray)):
         raise TypeError("TOML input must be bytes")
     if len(data) > limit:
-        raise InputError(f"{what} is larger than {limit} bytes", rule="registry files are bounded in size")
+        raise InputError(f"{what} is larger than {limit} bytes", rule="file.too-large")
     try:
         text = bytes(data).decode("utf-8")
     except UnicodeDecodeError:
-        raise InputError(f"{what} is not UTF-8", rule="TOML files are UTF-8", fix="check the file") from None
+        raise InputError(f"{what} is not UTF-8", rule="registry.bad-toml", fix="check the file") from None
     try:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise InputError(
-            f"{what} is not valid TOML ({exc})", rule="registry files are TOML", fix="fix the file"
+            f"{what} is not valid TOML ({exc})", rule="registry.bad-toml", fix="fix the file"
         ) from None
     except (ValueError, RecursionError) as exc:  # e.g. out-of-range dates, pathological nesting
         raise InputError(
-            f"{what} cannot be parsed ({type(exc).__name__})", rule="registry files are TOML"
+            f"{what} cannot be parsed ({type(exc).__name__})", rule="registry.bad-toml"
         ) from None
 
 

@@ -256,18 +256,18 @@ class Allowlist:
         if self.revoked_for_key(public_key.key_id) is not None:
             raise InputError(
                 f"the key for {name!r} was revoked",
-                rule="a revoked key never becomes a signer again",
+                rule="allowlist.revoked-key",
                 fix="generate a new key",
             )
         existing = self.signer_for_key(public_key.key_id)
         if existing is not None and existing.name != name:
             raise InputError(
-                f"this key is already listed as signer {existing.name!r}", rule="one name per key"
+                f"this key is already listed as signer {existing.name!r}", rule="allowlist.duplicate"
             )
         if any(r.name == name for r in self.revoked):
             raise InputError(
                 f"the name {name!r} belongs to a revoked signer",
-                rule="names of revoked signers stay reserved",
+                rule="allowlist.duplicate",
                 fix="choose another name",
             )
         signers = [s for s in self.signers if s.name != name] + [Signer(name, public_key, expires)]
@@ -280,7 +280,7 @@ class Allowlist:
             if self.signer_named(n) is None:
                 raise InputError(
                     f"signer {n!r} is not in the allowlist",
-                    rule="rules name listed, unrevoked signers",
+                    rule="allowlist.unknown-signer",
                     fix=f"add it first: pipewarden allowlist add-signer FILE --name {n} --public-key ...",
                 )
         rules = [r for r in self.sources if r.pattern != pattern] + [rule]
@@ -289,7 +289,7 @@ class Allowlist:
     def with_revoked(self, name: str, *, reason: str = "") -> Allowlist:
         signer = self.signer_named(name)
         if signer is None:
-            raise InputError(f"no signer named {name!r}", rule="revoke names a listed signer")
+            raise InputError(f"no signer named {name!r}", rule="allowlist.unknown-signer")
         revoked = (*self.revoked, RevokedSigner(name, signer.public_key, reason))
         return self._bumped(signers=tuple(s for s in self.signers if s.name != name), revoked=revoked)
 
@@ -396,36 +396,36 @@ def _keys(table: Mapping[str, Any], allowed: set[str], required: set[str], where
     if unknown:
         raise _bad(
             f"{where}: unknown key(s) {', '.join(map(repr, unknown))}",
-            "allowlists are strict: unknown keys are refused, never ignored",
+            "allowlist.unknown-key",
         )
     missing = sorted(required - set(table))
     if missing:
         raise _bad(
-            f"{where}: missing key(s) {', '.join(map(repr, missing))}", "required keys must be present"
+            f"{where}: missing key(s) {', '.join(map(repr, missing))}", "allowlist.missing-key"
         )
 
 
 def _str(v: Any, where: str, *, max_len: int = 1024) -> str:
     if not isinstance(v, str) or len(v) > max_len:
-        raise _bad(f"{where} must be a string of at most {max_len} characters", "typed fields")
+        raise _bad(f"{where} must be a string of at most {max_len} characters", "allowlist.bad-value")
     return v
 
 
 def _int(v: Any, where: str, *, minimum: int) -> int:
     if type(v) is not int or v < minimum or v > 2**53:
-        raise _bad(f"{where} must be an integer >= {minimum}", "typed fields")
+        raise _bad(f"{where} must be an integer >= {minimum}", "allowlist.bad-value")
     return v
 
 
 def _table(v: Any, where: str) -> Mapping[str, Any]:
     if not isinstance(v, dict):
-        raise _bad(f"{where} must be a table", "typed fields")
+        raise _bad(f"{where} must be a table", "allowlist.bad-value")
     return v
 
 
 def _array(v: Any, where: str, *, max_len: int = 10_000) -> list[Any]:
     if not isinstance(v, list) or len(v) > max_len:
-        raise _bad(f"{where} must be an array (at most {max_len} items)", "typed fields")
+        raise _bad(f"{where} must be an array (at most {max_len} items)", "allowlist.bad-value")
     return v
 
 
@@ -439,20 +439,20 @@ def _parse_rule(t: Mapping[str, Any], where: str) -> SourceRule:
     if not _PATTERN_RE.fullmatch(pattern):
         raise _bad(
             f"{where}.pattern {pattern!r} is not a valid source pattern",
-            "patterns use letters, digits, . _ - : / @ + ~ and the globs * ? ** (no [ ] classes)",
+            "allowlist.bad-pattern",
         )
     names = tuple(_str(n, f"{where}.signers[]", max_len=64) for n in _array(t["signers"], f"{where}.signers"))
     if not names:
-        raise _bad(f"{where} accepts no signers", "every source rule names the signers it accepts")
+        raise _bad(f"{where} accepts no signers", "allowlist.unknown-signer")
     if len(set(names)) != len(names):
-        raise _bad(f"{where} lists a signer twice", "signers are listed once per rule")
+        raise _bad(f"{where} lists a signer twice", "allowlist.duplicate")
     for n in names:
         check_name(n)
     threshold = _int(t["threshold"], f"{where}.threshold", minimum=1)
     if threshold > len(names):
         raise _bad(
             f"{where}: threshold {threshold} is more than its {len(names)} signer(s)",
-            "a rule's threshold k can be met by its signers",
+            "allowlist.threshold",
         )
     return SourceRule(pattern=pattern, signers=names, threshold=threshold)
 
@@ -491,16 +491,16 @@ def _parse(doc: Mapping[str, Any], *, sha256: str, origin: str) -> Allowlist:
 
     names = [s.name for s in signers] + [r.name for r in revoked]
     if len(set(names)) != len(names):
-        raise _bad(f"{where}: a name is listed twice among signers and revoked", "names are unique")
+        raise _bad(f"{where}: a name is listed twice among signers and revoked", "allowlist.duplicate")
     keys = [s.key_id for s in signers]
     if len(set(keys)) != len(keys):
-        raise _bad(f"{where}: two signers share one public key", "one name per key")
+        raise _bad(f"{where}: two signers share one public key", "allowlist.duplicate")
     revoked_keys = {r.key_id for r in revoked}
     for s in signers:
         if s.key_id in revoked_keys:
             raise _bad(
                 f"{where}: signer {s.name!r} uses a revoked key",
-                "a revoked key never counts again",
+                "allowlist.revoked-key",
                 fix="remove the signer or give it a new key",
             )
 
@@ -511,12 +511,12 @@ def _parse(doc: Mapping[str, Any], *, sha256: str, origin: str) -> Allowlist:
             if n not in names:
                 raise _bad(
                     f"{where}: sources[{i}] names unknown signer {n!r}",
-                    "rules name signers listed in [[signers]] (or [[revoked]])",
+                    "allowlist.unknown-signer",
                 )
         rules.append(rule)
     patterns = [r.pattern for r in rules]
     if len(set(patterns)) != len(patterns):
-        raise _bad(f"{where}: a source pattern is listed twice", "one rule per pattern")
+        raise _bad(f"{where}: a source pattern is listed twice", "allowlist.duplicate")
 
     policy = _parse_policy(doc.get("policy", {}), f"{where}: policy")
     return Allowlist(
@@ -557,12 +557,12 @@ def _parse_policy(raw: Any, where: str) -> AllowlistPolicy:
     if iso is not None and iso not in ISOLATION_MODES:
         raise _bad(
             f"{where}.required_isolation must be one of {', '.join(map(repr, ISOLATION_MODES))}",
-            "known isolation modes only",
+            "allowlist.bad-value",
         )
     extra: dict[str, tuple[str, ...]] = {}
     for mod, attrs in _table(t.get("extra_modules", {}), f"{where}.extra_modules").items():
         if not _MODULE_RE.fullmatch(mod) or len(mod) > 200:
-            raise _bad(f"{where}.extra_modules: {mod!r} is not a module name", "dotted Python identifiers")
+            raise _bad(f"{where}.extra_modules: {mod!r} is not a module name", "allowlist.bad-value")
         names = tuple(
             _str(a, f"{where}.extra_modules.{mod}[]", max_len=200)
             for a in _array(attrs, f"{where}.extra_modules.{mod}")
@@ -571,7 +571,7 @@ def _parse_policy(raw: Any, where: str) -> AllowlistPolicy:
             if not _IDENT_RE.fullmatch(a) or a.startswith("_"):
                 raise _bad(
                     f"{where}.extra_modules.{mod}: {a!r} is not an allowed attribute name",
-                    "attribute names are public identifiers (no leading underscore, no '*')",
+                    "allowlist.bad-value",
                 )
         extra[mod] = names
     aliases: dict[str, str] = {}
@@ -580,7 +580,7 @@ def _parse_policy(raw: Any, where: str) -> AllowlistPolicy:
         if not _MODULE_RE.fullmatch(alias) or not _MODULE_RE.fullmatch(target):
             raise _bad(
                 f"{where}.import_aliases: {alias!r} = {target!r} is not a module-name mapping",
-                "dotted Python identifiers",
+                "allowlist.bad-value",
             )
         aliases[alias] = target
     _check_policy_extras(extra, aliases, where)
@@ -589,11 +589,11 @@ def _parse_policy(raw: Any, where: str) -> AllowlistPolicy:
     if unknown:
         raise _bad(
             f"{where}.required_layers names unknown layers {unknown}",
-            f"layer names are those `pipewarden doctor` prints: {', '.join(KNOWN_LAYERS)}",
+            "allowlist.bad-value",
         )
     if layers and iso != "process":
         raise _bad(
             f"{where}.required_layers is set but required_isolation is not \"process\"",
-            "worker layers can only be demanded together with required_isolation = \"process\"",
+            "allowlist.bad-value",
         )
     return AllowlistPolicy(required_isolation=iso, extra_modules=extra, import_aliases=aliases, required_layers=layers)

@@ -28,7 +28,7 @@ def check_name(name: str, *, what: str = "signer name") -> str:
     if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise InputError(
             f"{what} {name!r} is not valid",
-            rule="names are 1-64 characters: letters, digits, '.', '_', '-', starting with a letter or digit",
+            rule="keys.bad-name",
             fix="choose a simple name such as 'alice'",
         )
     return name
@@ -41,15 +41,15 @@ def b64encode(data: bytes) -> str:
 def b64decode_strict(text: object, *, what: str) -> bytes:
     """Standard base64 with padding; the text must be exactly the canonical encoding of its bytes."""
     if not isinstance(text, str):
-        raise InputError(f"{what} is not a base64 string", rule="base64 fields are strings")
+        raise InputError(f"{what} is not a base64 string", rule="keys.bad-encoding")
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
     except (binascii.Error, UnicodeEncodeError, ValueError):
         raise InputError(
-            f"{what} is not valid base64", rule="base64 fields use the standard alphabet"
+            f"{what} is not valid base64", rule="keys.bad-encoding"
         ) from None
     if b64encode(raw) != text:  # non-zero padding bits would let two texts mean the same bytes
-        raise InputError(f"{what} is not canonical base64", rule="base64 fields are canonical")
+        raise InputError(f"{what} is not canonical base64", rule="keys.bad-encoding")
     return raw
 
 
@@ -77,12 +77,12 @@ class PublicKey:
         if not isinstance(text, str) or not text.strip().startswith(PUBLIC_KEY_PREFIX):
             raise InputError(
                 f"{what} is not of the form '{PUBLIC_KEY_PREFIX}<base64>'",
-                rule="public keys are written as one line by `pipewarden keygen` (the .pub file)",
+                rule="keys.bad-encoding",
                 fix="paste the content of NAME.pub",
             )
         raw = b64decode_strict(text.strip()[len(PUBLIC_KEY_PREFIX) :], what=what)
         if len(raw) != 32:
-            raise InputError(f"{what} is {len(raw)} bytes, not 32", rule="Ed25519 public keys are 32 bytes")
+            raise InputError(f"{what} is {len(raw)} bytes, not 32", rule="keys.bad-encoding")
         return cls(raw)
 
     def verify(self, signature: bytes, payload: bytes) -> bool:
@@ -131,13 +131,13 @@ def generate_keypair(name: str, out_dir: str | os.PathLike[str]) -> tuple[Path, 
         out.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(
-            f"cannot create {out}: {exc.strerror}", rule="the key directory must be writable"
+            f"cannot create {out}: {exc.strerror}", rule="file.unwritable"
         ) from None
     key_path, pub_path = out / f"{name}.key", out / f"{name}.pub"
     for p in (key_path, pub_path):
         if os.path.lexists(p):
             raise InputError(
-                f"{p} already exists", rule="keygen never overwrites a key", fix="choose another --name"
+                f"{p} already exists", rule="keys.exists", fix="choose another --name"
             )
     private = Ed25519PrivateKey.generate()
     pem = private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
@@ -157,7 +157,7 @@ def _write_new(path: Path, data: bytes, mode: int) -> None:
         fd = os.open(path, flags, mode)  # the mode applies from creation: no world-readable instant
     except OSError as exc:
         raise InputError(
-            f"cannot create {path}: {exc.strerror}", rule="keygen never overwrites a file"
+            f"cannot create {path}: {exc.strerror}", rule="keys.exists"
         ) from None
     with os.fdopen(fd, "wb") as fh:
         os.fchmod(fh.fileno(), mode)  # umask may only have removed bits; make the mode exact
@@ -176,41 +176,41 @@ def load_signing_key(path: str | os.PathLike[str]) -> SigningKey:
         fd = os.open(p, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except OSError as exc:
         raise InputError(
-            f"cannot read key file {p}: {exc.strerror}", rule="the key file must be readable"
+            f"cannot read key file {p}: {exc.strerror}", rule="file.unreadable"
         ) from None
     with os.fdopen(fd, "rb") as fh:
         st = os.fstat(fh.fileno())
         if not stat.S_ISREG(st.st_mode):
-            raise InputError(f"{p} is not a regular file", rule="key files are regular files")
+            raise InputError(f"{p} is not a regular file", rule="file.not-regular")
         if st.st_mode & 0o077:
             head = fh.read(64)
             if head.lstrip().startswith(PUBLIC_KEY_PREFIX.encode("ascii")) or b"PRIVATE KEY" not in head:
                 # A public key (NAME.pub is world-readable on purpose): chmod is not the fix.
                 raise InputError(
                     f"{p} is not a private key" + (" (it is a public key)" if b"ed25519:" in head else ""),
-                    rule="sign with the private key written by `pipewarden keygen` (NAME.key)",
+                    rule="keys.public-not-private",
                     fix=f"pass the NAME.key file beside it, e.g. --key {p.with_suffix('.key')}",
                 )
             raise InputError(
                 f"key file {p} is readable by others (mode {stat.S_IMODE(st.st_mode):04o})",
-                rule="private keys are readable by their owner only",
+                rule="keys.permissions",
                 fix=f"chmod 600 {p}",
             )
         data = fh.read(_MAX_KEY_FILE + 1)
     if len(data) > _MAX_KEY_FILE:
-        raise InputError(f"{p} is too large to be a key file", rule="key files are small PEM files")
+        raise InputError(f"{p} is too large to be a key file", rule="file.too-large")
     try:
         key = load_pem_private_key(data, password=None)
     except (ValueError, TypeError):
         raise InputError(
             f"{p} is not an unencrypted PEM private key",
-            rule="key files are written by `pipewarden keygen`",
+            rule="keys.public-not-private",
             fix="pass the NAME.key file, not NAME.pub",
         ) from None
     except Exception as exc:  # cryptography's unsupported-algorithm errors
         raise InputError(
-            f"{p} cannot be loaded as a key ({type(exc).__name__})", rule="Ed25519 keys only"
+            f"{p} cannot be loaded as a key ({type(exc).__name__})", rule="keys.not-ed25519"
         ) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise InputError(f"{p} is not an Ed25519 key", rule="pipewarden signs with Ed25519 only")
+        raise InputError(f"{p} is not an Ed25519 key", rule="keys.not-ed25519")
     return SigningKey(key, origin=str(p))

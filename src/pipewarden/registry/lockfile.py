@@ -83,7 +83,7 @@ class LockEntry:
         if self.commit is not None and commit != self.commit:
             raise IntegrityError(
                 f"{what} {self.source!r} resolved to commit {commit}, but the lock file pins {self.commit}",
-                rule="a lock file pins the exact commit",
+                rule="lock.commit-mismatch",
                 fix="load the locked revision, or re-run `pipewarden lock` if the change is intended",
             )
 
@@ -107,7 +107,7 @@ class LockEntry:
             )
             raise IntegrityError(
                 f"{what} of {self.source!r} differ from the lock file: {shown}",
-                rule="a lock file pins every file used, by sha256",
+                rule="lock.digest-mismatch",
                 fix="restore the locked files, or re-run `pipewarden lock` if the change is intended",
             )
 
@@ -244,7 +244,7 @@ def _absolute(source: str, base_dir: Path) -> str:
 def _bad(what: str) -> InputError:
     return InputError(
         what,
-        rule=f"lock files are {LOCK_FORMAT} TOML written by `pipewarden lock`",
+        rule="lock.malformed",
         fix="re-create it with `pipewarden lock`",
     )
 
@@ -302,18 +302,18 @@ def entry_for_local_code(path: str | os.PathLike[str]) -> LockEntry:
     try:
         st = os.stat(p)
     except OSError as exc:
-        raise InputError(f"cannot read {p}: {exc.strerror}", rule="the pipeline path must exist") from None
+        raise InputError(f"cannot read {p}: {exc.strerror}", rule="file.unreadable") from None
     root = p.resolve()
     if stat.S_ISDIR(st.st_mode):
         files = walk_files(root, exclude=frozenset({SIGNATURE_FILE}))
         if "pipeline.py" not in files:
             raise InputError(
-                f"{root} has no pipeline.py", rule="a pipeline directory holds its code in pipeline.py"
+                f"{root} has no pipeline.py", rule="code.module-missing"
             )
         return LockEntry(source=f"local:{root}", role="code", files=files)
     if stat.S_ISREG(st.st_mode) and p.suffix == ".py":
         return LockEntry(source=f"local:{root}", role="code", files={root.name: sha256_file(root)})
-    raise InputError(f"{p} is not a pipeline directory or .py file", rule="lock local pipeline code")
+    raise InputError(f"{p} is not a pipeline directory or .py file", rule="spec.custom-pipeline")
 
 
 def entry_for_local_weights(path: str | os.PathLike[str]) -> LockEntry:
@@ -328,6 +328,6 @@ def entry_for_local_weights(path: str | os.PathLike[str]) -> LockEntry:
             files[rel] = sha256_file(snap.path(rel))
         except OSError as exc:
             raise InputError(
-                f"cannot read {snap.path(rel)}: {exc.strerror}", rule="every weights file must be readable"
+                f"cannot read {snap.path(rel)}: {exc.strerror}", rule="file.unreadable"
             ) from None
     return LockEntry(source=snap.source, role="weights", files=files, commit=snap.commit)

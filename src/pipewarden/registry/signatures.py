@@ -244,7 +244,7 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _malformed(what: str) -> MalformedSignatureFile:
     return MalformedSignatureFile(
         f"signature file is malformed: {what}",
-        rule=f"{SIGNATURE_FILE} is written only by `pipewarden sign` ({SIGNATURES_FORMAT})",
+        rule="sig.malformed",
         fix="re-sign the directory with `pipewarden sign`",
     )
 
@@ -346,7 +346,7 @@ def sign_files(
     if is_expired(expires, now):
         raise InputError(
             f"expiry {format_ts(expires)} is not in the future (beyond the {EXPIRY_SKEW} skew tolerance)",
-            rule="signatures are made to expire in the future",
+            rule="sig.expiry-past",
             fix="pass a later --expires date",
         )
     key_id = key.public_key.key_id
@@ -354,7 +354,7 @@ def sign_files(
     entries = [e for e in (parse_signature_file(existing) if existing else ()) if e.key_id != key_id]
     entries.append(_Envelope(key_id, payload, key.sign(payload)))
     if len(entries) > MAX_SIGNATURES:
-        raise InputError(f"more than {MAX_SIGNATURES} signatures", rule="signature files are bounded")
+        raise InputError(f"more than {MAX_SIGNATURES} signatures", rule="sig.too-many")
     return _dump_signature_file(entries)
 
 
@@ -432,7 +432,7 @@ def verify_signed_files(
     except ValueError as exc:  # file names come from the (hostile) directory or repo listing
         raise InputError(
             f"the files of {source!r} cannot be described by a manifest: {exc}",
-            rule="manifest paths are normalised relative POSIX paths with sha256 digests",
+            rule="sig.bad-manifest",
             fix="remove or rename the offending file",
         ) from None
 
@@ -443,7 +443,7 @@ def verify_signed_files(
             NotAllowedError,
             Reason.SOURCE_NOT_ALLOWED,
             f"source {source!r} is not allowed by allowlist {allowlist.origin} (version {allowlist.version})",
-            rule="only sources matching an allowlist [[sources]] pattern may run",
+            rule="allowlist.source-not-listed",
             fix=f"pipewarden allowlist allow {allowlist.origin} --source PATTERN --signers NAMES --threshold K",
         )
     # 2. Parse the envelope only.
@@ -452,7 +452,7 @@ def verify_signed_files(
             SignatureError,
             Reason.NO_SIGNATURES,
             f"source {source!r} has no {SIGNATURE_FILE}",
-            rule="the allowlist requires signatures for this source",
+            rule="sig.missing",
             fix=f"have accepted signers run `pipewarden sign DIR --key KEY` (signers: {', '.join(rules[0].signers)})",
         )
     envelopes = parse_signature_file(signature_bytes)
@@ -540,7 +540,7 @@ def verify_signed_files(
                 IntegrityError,
                 first.reason,
                 f"files of {source!r} differ from what {first.signer} signed: {first.detail}",
-                rule="signers sign exactly the files present: no missing, unsigned or changed file",
+                rule="sig.files-mismatch",
                 fix="remove files that should not be there, or have the signers re-sign the directory",
                 rejected=[*rejected, *not_accepted],
             )
@@ -549,7 +549,7 @@ def verify_signed_files(
             Reason.THRESHOLD_NOT_MET,
             f"too few valid signatures for {source!r}: {len(counted)} of {rule.threshold} required by "
             f"rule {rule.pattern!r} (accepted signers: {', '.join(rule.signers)}); not counted: {details}",
-            rule="a source needs k distinct, unexpired, unrevoked accepted signers over exactly its files",
+            rule="sig.threshold",
             fix="have more accepted signers run `pipewarden sign`, or renew expired signatures",
             rejected=[*rejected, *not_accepted],
         )

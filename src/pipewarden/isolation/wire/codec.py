@@ -41,7 +41,7 @@ class EncodeError(PipewardenError):
 def _malformed(what: str) -> WorkerError:
     return WorkerError(
         f"the worker sent a malformed value: {what}",
-        rule="worker results are JSON trees with safetensors tensors, validated on receipt",
+        rule="wire.malformed-value",
         fix="the worker is broken or compromised; it was stopped",
     )
 
@@ -74,7 +74,7 @@ class Encoder:
 
     def encode(self, value: Any, depth: int = 0) -> Any:
         if depth > MAX_DEPTH:
-            raise EncodeError("value nested too deeply to send", rule=f"at most {MAX_DEPTH} levels")
+            raise EncodeError("value nested too deeply to send", rule="wire.too-deep")
         if value is None or isinstance(value, (bool, str)):
             return value
         if isinstance(value, int):
@@ -94,7 +94,7 @@ class Encoder:
             return {_TAG: "device", "v": str(value)}
         if isinstance(value, torch.Generator):
             if not self._allow_generators:
-                raise EncodeError("a torch.Generator cannot be returned from the worker")
+                raise EncodeError("a torch.Generator cannot be returned from the worker", rule="wire.unsupported-type")
             state = value.get_state()
             self.generators.append(value)
             return {_TAG: "generator", "device": str(value.device), "ref": self.tensor_ref(state)}
@@ -102,7 +102,9 @@ class Encoder:
 
         if isinstance(value, np.ndarray):
             if value.dtype == object or value.dtype.kind not in "biuf":
-                raise EncodeError(f"numpy arrays of dtype {value.dtype} cannot cross the process boundary")
+                raise EncodeError(
+                    f"numpy arrays of dtype {value.dtype} cannot cross the process boundary", rule="wire.unsupported-type"
+                )
             return {_TAG: "ndarray", "ref": self.tensor_ref(torch.from_numpy(np.ascontiguousarray(value)))}
         if isinstance(value, np.generic):
             return self.encode(value.item(), depth + 1)
@@ -118,12 +120,15 @@ class Encoder:
             out = {}
             for k, v in value.items():
                 if not isinstance(k, str):
-                    raise EncodeError(f"dict keys must be str to cross the process boundary, got {type(k).__name__}")
+                    raise EncodeError(
+                        f"dict keys must be str to cross the process boundary, got {type(k).__name__}",
+                        rule="wire.unsupported-type",
+                    )
                 out[k] = self.encode(v, depth + 1)
             return {_TAG: "dict", "v": out}
         raise EncodeError(
             f"a value of type {type(value).__name__} cannot cross the process boundary",
-            rule="only JSON values, tensors, numpy arrays, PIL images and output dataclasses cross",
+            rule="wire.unsupported-type",
             fix='pass tensors or plain values, or use isolation="inprocess"',
         )
 

@@ -90,9 +90,12 @@ def encode_component(name: str, value: Any, enc: Any) -> dict[str, Any]:
     policy = component_policy()
     found: Any = None
     rules: tuple[Any, ...] = (*policy.models, *policy.tokenizers, *policy.processors)
+    # transformers' own classes only (a subclass of yours would lose its code in the worker)
+    from_transformers = type(value).__module__.split(".")[0] in ("transformers", "diffusers")
     for rule in rules:
-        if type(value).__name__ == rule.class_name or (
-            isinstance(rule, ProcessorRule) and type(value).__name__.startswith(rule.build_as)
+        if from_transformers and (
+            type(value).__name__ == rule.class_name
+            or (isinstance(rule, ProcessorRule) and type(value).__name__ in (rule.build_as, rule.build_as + "Pil", rule.build_as + "Fast"))
         ):
             found = rule
             break
@@ -189,5 +192,7 @@ def decode_component(node: Any, tensors: dict[str, Any], name: str) -> Any:
             raise C._not_allowed(name, str(node["library"]), str(node["class"]))
         config = dict(node["config"])
         C._refuse_code_keys(config, name)
-        return C.processor_from_config(rule, config, where=name)
+        proc = C.processor_from_config(rule, config, where=name)
+        C._warm_processors([proc])
+        return proc
     raise InputError(f"unknown component kind {kind!r}", rule="worker.protocol")

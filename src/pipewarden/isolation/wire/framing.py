@@ -94,7 +94,7 @@ def read_frame(fd: int, *, max_bytes: int, deadline: float | None = None) -> Fra
     if magic != MAGIC:
         raise WorkerError(
             "the worker sent a malformed frame (bad magic)",
-            rule="worker messages are length-prefixed JSON + safetensors frames",
+            rule="wire.framing",
             fix="the worker is broken or compromised; it was stopped",
         )
     if head_len + payload_len <= max_bytes and head_len > min(MAX_HEADER_BYTES, max_bytes):
@@ -107,7 +107,7 @@ def read_frame(fd: int, *, max_bytes: int, deadline: float | None = None) -> Fra
     if head_len + payload_len > max_bytes:
         raise ResourceLimitError(
             f"the worker sent a message of {head_len + payload_len} bytes, over the limit of {max_bytes}",
-            rule="Limits.max_message_mb bounds every message from the worker",
+            rule="limits.message-size",
             fix="raise Limits(max_message_mb=...) if the output really is that large",
         )
     head = _read_exact(fd, head_len, deadline, started=True)
@@ -117,13 +117,13 @@ def read_frame(fd: int, *, max_bytes: int, deadline: float | None = None) -> Fra
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise WorkerError(
             f"the worker sent a malformed frame header ({type(exc).__name__})",
-            rule="worker messages are length-prefixed JSON + safetensors frames",
+            rule="wire.framing",
             fix="the worker is broken or compromised; it was stopped",
         ) from None
     if not isinstance(header, dict):
         raise WorkerError(
             "the worker sent a frame header that is not a JSON object",
-            rule="worker messages are length-prefixed JSON + safetensors frames",
+            rule="wire.framing",
             fix="the worker is broken or compromised; it was stopped",
         )
     return Frame(header, payload)

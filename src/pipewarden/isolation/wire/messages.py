@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from pipewarden.errors import WorkerError
+from pipewarden.errors import PolicyViolation, WorkerError
 from pipewarden.isolation.layers.apply import LAYER_NAMES, LayerStatus
 from pipewarden.isolation.wire.codec import Decoder, load_tensors
 from pipewarden.isolation.wire.framing import Frame
+from pipewarden.rules import is_registered
 
 _MAX_TEXT = 4000
 
@@ -22,7 +23,7 @@ _MAX_TEXT = 4000
 def _bad(what: str) -> WorkerError:
     return WorkerError(
         f"the worker sent a malformed message: {what}",
-        rule="worker messages have a fixed schema, validated on receipt",
+        rule="wire.malformed-message",
         fix="the worker is broken or compromised; it was stopped",
     )
 
@@ -160,7 +161,10 @@ def parse(frame: Frame) -> WorkerMessage:
         name = _text(h.get("error"), "error", limit=64)
         if not name.isidentifier():
             raise _bad("error class is not a name")
-        return Failure(name, _text(h.get("what"), "what"), _text(h.get("rule", ""), "rule"), _text(h.get("fix", ""), "fix"))
+        rule = _text(h.get("rule", ""), "rule", limit=128)
+        if not is_registered(rule):
+            raise _bad("error rule is not a registered rule id")
+        return Failure(name, _text(h.get("what"), "what"), rule, _text(h.get("fix", ""), "fix"))
     if kind == "ready":
         pid = h.get("pid")
         layers = h.get("layers")
@@ -224,3 +228,156 @@ def parse(frame: Frame) -> WorkerMessage:
             raise _bad("progress total")
         return Progress(bar, n, total, h.get("closed") is True)
     raise _bad(f"unknown kind {str(kind)[:40]!r}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Host -> worker: the load request, one frozen type on both sides of the pipe.
+
+def _bad_request(what: str) -> PolicyViolation:
+    return PolicyViolation(f"the worker received a malformed load request: {what}", rule="worker.protocol", fix="reload")
+
+
+@dataclass(frozen=True)
+class LoadFile:
+    """One weights file the worker must re-hash: relpath, the sha256 it must match ("" = none), size."""
+
+    relpath: str
+    sha256: str
+    size: int
+
+
+@dataclass(frozen=True)
+class LoadRequest:
+    """What the host sends to load one pipeline (the admitted source travels as the payload).
+
+    Built by the host from an admitted load (``WorkerLoadRequest``), encoded by :meth:`header`,
+    parsed in the worker by :meth:`parse`: the worker reads fields, never dict keys.
+    """
+
+    source_sha256: str
+    filename: str
+    root: str
+    source: str
+    commit: str | None
+    files: tuple[LoadFile, ...]
+    torch_dtype: str | None = None
+    policy_extras: Mapping[str, tuple[str, ...]] | None = None
+    import_aliases: Mapping[str, str] | None = None
+    gpu_memory_fraction: float | None = None
+    #: Verified-digest records (``Record.to_json()`` rows) from the host's store; the worker
+    #: still checks each against the fstat of its own descriptor.
+    digest_records: tuple[tuple[Any, ...], ...] = ()
+    host_uid: int | None = None
+    variant: str | None = None
+    use_safetensors: bool | None = None
+    #: The caller's components and options as JSON trees (``wire.components``; their tensors
+    #: follow the source in the payload, which is ``source_len`` bytes long then).
+    passed: Mapping[str, Any] | None = None
+    source_len: int | None = None
+    #: The folder links may stay inside while the worker reads (``pipewarden.fsaccess``): the HF
+    #: cache folder for cache snapshots; None = ``root``.
+    boundary: str | None = None
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "op": "load",
+            "source_sha256": self.source_sha256,
+            "filename": self.filename,
+            "root": self.root,
+            "source": self.source,
+            "commit": self.commit,
+            "files": {f.relpath: {"sha256": f.sha256, "size": f.size} for f in self.files},
+            "torch_dtype": self.torch_dtype,
+            "policy_extras": {k: list(v) for k, v in self.policy_extras.items()} if self.policy_extras else None,
+            "import_aliases": dict(self.import_aliases) if self.import_aliases else None,
+            "gpu_memory_fraction": self.gpu_memory_fraction,
+            "digest_records": [list(r) for r in self.digest_records],
+            "host_uid": self.host_uid,
+            "variant": self.variant,
+            "use_safetensors": self.use_safetensors,
+            "passed": dict(self.passed) if self.passed else None,
+            "source_len": self.source_len,
+            "boundary": self.boundary,
+        }
+
+    @classmethod
+    def parse(cls, h: Mapping[str, Any]) -> LoadRequest:  # noqa: C901 - one check per field
+        def text(key: str, *, limit: int = 4096, optional: bool = False) -> str | None:
+            v = h.get(key)
+            if v is None and optional:
+                return None
+            if not isinstance(v, str) or len(v) > limit:
+                raise _bad_request(key)
+            return v
+
+        if h.get("op") != "load":
+            raise _bad_request("op")
+        sha = text("source_sha256", limit=64)
+        if sha is None or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise _bad_request("source_sha256")
+        raw_files = h.get("files")
+        if not isinstance(raw_files, dict):
+            raise _bad_request("files")
+        files = []
+        for rel, rec in raw_files.items():
+            if not isinstance(rel, str) or not isinstance(rec, dict) or set(rec) != {"sha256", "size"}:
+                raise _bad_request("file entry")
+            digest, size = rec["sha256"], rec["size"]
+            if not isinstance(digest, str) or len(digest) not in (0, 64) or not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise _bad_request(f"file entry {rel!r}")
+            files.append(LoadFile(rel, digest, size))
+        dtype = text("torch_dtype", limit=32, optional=True)
+        if dtype is not None and (not dtype.isidentifier() or dtype.startswith("_")):
+            raise _bad_request("torch_dtype")
+        extras = h.get("policy_extras")
+        policy_extras: dict[str, tuple[str, ...]] | None = None
+        if extras is not None:
+            if not isinstance(extras, dict) or not all(
+                isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v) for k, v in extras.items()
+            ):
+                raise _bad_request("policy_extras")
+            policy_extras = MappingProxyType({k: tuple(v) for k, v in extras.items()})  # type: ignore[assignment]
+        aliases = h.get("import_aliases")
+        if aliases is not None and not (
+            isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())
+        ):
+            raise _bad_request("import_aliases")
+        fraction = h.get("gpu_memory_fraction")
+        if fraction is not None and (not isinstance(fraction, (int, float)) or isinstance(fraction, bool)):
+            raise _bad_request("gpu_memory_fraction")
+        commit = text("commit", limit=64, optional=True)
+        records = h.get("digest_records", [])
+        if not isinstance(records, list) or not all(isinstance(r, list) for r in records):
+            raise _bad_request("digest_records")
+        uid = h.get("host_uid")
+        if uid is not None and (type(uid) is not int or uid < 0):
+            raise _bad_request("host_uid")
+        variant = text("variant", limit=32, optional=True)
+        use_safetensors = h.get("use_safetensors")
+        if use_safetensors is not None and not isinstance(use_safetensors, bool):
+            raise _bad_request("use_safetensors")
+        passed = h.get("passed")
+        if passed is not None and not (isinstance(passed, dict) and all(isinstance(k, str) for k in passed)):
+            raise _bad_request("passed")
+        source_len = h.get("source_len")
+        if source_len is not None and (type(source_len) is not int or source_len < 0):
+            raise _bad_request("source_len")
+        return cls(
+            source_sha256=sha,
+            filename=text("filename", limit=255) or "",
+            root=text("root") or "",
+            source=text("source") or "",
+            commit=commit,
+            files=tuple(files),
+            torch_dtype=dtype,
+            policy_extras=policy_extras,
+            import_aliases=MappingProxyType(dict(aliases)) if aliases else None,
+            gpu_memory_fraction=None if fraction is None else float(fraction),
+            digest_records=tuple(tuple(r) for r in records),
+            host_uid=uid,
+            variant=variant,
+            use_safetensors=use_safetensors,
+            passed=MappingProxyType(dict(passed)) if passed else None,
+            source_len=source_len,
+            boundary=text("boundary", optional=True),
+        )

@@ -1,9 +1,13 @@
 """The sandbox policy: what sandboxed pipeline code may import, read, call and define.
 
 Decides nothing by itself: it parses the shipped, versioned data (``default.toml``; the generated
-``diffusers_pipelines.toml``) once into frozen objects with frozensets for the hot-path lookups the
-guards make. An organisation may extend a policy (``with_extras``: more modules, more import aliases);
-the global deny list, the tripwire and the compile rules cannot be relaxed that way.
+``torch_ops.toml`` and ``diffusers_pipelines.toml``) once into frozen objects with frozensets for the
+hot-path lookups the guards make. The schema is strict: an unknown key, a value of the wrong type or
+outside the policy's vocabulary (``REPLACEMENTS``, ``ARGUMENT_GUARDS``, ``DYNAMIC_RULES``) raises
+:class:`~pipewarden.errors.PolicyError`. Whether the class paths and modules it names exist is
+checked by :mod:`pipewarden.sandbox.policy.resolve` (which imports the libraries) before any
+sandboxed code runs. An organisation may extend a policy (``with_extras``: more modules, more import
+aliases); the global deny list, the tripwire and the compile rules cannot be relaxed that way.
 
 Trusts: only the files shipped inside this package. Never imports torch or diffusers.
 """
@@ -17,6 +21,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from types import MappingProxyType
+
+from pipewarden.errors import PolicyError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -111,6 +117,10 @@ class SandboxPolicy:
     no_construct_bases: tuple[str, ...] = ()
     attribute_key_bases: tuple[str, ...] = ()
     attribute_key_subclassable: tuple[str, ...] = ()
+    value_types: tuple[str, ...] = ()
+    builtin_bases: tuple[str, ...] = ()
+    reviewed_getattr: tuple[str, ...] = ()
+    argument_guards: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     extras: tuple[str, ...] = ()
 
     @property
@@ -191,78 +201,228 @@ class SandboxPolicy:
         )
 
 
-def _strs(value: object, where: str) -> tuple[str, ...]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise ValueError(f"policy: {where} must be a list of strings")
-    return tuple(value)
+#: The vocabulary of the policy data (a value outside it is refused when the policy is parsed).
+#: Sandbox implementations that replace a host function (``[modules.*].replace``).
+REPLACEMENTS = frozenset(
+    {
+        "sandbox-logger", "owned-first-argument", "owned-decorator-result", "format-checked", "grad-mode",
+        "deepcopy-no-memo", "deprecate-checked",
+    }
+)
+#: Argument guards wrapped around a method read on any object (``[argument_guards]``).
+ARGUMENT_GUARDS = frozenset({"config-dict-only", "progress-bar-config", "progress-bar", "register-modules"})
+#: Names computed from the object itself (``[types.*].dynamic``).
+DYNAMIC_RULES = frozenset({"config-keys", "submodules", "dataclass-fields", "instance-public"})
+
+
+def _fail(what: str, fix: str = "fix the policy file (see the comments in default.toml)") -> PolicyError:
+    return PolicyError(what, rule="policy.malformed", fix=fix)
+
+
+class _Table:
+    """One TOML table read key by key; ``done()`` refuses the keys nobody read (strict schema)."""
+
+    def __init__(self, value: object, where: str) -> None:
+        if not isinstance(value, dict):
+            raise _fail(f"policy: [{where}] must be a table")
+        self._d: dict[str, object] = value
+        self._where = where
+        self._used: set[str] = set()
+
+    def _get(self, key: str, required: bool) -> object:
+        self._used.add(key)
+        if key not in self._d:
+            if required:
+                raise _fail(f"policy: [{self._where}] lacks the key {key!r}")
+            return None
+        return self._d[key]
+
+    def strs(self, key: str, *, required: bool = False) -> tuple[str, ...]:
+        value = self._get(key, required)
+        if value is None:
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise _fail(f"policy: {self._where}.{key} must be a list of strings")
+        return tuple(value)
+
+    def flag(self, key: str) -> bool:
+        value = self._get(key, False)
+        if value is None:
+            return False
+        if type(value) is not bool:
+            raise _fail(f"policy: {self._where}.{key} must be true or false")
+        return value
+
+    def integer(self, key: str) -> int:
+        value = self._get(key, True)
+        if type(value) is not int or value < 1:
+            raise _fail(f"policy: {self._where}.{key} must be a positive integer")
+        return value
+
+    def str_map(self, key: str, values: frozenset[str] | None = None) -> dict[str, str]:
+        value = self._get(key, False)
+        if value is None:
+            return {}
+        if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise _fail(f"policy: {self._where}.{key} must be a table of strings")
+        if values is not None:
+            for k, v in value.items():
+                if v not in values:
+                    raise _fail(f"policy: {self._where}.{key}.{k} = {v!r} is not one of {sorted(values)}")
+        return dict(value)
+
+    def table(self, key: str, *, required: bool = False) -> _Table:
+        value = self._get(key, required)
+        return _Table({} if value is None else value, f"{self._where}.{key}" if self._where else key)
+
+    def tables(self, key: str) -> dict[str, _Table]:
+        value = self._get(key, False)
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise _fail(f"policy: [{key}] must be a table of tables")
+        return {name: _Table(spec, f"{key}.{name}") for name, spec in value.items()}
+
+    def done(self) -> None:
+        unknown = sorted(set(self._d) - self._used)
+        if unknown:
+            where = f"[{self._where}]" if self._where else "the top level"
+            raise _fail(f"policy: unknown key(s) {', '.join(map(repr, unknown))} in {where}")
+
+
+def _dotted(name: str, where: str) -> str:
+    if not name or not all(part.isidentifier() for part in name.split(".")):
+        raise _fail(f"policy: {where} {name!r} is not a dotted Python name")
+    return name
 
 
 def load_policy_bytes(data: bytes) -> SandboxPolicy:
-    """Parse policy TOML bytes into a frozen :class:`SandboxPolicy` (raises ValueError if malformed)."""
-    doc = tomllib.loads(data.decode("utf-8"))
-    version = doc.get("version")
-    if not isinstance(version, int) or version < 1:
-        raise ValueError("policy: `version` must be a positive integer")
-    imports = doc.get("imports", {})
-    deny = doc["deny"]
-    builtins_ = doc["builtins"]
-    comp = doc["compile"]
-    trip = doc["tripwire"]
+    """Parse policy TOML bytes into a frozen :class:`SandboxPolicy`.
+
+    Strict: an unknown key, a value of the wrong type or a value outside the policy's vocabulary
+    raises :class:`~pipewarden.errors.PolicyError` (a ``ValueError``). Imports nothing: whether the
+    class paths and modules it names resolve is checked by :func:`resolve_policy`.
+    """
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise _fail(f"policy: not valid UTF-8 TOML ({exc})") from None
+    top = _Table(doc, "")
+    version = top._get("version", True)
+    if type(version) is not int or version < 1:
+        raise _fail("policy: `version` must be a positive integer")
+    imports = top.table("imports")
+    aliases = imports.str_map("aliases")
+    imports.done()
+    deny = top.table("deny", required=True)
+    deny_rule = DenyRule(
+        names=frozenset(deny.strs("names", required=True)),
+        prefixes=deny.strs("prefixes", required=True),
+        suffixes=deny.strs("suffixes", required=True),
+        allow=frozenset(deny.strs("allow")),
+    )
+    deny.done()
+    no_construct = top.table("no_construct")
+    no_construct_bases = tuple(_dotted(p, "no_construct.bases") for p in no_construct.strs("bases"))
+    no_construct.done()
+    attribute_keys = top.table("attribute_keys")
+    key_bases = tuple(_dotted(p, "attribute_keys.bases") for p in attribute_keys.strs("bases"))
+    key_subclassable = tuple(_dotted(p, "attribute_keys.subclassable") for p in attribute_keys.strs("subclassable"))
+    attribute_keys.done()
+    values = top.table("values", required=True)
+    value_types = tuple(_dotted(p, "values.plain_types") for p in values.strs("plain_types", required=True))
+    values.done()
+    classes = top.table("classes", required=True)
+    builtin_bases = tuple(_dotted(p, "classes.builtin_bases") for p in classes.strs("builtin_bases", required=True))
+    classes.done()
+    getattr_ = top.table("getattr", required=True)
+    reviewed_getattr = tuple(_dotted(p, "getattr.reviewed") for p in getattr_.strs("reviewed", required=True))
+    getattr_.done()
+    argument_guards = top.str_map("argument_guards", ARGUMENT_GUARDS)
+    builtins_ = top.table("builtins", required=True)
+    builtin_names = frozenset(builtins_.strs("names", required=True))
+    refused_builtins = frozenset(builtins_.strs("refused"))
+    max_range = builtins_.integer("max_range")
+    builtins_.done()
+    comp = top.table("compile", required=True)
+    allowed_def_names = frozenset(comp.strs("allowed_def_names", required=True))
+    allowed_dunder_attrs = frozenset(comp.strs("allowed_dunder_attrs", required=True))
+    readable_dunder_names = frozenset(comp.strs("readable_dunder_names", required=True))
+    bindable_dunder_names = frozenset(comp.strs("bindable_dunder_names"))
+    statement_calls_refused = frozenset(comp.strs("statement_calls_refused"))
+    comp.done()
+    trip = top.table("tripwire", required=True)
+    tripwire = TripwireRule(
+        events=frozenset(trip.strs("events", required=True)),
+        event_prefixes=trip.strs("event_prefixes", required=True),
+        host_import_top_levels=frozenset(trip.strs("host_import_top_levels", required=True)),
+        deny_imports=frozenset(trip.strs("deny_imports", required=True)),
+    )
+    trip.done()
     modules: dict[str, ModuleRule] = {}
-    for name, spec in doc.get("modules", {}).items():
+    for name, spec in top.tables("modules").items():
+        _dotted(name, "module")
         modules[name] = ModuleRule(
             name=name,
-            attrs=frozenset(_strs(spec.get("attrs", []), f"modules.{name}.attrs")),
-            classes_from=_strs(spec.get("classes_from", []), f"modules.{name}.classes_from"),
-            functions=_strs(spec.get("functions", []), f"modules.{name}.functions"),
-            constants=bool(spec.get("constants", False)),
-            any_submodule=bool(spec.get("any_submodule", False)),
-            stub_denied=bool(spec.get("stub_denied", False)),
-            variable_functions=bool(spec.get("variable_functions", False)),
-            suspend_tripwire=frozenset(_strs(spec.get("suspend_tripwire", []), f"modules.{name}.suspend")),
-            replace=MappingProxyType(dict(spec.get("replace", {}))),
+            attrs=frozenset(spec.strs("attrs")),
+            classes_from=tuple(_dotted(p, f"modules.{name}.classes_from") for p in spec.strs("classes_from")),
+            functions=spec.strs("functions"),
+            constants=spec.flag("constants"),
+            any_submodule=spec.flag("any_submodule"),
+            stub_denied=spec.flag("stub_denied"),
+            variable_functions=spec.flag("variable_functions"),
+            suspend_tripwire=frozenset(spec.strs("suspend_tripwire")),
+            replace=MappingProxyType(spec.str_map("replace", REPLACEMENTS)),
         )
-    types = tuple(
-        TypeRule(
-            type_path=path,
-            attrs=frozenset(_strs(spec.get("attrs", []), f"types.{path}.attrs")),
-            dynamic=frozenset(_strs(spec.get("dynamic", []), f"types.{path}.dynamic")),
-            class_methods_from=_strs(spec.get("class_methods_from", []), f"types.{path}.class_methods_from"),
-            tensor_ops=bool(spec.get("tensor_ops", False)),
+        spec.done()
+    types: list[TypeRule] = []
+    for path, spec in top.tables("types").items():
+        dynamic = spec.strs("dynamic")
+        unknown = sorted(set(dynamic) - DYNAMIC_RULES)
+        if unknown:
+            raise _fail(f"policy: types.{path}.dynamic has unknown rule(s) {unknown}; known: {sorted(DYNAMIC_RULES)}")
+        types.append(
+            TypeRule(
+                type_path=_dotted(path, "type"),
+                attrs=frozenset(spec.strs("attrs")),
+                dynamic=frozenset(dynamic),
+                class_methods_from=tuple(
+                    _dotted(p, f"types.{path}.class_methods_from") for p in spec.strs("class_methods_from")
+                ),
+                tensor_ops=spec.flag("tensor_ops"),
+            )
         )
-        for path, spec in doc.get("types", {}).items()
-    )
+        spec.done()
+    top.done()
     return SandboxPolicy(
         version=version,
-        import_aliases=MappingProxyType(dict(imports.get("aliases", {}))),
+        import_aliases=MappingProxyType(aliases),
         modules=MappingProxyType(modules),
-        deny=DenyRule(
-            names=frozenset(_strs(deny["names"], "deny.names")),
-            prefixes=_strs(deny["prefixes"], "deny.prefixes"),
-            suffixes=_strs(deny["suffixes"], "deny.suffixes"),
-            allow=frozenset(_strs(deny.get("allow", []), "deny.allow")),
-        ),
-        builtin_names=frozenset(_strs(builtins_["names"], "builtins.names")),
-        refused_builtins=frozenset(_strs(builtins_.get("refused", []), "builtins.refused")),
-        max_range=int(builtins_["max_range"]),
-        allowed_def_names=frozenset(_strs(comp["allowed_def_names"], "compile.allowed_def_names")),
-        allowed_dunder_attrs=frozenset(_strs(comp["allowed_dunder_attrs"], "compile.allowed_dunder_attrs")),
-        readable_dunder_names=frozenset(_strs(comp["readable_dunder_names"], "compile.readable_dunder_names")),
-        bindable_dunder_names=frozenset(_strs(comp.get("bindable_dunder_names", []), "compile.bindable")),
-        statement_calls_refused=frozenset(_strs(comp.get("statement_calls_refused", []), "compile.statement_calls")),
-        tripwire=TripwireRule(
-            events=frozenset(_strs(trip["events"], "tripwire.events")),
-            event_prefixes=_strs(trip["event_prefixes"], "tripwire.event_prefixes"),
-            host_import_top_levels=frozenset(_strs(trip["host_import_top_levels"], "tripwire.host_imports")),
-            deny_imports=frozenset(_strs(trip["deny_imports"], "tripwire.deny_imports")),
-        ),
-        types=types,
-        no_construct_bases=_strs(doc.get("no_construct", {}).get("bases", []), "no_construct.bases"),
-        attribute_key_bases=_strs(doc.get("attribute_keys", {}).get("bases", []), "attribute_keys.bases"),
-        attribute_key_subclassable=_strs(
-            doc.get("attribute_keys", {}).get("subclassable", []), "attribute_keys.subclassable"
-        ),
+        deny=deny_rule,
+        builtin_names=builtin_names,
+        refused_builtins=refused_builtins,
+        max_range=max_range,
+        allowed_def_names=allowed_def_names,
+        allowed_dunder_attrs=allowed_dunder_attrs,
+        readable_dunder_names=readable_dunder_names,
+        bindable_dunder_names=bindable_dunder_names,
+        statement_calls_refused=statement_calls_refused,
+        tripwire=tripwire,
+        types=tuple(types),
+        no_construct_bases=no_construct_bases,
+        attribute_key_bases=key_bases,
+        attribute_key_subclassable=key_subclassable,
+        value_types=value_types,
+        builtin_bases=builtin_bases,
+        reviewed_getattr=reviewed_getattr,
+        argument_guards=MappingProxyType(argument_guards),
     )
+
+
+def _strs(value: object, where: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise _fail(f"policy: {where} must be a list of strings")
+    return tuple(value)
 
 
 @functools.lru_cache(maxsize=1)
@@ -283,6 +443,54 @@ def _pipeline_data() -> tuple[str, frozenset[str], frozenset[str], frozenset[str
         | frozenset(_strs(doc.get("unavailable_pipelines", []), "unavailable_pipelines")),
         frozenset(_strs(doc.get("unavailable_pipelines", []), "unavailable_pipelines")),
     )
+
+
+@functools.lru_cache(maxsize=1)
+def torch_operator_data() -> tuple[str, frozenset[str]]:
+    """(torch version, operator names) from the generated ``torch_ops.toml`` (see _gen_torch_ops)."""
+    data = resources.files(__name__).joinpath("torch_ops.toml").read_bytes()
+    top = _Table(tomllib.loads(data.decode("utf-8")), "")
+    if top._get("version", True) != 1:
+        raise _fail("torch_ops.toml: unknown `version`")
+    torch_version = top._get("torch_version", True)
+    if not isinstance(torch_version, str):
+        raise _fail("torch_ops.toml: `torch_version` must be a string")
+    names = frozenset(top.strs("operators", required=True))
+    top.done()
+    return torch_version, names
+
+
+@dataclass(frozen=True)
+class GeneratedNames:
+    """Names a rule of the policy admits, generated from one library version (see _gen_diffusers_names)."""
+
+    package: str
+    library_version: str
+    #: the ``class_methods_from`` prefixes the member lists cover
+    member_prefixes: frozenset[str]
+    #: public classes defined in the package (``classes_from``)
+    classes: frozenset[str]
+    #: class qualname -> public names its body defines (``class_methods_from``)
+    members: Mapping[str, frozenset[str]]
+
+
+@functools.lru_cache(maxsize=1)
+def diffusers_name_data() -> GeneratedNames:
+    """The generated ``diffusers_names.toml``, parsed strictly."""
+    data = resources.files(__name__).joinpath("diffusers_names.toml").read_bytes()
+    top = _Table(tomllib.loads(data.decode("utf-8")), "")
+    if top._get("version", True) != 1:
+        raise _fail("diffusers_names.toml: unknown `version`")
+    library_version = top._get("diffusers_version", True)
+    if not isinstance(library_version, str):
+        raise _fail("diffusers_names.toml: `diffusers_version` must be a string")
+    prefixes = frozenset(top.strs("class_methods_from_prefixes", required=True))
+    classes = frozenset(top.strs("classes", required=True))
+    members_table = top.table("members", required=True)
+    members = {name: frozenset(members_table.strs(name)) for name in list(members_table._d)}
+    members_table.done()
+    top.done()
+    return GeneratedNames("diffusers", library_version, prefixes, classes, MappingProxyType(members))
 
 
 def diffusers_pipeline_names() -> frozenset[str]:

@@ -11,9 +11,11 @@ code hands it: names are checked with ``type(name) is str`` and every refusal is
 
 Modules (one :class:`Sandbox` built in layers, each a class in its own module):
 
-- ``_base``: the sandbox's state, ownership (``owns``) and ``check_value``;
+- ``_base``: the sandbox's state, the resolved policy (``policy.resolve``: fails closed), ownership
+  (``owns``) and ``check_value``;
 - ``facades``: imports, module facades and the sandbox replacements of host functions;
-- ``attributes``: ``guarded_getattr`` and every attribute decision;
+- ``attributes``: ``guarded_getattr`` and ``decide_attribute`` (-> :class:`Verdict`), the one
+  attribute decision;
 - ``hooks``: items, iteration, writes, in-place operators, function wrapping, class creation,
   builtins and the globals the compiled module runs with;
 - ``objects``: the stand-ins sandboxed code holds (Facade, DeniedName, ClassView, ClassRef, ...);
@@ -23,6 +25,7 @@ Modules (one :class:`Sandbox` built in layers, each a class in its own module):
 
 from __future__ import annotations
 
+from pipewarden.sandbox.runtime.attributes import Verdict
 from pipewarden.sandbox.runtime.hooks import GuardHooks
 from pipewarden.sandbox.runtime.objects import (
     ClassRef,
@@ -33,7 +36,7 @@ from pipewarden.sandbox.runtime.objects import (
     SandboxLogger,
 )
 
-__all__ = ["ClassRef", "ClassView", "DeniedName", "Facade", "KeyCheckedClass", "Sandbox", "SandboxLogger"]
+__all__ = ["ClassRef", "ClassView", "DeniedName", "Facade", "KeyCheckedClass", "Sandbox", "SandboxLogger", "Verdict"]
 
 
 class Sandbox(GuardHooks):

@@ -13,6 +13,7 @@ import weakref
 from typing import TYPE_CHECKING, Any, cast
 
 from pipewarden.sandbox.policy import SandboxPolicy, TypeRule
+from pipewarden.sandbox.policy.resolve import resolve_policy
 from pipewarden.sandbox.runtime._common import _FORBIDDEN_VALUE_TYPES, _violation
 from pipewarden.sandbox.runtime.objects import Facade, _SafeFormatter
 
@@ -25,19 +26,17 @@ class SandboxBase:
 
     def __init__(self, policy: SandboxPolicy, module_name: str) -> None:
         self.policy = policy
+        # Every class path and module the policy names resolves, or PolicyError (fail closed).
+        self.resolved = resolve_policy(policy)
         self.module_name = module_name
         self._facades: dict[str, Facade] = {}
         self._real_modules: dict[str, types.ModuleType] = {}
         self._facade_cache: dict[tuple[str, str, bool], Any] = {}
         self._decisions: dict[tuple[type, str], Any] = {}
         self._rules_for_type: dict[type, tuple[TypeRule, ...]] = {}
-        self._resolved_rules: list[tuple[type, TypeRule]] | None = None
         self._classes: weakref.WeakSet[type] = weakref.WeakSet()
         self._owned_type_cache: dict[type, bool] = {}
         self._functions: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._variable_functions: frozenset[str] | None = None
-        self._no_construct_types: tuple[type, ...] | None = None
-        self._attribute_key_types: tuple[type, ...] | None = None
         self._snapshot_cache: dict[int, tuple[Any, Any]] = {}
         self._formatter = _SafeFormatter(cast("GuardHooks", self))  # SandboxBase is only ever a Sandbox's first layer
         self._deny = policy.deny

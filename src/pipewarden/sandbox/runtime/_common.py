@@ -4,8 +4,6 @@ and the resolution of dotted class paths named in the policy. Decides nothing it
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import logging
 import operator
 import types
@@ -14,6 +12,7 @@ from typing import Any
 
 from pipewarden.errors import PolicyViolation
 from pipewarden.sandbox import tripwire
+from pipewarden.sandbox.policy.resolve import resolve_optional_class_path
 
 _LOG = logging.getLogger("pipewarden.sandbox")
 _PRINT_LOG = logging.getLogger("pipewarden.sandbox.print")
@@ -28,13 +27,6 @@ _FORBIDDEN_VALUE_TYPES: frozenset[type] = frozenset(
         types.CodeType,
         types.TracebackType,
         types.CellType,
-    }
-)
-# Plain value types: their public methods are pure. str.format/format_map are replaced.
-_VALUE_TYPES: frozenset[type] = frozenset(
-    {
-        str, bytes, int, float, bool, complex, list, tuple, dict, set, frozenset, range, slice, type(None),
-        bytearray, types.MappingProxyType,  # read-only views (inspect.Signature.parameters)
     }
 )
 _WRITABLE_CONTAINERS: frozenset[type] = frozenset({list, dict, set, bytearray})
@@ -61,14 +53,7 @@ _INPLACE_OPS: dict[str, Callable[[Any, Any], Any]] = {
 }
 
 
-#: Host classes whose __getattr__ only looks up the object's own data (submodules, config values).
-_REVIEWED_GETATTR = frozenset(
-    {"torch.nn.modules.module.Module", "diffusers.configuration_utils.ConfigMixin"}
-)
 
-_DENIED = object()
-_DYN_OWNED = object()
-_DYN_HOST = object()
 
 
 def _violation(what: str, rule: str, fix: str = "") -> PolicyViolation:
@@ -115,20 +100,8 @@ def _suspending(fn: Callable[..., Any]) -> Callable[..., Any]:
     return call
 
 
-@functools.lru_cache(maxsize=256)
 def _resolve_type_path(path: str) -> type | None:
-    """'torch.nn.Module' -> the class, importing the longest importable module prefix; None if absent."""
-    if path == "BaseException":
-        return BaseException
-    parts = path.split(".")
-    for cut in range(len(parts) - 1, 0, -1):
-        mod_name = ".".join(parts[:cut])
-        try:
-            with tripwire.suspended():
-                obj: Any = importlib.import_module(mod_name)
-                for attr in parts[cut:]:
-                    obj = getattr(obj, attr)
-        except Exception:  # noqa: BLE001 - optional library missing or renamed: no rule
-            continue
-        return obj if isinstance(obj, type) else None
-    return None
+    """'torch.nn.Module' -> the class; None only when its top-level package is not installed at all.
+
+    A path under an installed package that does not resolve raises PolicyError (fail closed)."""
+    return resolve_optional_class_path(path)

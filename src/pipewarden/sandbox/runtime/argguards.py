@@ -141,13 +141,13 @@ def _config_dict_only(box: AttributeRules, fn: Callable[..., Any], where: str) -
     return from_config
 
 
-#: Methods whose arguments decide between pure computation and I/O (or host-side format
-#: traversal): wrapped when read, on every object.
-_ARGUMENT_GUARDS: dict[str, Callable[[AttributeRules, Callable[..., Any], str], Callable[..., Any]]] = {
-    "from_config": _config_dict_only,
-    "set_progress_bar_config": _progress_bar_config_guard,
-    "progress_bar": _progress_bar_guard,
-    "register_modules": _register_modules_guard,
+#: The argument guards by the name the policy's ``[argument_guards]`` table gives them (which
+#: method gets which guard is policy data; tests check this table implements the whole vocabulary).
+ARGUMENT_GUARD_IMPLS: dict[str, Callable[[AttributeRules, Callable[..., Any], str], Callable[..., Any]]] = {
+    "config-dict-only": _config_dict_only,
+    "progress-bar-config": _progress_bar_config_guard,
+    "progress-bar": _progress_bar_guard,
+    "register-modules": _register_modules_guard,
 }
 
 

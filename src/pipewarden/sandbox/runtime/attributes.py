@@ -1,9 +1,11 @@
 """Attribute reads: ``obj.name`` in sandboxed code goes through ``guarded_getattr``.
 
-Decides: which attribute of which object may be read (the global deny list, per-type rules of
-the policy, the rules for the sandbox's own objects) and what the read returns (snapshots of host
-state, argument-guarded methods, safe str.format). Trusts: the policy's type rules and the host
-classes they name."""
+Decides: which attribute of which object may be read -- :meth:`AttributeRules.decide_attribute`,
+returning a :class:`Verdict`, is the only attribute decision (the global deny list, the per-type
+rules of the policy, the rules for the sandbox's own objects, plain value types) -- and what the
+read returns (snapshots of host state, argument-guarded methods, safe str.format). Trusts: the
+resolved policy (its type rules and the host classes they name); nothing about the object read.
+"""
 
 from __future__ import annotations
 
@@ -18,17 +20,14 @@ from pipewarden.sandbox.policy import TypeRule
 from pipewarden.sandbox.runtime._common import (
     _CALL_DUNDERS,
     _FORBIDDEN_VALUE_TYPES,
-    _REVIEWED_GETATTR,
     _STR_DUNDERS,
-    _VALUE_TYPES,
     _WRITABLE_CONTAINERS,
     _is_unbound_method,
-    _resolve_type_path,
     _static_lookup,
     _tname,
     _violation,
 )
-from pipewarden.sandbox.runtime.argguards import _ARGUMENT_GUARDS, _first_field_check
+from pipewarden.sandbox.runtime.argguards import ARGUMENT_GUARD_IMPLS, _first_field_check
 from pipewarden.sandbox.runtime.facades import FacadeResolver
 from pipewarden.sandbox.runtime.objects import (
     _LOGGER_METHODS,
@@ -47,23 +46,31 @@ from pipewarden.sandbox.runtime.snapshots import (
     _private_copy,
 )
 
-_DENIED = object()
-_DYN_OWNED = object()
-_DYN_HOST = object()
+
+class Verdict(enum.Enum):
+    """The answer to "may sandboxed code read ``obj.name``?" (:meth:`AttributeRules.decide_attribute`)."""
+
+    ALLOW = "allow"
+    #: Refused: no allowlist gives the name (rule ``attribute.not-allowlisted``).
+    NOT_LISTED = "not-listed"
+    #: Refused on every object by the policy's ``[deny]`` list (rule ``attribute.denied``).
+    DENIED = "denied"
+    # Type-level answers, cached per (type, name); decide_attribute settles them on the object:
+    #: allowed iff the name is in the sandbox object's own ``__dict__``.
+    IF_OWN_ATTRIBUTE = "if-own-attribute"
+    #: allowed iff a dynamic rule of the type lists it (config keys, submodules, dataclass fields, ...).
+    IF_DYNAMIC_RULE = "if-dynamic-rule"
+
+
+def _verdict(ok: bool) -> Verdict:
+    return Verdict.ALLOW if ok else Verdict.NOT_LISTED
 
 
 class AttributeRules(FacadeResolver):
     """Attribute decisions (third layer of :class:`~pipewarden.sandbox.runtime.Sandbox`)."""
 
     def _resolve_rules(self) -> list[tuple[type, TypeRule]]:
-        if self._resolved_rules is None:
-            resolved: list[tuple[type, TypeRule]] = []
-            for rule in self.policy.types:
-                cls = _resolve_type_path(rule.type_path)
-                if cls is not None:
-                    resolved.append((cls, rule))
-            self._resolved_rules = resolved
-        return self._resolved_rules
+        return list(self.resolved.type_rules)
 
     def rules_for(self, t: type) -> tuple[TypeRule, ...]:
         hit = self._rules_for_type.get(t)
@@ -87,11 +94,17 @@ class AttributeRules(FacadeResolver):
         for klass in t.__mro__:
             if name in klass.__dict__:
                 mod = getattr(klass, "__module__", "") or ""
-                return isinstance(mod, str) and any(mod == p or mod.startswith(p + ".") for p in prefixes)
+                if not isinstance(mod, str) or not any(mod == p or mod.startswith(p + ".") for p in prefixes):
+                    return False
+                generated = self.resolved.generated.get(mod.split(".")[0])
+                if generated is None:
+                    return True
+                # generated, versioned data (diffusers_names.toml): only the names it lists
+                return name in generated.members.get(klass.__qualname__, ())
         return False
 
-    def _static_allowed(self, t: type, name: str, *, on_class: bool) -> bool:
-        """Allowed by the type rules alone (cacheable); dynamic rules are checked separately."""
+    def _listed_by_type_rules(self, t: type, name: str) -> bool:
+        """Does a per-type rule list the name (attrs, tensor_ops, class_methods_from)? Cacheable."""
         for rule in self.rules_for(t):
             if name in rule.attrs:
                 return True
@@ -104,7 +117,8 @@ class AttributeRules(FacadeResolver):
                     return True
         return False
 
-    def _dynamic_allowed(self, obj: Any, t: type, name: str) -> bool:
+    def _listed_dynamically(self, obj: Any, t: type, name: str) -> bool:
+        """Does a dynamic rule of the type list the name for this object (config keys, ...)?"""
         if name.startswith("_"):
             return False
         for rule in self.rules_for(t):
@@ -138,44 +152,62 @@ class AttributeRules(FacadeResolver):
         return False
 
     @staticmethod
-    def _owned_name_verdict(name: str) -> bool | None:
+    def _owned_name_verdict(name: str) -> Verdict | None:
         """The name-only part of the rules for the sandbox's own objects (None: undecided)."""
         if name.startswith("__"):
-            return name in _STR_DUNDERS or name in _CALL_DUNDERS
+            return _verdict(name in _STR_DUNDERS or name in _CALL_DUNDERS)
         if name.endswith("_") and name.startswith("_"):
-            return False
+            return Verdict.NOT_LISTED
         return None
 
-    def _owned_type_verdict(self, klass_t: type, name: str, *, on_class: bool) -> bool | None:
-        """The class-level part: True/False when the class decides, None when only the
-        instance's dynamic rules can still allow the name."""
+    def _owned_class_verdict(self, klass_t: type, name: str) -> Verdict | None:
+        """The class-level part for the sandbox's own objects: ALLOW/NOT_LISTED when the class
+        decides, None when only the instance's dynamic rules can still allow the name."""
         defined = False
         for klass in klass_t.__mro__:
             if name in klass.__dict__:
                 if klass in self._classes:
-                    return True
+                    return Verdict.ALLOW
                 defined = True
                 break
         if self._deny.denies(name) or self._deny.denies(name.lstrip("_")):
-            return False
+            return Verdict.NOT_LISTED
         if not defined:
             # Not defined anywhere: the lookup raises a fresh AttributeError (or reads the config
             # through ConfigMixin.__getattr__), so ``hasattr(self, "x")`` idioms keep working.
-            return self._fallback_getattr_reviewed(klass_t)
-        return True if self._static_allowed(klass_t, name, on_class=on_class) else None
+            return _verdict(self._fallback_getattr_reviewed(klass_t))
+        return Verdict.ALLOW if self._listed_by_type_rules(klass_t, name) else None
 
-    def _owned_allowed(self, obj: Any, t: type, name: str) -> bool:
-        """Attribute of an object whose class the sandbox defined (the pipeline, its helpers)."""
+    def _owned_verdict(self, obj: Any, t: type, name: str) -> Verdict:
+        """Settled verdict for an object (or class) the sandbox defined (the pipeline, its helpers)."""
         by_name = self._owned_name_verdict(name)
         if by_name is not None:
             return by_name
         d = getattr(obj, "__dict__", None) if not isinstance(obj, type) else None
         if isinstance(d, dict) and name in d:
-            return not self._deny.denies(name.lstrip("_"))
+            return _verdict(not self._deny.denies(name.lstrip("_")))
         on_class = isinstance(obj, type)
-        verdict = self._owned_type_verdict(obj if on_class else t, name, on_class=on_class)
+        verdict = self._owned_class_verdict(obj if on_class else t, name)
         if verdict is None:
-            return self._dynamic_allowed(obj, t, name)
+            return _verdict(self._listed_dynamically(obj, t, name))
+        return verdict
+
+    def decide_attribute(self, obj: Any, name: str) -> Verdict:
+        """The one attribute decision: ALLOW, NOT_LISTED or DENIED for ``obj.name`` (name: a str).
+
+        The part that depends on the type and name only is cached per (type, name); the part that
+        depends on the object (its own ``__dict__``, its config keys, submodules or dataclass fields)
+        is settled here on every read.
+        """
+        t = type(obj)
+        verdict: Verdict | None = self._decisions.get((t, name))
+        if verdict is None:
+            verdict = self._type_verdict(obj, t, name)
+        if verdict is Verdict.IF_OWN_ATTRIBUTE:
+            d = getattr(obj, "__dict__", None)
+            return _verdict(type(d) is dict and name in d)
+        if verdict is Verdict.IF_DYNAMIC_RULE:
+            return _verdict(self._listed_dynamically(obj, t, name))
         return verdict
 
     def guarded_getattr(self, obj: Any, name: Any) -> Any:
@@ -184,28 +216,18 @@ class AttributeRules(FacadeResolver):
         t = type(obj)
         if t is Facade:
             return self.facade_attr(obj, name)
-        decision = self._decisions.get((t, name))
-        if decision is None:
-            decision = self._decide(obj, t, name)
-        if decision is not True:
-            if decision is _DYN_OWNED:
-                d = getattr(obj, "__dict__", None)
-                ok = type(d) is dict and name in d
-            elif decision is _DYN_HOST:
-                ok = self._dynamic_allowed(obj, t, name)
-            elif decision is _DENIED:
+        verdict = self.decide_attribute(obj, name)
+        if verdict is not Verdict.ALLOW:
+            if verdict is Verdict.DENIED:
                 raise _violation(
                     f"{_tname(obj)}.{name} is refused on every object (files, network, process or hooks)",
                     "attribute.denied",
                 )
-            else:
-                ok = bool(decision)
-            if not ok:
-                raise _violation(
-                    f"reading {name!r} of a {_tname(obj)} is not allowed in the sandbox",
-                    "attribute.not-allowlisted",
-                    "the per-type attribute allowlists in the sandbox policy list what pipelines may read",
-                )
+            raise _violation(
+                f"reading {name!r} of a {_tname(obj)} is not allowed in the sandbox",
+                "attribute.not-allowlisted",
+                "the per-type attribute allowlists in the sandbox policy list what pipelines may read",
+            )
         if t is str and name in ("format", "format_map"):
             return self._safe_format(obj, name)
         if obj is str and name in ("format", "format_map"):
@@ -219,8 +241,9 @@ class AttributeRules(FacadeResolver):
             self.check_value(value, f"{_tname(obj)}.{name}")
         if name in _STR_DUNDERS and not isinstance(value, (str, type(None))):
             raise _violation(f"{name} of a {_tname(obj)} is not a string", "attribute.dunder")
-        if name in _ARGUMENT_GUARDS and callable(value):
-            return _ARGUMENT_GUARDS[name](self, value, f"{_tname(obj)}.{name}")
+        guard = self.policy.argument_guards.get(name)
+        if guard is not None and callable(value):
+            return ARGUMENT_GUARD_IMPLS[guard](self, value, f"{_tname(obj)}.{name}")
         if (t_value in _WRITABLE_CONTAINERS or t_value in _SNAPSHOT_MAPPINGS or _is_frozen_config(value)) and (
             t not in _WRITABLE_CONTAINERS and self._held_by_host(obj, name)
         ):
@@ -304,79 +327,83 @@ class AttributeRules(FacadeResolver):
 
         return call
 
-    def _decide(self, obj: Any, t: type, name: str) -> Any:
-        """Decide; cache the answer when it depends on the type and name only.
-
-        Returns True, False, _DENIED, or a marker for the part that depends on the object:
-        _DYN_OWNED (allowed iff it is an attribute of the sandbox object itself) or _DYN_HOST
-        (the dynamic per-type rules: config keys, submodules, dataclass fields).
-        """
+    def _type_verdict(self, obj: Any, t: type, name: str) -> Verdict:
+        """The part of :meth:`decide_attribute` that depends on the type and name; cached when it
+        depends on nothing else. May answer IF_OWN_ATTRIBUTE or IF_DYNAMIC_RULE."""
         if self._deny.denies(name):
-            self._decisions[(t, name)] = _DENIED
-            return _DENIED
+            self._decisions[(t, name)] = Verdict.DENIED
+            return Verdict.DENIED
         cacheable = True
-        ok: Any
+        verdict: Verdict
         if t is ClassView:
-            ok = name in ("__name__", "__qualname__", "__module__")
+            verdict = _verdict(name in ("__name__", "__qualname__", "__module__"))
         elif t is ClassRef or t is KeyCheckedClass:
-            ok = False
+            verdict = Verdict.NOT_LISTED
         elif t is SandboxLogger:
-            ok = name in _LOGGER_METHODS
+            verdict = _verdict(name in _LOGGER_METHODS)
         elif t is DeniedName:
             raise object.__getattribute__(obj, "_refuse")()
         elif self.owns(obj):
             if isinstance(obj, type):
-                ok = self._owned_allowed(obj, t, name)
+                verdict = self._owned_verdict(obj, t, name)
                 cacheable = False
             else:
-                ok = self._owned_allowed_static(t, name)
-                if ok is not True:
-                    ok = _DYN_OWNED if self._instance_name_ok(name) else False
+                by_name = self._owned_name_verdict(name)
+                if by_name is None:
+                    by_name = self._owned_class_verdict(t, name)
+                if by_name is Verdict.ALLOW:
+                    verdict = Verdict.ALLOW
+                elif self._instance_name_ok(name):
+                    verdict = Verdict.IF_OWN_ATTRIBUTE
+                else:
+                    verdict = Verdict.NOT_LISTED
         elif t is super:
             # super().__init__ / super().__call__ / super().method inside a sandboxed class; never
             # super(HostClass, host_object) (that would re-run host initialisers on host objects).
             self_obj = obj.__self__
             if self_obj is None or not self.owns(self_obj):
-                ok = False
+                verdict = Verdict.NOT_LISTED
             elif name in _CALL_DUNDERS:
-                ok = True
+                verdict = Verdict.ALLOW
             else:
-                ok = self._owned_allowed(self_obj, type(self_obj), name)
+                verdict = self._owned_verdict(self_obj, type(self_obj), name)
             cacheable = False
         elif name.startswith("__"):
             if name in _STR_DUNDERS:
-                ok = True
+                verdict = Verdict.ALLOW
             elif name in _CALL_DUNDERS:
-                ok = isinstance(obj, type) or name == "__call__"
+                verdict = _verdict(isinstance(obj, type) or name == "__call__")
             else:
-                ok = False
+                verdict = Verdict.NOT_LISTED
         elif name.startswith("_"):
-            ok = False
-        elif t in _VALUE_TYPES or t in _READONLY_TYPES:
-            ok = True
+            verdict = Verdict.NOT_LISTED
+        elif t in self.resolved.value_types or t in _READONLY_TYPES:
+            verdict = Verdict.ALLOW
         elif isinstance(obj, type):
             # Class-level access: value types' methods, enum members, the rules of the class itself.
-            if obj in _VALUE_TYPES:
-                ok = True
+            if obj in self.resolved.value_types:
+                verdict = Verdict.ALLOW
             elif issubclass(obj, enum.Enum):
-                ok = name in obj.__members__ or name in ("name", "value")
+                verdict = _verdict(name in obj.__members__ or name in ("name", "value"))
             else:
-                ok = self._static_allowed(obj, name, on_class=True)
+                verdict = _verdict(self._listed_by_type_rules(obj, name))
         elif isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial)):
-            ok = isinstance(obj, functools.partial) and name in ("func", "args", "keywords")
+            verdict = _verdict(isinstance(obj, functools.partial) and name in ("func", "args", "keywords"))
         elif isinstance(obj, types.GeneratorType):
-            ok = name in ("send", "close")
+            verdict = _verdict(name in ("send", "close"))
         elif isinstance(obj, tuple) and (
             name in (getattr(t, "_fields", None) or ()) or name in (getattr(t, "__match_args__", None) or ())
         ):
-            ok = True  # named fields of a namedtuple / torch.return_types structseq
+            verdict = Verdict.ALLOW  # named fields of a namedtuple / torch.return_types structseq
+        elif self._listed_by_type_rules(t, name):
+            verdict = Verdict.ALLOW
+        elif any(rule.dynamic for rule in self.rules_for(t)):
+            verdict = Verdict.IF_DYNAMIC_RULE
         else:
-            ok = self._static_allowed(t, name, on_class=False)
-            if not ok and not name.startswith("_") and any(rule.dynamic for rule in self.rules_for(t)):
-                ok = _DYN_HOST
+            verdict = Verdict.NOT_LISTED
         if cacheable:
-            self._decisions[(t, name)] = ok
-        return ok
+            self._decisions[(t, name)] = verdict
+        return verdict
 
     def _instance_name_ok(self, name: str) -> bool:
         """May an attribute of this name be read from the sandbox object's own __dict__?"""
@@ -386,13 +413,6 @@ class AttributeRules(FacadeResolver):
             return False
         return not self._deny.denies(name.lstrip("_"))
 
-    def _owned_allowed_static(self, t: type, name: str) -> bool:
-        """The type-level part of ``_owned_allowed`` for an instance of a sandbox class."""
-        by_name = self._owned_name_verdict(name)
-        if by_name is not None:
-            return by_name
-        return bool(self._owned_type_verdict(t, name, on_class=False))
-
     def _fallback_getattr_reviewed(self, t: type) -> bool:
         """A name no class defines reaches ``__getattr__``: only the reviewed ones (nn.Module's
         submodule/parameter lookup, ConfigMixin's config lookup, the sandbox's own)."""
@@ -400,8 +420,7 @@ class AttributeRules(FacadeResolver):
             if "__getattr__" in klass.__dict__:
                 if klass in self._classes:
                     return True
-                qual = f"{getattr(klass, '__module__', '')}.{getattr(klass, '__qualname__', '')}"
-                return qual in _REVIEWED_GETATTR
+                return klass in self.resolved.reviewed_getattr
         return True
 
     def _safe_format(self, s: str, name: str) -> Callable[..., str]:

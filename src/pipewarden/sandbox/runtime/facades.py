@@ -22,7 +22,6 @@ from pipewarden.sandbox.runtime._base import SandboxBase
 from pipewarden.sandbox.runtime._common import (
     _MISSING,
     _is_type_hint,
-    _resolve_type_path,
     _suspending,
     _tname,
     _violation,
@@ -110,13 +109,8 @@ class FacadeResolver(SandboxBase):
         return self.facade(top_name, self._import_real(top_name))
 
     def _vf_names(self) -> frozenset[str]:
-        if self._variable_functions is None:
-            import torch
-
-            self._variable_functions = frozenset(
-                n for n in dir(torch._C._VariableFunctions) if not n.startswith("_")
-            )
-        return self._variable_functions
+        """torch operators (generated data, ``policy/torch_ops.toml``) the installed torch also has."""
+        return self.resolved.torch_operators
 
     def _is_plain_constant(self, value: Any, rule: ModuleRule, depth: int = 0) -> bool:
         if depth > 4:
@@ -138,35 +132,19 @@ class FacadeResolver(SandboxBase):
         return False
 
     def _no_construct(self, cls: type) -> bool:
-        bases = self._no_construct_types
-        if bases is None:
-            bases = tuple(
-                t for t in (_resolve_type_path(p) for p in self.policy.no_construct_bases) if t is not None
-            )
-            self._no_construct_types = bases
+        bases = self.resolved.no_construct
         try:
             return bool(bases) and issubclass(cls, bases)
         except TypeError:
             return False
 
     def _key_class_subclassable(self, cls: type) -> bool:
-        allowed = tuple(
-            t for t in (_resolve_type_path(p) for p in self.policy.attribute_key_subclassable) if t is not None
-        )
-        forwarding = tuple(
-            t
-            for t in (_resolve_type_path(p) for p in self.policy.attribute_key_bases)
-            if t is not None and t not in allowed
-        )
+        allowed = self.resolved.attribute_key_subclassable
+        forwarding = tuple(t for t in self.resolved.attribute_key_bases if t not in allowed)
         return bool(allowed) and issubclass(cls, allowed) and not issubclass(cls, forwarding)
 
     def _keys_become_attributes(self, cls: type) -> bool:
-        bases = self._attribute_key_types
-        if bases is None:
-            bases = tuple(
-                t for t in (_resolve_type_path(p) for p in self.policy.attribute_key_bases) if t is not None
-            )
-            self._attribute_key_types = bases
+        bases = self.resolved.attribute_key_bases
         try:
             return bool(bases) and issubclass(cls, bases)
         except TypeError:
@@ -183,7 +161,11 @@ class FacadeResolver(SandboxBase):
         name = getattr(value, "__name__", "")
         if not isinstance(name, str) or name.startswith("_"):
             return False
-        return any(mod == p or mod.startswith(p + ".") for p in rule.classes_from)
+        if not any(mod == p or mod.startswith(p + ".") for p in rule.classes_from):
+            return False
+        generated = self.resolved.generated.get(mod.split(".")[0])
+        # generated, versioned data (diffusers_names.toml): only the classes it lists
+        return generated is None or name in generated.classes
 
     def facade_attr(self, facade: Facade, name: Any, *, for_import: bool = False) -> Any:
         if type(name) is not str:

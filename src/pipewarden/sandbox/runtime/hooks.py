@@ -182,7 +182,7 @@ class GuardHooks(AttributeRules):
                 raise _violation(f"class {name} derives from a metaclass", "class.metaclass")
             if issubclass(base, (str, bytes, Facade, DeniedName, ClassView, ClassRef, SandboxLogger, types.ModuleType)):
                 raise _violation(f"class {name} derives from {_tname(base)}", "class.bases")
-            if base.__module__ == "builtins" and base not in (object, dict, list, tuple, set, int, float) and not (
+            if base.__module__ == "builtins" and base not in self.resolved.builtin_bases and not (
                 issubclass(base, BaseException)
             ):
                 raise _violation(f"class {name} derives from the builtin {base.__name__}", "class.bases")

@@ -1,0 +1,247 @@
+"""Resolve a parsed policy against the installed libraries, failing closed.
+
+Every class path the policy names (``[types.*]``, ``[no_construct]``, ``[attribute_keys]``,
+``[values]``, ``[getattr]``, ``[writes]``, ``[snapshots]``) and every module table must resolve, or
+:func:`resolve_policy` raises :class:`~pipewarden.errors.PolicyError` naming each one that did not.
+A protection can therefore not vanish silently after a library upgrade renames a class.
+
+One exception, stated here and in default.toml: entries under a top-level package that is not
+installed at all (``transformers`` is optional) are skipped -- nothing from an absent package can
+reach sandboxed code, so there is nothing for them to allow or deny.
+
+Trusted code: imports the host libraries the policy names (tripwire suspended). Run before any
+sandboxed code (every :class:`~pipewarden.sandbox.runtime.Sandbox` does on construction).
+"""
+
+from __future__ import annotations
+
+import builtins
+import functools
+import importlib
+import importlib.util
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from pipewarden.errors import PolicyError
+from pipewarden.sandbox.policy import (
+    GeneratedNames,
+    SandboxPolicy,
+    TypeRule,
+    diffusers_name_data,
+    torch_operator_data,
+)
+from pipewarden.sandbox.policy._gen_torch_ops import base_version
+
+_LOG = logging.getLogger("pipewarden.sandbox")
+
+__all__ = ["ResolvedPolicy", "resolve_class_path", "resolve_optional_class_path", "resolve_policy"]
+
+
+class _Unresolved(Exception):
+    pass
+
+
+@functools.lru_cache(maxsize=64)
+def _installed(top: str) -> bool:
+    if top == "builtins":
+        return True
+    try:
+        return importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def _suspended() -> Any:
+    from pipewarden.sandbox import tripwire
+
+    return tripwire.suspended()
+
+
+@functools.lru_cache(maxsize=512)
+def _lookup(path: str) -> object:
+    """'torch.nn.Module' -> the object, importing the longest importable module prefix."""
+    parts = path.split(".")
+    if len(parts) == 1:
+        if hasattr(builtins, path):
+            return getattr(builtins, path)
+        raise _Unresolved(path)
+    for cut in range(len(parts) - 1, 0, -1):
+        mod_name = ".".join(parts[:cut])
+        try:
+            with _suspended():
+                obj: Any = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        try:
+            with _suspended():
+                for attr in parts[cut:]:
+                    obj = getattr(obj, attr)
+        except Exception:  # noqa: BLE001 - a lazy attribute failing to import: unresolved
+            raise _Unresolved(path) from None
+        return obj
+    raise _Unresolved(path)
+
+
+def _optional_absent(path: str) -> bool:
+    top = path.split(".")[0]
+    return "." in path and not _installed(top)
+
+
+def resolve_class_path(path: str) -> type:
+    """The class a policy path names; raises PolicyError if it does not resolve to a class."""
+    try:
+        obj = _lookup(path)
+    except _Unresolved:
+        obj = None
+    if not isinstance(obj, type):
+        raise PolicyError(
+            f"the sandbox policy names the class {path!r}, which does not resolve in the installed libraries",
+            rule="policy.unresolved",
+            fix="install the library versions the policy was reviewed for (constraints.txt), or update the "
+            "policy entry to the class's new path and review what it allows",
+        )
+    return obj
+
+
+def resolve_optional_class_path(path: str) -> type | None:
+    """Like :func:`resolve_class_path`, but None when the path's top-level package is not installed."""
+    if _optional_absent(path):
+        return None
+    return resolve_class_path(path)
+
+
+@dataclass(frozen=True)
+class ResolvedPolicy:
+    """The classes a policy names, resolved. Built only by :func:`resolve_policy`."""
+
+    policy: SandboxPolicy
+    type_rules: tuple[tuple[type, TypeRule], ...]
+    no_construct: tuple[type, ...]
+    attribute_key_bases: tuple[type, ...]
+    attribute_key_subclassable: tuple[type, ...]
+    value_types: frozenset[type]
+    builtin_bases: frozenset[type]
+    reviewed_getattr: frozenset[type]
+    #: The generated torch operator names (torch_ops.toml) that the installed torch also has.
+    torch_operators: frozenset[str]
+    #: generated name lists by top-level package (diffusers_names.toml): classes_from and
+    #: class_methods_from admit only names listed here for these packages.
+    generated: Mapping[str, GeneratedNames]
+
+
+def _classes(paths: tuple[str, ...], where: str, missing: list[str]) -> tuple[type, ...]:
+    found: list[type] = []
+    for path in paths:
+        if _optional_absent(path):
+            continue
+        try:
+            found.append(resolve_class_path(path))
+        except PolicyError:
+            missing.append(f"{where}: {path}")
+    return tuple(found)
+
+
+def _check_modules(policy: SandboxPolicy, missing: list[str]) -> None:
+    for name in policy.modules:
+        if _optional_absent(name) or (not _installed(name.split(".")[0])):
+            continue
+        try:
+            with _suspended():
+                importlib.import_module(name)
+        except Exception:  # noqa: BLE001 - any failure to import: the table names nothing
+            missing.append(f"modules: {name}")
+
+
+@functools.lru_cache(maxsize=1)
+def _torch_operators() -> frozenset[str]:
+    """The shipped operator list, restricted to what the installed torch has: never a name the
+    reviewed list lacks. A different torch version is logged (regenerate and review the diff)."""
+    shipped_version, shipped = torch_operator_data()
+    if not _installed("torch"):
+        return frozenset()
+    with _suspended():
+        import torch
+
+    installed = frozenset(n for n in dir(torch._C._VariableFunctions) if not n.startswith("_"))
+    found = base_version(str(torch.__version__))
+    if found != shipped_version:
+        _LOG.warning(
+            "pipewarden: torch %s is installed but the sandbox's operator list was generated for torch %s; "
+            "only operators in both are available (%d new operators are not; regenerate torch_ops.toml "
+            "with python -m pipewarden.sandbox.policy._gen_torch_ops and review the diff)",
+            found, shipped_version, len(installed - shipped),
+        )
+    return shipped & installed
+
+
+def _generated_names(policy: SandboxPolicy, missing: list[str]) -> dict[str, GeneratedNames]:
+    """The generated name lists, checked to cover every rule of the policy that relies on them."""
+    names = diffusers_name_data()
+    if not _installed(names.package):
+        return {}
+    for rule in policy.types:
+        for prefix in rule.class_methods_from:
+            if prefix.split(".")[0] == names.package and prefix not in names.member_prefixes:
+                missing.append(f"types.{rule.type_path}.class_methods_from: {prefix} (not in diffusers_names.toml)")
+    with _suspended():
+        import diffusers
+
+    found = base_version(str(diffusers.__version__))
+    if found != names.library_version:
+        _LOG.warning(
+            "pipewarden: diffusers %s is installed but the sandbox's diffusers name lists were generated for "
+            "diffusers %s; classes and methods they do not list are refused (regenerate diffusers_names.toml "
+            "with python -m pipewarden.sandbox.policy._gen_diffusers_names and review the diff)",
+            found, names.library_version,
+        )
+    return {names.package: names}
+
+
+_CACHE: dict[int, ResolvedPolicy] = {}
+
+
+def resolve_policy(policy: SandboxPolicy) -> ResolvedPolicy:
+    """Resolve every class path and module ``policy`` names; PolicyError listing all that do not."""
+    hit = _CACHE.get(id(policy))
+    if hit is not None and hit.policy is policy:
+        return hit
+    missing: list[str] = []
+    type_rules: list[tuple[type, TypeRule]] = []
+    for rule in policy.types:
+        for cls in _classes((rule.type_path,), "types", missing):
+            type_rules.append((cls, rule))
+    no_construct = _classes(policy.no_construct_bases, "no_construct.bases", missing)
+    key_bases = _classes(policy.attribute_key_bases, "attribute_keys.bases", missing)
+    key_subclassable = _classes(policy.attribute_key_subclassable, "attribute_keys.subclassable", missing)
+    value_types = _classes(policy.value_types, "values.plain_types", missing)
+    builtin_bases = _classes(policy.builtin_bases, "classes.builtin_bases", missing)
+    reviewed_getattr = _classes(policy.reviewed_getattr, "getattr.reviewed", missing)
+    _check_modules(policy, missing)
+    generated = _generated_names(policy, missing)
+    if missing:
+        raise PolicyError(
+            "the sandbox policy names classes or modules that do not resolve in the installed libraries "
+            f"(it fails closed): {'; '.join(missing)}",
+            rule="policy.unresolved",
+            fix="install the library versions the policy was reviewed for (constraints.txt), or update these "
+            "entries to the new paths and review what they allow",
+        )
+    resolved = ResolvedPolicy(
+        policy=policy,
+        type_rules=tuple(type_rules),
+        no_construct=no_construct,
+        attribute_key_bases=key_bases,
+        attribute_key_subclassable=key_subclassable,
+        value_types=frozenset(value_types),
+        builtin_bases=frozenset(builtin_bases),
+        reviewed_getattr=frozenset(reviewed_getattr),
+        torch_operators=_torch_operators(),
+        generated=MappingProxyType(generated),
+    )
+    if len(_CACHE) > 16:
+        _CACHE.clear()
+    _CACHE[id(policy)] = resolved
+    return resolved

@@ -1,0 +1,268 @@
+"""The policy fails closed: a strict schema, and every class path and module it names must resolve."""
+
+from __future__ import annotations
+
+from importlib import resources
+
+import pytest
+
+from pipewarden.errors import PolicyError
+from pipewarden.sandbox import load_class
+from pipewarden.sandbox.policy import ARGUMENT_GUARDS, DYNAMIC_RULES, default_policy, load_policy_bytes
+from pipewarden.sandbox.policy.resolve import _lookup, resolve_policy
+
+SHIPPED = resources.files("pipewarden.sandbox.policy").joinpath("default.toml").read_text("utf-8")
+
+PIPELINE = """
+from diffusers import DiffusionPipeline
+
+class P(DiffusionPipeline):
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    def __call__(self):
+        return None
+"""
+
+
+def _copy(old: str, new: str) -> bytes:
+    assert SHIPPED.count(old) == 1, old
+    return SHIPPED.replace(old, new).encode()
+
+
+def test_shipped_policy_resolves():
+    resolved = resolve_policy(default_policy())
+    paths = {f"{c.__module__}.{c.__qualname__}" for c, _ in resolved.type_rules}
+    assert "diffusers.configuration_utils.FrozenDict" in paths
+    assert len(resolved.no_construct) == len(default_policy().no_construct_bases)
+    assert len(resolved.attribute_key_bases) == len(default_policy().attribute_key_bases)
+
+
+@pytest.mark.parametrize(
+    "old, new, named",
+    [
+        # a deny list entry renamed (as after a library upgrade): the protection must not vanish silently
+        ('"transformers.TrainingArguments", "transformers.Trainer",',
+         '"transformers.TrainingArguments", "transformers.TrainerRenamed",', "transformers.TrainerRenamed"),
+        ('"diffusers.configuration_utils.FrozenDict", "diffusers.utils.BaseOutput",',
+         '"diffusers.configuration_utils.FrozenDictV2", "diffusers.utils.BaseOutput",',
+         "diffusers.configuration_utils.FrozenDictV2"),
+        ('[types."diffusers.configuration_utils.FrozenDict"]', '[types."diffusers.configuration_utils.Frozen"]',
+         "diffusers.configuration_utils.Frozen"),
+        ('reviewed = ["torch.nn.modules.module.Module",', 'reviewed = ["torch.nn.modules.mod.Module",',
+         "torch.nn.modules.mod.Module"),
+        ('[modules."torch.nn.init"]', '[modules."torch.nn.initialisers"]', "torch.nn.initialisers"),
+    ],
+)
+def test_renamed_class_path_or_module_refuses_to_load(old, new, named):
+    policy = load_policy_bytes(_copy(old, new))  # the schema is fine; the name does not resolve
+    with pytest.raises(PolicyError) as info:
+        resolve_policy(policy)
+    assert info.value.rule == "policy.unresolved"
+    assert named in info.value.what
+    # and no pipeline loads under it: nothing runs with a protection missing
+    with pytest.raises(PolicyError):
+        load_class(PIPELINE, policy=policy)
+
+
+def test_class_deleted_from_the_library_refuses_to_load(monkeypatch):
+    """A library upgrade that removes a class the deny lists name: the policy refuses to load."""
+    import diffusers.configuration_utils
+
+    policy = load_policy_bytes(SHIPPED.encode())  # a fresh object: not cached
+    _lookup.cache_clear()
+    monkeypatch.delattr(diffusers.configuration_utils, "FrozenDict")
+    try:
+        with pytest.raises(PolicyError) as info:
+            resolve_policy(policy)
+        assert "diffusers.configuration_utils.FrozenDict" in info.value.what
+    finally:
+        monkeypatch.undo()
+        _lookup.cache_clear()
+    assert resolve_policy(policy).policy is policy
+
+
+@pytest.mark.parametrize(
+    "old, new, key",
+    [
+        ("version = 1\n", "version = 1\nstrict = false\n", "strict"),
+        ("[modules.gc]\n", "[modules.gc]\nclasses_form = [\"gc\"]\n", "classes_form"),
+        ('[types."torch.device"]\n', '[types."torch.device"]\nclass-methods-from = ["torch"]\n', "class-methods-from"),
+        ("max_range = 100_000_000\n", "max_range = 100_000_000\nmax_rnage = 5\n", "max_rnage"),
+        ("[no_construct]\n", "[no_construct]\nbase = []\n", "base"),
+    ],
+)
+def test_unknown_key_refuses_to_load(old, new, key):
+    with pytest.raises(PolicyError) as info:
+        load_policy_bytes(_copy(old, new))
+    assert info.value.rule == "policy.malformed"
+    assert key in info.value.what
+
+
+@pytest.mark.parametrize(
+    "old, new, value",
+    [
+        ('dynamic = ["instance-public"]\n', 'dynamic = ["instance-public", "class-methods-from"]\n',
+         "class-methods-from"),
+        ('replace = { deepcopy = "deepcopy-no-memo" }', 'replace = { deepcopy = "deepcopy" }', "deepcopy"),
+        ('from_config = "config-dict-only"', 'from_config = "config-dict"', "config-dict"),
+        ("[modules.gc]\n", "[modules.gc]\nconstants = 1\n", "constants"),
+        ('[types."torch.device"]\n', '[types."torch.device ; x"]\n', "torch.device ; x"),
+    ],
+)
+def test_unknown_value_refuses_to_load(old, new, value):
+    with pytest.raises(PolicyError) as info:
+        load_policy_bytes(_copy(old, new))
+    assert value in info.value.what
+
+
+def test_missing_required_section_refuses_to_load():
+    start = SHIPPED.index("[getattr]\n")
+    end = SHIPPED.index("\n\n", start)
+    with pytest.raises(PolicyError, match="getattr"):
+        load_policy_bytes((SHIPPED[:start] + SHIPPED[end:]).encode())
+
+
+def test_absent_optional_package_is_skipped_not_an_error():
+    """A top-level package that is not installed at all cannot reach sandboxed code: its entries are skipped."""
+    policy = load_policy_bytes(_copy('"transformers.TrainingArguments", "transformers.Trainer",',
+                                     '"transformers.TrainingArguments", "transformers.Trainer", '
+                                     '"pipewarden_not_installed_pkg.Thing",'))
+    resolved = resolve_policy(policy)
+    assert len(resolved.no_construct) == len(default_policy().no_construct_bases)
+
+
+def test_runtime_implements_the_policy_vocabulary():
+    from pipewarden.sandbox.runtime.argguards import ARGUMENT_GUARD_IMPLS
+
+    assert set(ARGUMENT_GUARD_IMPLS) == ARGUMENT_GUARDS
+    assert set(default_policy().argument_guards.values()) <= ARGUMENT_GUARDS
+    used = {d for rule in default_policy().types for d in rule.dynamic}
+    assert used <= DYNAMIC_RULES
+
+
+def test_decide_attribute_is_one_typed_decision():
+    import torch
+    from diffusers.configuration_utils import FrozenDict
+
+    from pipewarden.sandbox.runtime import Sandbox, Verdict
+
+    box = Sandbox(default_policy(), "decide_test")
+    x = torch.zeros(2)
+    assert box.decide_attribute(x, "shape") is Verdict.ALLOW
+    assert box.decide_attribute(x, "add") is Verdict.ALLOW  # a torch operator (tensor_ops)
+    assert box.decide_attribute(x, "data_ptr") is Verdict.DENIED
+    assert box.decide_attribute(x, "_version") is Verdict.NOT_LISTED
+    cfg = FrozenDict({"sample_size": 8})
+    assert box.decide_attribute(cfg, "sample_size") is Verdict.ALLOW  # a config key (dynamic rule)
+    assert box.decide_attribute(cfg, "not_a_key") is Verdict.NOT_LISTED
+    assert box.decide_attribute("text", "upper") is Verdict.ALLOW  # plain value type ([values])
+    assert box.decide_attribute(print, "__self__") is Verdict.NOT_LISTED
+
+
+def test_shipped_torch_operator_list_matches_installed_torch():
+    """The generator reproduces the shipped list from the installed torch (else: regenerate, review)."""
+    from pipewarden.sandbox.policy import torch_operator_data
+    from pipewarden.sandbox.policy._gen_torch_ops import collect
+
+    version, names = collect()
+    assert (version, frozenset(names)) == torch_operator_data()
+    assert {"cat", "add", "randn", "where"} <= frozenset(names)
+
+
+def test_operator_missing_from_the_generated_list_is_refused(monkeypatch):
+    """A name the installed torch has but the reviewed list lacks (a torch upgrade) is not admitted."""
+    import torch
+
+    import pipewarden.sandbox.policy.resolve as resolve_mod
+    from pipewarden.errors import PolicyViolation
+    from pipewarden.sandbox.policy import torch_operator_data
+    from pipewarden.sandbox.runtime import Sandbox, Verdict
+
+    version, shipped = torch_operator_data()
+    monkeypatch.setattr(resolve_mod, "torch_operator_data", lambda: (version, shipped - {"cat", "add"}))
+    resolve_mod._torch_operators.cache_clear()
+    try:
+        box = Sandbox(load_policy_bytes(SHIPPED.encode()), "ops_test")
+        facade = box.guarded_import("torch", fromlist=("cat",))
+        with pytest.raises(PolicyViolation):
+            box.facade_attr(facade, "cat")
+        assert box.facade_attr(facade, "stack") is torch.stack
+        assert box.decide_attribute(torch.zeros(1), "add") is Verdict.NOT_LISTED
+        assert box.decide_attribute(torch.zeros(1), "sub") is Verdict.ALLOW
+    finally:
+        monkeypatch.undo()
+        resolve_mod._torch_operators.cache_clear()
+
+
+@pytest.mark.slow
+def test_shipped_diffusers_name_lists_match_installed_diffusers():
+    """The generator reproduces diffusers_names.toml from the installed diffusers (walks every module)."""
+    from pipewarden.sandbox.policy import diffusers_name_data
+    from pipewarden.sandbox.policy._gen_diffusers_names import collect
+
+    version, prefixes, classes, members = collect()
+    shipped = diffusers_name_data()
+    assert version == shipped.library_version
+    assert frozenset(prefixes) == shipped.member_prefixes
+    assert frozenset(classes) == shipped.classes
+    assert {k: frozenset(v) for k, v in members.items()} == dict(shipped.members)
+
+
+def test_diffusers_names_missing_from_the_generated_lists_are_refused(monkeypatch):
+    """classes_from / class_methods_from admit only the generated names (a diffusers upgrade's new
+    class or method stays refused until the list is regenerated and reviewed)."""
+    import dataclasses
+
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    import pipewarden.sandbox.policy.resolve as resolve_mod
+    from pipewarden.errors import PolicyViolation
+    from pipewarden.sandbox.policy import diffusers_name_data
+    from pipewarden.sandbox.runtime import Sandbox, Verdict
+
+    shipped = diffusers_name_data()
+    members = dict(shipped.members)
+    members["EulerDiscreteScheduler"] = shipped.members["EulerDiscreteScheduler"] - {"index_for_timestep"}
+    trimmed = dataclasses.replace(shipped, classes=shipped.classes - {"DDPMScheduler"}, members=members)
+    sched = EulerDiscreteScheduler()
+    box = Sandbox(default_policy(), "names_before")
+    assert box.decide_attribute(sched, "index_for_timestep") is Verdict.ALLOW  # by class_methods_from
+    monkeypatch.setattr(resolve_mod, "diffusers_name_data", lambda: trimmed)
+    box = Sandbox(load_policy_bytes(SHIPPED.encode()), "names_test")
+    facade = box.guarded_import("diffusers", fromlist=("DDPMScheduler",))
+    with pytest.raises(PolicyViolation):
+        box.facade_attr(facade, "DDPMScheduler")
+    assert box.facade_attr(facade, "DDIMScheduler") is DDIMScheduler
+    assert box.decide_attribute(sched, "index_for_timestep") is Verdict.NOT_LISTED
+    assert box.decide_attribute(sched, "step") is Verdict.ALLOW
+
+
+def test_class_methods_prefix_not_covered_by_the_generated_lists_refuses_to_load():
+    policy = load_policy_bytes(_copy('class_methods_from = ["diffusers.schedulers"]',
+                                     'class_methods_from = ["diffusers.schedulers", "diffusers.models"]'))
+    with pytest.raises(PolicyError, match="diffusers.models"):
+        resolve_policy(policy)
+
+
+def test_runtime_implements_every_replacement_the_policy_names():
+    """Every `replace` value is in the parser's vocabulary, and the runtime serves each one."""
+    from pipewarden.sandbox.policy import REPLACEMENTS
+    from pipewarden.sandbox.runtime import Sandbox
+
+    box = Sandbox(default_policy(), "replace_test")
+    served: set[str] = set()
+    for mod_name, rule in default_policy().modules.items():
+        for name, impl in rule.replace.items():
+            assert impl in REPLACEMENTS
+            # a package rule with any_submodule also serves its submodules (diffusers.utils.deprecate)
+            for where in (mod_name, f"{mod_name}.utils") if rule.any_submodule else (mod_name,):
+                facade = box.guarded_import(where, fromlist=(name,))
+                try:
+                    value = box.facade_attr(facade, name)
+                except AttributeError:
+                    continue  # the host module lacks the name (nothing to replace)
+                assert callable(value)
+                served.add(impl)
+    assert served == REPLACEMENTS
