@@ -77,16 +77,18 @@ def test_any_revision_is_safe_or_a_clean_error(revision):
 
 def test_bad_revision_through_load_pipeline_is_a_clean_error(tiny_weights, example_pipeline, monkeypatch, tmp_path):
     import pipewarden
+    from pipewarden.loader.digests import sha256_file
 
+    pin = sha256_file(example_pipeline)  # the code is admitted first; the revision is refused after
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path))
     for bad in ("../../etc", "main\nx"):
         with pytest.raises(InputError):
             pipewarden.load_pipeline("org/weights", revision=bad, custom_pipeline=example_pipeline,
-                                     trust_remote_code=True, pipeline_sha256="0" * 64, isolation="inprocess")
+                                     trust_remote_code=True, pipeline_sha256=pin, isolation="inprocess")
         with pytest.raises(InputError):
             pipewarden.load_pipeline(tiny_weights, custom_pipeline="one_step_unet", custom_revision=bad,
-                                     trust_remote_code=True, pipeline_sha256="0" * 64, isolation="inprocess")
+                                     trust_remote_code=True, pipeline_sha256=pin, isolation="inprocess")
 
 
 # --------------------------------------------------------------------------- configs in-process

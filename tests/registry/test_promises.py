@@ -59,15 +59,6 @@ def test_an_extra_file_is_refused_in_process_mode_too(locked):
         _load(weights, code, lock, isolation="process")
 
 
-def test_a_locked_file_that_the_load_does_not_read_must_still_be_there(locked):
-    weights, code, lock = locked
-    (weights / "README.md").write_text("# weights\n")
-    write_lock(lock, [entry_for_local_weights(weights)])
-    (weights / "README.md").unlink()
-    with pytest.raises(IntegrityError, match="README.md is locked but missing"):
-        _load(weights, code, lock)
-
-
 def test_the_signature_file_never_counts_as_extra(locked):
     weights, code, lock = locked
     (weights / "pipewarden.sig").write_text("{}")

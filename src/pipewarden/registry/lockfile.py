@@ -120,7 +120,6 @@ class LockEntry:
         """
         names = set(_drop_signature(dict.fromkeys(present, "")))
         problems = [f"{rel} is not in the lock file" for rel in sorted(names - set(self.files))]
-        problems += [f"{rel} is locked but missing" for rel in sorted(set(self.files) - names)]
         if problems:
             shown = "; ".join(problems[:10]) + (f"; and {len(problems) - 10} more" if len(problems) > 10 else "")
             raise IntegrityError(
