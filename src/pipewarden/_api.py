@@ -56,6 +56,21 @@ def _resolve_weights(
 # The public entry point
 
 
+def _require_run_extra() -> None:
+    """Loading needs torch and diffusers, which the default (CI/audit) install leaves out."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "diffusers", "safetensors", "numpy", "PIL") if importlib.util.find_spec(m) is None]
+    if missing:
+        from pipewarden.errors import InputError
+
+        raise InputError(
+            f"loading a pipeline needs {', '.join(missing)}, which this installation does not have",
+            rule="the default install is the audit/CI one; running pipelines is the `run` extra",
+            fix="pip install 'pipewarden[run]'",
+        )
+
+
 def load_pipeline(
     pretrained: str | os.PathLike[str],
     *,
@@ -106,6 +121,7 @@ def load_pipeline(
         raise ValueError(f"isolation must be 'process' or 'inprocess', got {isolation!r}")
     if limits is not None and not isinstance(limits, Limits):
         raise TypeError("limits must be a pipewarden.Limits")
+    _require_run_extra()
     report: GateReporter = on_gate or (lambda gate, verdict: None)
     from pipewarden.loader.records import resolve_reverify
 
