@@ -154,7 +154,9 @@ def _plain_diffusers(weights: Path, pipeline_file: Path) -> Any:
     The source is our own example (trusted project code), executed as an ordinary module.
     """
     from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers.utils import logging as diffusers_logging
 
+    diffusers_logging.set_verbosity_error()  # no advice about optional packages in the demo output
     module = types.ModuleType("pipewarden_demo_plain")
     exec(compile(pipeline_file.read_text(encoding="utf-8"), str(pipeline_file), "exec"), module.__dict__)  # noqa: S102
     classes = [v for v in module.__dict__.values() if isinstance(v, type) and v.__module__ == module.__name__]
