@@ -155,12 +155,27 @@ def load_pipeline(
     admitted_weights = admission.admit_weights(weights)
     # The allowlist's minimum isolation was enforced when the code was admitted.
     if isolation == "inprocess":
+        _warn_inprocess()
         return _run_inprocess(
             admitted, admitted_weights, options=options, components=components, report=report, reverify=reverify
         )
     return _run_in_worker(
         admitted, admitted_weights, options=options, components=components, limits=limits, report=report,
         reverify=reverify,
+    )
+
+
+def _warn_inprocess() -> None:
+    import warnings
+
+    from pipewarden.errors import InProcessIsolationWarning
+
+    warnings.warn(
+        'isolation="inprocess" runs the pipeline in this process: the language sandbox is defence in '
+        "depth for code you reviewed, not a security boundary against a determined attacker. The "
+        'worker process (isolation="process", the default) is the boundary; see SECURITY.md.',
+        InProcessIsolationWarning,
+        stacklevel=3,
     )
 
 

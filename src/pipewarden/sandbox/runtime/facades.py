@@ -31,6 +31,7 @@ from pipewarden.sandbox.runtime.argguards import (
     _no_custom_attribute_lists,
     _signature_naming,
 )
+from pipewarden.sandbox.runtime.deputies import DEPUTY_FACADES
 from pipewarden.sandbox.runtime.objects import (
     ClassRef,
     DeniedName,
@@ -335,6 +336,9 @@ class FacadeResolver(SandboxBase):
                 return target(*args, take_from=take_from, **kwargs)
 
             return deprecate
+        deputy = DEPUTY_FACADES.get(impl)
+        if deputy is not None:
+            return deputy(self, where, target)
         raise _violation(f"{where} has an unknown sandbox replacement {impl!r}", "policy.replace")
 
     def require_owned(self, obj: Any, where: str) -> None:
