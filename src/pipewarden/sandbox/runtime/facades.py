@@ -311,13 +311,6 @@ class FacadeResolver(SandboxBase):
             return checked
         if impl == "grad-mode":
             return _GradMode
-        if impl == "deepcopy-no-memo":
-            def deepcopy(x: Any, *args: Any, **kwargs: Any) -> Any:
-                if args or kwargs:
-                    raise _violation(f"{where} with a memo dict (it would hold the originals' state)", "argument.memo")
-                return target(x)
-
-            return deepcopy
         if impl == "deprecate-checked":
             # diffusers.utils.deprecate(take_from=x) does getattr(x, name) / x.pop(name) with names
             # the caller chooses: only a plain dict (the pipeline's own kwargs) may be given.
