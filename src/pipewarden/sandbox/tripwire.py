@@ -98,7 +98,9 @@ def _armed_at(frame: Any) -> bool:
         if f is suspended_at:
             return False
         f = f.f_back
-    if suspended_at is True:  # pragma: no cover - legacy boolean suspension
+    if suspended_at:
+        # A suspension entered on another thread's stack and carried here in a copied context
+        # (trusted host code handing work to a thread): no sandboxed frame on this stack.
         return False
     return _process_wide or ARMED.get()
 
