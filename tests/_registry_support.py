@@ -39,8 +39,12 @@ def allowlist(
     version: int = 1,
     expires: Mapping[str, str] | None = None,
     revoked: Mapping[str, SigningKey] | None = None,
-    policy: str = "",
+    policy: str | None = None,
 ) -> Allowlist:
+    # An allowlist without required_isolation demands the worker; these tests load in-process
+    # unless they say otherwise, so the default here spells the in-process minimum out.
+    if policy is None:
+        policy = '[policy]\nrequired_isolation = "inprocess"'
     lines = [f"version = {version}", policy]
     for name, key in signers.items():
         lines += ["[[signers]]", f'name = "{name}"', f'public_key = "{key.public_key.text}"']

@@ -56,6 +56,21 @@ def _resolve_weights(
 # The public entry point
 
 
+def _require_run_extra() -> None:
+    """Loading needs torch and diffusers, which the default (CI/audit) install leaves out."""
+    import importlib.util
+
+    missing = [m for m in ("torch", "diffusers", "safetensors", "numpy", "PIL") if importlib.util.find_spec(m) is None]
+    if missing:
+        from pipewarden.errors import InputError
+
+        raise InputError(
+            f"loading a pipeline needs {', '.join(missing)}, which this installation does not have",
+            rule="the default install is the audit/CI one; running pipelines is the `run` extra",
+            fix="pip install 'pipewarden[run]'",
+        )
+
+
 def load_pipeline(
     pretrained: str | os.PathLike[str],
     *,
@@ -106,6 +121,7 @@ def load_pipeline(
         raise ValueError(f"isolation must be 'process' or 'inprocess', got {isolation!r}")
     if limits is not None and not isinstance(limits, Limits):
         raise TypeError("limits must be a pipewarden.Limits")
+    _require_run_extra()
     report: GateReporter = on_gate or (lambda gate, verdict: None)
     from pipewarden.loader.records import resolve_reverify
 
@@ -139,12 +155,27 @@ def load_pipeline(
     admitted_weights = admission.admit_weights(weights)
     # The allowlist's minimum isolation was enforced when the code was admitted.
     if isolation == "inprocess":
+        _warn_inprocess()
         return _run_inprocess(
             admitted, admitted_weights, options=options, components=components, report=report, reverify=reverify
         )
     return _run_in_worker(
         admitted, admitted_weights, options=options, components=components, limits=limits, report=report,
         reverify=reverify,
+    )
+
+
+def _warn_inprocess() -> None:
+    import warnings
+
+    from pipewarden.errors import InProcessIsolationWarning
+
+    warnings.warn(
+        'isolation="inprocess" runs the pipeline in this process: the language sandbox is defence in '
+        "depth for code you reviewed, not a security boundary against a determined attacker. The "
+        'worker process (isolation="process", the default) is the boundary; see SECURITY.md.',
+        InProcessIsolationWarning,
+        stacklevel=3,
     )
 
 

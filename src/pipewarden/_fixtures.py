@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 #: The architecture of google/ddpm-cifar10-32's UNet2DModel (35.7 M parameters).
 DDPM_CIFAR10_UNET_CONFIG: dict = {
@@ -132,7 +133,7 @@ def build_weights(
 
     torch.manual_seed(seed)
     init_kwargs = {k: v for k, v in cfg.items() if not k.startswith("_")}
-    unet = UNet2DModel(**init_kwargs)
+    unet: Any = UNet2DModel(**init_kwargs)
     # Give every parameter a distinct, seeded value (default init leaves some at exact zeros).
     gen = torch.Generator().manual_seed(seed)
     state = {}
@@ -153,3 +154,78 @@ def build_weights(
 
 def _write_json(path: Path, data: dict) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+# ---------------------------------------------------------------------------------------------
+# The demo's picture: a tiny UNet fitted in seconds to a pattern drawn here (no download).
+
+#: 16x16, no attention, about 165 k parameters: fits on 2 CPU cores in a few seconds.
+DEMO_UNET_CONFIG: dict = {
+    "_class_name": "UNet2DModel",
+    "sample_size": 16,
+    "in_channels": 3,
+    "out_channels": 3,
+    "layers_per_block": 1,
+    "block_out_channels": [16, 32],
+    "down_block_types": ["DownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "UpBlock2D"],
+    "norm_num_groups": 8,
+}
+#: The UNet predicts the clean image (``prediction_type="sample"``), which it learns fastest.
+DEMO_SCHEDULER_CONFIG: dict = {**DDPM_SCHEDULER_CONFIG, "prediction_type": "sample"}
+
+
+def draw_smiley(size: int = 16) -> Any:
+    """A yellow smiley on blue, drawn with PIL at 4x and scaled down to ``size`` (a PIL image)."""
+    from PIL import Image, ImageDraw
+
+    big = size * 4
+    img = Image.new("RGB", (big, big), (30, 60, 140))
+    d = ImageDraw.Draw(img)
+    u = big / 64
+    d.ellipse((4 * u, 4 * u, 60 * u, 60 * u), fill=(250, 205, 40), outline=(0, 0, 0), width=max(1, int(3 * u)))
+    d.ellipse((18 * u, 18 * u, 27 * u, 30 * u), fill=(20, 20, 20))
+    d.ellipse((37 * u, 18 * u, 46 * u, 30 * u), fill=(20, 20, 20))
+    d.arc((16 * u, 22 * u, 48 * u, 50 * u), start=20, end=160, fill=(20, 20, 20), width=max(1, int(5 * u)))
+    return img.resize((size, size), Image.Resampling.LANCZOS)
+
+
+def fit_demo_weights(directory: str | Path, *, iterations: int = 100, seed: int = 0) -> Path:
+    """Write a weights directory whose UNet was fitted (here, now) to :func:`draw_smiley`.
+
+    Plain torch on the host (trusted project code): DDPM training on one image with the UNet
+    predicting the clean sample. Deterministic for a seed on one machine. Returns the directory.
+    """
+    import numpy as np
+    import torch
+    from diffusers import DDPMScheduler, UNet2DModel
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    size = int(DEMO_UNET_CONFIG["sample_size"])
+    target = torch.from_numpy(np.array(draw_smiley(size))).permute(2, 0, 1).float() / 127.5 - 1
+    init_kwargs = {k: v for k, v in DEMO_UNET_CONFIG.items() if not k.startswith("_")}
+    torch.manual_seed(seed)
+    unet: Any = UNet2DModel(**init_kwargs)
+    sched_kwargs = {k: v for k, v in DEMO_SCHEDULER_CONFIG.items() if not k.startswith("_")}
+    scheduler: Any = DDPMScheduler(**sched_kwargs)
+    opt = torch.optim.Adam(unet.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(seed)
+    batch = 8
+    x0 = target.expand(batch, -1, -1, -1)
+    unet.train()
+    for _ in range(iterations):
+        t = torch.randint(0, scheduler.config.num_train_timesteps, (batch,), generator=gen)
+        noise = torch.randn(x0.shape, generator=gen)
+        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, x0)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    (directory / "unet").mkdir(parents=True, exist_ok=True)
+    (directory / "scheduler").mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().contiguous() for k, v in unet.state_dict().items()}
+    save_file(state, str(directory / "unet" / "diffusion_pytorch_model.safetensors"))
+    _write_json(directory / "unet" / "config.json", {"_diffusers_version": "0.42.1", **DEMO_UNET_CONFIG})
+    _write_json(directory / "scheduler" / "scheduler_config.json", {"_diffusers_version": "0.42.1", **DEMO_SCHEDULER_CONFIG})
+    _write_json(directory / "model_index.json", MODEL_INDEX)
+    return directory

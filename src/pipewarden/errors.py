@@ -150,3 +150,8 @@ _BY_NAME: dict[str, type[PipewardenError]] = {
 def error_class(name: str) -> type[PipewardenError]:
     """Map a class name received from a worker (JSON) to a local class; unknown -> base."""
     return _BY_NAME.get(name, PipewardenError)
+
+
+class InProcessIsolationWarning(UserWarning):
+    """``isolation="inprocess"``: the language sandbox is defence in depth for reviewed code, not a
+    security boundary against a determined attacker (the worker process is; see SECURITY.md)."""

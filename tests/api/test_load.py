@@ -279,3 +279,12 @@ def test_model_index_naming_bad_class_is_refused(tiny_weights, example_pipeline,
 def test_missing_custom_pipeline_path_is_input_error(tiny_weights, tmp_path):
     with pytest.raises(InputError):
         pipewarden.load_pipeline(tiny_weights, custom_pipeline=tmp_path / "nope.py", trust_remote_code=True, pipeline_sha256="0" * 64)
+
+
+def test_inprocess_isolation_warns_that_the_worker_is_the_boundary(tiny_weights):
+    """Issue 12: the in-process mode says plainly what it is (defence in depth, not a boundary)."""
+    from pipewarden.errors import InProcessIsolationWarning
+
+    with pytest.warns(InProcessIsolationWarning, match="not a security boundary") as record:
+        _ours(tiny_weights, seed_file())
+    assert any('isolation="process"' in str(w.message) for w in record)

@@ -125,7 +125,11 @@ def test_allowlist_required_layers_are_parsed_and_checked(tiny_weights, signed_p
     with pytest.raises(InputError):
         allowlist({"alice": alice}, [("local:**", ["alice"], 1)], policy='[policy]\nrequired_isolation = "process"\nrequired_layers = ["moat"]')
     with pytest.raises(InputError):
-        allowlist({"alice": alice}, [("local:**", ["alice"], 1)], policy='[policy]\nrequired_layers = ["seccomp"]')
+        allowlist(
+            {"alice": alice},
+            [("local:**", ["alice"], 1)],
+            policy='[policy]\nrequired_isolation = "inprocess"\nrequired_layers = ["seccomp"]',
+        )
     allow = allowlist(
         {"alice": alice},
         [("local:**", ["alice"], 1)],

@@ -96,7 +96,7 @@ def test_source_values_are_validated(tmp_path, capsys, bad):
 
 
 def test_source_values_map_to_the_ids_loads_use(tmp_path, monkeypatch):
-    from pipewarden.cli.registry import source_id_arg
+    from pipewarden.cli._common import source_id_arg
 
     (tmp_path / "pipe").mkdir()
     monkeypatch.chdir(tmp_path)

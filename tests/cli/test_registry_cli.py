@@ -260,7 +260,7 @@ def test_policy_cli(org, capsys):
         == 0
     )
     a = Allowlist.load(allow)
-    assert a.required_isolation is None and dict(a.extra_modules) == {} and a.version == 5
+    assert a.required_isolation == "inprocess" and dict(a.extra_modules) == {} and a.version == 5
     before = allow.read_bytes()
     assert main(["allowlist", "policy", str(allow), "--extra-module", "os=_exit"]) == 2
     assert main(["allowlist", "policy", str(allow)]) == 2

@@ -60,6 +60,9 @@ FILE_SECRET = "pwsecret-file-" + secrets.token_hex(12)
 os.environ[SECRET_ENV] = ENV_SECRET
 
 SECRETS = (HOST_SECRET, ENV_SECRET, FILE_SECRET)
+#: The in-process API warns (InProcessIsolationWarning) on behalf of this module's caller frame:
+#: the registry exists up front so the expected warning is not mistaken for a new module global.
+__warningregistry__: dict[Any, Any] = {}
 
 EVIL_MODULE_SOURCE = """\
 import os
@@ -927,7 +930,8 @@ def plain_load_class(source: str) -> type:
 
     module = types.ModuleType("pw_plain_payload")
     module.__dict__["__builtins__"] = builtins.__dict__
-    exec(compile(source, "pipeline.py", "exec"), module.__dict__)  # noqa: S102 - the point of the self-test
+    # dont_inherit: this module's own ``from __future__ import annotations`` must not leak into the payload
+    exec(compile(source, "pipeline.py", "exec", dont_inherit=True), module.__dict__)  # noqa: S102 - the point of the self-test
     found = [
         v
         for v in module.__dict__.values()
@@ -949,6 +953,11 @@ def observe(world: World, source: str, mode: str, *, call_kwargs: dict | None = 
     world.drain_connections()
     components = load_components(world.weights) if mode != "process" else {}
     unet = components.get("unet")
+    # A refusal raised where Python cannot propagate it (a generator's finaliser when the stream is
+    # dropped) reaches sys.unraisablehook: recorded as the run's exception if nothing else was.
+    unraisable: list[BaseException] = []
+    previous_unraisablehook = sys.unraisablehook
+    sys.unraisablehook = lambda info: unraisable.append(info.exc_value)
     before = take_snapshot(unet, components)
     stdout, stderr = io.StringIO(), io.StringIO()
     handler = _ListHandler()
@@ -993,7 +1002,13 @@ def observe(world: World, source: str, mode: str, *, call_kwargs: dict | None = 
         root.removeHandler(handler)
     after = take_snapshot(unet, components)
     del stream
+    import gc
+
+    gc.collect()
+    if exc is None and unraisable:
+        exc, stage = unraisable[0], "finalise"
     violations = compare(before, after, process_mode=(mode == "process"))
+    sys.unraisablehook = previous_unraisablehook  # after compare(): its restore puts ``before``'s back
     entries = world.canary_entries()
     if entries:
         violations.append(f"canary dir written: {entries}")
@@ -1017,16 +1032,21 @@ def _write_code(world: World, source: str) -> tuple[Path, str]:
 def _api_inprocess_load(world: World, source: str, components: dict[str, Any]) -> Any:
     """``load_pipeline(isolation="inprocess")`` with our own components (so hooks can be checked)."""
     import pipewarden
+    from pipewarden.errors import InProcessIsolationWarning
 
     path, sha = _write_code(world, source)
-    return pipewarden.load_pipeline(
-        str(world.weights),
-        custom_pipeline=str(path),
-        trust_remote_code=True,
-        pipeline_sha256=sha,
-        isolation="inprocess",
-        **components,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", InProcessIsolationWarning)
+        pipe = pipewarden.load_pipeline(
+            str(world.weights),
+            custom_pipeline=str(path),
+            trust_remote_code=True,
+            pipeline_sha256=sha,
+            isolation="inprocess",
+            **components,
+        )
+    assert any(issubclass(w.category, InProcessIsolationWarning) for w in caught), "in-process mode must warn"
+    return pipe
 
 
 def _process_load(world: World, source: str) -> Any:

@@ -1673,6 +1673,453 @@ add(
     """,
 )
 
+# ==================================================================================================
+# Issue 12, security round 2: one family per design flaw, every door found for it. Each payload is
+# live in plain Python; sandboxed, the side effect must not happen (the detector is named by
+# ``effect``). ``ISSUE12_FAMILIES`` below maps each flaw to its doors.
+# ==================================================================================================
+
+#: An annotation string that, evaluated by host code (eval with the sandbox's globals), escapes
+#: through plain attribute access -- nothing in an eval'd string goes through the guards.
+_EVAL_ESCAPE = (
+    "[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == 'catch_warnings'][0]()"
+    "._module.__builtins__['__import__']('os').mkdir('@CANARY@/{tag}')"
+)
+
+
+def _evil_annotated(tag: str, name: str = "evil") -> str:
+    return f'def {name}(x: "{_EVAL_ESCAPE.format(tag=tag)}"):\n    return x\n'
+
+
+_MEMORY_INTERFACE = """
+name = self.config_name
+interface = {"data": (id(name) + 48, False), "shape": (len(name),), "typestr": "|u1", "version": 3}
+"""
+
+# ---- flaw 1: ownership laundering (host contents copied into a sandbox-owned object) ------------
+add(
+    "r2_launder_update_wrapper_unet_modules",
+    "functools.update_wrapper(owned_fn, self.unet) copies the UNet's __dict__; owned_fn._modules is "
+    "the real submodule registry",
+    STATE,
+    imports="import functools",
+    call="""
+    def owned():
+        return None
+    functools.update_wrapper(owned, self.unet)
+    owned._modules.update({"conv_act": torch.nn.Identity()})
+    """,
+)
+add(
+    "r2_launder_wraps_unet_modules",
+    "@functools.wraps(self.unet) on an owned function, then .pop() on the laundered _modules",
+    STATE,
+    imports="import functools",
+    call="""
+    @functools.wraps(self.unet)
+    def owned():
+        return None
+    owned._modules.pop("conv_act")
+    """,
+)
+add(
+    "r2_launder_update_wrapper_owned_instance",
+    "functools.update_wrapper(owned_callable_instance, self.unet): the instance's attributes are host state",
+    STATE,
+    imports="import functools",
+    module="""
+    class Holder:
+        def __call__(self):
+            return None
+    """,
+    call="""
+    holder = Holder()
+    functools.update_wrapper(holder, self.unet)
+    holder._modules["conv_act"] = torch.nn.Identity()
+    """,
+)
+add(
+    "r2_launder_update_wrapper_host_class_list",
+    "functools.update_wrapper(owned_fn, DiffusionPipeline) copies the class __dict__: owned_fn."
+    "_optional_components is the host class's own list",
+    STATE,
+    imports="import functools",
+    call="""
+    def owned():
+        return None
+    functools.update_wrapper(owned, DiffusionPipeline)
+    owned._optional_components.append("pwned")
+    """,
+)
+add(
+    "r2_launder_wraps_host_class_dict_iteration",
+    "@functools.wraps(DiffusionPipeline): the laundered host list reached by iterating a tuple, then mutated",
+    STATE,
+    imports="import functools",
+    call="""
+    @functools.wraps(DiffusionPipeline)
+    def owned():
+        return None
+    for shared in (owned._optional_components,):
+        shared.extend(["pwned"])
+    """,
+)
+add(
+    "r2_launder_dataclasses_replace_parameter",
+    "update_wrapper launders the UNet's _modules into a dataclass; dataclasses.replace hands it to "
+    "__init__ as a parameter, which then mutates it",
+    STATE,
+    imports="import dataclasses\nimport functools",
+    module="""
+    @dataclasses.dataclass
+    class Box:
+        _modules: object = None
+
+        def __call__(self):
+            return None
+
+        def __post_init__(self):
+            if self._modules is not None:
+                self._modules["conv_act"] = torch.nn.Identity()
+    """,
+    call="""
+    box = Box()
+    functools.update_wrapper(box, self.unet)
+    dataclasses.replace(box)
+    """,
+)
+add(
+    "r2_launder_iteration_of_laundered_dict",
+    "update_wrapper launders the UNet's __dict__; iterating a dataclasses.asdict() of it reaches the "
+    "real _modules without an attribute read",
+    STATE,
+    imports="import functools",
+    call="""
+    def owned():
+        return None
+    functools.update_wrapper(owned, self.unet)
+    for key, value in [("_modules", owned._modules)]:
+        value.update({"conv_act": torch.nn.Identity()})
+    """,
+)
+
+# ---- flaw 2: confused deputies (host helpers reflecting on what the sandbox supplies) ------------
+add(
+    "r2_deputy_inspect_signature_eval_str",
+    "inspect.signature(f, eval_str=True): the host eval()s an annotation string in the sandbox's globals",
+    FILE,
+    imports="import inspect",
+    module=_evil_annotated("inspect_eval_str"),
+    call="inspect.signature(evil, eval_str=True)",
+)
+add(
+    "r2_deputy_dataclasses_replace_host_output",
+    "dataclasses.replace(host UNet2DOutput, sample={'__array_interface__': ...}): the host constructs an "
+    "output whose __post_init__ turns the keys into attributes; numpy then reads a raw pointer",
+    STATE,
+    imports="import dataclasses\nimport numpy as np",
+    call=_MEMORY_INTERFACE
+    + textwrap.dedent("""
+    out = self.unet(torch.zeros(1, 3, 8, 8), 1)
+    forged = dataclasses.replace(out, sample={"__array_interface__": interface})
+    view = np.asarray(forged)
+    view[0] = 77
+    """),
+)
+add(
+    "r2_deputy_components_bound_save_pretrained",
+    "DiffusionPipeline.components getattr()s every config key the pipeline registered: "
+    "config key 'save_pretrained' hands back the raw bound method",
+    FILE,
+    call="""
+    self.register_to_config(save_pretrained=None)
+    self.components["save_pretrained"]("@CANARY@/components_save")
+    """,
+)
+# DiffusionPipeline.components lists the REQUIRED __init__ parameters; ``*name`` is one.
+_P[-1] = dataclasses.replace(
+    _P[-1], template=_P[-1].template.replace("(self, unet, scheduler):", "(self, unet, scheduler, *save_pretrained):")
+)
+add(
+    "r2_deputy_enum_functional_generator_array_interface",
+    "Enum functional API with a (name, value) generator plants __array_interface__ on the class; "
+    "numpy then reads a raw pointer from a member",
+    STATE,
+    imports="import enum\nimport numpy as np",
+    call=_MEMORY_INTERFACE
+    + textwrap.dedent("""
+    Forged = enum.Enum("Forged", ((k, v) for k, v in [("a", 1), ("__array_interface__", interface)]))
+    view = np.asarray(Forged.a)
+    view[0] = 77
+    """),
+)
+add(
+    "r2_deputy_hfargumentparser_type_hints",
+    "transformers.HfArgumentParser(dataclass) evaluates its string annotations with typing.get_type_hints",
+    FILE,
+    imports="import dataclasses\nfrom transformers import HfArgumentParser",
+    module="""
+    @dataclasses.dataclass
+    class Args:
+        x: "@ANNOTATION@" = 0
+    """.replace("@ANNOTATION@", _EVAL_ESCAPE.format(tag="hfargumentparser").replace('"', "'")),
+    call="HfArgumentParser(Args)",
+)
+
+# ---- flaw 3: sandboxed code running unarmed (arm by code origin) -----------------------------------
+add(
+    "r2_unarmed_generator_finaliser",
+    "a generator's finally block runs when the host drops the stream, outside the armed send()",
+    FILE,
+    imports="import inspect",
+    module=_evil_annotated("generator_finaliser")
+    + """
+
+def stream():
+    try:
+        yield torch.zeros(1)
+    finally:
+        inspect.signature(evil, eval_str=True)
+""",
+    call="return stream()",
+)
+add(
+    "r2_unarmed_generator_close",
+    "the host closes a returned stream (close(): GeneratorExit) and its finally block runs unarmed",
+    FILE,
+    imports="import inspect",
+    module=_evil_annotated("generator_close")
+    + """
+
+def stream():
+    try:
+        yield torch.zeros(1)
+        yield torch.zeros(1)
+    finally:
+        inspect.signature(evil, eval_str=True)
+""",
+    call="""
+    s = stream()
+    next(s)
+    s.close()
+    """,
+)
+add(
+    "r2_unarmed_returned_genexp",
+    "a generator expression returned to the host: its body runs when the host advances it",
+    FILE,
+    imports="import inspect",
+    module=_evil_annotated("returned_genexp"),
+    call="return (inspect.signature(evil, eval_str=True) for _ in [0])",
+)
+add(
+    "r2_unarmed_namedtuple_genexp",
+    "collections.namedtuple (run with the tripwire suspended) iterates a sandbox generator expression",
+    FILE,
+    imports="import collections\nimport inspect",
+    module=_evil_annotated("namedtuple_genexp"),
+    call='collections.namedtuple("T", (str(inspect.signature(evil, eval_str=True)) and "a" for _ in [0]))',
+)
+add(
+    "r2_unarmed_namedtuple_partial_map",
+    "collections.namedtuple (suspended) maps a host partial over the field names: the callback runs unarmed",
+    FILE,
+    imports="import collections\nimport functools\nimport inspect",
+    module=_evil_annotated("namedtuple_partial"),
+    call='collections.namedtuple("T", map(functools.partial(inspect.signature, eval_str=True), [evil]))',
+)
+add(
+    "r2_unarmed_sorted_key_in_genexp",
+    "a host key= partial called by sorted() inside a returned generator expression",
+    FILE,
+    imports="import functools\nimport inspect",
+    module=_evil_annotated("sorted_key"),
+    call="""
+    key = functools.partial(inspect.signature, eval_str=True)
+    return (sorted([evil], key=key) for _ in [0])
+    """,
+)
+
+# ---- flaw 4: attribute-key checks that only look at lists ---------------------------------------
+for _door, _expr in {
+    "dict_items": '{"__array_interface__": interface}.items()',
+    "zip": 'zip(["__array_interface__"], [interface])',
+    "map": 'map(lambda k: (k, interface), ["__array_interface__"])',
+    "generator": '((k, interface) for k in ["__array_interface__"])',
+}.items():
+    add(
+        f"r2_keys_frozendict_{_door}",
+        f"FrozenDict({_door}) with an __array_interface__ key: numpy reads a raw pointer from the attribute",
+        STATE,
+        imports="import numpy as np\nfrom diffusers.configuration_utils import FrozenDict",
+        call=_MEMORY_INTERFACE
+        + f"view = np.asarray(FrozenDict({_expr}))\nview[0] = 77\n",
+    )
+add(
+    "r2_keys_owned_output_lying_keys",
+    "a sandbox BaseOutput subclass given a dict subclass whose keys() hides the dunder key "
+    "(BaseOutput.__post_init__ reads items())",
+    STATE,
+    imports="import dataclasses\nimport numpy as np\nfrom diffusers.utils import BaseOutput",
+    module="""
+    class Liar(dict):
+        def keys(self):
+            return []
+
+
+    @dataclasses.dataclass
+    class Out(BaseOutput):
+        data: object = None
+    """,
+    call=_MEMORY_INTERFACE
+    + textwrap.dedent("""
+    view = np.asarray(Out(Liar({"__array_interface__": interface})))
+    view[0] = 77
+    """),
+)
+add(
+    "r2_keys_modeloutput_zip_reduce_ex",
+    "transformers ModelOutput(zip(...)) with __reduce_ex__ + copy.copy: host setattr on a host class",
+    STATE,
+    imports="import copy\nfrom transformers.utils import ModelOutput",
+    call="""
+    recipe = lambda proto: ((lambda: DiffusionPipeline), (), (None, {"save_pretrained": None}))
+    copy.copy(ModelOutput(zip(["__reduce_ex__"], [recipe])))
+    """,
+)
+add(
+    "r2_keys_enum_dict_items_array_interface",
+    "Enum functional API with dict.items() names: __array_interface__ becomes a class attribute",
+    STATE,
+    imports="import enum\nimport numpy as np",
+    call=_MEMORY_INTERFACE
+    + textwrap.dedent("""
+    Forged = enum.Enum("Forged", {"a": 1, "__array_interface__": interface}.items())
+    view = np.asarray(Forged.a)
+    view[0] = 77
+    """),
+)
+add(
+    "r2_keys_owned_output_generator_field",
+    "a sandbox ModelOutput subclass whose first field is a generator of pairs (its __post_init__ spreads it)",
+    STATE,
+    imports="import dataclasses\nimport numpy as np\nfrom transformers.utils import ModelOutput",
+    module="""
+    @dataclasses.dataclass
+    class Out(ModelOutput):
+        data: object = None
+    """,
+    call=_MEMORY_INTERFACE
+    + textwrap.dedent("""
+    view = np.asarray(Out(((k, interface) for k in ["__array_interface__"])))
+    view[0] = 77
+    """),
+)
+
+# ---- flaw 5: host code reading pipeline-provided configuration ------------------------------------
+add(
+    "r2_progress_bar_config_class_attribute",
+    "_progress_bar_config as a CLASS attribute: tqdm's bar_format traverses to os.environ",
+    SECRET,
+    module=_TQDM_HELPERS,
+    class_body=f"""
+    _progress_bar_config = {{"desc": Desc(torch.nn.functional.relu), "mininterval": 0,
+                             "bar_format": "{_TRAVERSAL}"}}
+    """,
+    call="""
+    sink = Sink()
+    self._progress_bar_config["file"] = sink
+    bar = self.progress_bar(total=1)
+    bar.close()
+    return "".join(sink.parts)
+    """,
+)
+add(
+    "r2_progress_bar_config_property",
+    "_progress_bar_config as a property: checked value and used value can differ",
+    SECRET,
+    module=_TQDM_HELPERS + "\nSINK = Sink()\n",
+    class_body=f"""
+    @property
+    def _progress_bar_config(self):
+        return {{"desc": Desc(torch.nn.functional.relu), "mininterval": 0, "file": SINK,
+                 "bar_format": "{_TRAVERSAL}"}}
+    """,
+    call="""
+    bar = self.progress_bar(total=1)
+    bar.close()
+    return "".join(SINK.parts)
+    """,
+)
+add(
+    "r2_progress_bar_config_flipping_property",
+    "_progress_bar_config property that answers the check with a safe dict and the host with the traversal",
+    SECRET,
+    module=_TQDM_HELPERS + "\nSINK = Sink()\nCOUNT = [0]\n",
+    class_body=f"""
+    @property
+    def _progress_bar_config(self):
+        COUNT[0] += 1
+        if COUNT[0] == 1:
+            return {{"file": SINK}}
+        return {{"desc": Desc(torch.nn.functional.relu), "mininterval": 0, "file": SINK,
+                 "bar_format": "{_TRAVERSAL}"}}
+    """,
+    call="""
+    COUNT[0] = 2
+    bar = self.progress_bar(total=1)
+    bar.close()
+    COUNT[0] = 0
+    bar = self.progress_bar(total=1)
+    bar.close()
+    return "".join(SINK.parts)
+    """,
+)
+
+add(
+    "r2_progress_bar_unbound_host_method",
+    "DiffusionPipeline.progress_bar(fake_self, ...): the unbound host method reads a config the guard never saw",
+    SECRET,
+    module=_TQDM_HELPERS + """
+
+class Fake:
+    def __init__(self, sink):
+        self._progress_bar_config = {"desc": Desc(torch.nn.functional.relu), "mininterval": 0, "file": sink,
+                                     "bar_format": "@TRAVERSAL@"}
+""".replace("@TRAVERSAL@", _TRAVERSAL),
+    call="""
+    sink = Sink()
+    bar = DiffusionPipeline.progress_bar(Fake(sink), total=1)
+    bar.close()
+    return "".join(sink.parts)
+    """,
+)
+
+# ---- flaw 6: raw bound host methods handed to the pipeline ---------------------------------------
+add(
+    "r2_bound_components_download",
+    "a config key named 'download' makes DiffusionPipeline.components hand back the raw bound "
+    "DiffusionPipeline.download (a hub download)",
+    RUNS,
+    call="""
+    self.register_to_config(download=None)
+    fetch = self.components["download"]
+    return str(callable(fetch))
+    """,
+)
+_P[-1] = dataclasses.replace(
+    _P[-1], template=_P[-1].template.replace("(self, unet, scheduler):", "(self, unet, scheduler, *download):")
+)
+
+ISSUE12_FAMILIES: dict[str, tuple[str, ...]] = {
+    "1 ownership laundering": tuple(p.id for p in _P if p.id.startswith("r2_launder_")),
+    "2 confused deputies": tuple(p.id for p in _P if p.id.startswith("r2_deputy_")),
+    "3 unarmed sandboxed code": tuple(p.id for p in _P if p.id.startswith("r2_unarmed_")),
+    "4 attribute-key checks": tuple(p.id for p in _P if p.id.startswith("r2_keys_")),
+    "5 host-read configuration": tuple(p.id for p in _P if p.id.startswith("r2_progress_bar_")),
+    "6 raw bound host methods": tuple(p.id for p in _P if p.id.startswith("r2_bound_")),
+}
+
 PAYLOADS: tuple[Payload, ...] = tuple(_P)
 assert len({p.id for p in PAYLOADS}) == len(PAYLOADS), "duplicate payload ids"
 

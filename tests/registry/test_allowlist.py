@@ -321,3 +321,13 @@ def test_pathological_pattern_matches_quickly():
     t = time.perf_counter()
     assert glob_match("*a" * 120 + "b", "a" * 2000) is False
     assert time.perf_counter() - t < 5
+
+
+def test_an_allowlist_without_required_isolation_demands_the_worker():
+    """Issue 12: the worker is the security boundary, so an allowlist that says nothing requires it."""
+    from pipewarden.registry.allowlist import AllowlistPolicy, _parse_policy
+
+    assert _parse_policy({}, "policy").required_isolation == "process"
+    assert not _parse_policy({}, "policy").allows_isolation("inprocess")
+    assert _parse_policy({"required_isolation": "inprocess"}, "policy").allows_isolation("inprocess")
+    assert AllowlistPolicy().required_isolation == "process"

@@ -306,7 +306,7 @@ def test_registry_does_not_import_torch():
     import sys
 
     code = (
-        "import sys, pipewarden.registry, pipewarden.cli.registry, pipewarden.registry.admission;"
+        "import sys, pipewarden.registry, pipewarden.cli.keys, pipewarden.cli.allowlist, pipewarden.cli.lock, pipewarden.registry.admission;"
         "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run(

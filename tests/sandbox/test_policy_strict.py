@@ -105,7 +105,7 @@ def test_unknown_key_refuses_to_load(old, new, key):
     [
         ('dynamic = ["instance-public"]\n', 'dynamic = ["instance-public", "class-methods-from"]\n',
          "class-methods-from"),
-        ('replace = { deepcopy = "deepcopy-no-memo" }', 'replace = { deepcopy = "deepcopy" }', "deepcopy"),
+        ('deepcopy = "deepcopy-reviewed" }', 'deepcopy = "deepcopy" }', "deepcopy"),
         ('from_config = "config-dict-only"', 'from_config = "config-dict"', "config-dict"),
         ("[modules.gc]\n", "[modules.gc]\nconstants = 1\n", "constants"),
         ('[types."torch.device"]\n', '[types."torch.device ; x"]\n', "torch.device ; x"),

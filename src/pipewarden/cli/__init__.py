@@ -1,7 +1,8 @@
 """The ``pipewarden`` command: a thin front over the library.
 
-``main(argv) -> int`` parses arguments and dispatches to the command modules (``audit``,
-``registry``: keygen/sign/verify/allowlist/lock, ``doctor``, ``demo``), which
+``main(argv) -> int`` parses arguments and dispatches to one module per command group
+(``audit``, ``keys``: keygen/sign/verify, ``allowlist``, ``lock``, ``doctor``, ``demo``; shared
+pieces in ``_common``), which
 import heavy dependencies (torch, diffusers) lazily so that ``pipewarden audit`` starts fast.
 Decides nothing itself: every decision is the library's; trusts only its command line. Every
 ``PipewardenError`` is printed as diagnostics without a traceback. Exit codes: 0 success,
@@ -21,7 +22,9 @@ from pipewarden.errors import PipewardenError
 # ``(args) -> int``. Kept as names so that nothing heavy is imported before it is needed.
 _COMMAND_MODULES = (
     "pipewarden.cli.audit",  # audit
-    "pipewarden.cli.registry",  # keygen, sign, verify, allowlist, lock
+    "pipewarden.cli.keys",  # keygen, sign, verify
+    "pipewarden.cli.allowlist",  # allowlist add-signer / allow / revoke / policy / show
+    "pipewarden.cli.lock",  # lock
     "pipewarden.cli.doctor",  # doctor
     "pipewarden.cli.demo",  # demo
 )

@@ -1,32 +1,54 @@
-"""``pipewarden demo``: the main job, offline, on a small built-in fixture.
+"""``pipewarden demo``: offline, in well under a minute, what pipewarden is for.
 
-Builds a small weights directory (random, seeded, safetensors), writes our example pipeline (the
-same shape as the guide's ``one_step_unet.py``), pins it, loads it through every gate while
-printing each gate's verdict, runs it, saves the output as a PNG and prints where. It also shows
-two refusals: a tampered copy and a load without the opt-in (neither executes anything).
+In order: (1) three malicious community pipelines, pinned and opted into like any other, each
+stopped with its rule and nothing done; (2) the vetted example pipeline run through every gate
+(process isolation by default), its output compared bit for bit with the same class run by plain
+diffusers; (3) a picture a person recognises: a tiny UNet fitted here, in seconds, to a smiley
+the demo draws, then sampled through the sandboxed pipeline and saved as a PNG.
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import time
+import types
 from pathlib import Path
+from typing import Any
 
-#: A small UNet (32x32 images, ~0.9 M parameters) so the demo output is a visible picture.
-DEMO_UNET_CONFIG: dict = {
-    "_class_name": "UNet2DModel",
-    "sample_size": 32,
-    "in_channels": 3,
-    "out_channels": 3,
-    "layers_per_block": 1,
-    "block_out_channels": [32, 64],
-    "down_block_types": ["DownBlock2D", "AttnDownBlock2D"],
-    "up_block_types": ["AttnUpBlock2D", "UpBlock2D"],
-    "norm_num_groups": 8,
-    "attention_head_dim": 8,
-}
+_PIPELINE_HEAD = '''\
+import torch
+from diffusers import DiffusionPipeline
+
+
+class InnocentLookingPipeline(DiffusionPipeline):
+    def __init__(self, unet, scheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @torch.no_grad()
+    def __call__(self, num_inference_steps: int = 1):
+'''
+
+#: (what it tries, source). Each is stopped by a different rule; none of them gets to act.
+MALICIOUS: tuple[tuple[str, str], ...] = (
+    ("steals HF_TOKEN from the environment",
+     "import os\n" + _PIPELINE_HEAD + "        return os.environ.get('HF_TOKEN', '')\n"),
+    ("reads your SSH key",
+     _PIPELINE_HEAD + "        return open('/root/.ssh/id_ed25519').read()\n"),
+    ("escapes through the object graph",
+     _PIPELINE_HEAD + "        return ().__class__.__bases__[0].__subclasses__()\n"),
+)
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {number}")
+    return number
 
 
 def add_parsers(subparsers) -> None:
@@ -44,79 +66,112 @@ def add_parsers(subparsers) -> None:
         default="process",
         help="where the vetted pipeline runs (default: process)",
     )
-    p.add_argument("--steps", type=int, default=10, help="denoising steps (default: 10)")
+    p.add_argument("--steps", type=_positive_int, default=10, help="denoising steps, at least 1 (default: 10)")
     p.set_defaults(func=run)
-
-
-def _say(gate: str, verdict: str) -> None:
-    print(f"  [ok] {gate:<12} {verdict}", flush=True)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
     import pipewarden
-    from pipewarden._fixtures import build_weights, write_example_pipeline
-    from pipewarden.errors import IntegrityError, TrustRequiredError
+    from pipewarden._fixtures import fit_demo_weights, write_example_pipeline
+    from pipewarden.errors import PipewardenError
     from pipewarden.loader.digests import sha256_file
 
     out = Path(args.out).resolve()
     weights = out / "weights"
-    code_dir = out / "pipeline"
-    print(f"pipewarden demo: offline, fixture in {out}")
+    print(f"pipewarden demo (offline; files in {out}, isolation={args.isolation!r})", flush=True)
     t0 = time.perf_counter()
     if not (weights / "model_index.json").is_file():
-        build_weights(weights, unet_config=DEMO_UNET_CONFIG, seed=0)
+        print("  fitting a tiny UNet (165 k parameters) to a smiley the demo draws ...", flush=True)
+        fit_demo_weights(weights)
+        print(f"  ... done in {time.perf_counter() - t0:.1f} s", flush=True)
+
+    print("\n1. Three malicious pipelines, pinned and opted into (trust_remote_code=True):", flush=True)
+    for i, (attempt, source) in enumerate(MALICIOUS):
+        path = out / f"malicious_{i + 1}" / "pipeline.py"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(source, encoding="utf-8")
+        where = "at load"
+        try:
+            pipe = pipewarden.load_pipeline(weights, custom_pipeline=path, trust_remote_code=True,
+                                            pipeline_sha256=sha256_file(path), isolation=args.isolation)
+            where = "when called" + (", inside the worker" if args.isolation == "process" else "")
+            try:
+                pipe()
+            finally:
+                _close(pipe)
+        except PipewardenError as exc:
+            print(f"  [stopped {where}] {attempt}\n      {type(exc).__name__} [{exc.rule}]: {_first_line(exc.what)}")
+        else:  # pragma: no cover - the demo exists to show this never happens
+            print(f"  [NOT STOPPED] {attempt}")
+            return 1
+
+    print("\n2. The vetted example pipeline against plain diffusers:", flush=True)
+    code_dir = out / "pipeline"
     pipeline_file = write_example_pipeline(code_dir)
     pin = sha256_file(pipeline_file)
-    print(f"1. fixture: weights {weights} (safetensors), pipeline {pipeline_file}")
-    print(f"   pin: pipeline_sha256={pin}")
-
-    print("2. refusals (nothing is executed):")
+    pipe = pipewarden.load_pipeline(weights, custom_pipeline=code_dir, trust_remote_code=True,
+                                    pipeline_sha256=pin, isolation=args.isolation, on_gate=_say)
     try:
-        pipewarden.load_pipeline(weights, custom_pipeline=code_dir, pipeline_sha256=pin, isolation=args.isolation)
-    except TrustRequiredError as exc:
-        print(f"  [refused] no opt-in        -> {type(exc).__name__}: {exc.rule}")
-    with tempfile.TemporaryDirectory() as tmp:
-        tampered = Path(tmp) / "pipeline.py"
-        tampered.write_bytes(pipeline_file.read_bytes().replace(b"timestep = 1", b"timestep = 2"))
-        try:
-            pipewarden.load_pipeline(
-                weights, custom_pipeline=tampered, trust_remote_code=True, pipeline_sha256=pin, isolation=args.isolation
-            )
-        except IntegrityError as exc:
-            print(f"  [refused] 1-byte edit      -> {type(exc).__name__}: {exc.rule}")
-
-    print(f"3. load through every gate (isolation={args.isolation!r}):")
-    pipe = pipewarden.load_pipeline(
-        weights,
-        custom_pipeline=code_dir,
-        trust_remote_code=True,
-        pipeline_sha256=pin,
-        isolation=args.isolation,
-        on_gate=_say,
-    )
-    try:
-        print(f"4. run: {args.steps} DDPM steps, seed 0")
-        generator = torch.Generator().manual_seed(0)
-        image = pipe(generator=generator, num_inference_steps=args.steps)
+        image = pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=args.steps)
+        plain = _plain_diffusers(weights, pipeline_file)
+        reference = plain(generator=torch.Generator().manual_seed(0), num_inference_steps=args.steps)
     finally:
-        close = getattr(pipe, "close", None)
-        if callable(close):
-            close()
+        _close(pipe)
+    same = image.dtype == reference.dtype and image.shape == reference.shape and torch.equal(image, reference)
+    diff = float((image.float() - reference.float()).abs().max()) if image.shape == reference.shape else float("nan")
+    verdict = "bit-identical" if same else "DIFFERENT"
+    print(f"  {verdict}: sandboxed {args.isolation} output vs plain diffusers, {args.steps} DDPM steps, seed 0 "
+          f"(tensor {tuple(image.shape)}, max |difference| {diff:g})")
+
     png = out / "demo.png"
     _save_png(image, png)
-    print(f"5. output: tensor {tuple(image.shape)} -> {png}")
-    print(f"done in {time.perf_counter() - t0:.1f} s")
-    return 0
+    print(f"\n3. Sampled through the sandboxed pipeline: {png} (a smiley, {image.shape[-1]}x{image.shape[-2]} "
+          "pixels shown at 16x)")
+    print(f"\ndone in {time.perf_counter() - t0:.1f} s")
+    return 0 if same else 1
 
 
-def _save_png(image, path: Path) -> None:
+def _say(gate: str, verdict: str) -> None:
+    print(f"  [ok] {gate:<12} {verdict}", flush=True)
+
+
+def _first_line(text: str) -> str:
+    line = text.splitlines()[0] if text else ""
+    return line if len(line) <= 160 else line[:157] + "..."
+
+
+def _close(pipe: Any) -> None:
+    close = getattr(pipe, "close", None)
+    if callable(close):
+        close()
+
+
+def _plain_diffusers(weights: Path, pipeline_file: Path) -> Any:
+    """The same pipeline class run by plain diffusers and torch: no pipewarden in the way.
+
+    The source is our own example (trusted project code), executed as an ordinary module.
+    """
+    from diffusers import DDPMScheduler, UNet2DModel
+    from diffusers.utils import logging as diffusers_logging
+
+    diffusers_logging.set_verbosity_error()  # no advice about optional packages in the demo output
+    module = types.ModuleType("pipewarden_demo_plain")
+    exec(compile(pipeline_file.read_text(encoding="utf-8"), str(pipeline_file), "exec"), module.__dict__)  # noqa: S102
+    classes = [v for v in module.__dict__.values() if isinstance(v, type) and v.__module__ == module.__name__]
+    unet = UNet2DModel.from_pretrained(str(weights / "unet"))
+    scheduler = DDPMScheduler.from_pretrained(str(weights / "scheduler"))
+    return classes[0](unet=unet, scheduler=scheduler)
+
+
+def _save_png(image: Any, path: Path) -> None:
+    import torch
     from PIL import Image
 
-    arr = ((image[0].clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8)
+    arr = ((image[0].clamp(-1, 1) + 1) * 127.5).round().to(dtype=torch.uint8)
     pil = Image.fromarray(arr.permute(1, 2, 0).cpu().numpy())
-    pil = pil.resize((pil.width * 8, pil.height * 8), Image.Resampling.NEAREST)
+    pil = pil.resize((pil.width * 16, pil.height * 16), Image.Resampling.NEAREST)
     pil.save(path)
 
 

@@ -19,6 +19,7 @@ import os
 import signal
 import sys
 import traceback
+import types
 from pathlib import Path
 from typing import Any
 
@@ -336,7 +337,7 @@ class _Worker:
         pipe = self.pipe
         components: dict[str, Any] = {}
         types: dict[str, str] = {}
-        for name, comp in dict(getattr(pipe, "components", {}) or {}).items():
+        for name, comp in _registered_components(pipe).items():
             cfg = getattr(comp, "config", None)
             components[name] = _jsonable(dict(cfg)) if isinstance(cfg, dict) else None
             types[name] = type(comp).__name__
@@ -363,6 +364,15 @@ class _Worker:
             kwargs["callback_on_step_end"] = self._host_callback
         with _bars_to_host(self._send, enabled=bool(h.get("progress", True))):
             result = self.pipe(*args, **kwargs)
+        if isinstance(result, types.GeneratorType):
+            # A stream cannot cross the boundary. Closed here, in the worker: its finally blocks
+            # (sandboxed code, armed by origin) run now, and a refusal inside them is the reply.
+            result.close()
+            raise PolicyViolation(
+                "the pipeline returned a generator (a stream), which cannot cross the process boundary",
+                rule="worker.result-generator",
+                fix='return the final output, or use isolation="inprocess" for code you reviewed',
+            )
         enc = Encoder(allow_generators=False)
         tree = enc.encode(result)
         refs = [enc.tensor_ref(g.get_state()) for g in dec.generators]
@@ -408,7 +418,7 @@ class _Worker:
         if self.pipe is None:
             raise PolicyViolation("no pipeline is loaded in this worker", rule="worker.protocol")
         name = str(h.get("name"))
-        components = dict(getattr(self.pipe, "components", {}) or {})
+        components = _registered_components(self.pipe)
         if name not in components:
             raise PolicyViolation(f"the pipeline has no component {name!r}", rule="worker.protocol")
         value = decode_component(h.get("component"), load_tensors(payload), name)
@@ -617,3 +627,20 @@ class _NullFile:
     def flush(self) -> None:
         pass
 
+
+def _registered_components(pipe: Any) -> dict[str, Any]:
+    """The components register_modules() recorded, read from the instance itself.
+
+    Not ``pipe.components``: that host property getattr()s every config key the pipeline chose
+    (running its properties, or raising on names it registered later) in trusted worker code."""
+    config = pipe.__dict__.get("_internal_dict")
+    state = pipe.__dict__
+    out: dict[str, Any] = {}
+    if not isinstance(config, dict):
+        return out
+    for name, value in dict.items(config):
+        if type(name) is not str or name.startswith("_") or name not in state:
+            continue
+        if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (str, type(None))) for v in value):
+            out[name] = state[name]
+    return out

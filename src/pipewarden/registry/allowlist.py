@@ -161,7 +161,9 @@ KNOWN_LAYERS: tuple[str, ...] = (
 class AllowlistPolicy:
     """Sandbox settings an organisation adds: a minimum isolation mode and extra modules/aliases."""
 
-    required_isolation: str | None = None
+    #: The least isolation a load must use. Absent from the file: "process" (the worker is the
+    #: security boundary; the in-process sandbox is defence in depth, see SECURITY.md).
+    required_isolation: str | None = "process"
     extra_modules: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     import_aliases: Mapping[str, str] = field(default_factory=dict)
     #: Worker confinement layers that must be active (names as in ``pipewarden doctor``).
@@ -322,8 +324,8 @@ class Allowlist:
     def to_document(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"version": self.version}
         pol: dict[str, Any] = {}
-        if self.policy.required_isolation is not None:
-            pol["required_isolation"] = self.policy.required_isolation
+        # always written: an absent key means "process", so "no minimum" is spelled "inprocess"
+        pol["required_isolation"] = self.policy.required_isolation or "inprocess"
         if self.policy.extra_modules:
             pol["extra_modules"] = {k: list(v) for k, v in self.policy.extra_modules.items()}
         if self.policy.import_aliases:
@@ -553,8 +555,8 @@ def _check_policy_extras(extra: Mapping[str, tuple[str, ...]], aliases: Mapping[
 def _parse_policy(raw: Any, where: str) -> AllowlistPolicy:
     t = _table(raw, where)
     _keys(t, {"required_isolation", "extra_modules", "import_aliases", "required_layers"}, set(), where)
-    iso = t.get("required_isolation")
-    if iso is not None and iso not in ISOLATION_MODES:
+    iso = t.get("required_isolation", "process")  # absent: the worker is the boundary
+    if iso not in ISOLATION_MODES:
         raise _bad(
             f"{where}.required_isolation must be one of {', '.join(map(repr, ISOLATION_MODES))}",
             "allowlist.bad-value",

@@ -57,6 +57,8 @@ def load_class(
 
     # 2. Restricted compile (raises PolicyViolation listing every refused construct).
     code = compile_restricted_module(text, filename=filename, policy=policy)
+    # Arm by code origin: a frame running any of this code arms the tripwire, whoever called it.
+    tripwire.register_code(code)
 
     # 3. Host libraries are imported before anything runs armed (trusted, outside the tripwire).
     import diffusers  # noqa: F401

@@ -1,15 +1,25 @@
 """The audit-hook tripwire: a second net under the guards.
 
-Decides: while sandboxed code runs (a context variable, so it is per thread and per asyncio task; or
-process-wide once :func:`arm_process_wide` was called in a worker), the audit events in the policy's
+Decides: while sandboxed code runs, the audit events in the policy's
 ``[tripwire]`` table -- writes through ``open``, sockets, subprocesses, ``os.system``/``exec*``/
 ``fork``, ``ctypes``, compile/exec of new source, imports outside the allowlist, frame and gc
 introspection -- raise a fresh ``PolicyViolation`` instead of happening.
 
-The hook is installed once per process (``sys.addaudithook`` cannot be undone). When nothing is
-armed it returns after one context-variable read. Trusted host code that must legitimately compile
-code for the sandbox (``dataclass``, ``namedtuple``, the sandbox's own ``exec`` of the vetted module)
-runs inside :func:`suspended` or with :func:`permit_exec`.
+"While sandboxed code runs" is decided by CODE ORIGIN: every code object compiled from a pipeline is
+registered (:func:`register_code`), and an event is refused whenever a frame running such code is
+on the stack -- whoever called it: a generator finaliser run when the host drops a stream, a
+generator expression the host advances, a ``key=`` function or a hook the host invokes. Besides,
+a context variable arms a block explicitly (:func:`armed`, per thread and asyncio task), and a
+worker arms the whole process for good (:func:`arm_process_wide`).
+
+Trusted host code that must legitimately compile code for the sandbox (``dataclass``,
+``namedtuple``, class creation, lazy library imports) runs inside :func:`suspended`. A suspension
+is anchored to the frame that entered it: it covers the host frames above that frame only, never
+a sandboxed frame (nor host code a sandboxed frame called) above it, and a suspension entered by a
+sandboxed frame suspends nothing. So the switch is harmless even if sandboxed code could reach it.
+
+The hook is installed once per process (``sys.addaudithook`` cannot be undone). For events the
+policy never refuses it returns after one set lookup; for the others it walks the stack once.
 
 Trusts: the policy's tripwire table.
 """
@@ -20,6 +30,7 @@ import contextlib
 import contextvars
 import sys
 import threading
+import types
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,6 +39,7 @@ from pipewarden.sandbox.policy import TripwireRule, default_policy
 
 __all__ = [
     "install",
+    "register_code",
     "armed",
     "suspended",
     "permit_exec",
@@ -38,7 +50,11 @@ __all__ = [
 
 #: True while sandboxed frames run in this context.
 ARMED: contextvars.ContextVar[bool] = contextvars.ContextVar("pipewarden_tripwire_armed", default=False)
-_SUSPENDED: contextvars.ContextVar[bool] = contextvars.ContextVar("pipewarden_tripwire_suspended", default=False)
+#: The frame that entered the current suspension (falsy: not suspended).
+_SUSPENDED: contextvars.ContextVar[Any] = contextvars.ContextVar("pipewarden_tripwire_suspended", default=False)
+#: Every code object compiled from a pipeline (module, classes, functions, lambdas, comprehensions,
+#: generator expressions): a frame running one arms the tripwire.
+_SANDBOX_CODE: set[types.CodeType] = set()
 _PERMITTED_CODE: contextvars.ContextVar[object | None] = contextvars.ContextVar(
     "pipewarden_tripwire_permitted_code", default=None
 )
@@ -59,8 +75,38 @@ except Exception:  # pragma: no cover
     pass
 
 
+def register_code(code: types.CodeType) -> None:
+    """Register a pipeline's compiled module and every code object nested in it."""
+    todo = [code]
+    while todo:
+        c = todo.pop()
+        if c in _SANDBOX_CODE:
+            continue
+        _SANDBOX_CODE.add(c)
+        todo.extend(k for k in c.co_consts if isinstance(k, types.CodeType))
+
+
+def _armed_at(frame: Any) -> bool:
+    """Armed for code running in ``frame``: a sandboxed frame on the stack above the current
+    suspension point arms; reaching the suspension point disarms; else the explicit arming."""
+    suspended_at = _SUSPENDED.get()
+    codes = _SANDBOX_CODE
+    f = frame
+    while f is not None:
+        if f.f_code in codes:
+            return True
+        if f is suspended_at:
+            return False
+        f = f.f_back
+    if suspended_at:
+        # A suspension entered on another thread's stack and carried here in a copied context
+        # (trusted host code handing work to a thread): no sandboxed frame on this stack.
+        return False
+    return _process_wide or ARMED.get()
+
+
 def is_armed() -> bool:
-    return (_process_wide or ARMED.get()) and not _SUSPENDED.get()
+    return _armed_at(sys._getframe(1))
 
 
 def _library_roots() -> tuple[str, ...]:
@@ -152,11 +198,19 @@ def _open_is_write(args: tuple[Any, ...]) -> bool:
     return False
 
 
+#: Events the hook looks at besides the policy's own list and prefixes.
+_CHECKED_EVENTS = frozenset(
+    {"open", "os.listdir", "os.scandir", "os.rename", "os.replace", "import", "exec", "compile"}
+)
+
+
 def _hook(event: str, args: tuple[Any, ...]) -> None:
-    if not (_process_wide or ARMED.get()) or _SUSPENDED.get():
-        return
     rule = _rule
     if rule is None:  # pragma: no cover - set before install
+        return
+    if event not in _CHECKED_EVENTS and event not in rule.events and not event.startswith(rule.event_prefixes):
+        return  # never refused (sys._getframe, builtins.id, object.__setattr__, ...): no stack walk
+    if not _armed_at(sys._getframe(1)):
         return
     if event == "open":
         path = args[0] if args else None
@@ -232,19 +286,22 @@ def armed() -> Iterator[None]:
         ARMED.reset(token)
 
 
-@contextlib.contextmanager
-def suspended() -> Iterator[None]:
-    """Disarm in the current context (trusted host code only; never reachable from the sandbox).
+class suspended:  # noqa: N801 - used as ``with tripwire.suspended():``
+    """Disarm for the host frames above the one entering the block (trusted host code only).
 
     Used around host functions that must compile code (``dataclass``, ``namedtuple``), around class
     creation by host metaclasses and around facade attribute resolution (lazy library imports).
-    Sandboxed functions called from inside re-arm themselves.
+    Anchored to the entering frame: a sandboxed frame above it (a callback, a generator, a key
+    function) re-arms whoever called it, and a suspension entered by a sandboxed frame does nothing.
     """
-    token = _SUSPENDED.set(True)
-    try:
-        yield
-    finally:
-        _SUSPENDED.reset(token)
+
+    __slots__ = ("_token",)
+
+    def __enter__(self) -> None:
+        self._token = _SUSPENDED.set(sys._getframe(1))
+
+    def __exit__(self, *exc: object) -> None:
+        _SUSPENDED.reset(self._token)
 
 
 @contextlib.contextmanager

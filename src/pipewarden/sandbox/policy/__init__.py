@@ -206,7 +206,10 @@ class SandboxPolicy:
 REPLACEMENTS = frozenset(
     {
         "sandbox-logger", "owned-first-argument", "owned-decorator-result", "format-checked", "grad-mode",
-        "deepcopy-no-memo", "deprecate-checked",
+        "deprecate-checked",
+        # guarded facades of Python-level host helpers (sandbox/runtime/deputies.py, issue 12)
+        "update-wrapper", "wraps", "signature-no-eval", "dataclasses-replace", "dataclasses-export",
+        "copy-reviewed", "deepcopy-reviewed", "namedtuple-checked",
     }
 )
 #: Argument guards wrapped around a method read on any object (``[argument_guards]``).

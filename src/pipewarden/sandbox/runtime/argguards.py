@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipewarden.sandbox.runtime._common import _tname, _violation
-from pipewarden.sandbox.runtime.objects import _check_attribute_keys
+from pipewarden.sandbox.runtime.objects import _materialise_keys
 
 if TYPE_CHECKING:
     from pipewarden.sandbox.runtime.attributes import AttributeRules
@@ -44,7 +44,10 @@ def _first_field_check(obj: Any, where: str) -> None:
     fields = getattr(type(obj), "__dataclass_fields__", None)
     if isinstance(fields, dict) and fields:
         first = next(iter(fields))
-        _check_attribute_keys(where, getattr(obj, first, None))
+        value = getattr(obj, first, None)
+        checked = _materialise_keys(where, value)  # what the base's __post_init__ will spread
+        if checked is not value:
+            object.__setattr__(obj, first, checked)
 
 
 def _install_checked_post_init(cls: type) -> None:
@@ -100,17 +103,87 @@ def _progress_bar_config_guard(box: AttributeRules, fn: Callable[..., Any], wher
     return set_progress_bar_config
 
 
+def _pipeline_utils() -> Any:
+    import importlib
+
+    from pipewarden.sandbox import tripwire
+
+    with tripwire.suspended():
+        return importlib.import_module("diffusers.pipelines.pipeline_utils")
+
+
 def _progress_bar_guard(box: AttributeRules, fn: Callable[..., Any], where: str) -> Callable[..., Any]:
+    """DiffusionPipeline.progress_bar re-implemented at the point of use: the configuration is read
+    ONCE through the guards (instance attribute, class attribute or property alike), copied to a
+    plain dict, checked, and exactly that copy reaches tqdm. The host method never runs, so it
+    cannot re-read a different value; other host ``progress_bar`` methods are not reviewed."""
+    func = getattr(fn, "__func__", fn)
+    if func in box._functions:
+        return fn  # the pipeline's own progress_bar: sandboxed code, guarded line by line
+    utils = _pipeline_utils()
+    reviewed = utils.DiffusionPipeline.__dict__.get("progress_bar")
+    if func is not reviewed:
+        raise _violation(f"{where} is not a reviewed progress bar", "argument.format-traversal")
     owner = getattr(fn, "__self__", None)
 
     def progress_bar(*args: Any, **kwargs: Any) -> Any:
-        d = getattr(owner, "__dict__", None)
-        config = d.get("_progress_bar_config") if isinstance(d, dict) else None
-        if config is not None:
-            _check_bar_format(config, where)
-        return fn(*args, **kwargs)
+        if owner is None:
+            if not args:
+                raise TypeError("progress_bar() missing its pipeline argument")
+            self_obj, rest = args[0], args[1:]
+        else:
+            self_obj, rest = owner, args
+        return _run_progress_bar(box, utils, self_obj, where, *rest, **kwargs)
 
     return progress_bar
+
+
+def _run_progress_bar(box: AttributeRules, utils: Any, self_obj: Any, where: str, iterable: Any = None,
+                      total: Any = None) -> Any:
+    try:
+        raw = box.guarded_getattr(self_obj, "_progress_bar_config")
+    except AttributeError:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ValueError(f"`self._progress_bar_config` should be of type `dict`, but is {type(raw)}.")
+    config = dict(dict.items(raw))  # what is stored, whatever the mapping's own methods say
+    _check_bar_format(config, where)
+    if "disable" not in config:
+        rank_zero = getattr(utils, "is_torch_dist_rank_zero", None)
+        config["disable"] = not rank_zero() if callable(rank_zero) else False
+    if iterable is not None:
+        return utils.tqdm(iterable, **config)
+    if total is not None:
+        return utils.tqdm(total=total, **config)
+    raise ValueError("Either `total` or `iterable` has to be defined.")
+
+
+def _components_guard(box: AttributeRules, obj: Any, where: str) -> dict[str, Any]:
+    """DiffusionPipeline.components re-implemented: the host property getattr()s every config key
+    the pipeline registered (a key ``save_pretrained`` or ``download`` would hand back the raw bound
+    host method); here every value is read through the guards."""
+    utils = _pipeline_utils()
+    expected, optional = utils.DiffusionPipeline._get_signature_keys(obj)
+    config = box.guarded_getattr(obj, "config")
+    keys = [k for k in list(config.keys()) if type(k) is str and not k.startswith("_") and k not in optional]
+    components = {k: box.guarded_getattr(obj, k) for k in keys}
+    if sorted(set(components)) != sorted(expected):
+        raise ValueError(
+            f"{_tname(obj)} has been incorrectly initialized or is incorrectly implemented. Expected"
+            f" {sorted(expected)} to be defined, but {sorted(set(components))} are defined."
+        )
+    return components
+
+
+def _reviewed_property(box: AttributeRules, t: type, name: str) -> Callable[..., Any] | None:
+    """The re-implementation to use instead of a reviewed host property (None: not one)."""
+    if name != "components":
+        return None
+    utils = _pipeline_utils()
+    for klass in t.__mro__:
+        if name in klass.__dict__:
+            return _components_guard if klass.__dict__[name] is utils.DiffusionPipeline.__dict__.get(name) else None
+    return None
 
 
 def _register_modules_guard(box: AttributeRules, fn: Callable[..., Any], where: str) -> Callable[..., Any]:
@@ -135,8 +208,7 @@ def _config_dict_only(box: AttributeRules, fn: Callable[..., Any], where: str) -
                 "argument.config-path",
                 "pass an in-memory config such as self.scheduler.config",
             )
-        _check_attribute_keys(where, config)
-        return fn(config, *args, **kwargs)
+        return fn(_materialise_keys(where, config), *args, **kwargs)
 
     return from_config
 

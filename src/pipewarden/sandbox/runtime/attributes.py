@@ -27,7 +27,7 @@ from pipewarden.sandbox.runtime._common import (
     _tname,
     _violation,
 )
-from pipewarden.sandbox.runtime.argguards import ARGUMENT_GUARD_IMPLS, _first_field_check
+from pipewarden.sandbox.runtime.argguards import ARGUMENT_GUARD_IMPLS, _first_field_check, _reviewed_property
 from pipewarden.sandbox.runtime.facades import FacadeResolver
 from pipewarden.sandbox.runtime.objects import (
     _LOGGER_METHODS,
@@ -37,7 +37,7 @@ from pipewarden.sandbox.runtime.objects import (
     Facade,
     KeyCheckedClass,
     SandboxLogger,
-    _check_attribute_keys,
+    _checked_arguments,
 )
 from pipewarden.sandbox.runtime.snapshots import (
     _READONLY_TYPES,
@@ -232,6 +232,11 @@ class AttributeRules(FacadeResolver):
             return self._safe_format(obj, name)
         if obj is str and name in ("format", "format_map"):
             return self._safe_format_unbound(name)
+        if name == "components" and not isinstance(obj, type):
+            # a reviewed host property that getattr()s names the pipeline chose: re-implemented
+            reimplemented = _reviewed_property(self, t, name)
+            if reimplemented is not None:
+                return reimplemented(self, obj, f"{_tname(obj)}.{name}")
         try:
             value = getattr(obj, name)
         except AttributeError:
@@ -322,7 +327,7 @@ class AttributeRules(FacadeResolver):
                 raise _violation(f"{where} called on an object the sandbox did not create", "call.host-init")
             if box._keys_become_attributes(type(self_obj)):
                 _first_field_check(self_obj, where)
-                _check_attribute_keys(where, *args, *kwargs.values())
+                args, kwargs = _checked_arguments(where, args, kwargs)
             return fn(self_obj, *args, **kwargs)
 
         return call

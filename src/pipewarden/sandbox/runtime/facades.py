@@ -31,6 +31,7 @@ from pipewarden.sandbox.runtime.argguards import (
     _no_custom_attribute_lists,
     _signature_naming,
 )
+from pipewarden.sandbox.runtime.deputies import DEPUTY_FACADES
 from pipewarden.sandbox.runtime.objects import (
     ClassRef,
     DeniedName,
@@ -310,13 +311,6 @@ class FacadeResolver(SandboxBase):
             return checked
         if impl == "grad-mode":
             return _GradMode
-        if impl == "deepcopy-no-memo":
-            def deepcopy(x: Any, *args: Any, **kwargs: Any) -> Any:
-                if args or kwargs:
-                    raise _violation(f"{where} with a memo dict (it would hold the originals' state)", "argument.memo")
-                return target(x)
-
-            return deepcopy
         if impl == "deprecate-checked":
             # diffusers.utils.deprecate(take_from=x) does getattr(x, name) / x.pop(name) with names
             # the caller chooses: only a plain dict (the pipeline's own kwargs) may be given.
@@ -335,6 +329,9 @@ class FacadeResolver(SandboxBase):
                 return target(*args, take_from=take_from, **kwargs)
 
             return deprecate
+        deputy = DEPUTY_FACADES.get(impl)
+        if deputy is not None:
+            return deputy(self, where, target)
         raise _violation(f"{where} has an unknown sandbox replacement {impl!r}", "policy.replace")
 
     def require_owned(self, obj: Any, where: str) -> None:

@@ -53,16 +53,25 @@ class GuardHooks(AttributeRules):
         if t is Facade or t is DeniedName:
             raise _violation("subscripting a module facade", "item.facade")
         value = obj[key]
-        if type(value) in _FORBIDDEN_VALUE_TYPES:
+        vt = type(value)
+        if vt in _FORBIDDEN_VALUE_TYPES or vt is types.BuiltinFunctionType or (
+            isinstance(value, type) and issubclass(value, type)
+        ):
             self.check_value(value, f"an item of a {_tname(obj)}")
         if _is_snapshot_type(value) and t not in _WRITABLE_CONTAINERS and t not in _READONLY_TYPES and not self.owns(obj):
             return self._snapshot(value)  # e.g. a list inside a host FrozenDict config
         return value
 
     def guarded_getiter(self, obj: Any) -> Any:
+        """``for``, comprehensions, ``iter()`` and unpacking (RestrictedPython's unpack guards
+        iterate through here): every element reaching sandboxed code is checked like an attribute
+        value, whichever container or iterator it came from."""
         if type(obj) is Facade:
             raise _violation("iterating over a module facade", "iter.facade")
-        return iter(obj)
+        it = iter(obj)
+        if type(obj) in _PLAIN_ITERABLES:
+            return it
+        return _checked_elements(self, it)
 
     def guarded_write(self, obj: Any) -> Any:
         t = type(obj)
@@ -136,7 +145,19 @@ class GuardHooks(AttributeRules):
                     finally:
                         suspended_var.reset(t2)
                         armed_var.reset(t1)
-                    to_send = yield value
+                    try:
+                        to_send = yield value
+                    except GeneratorExit:
+                        # the host closes or drops the stream: the pipeline's finally blocks run now,
+                        # armed (by code origin, and here), and a refusal there reaches the closer
+                        t1 = armed_var.set(True)
+                        t2 = suspended_var.set(False)
+                        try:
+                            gen.close()
+                        finally:
+                            suspended_var.reset(t2)
+                            armed_var.reset(t1)
+                        raise
 
             self._functions.add(gen_wrapper)
             return gen_wrapper
@@ -344,3 +365,18 @@ class GuardHooks(AttributeRules):
             CLASS_OF_NAME: self.class_of,
             BIND_NAME: self.bind,
         }
+
+
+#: Iterables whose elements are plain values by construction.
+_PLAIN_ITERABLES: frozenset[type] = frozenset({range, str, bytes, bytearray})
+
+
+def _checked_elements(box: Any, it: Any) -> Any:
+    check = box.check_value
+    for value in it:
+        t = type(value)
+        if t in _FORBIDDEN_VALUE_TYPES or t is types.BuiltinFunctionType or (
+            isinstance(value, type) and issubclass(value, type)
+        ):
+            check(value, "an element reached by iteration")
+        yield value

@@ -154,33 +154,126 @@ def _bad_key(key: Any) -> bool:
     return type(key) is not str or key.startswith("__")
 
 
-def _check_attribute_keys(where: str, *values: Any) -> None:
-    """Refuse mapping keys / names that host code would turn into attributes and that are dunders.
+#: Values that are data, never (name, value) sources: passed to key-taking constructors as they are.
+_OPAQUE_VALUE_TYPES: tuple[type, ...] = (str, bytes, bytearray, int, float, complex, bool, type(None))
 
-    Looks at mappings, (name, value) pairs and whitespace/comma separated name strings, one level
-    down into lists and tuples (how FrozenDict, BaseOutput, BatchEncoding and the Enum functional API
-    take their names).
+
+def _opaque(value: Any) -> bool:
+    if isinstance(value, _OPAQUE_VALUE_TYPES):
+        return True
+    mod = type(value).__module__ or ""
+    # tensors, arrays, images: an output's first field is data, not a mapping of names
+    return mod.split(".")[0] in ("torch", "numpy", "PIL")
+
+
+def _materialise_keys(where: str, value: Any) -> Any:
+    """The value a key-taking host constructor will really see, with its names checked.
+
+    Mappings (dict subclasses included, whatever their ``keys()`` says) become a plain dict of
+    what they actually store; any other iterable (dict views, zip, map, generators, the sandbox's
+    own iterables) is read ONCE into a list (tuples stay tuples), so the check and the host read
+    the same elements. Names are checked on the materialised value: mapping keys, the first item of
+    (name, value) pairs, bare names, whitespace/comma separated name strings.
     """
+    if isinstance(value, str):
+        _check_names(where, value.replace(",", " ").split())
+        return value
+    if _opaque(value):
+        return value
+    if isinstance(value, dict):
+        value = dict(dict.items(value))
+    elif isinstance(value, Mapping):
+        value = {k: value[k] for k in list(value.keys())}
+    elif type(value) is tuple:
+        value = tuple(_materialise_pair(where, e) for e in value)
+    elif isinstance(value, (list, tuple)) or _iterable(value):
+        value = [_materialise_pair(where, e) for e in _bounded(value)]
+    else:
+        return value
+    if isinstance(value, dict):
+        _check_names(where, list(value))
+    else:
+        names: list[Any] = []
+        for element in value:
+            if isinstance(element, (list, tuple)) and element:
+                names.append(element[0])
+            elif isinstance(element, str):
+                names.append(element)
+            elif isinstance(element, dict):
+                names.extend(element)
+        _check_names(where, names)
+    return value
+
+
+def _materialise_pair(where: str, element: Any) -> Any:
+    if isinstance(element, dict) or (isinstance(element, Mapping) and not _opaque(element)):
+        return _materialise_keys(where, element)
+    if isinstance(element, (list, tuple)) and type(element) not in (list, tuple):
+        return tuple(element)  # a tuple/list subclass could answer [0] differently later
+    return element
+
+
+def _iterable(value: Any) -> bool:
+    try:
+        iter_method = type(value).__iter__  # type: ignore[attr-defined]
+    except AttributeError:
+        return False
+    return iter_method is not None
+
+
+def _bounded(value: Any) -> list[Any]:
+    out: list[Any] = []
+    for element in value:
+        out.append(element)
+        if len(out) > 100_000:
+            raise _violation("an iterable of more than 100000 names", "argument.dunder-key")
+    return out
+
+
+def _check_names(where: str, names: list[Any]) -> None:
+    for key in names:
+        if isinstance(key, str) and key.startswith("__"):
+            raise _violation(
+                f"{where} with the name {key!r} (it would become an attribute that host protocols read)",
+                "argument.dunder-key",
+            )
+
+
+def _check_attribute_keys(where: str, *values: Any) -> None:
+    """Refuse names that host code would turn into attributes and that are dunders (the values are
+    materialised to check them; callers that pass the values on use :func:`_checked_arguments`)."""
     for value in values:
-        items: list[Any] = []
-        if isinstance(value, Mapping):
-            items = list(value.keys())
-        elif isinstance(value, str):
-            items = value.replace(",", " ").split()
-        elif isinstance(value, (list, tuple)):
-            for element in value[:100_000]:
-                if isinstance(element, (list, tuple)) and element:
-                    items.append(element[0])
-                elif isinstance(element, str):
-                    items.append(element)
-                elif isinstance(element, Mapping):
-                    items.extend(element.keys())
-        for key in items:
-            if isinstance(key, str) and key.startswith("__"):
-                raise _violation(
-                    f"{where} with the name {key!r} (it would become an attribute that host protocols read)",
-                    "argument.dunder-key",
-                )
+        _materialise_keys(where, value)
+
+
+def _checked_arguments(where: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Arguments for a key-taking host constructor: materialised and checked (what is checked is
+    what the host reads)."""
+    for key in kwargs:
+        if _bad_key(key):
+            raise _violation(f"{where} with keyword {key!r}", "call.dunder-keyword")
+    return (
+        tuple(_materialise_keys(where, a) for a in args),
+        {k: _materialise_keys(where, v) for k, v in kwargs.items()},
+    )
+
+
+def _no_dunder_keys_stored(where: str, result: Any) -> None:
+    """After the host built it: no dunder attribute or key was stored, whatever the route."""
+    d = getattr(result, "__dict__", None) if not isinstance(result, type) else None
+    keys: list[Any] = list(d) if isinstance(d, dict) else []
+    if isinstance(result, dict):
+        keys.extend(dict.keys(result))
+    data = d.get("data") if isinstance(d, dict) else None
+    if isinstance(data, dict):  # UserDict / BatchEncoding forward attribute lookups to .data
+        keys.extend(dict.keys(data))
+    if isinstance(result, type):
+        members = getattr(result, "__members__", None)
+        if isinstance(members, Mapping):
+            keys.extend(members)
+    for key in keys:
+        if isinstance(key, str) and key.startswith("__") and key != "__orig_class__":
+            raise _violation(f"{where} stored the name {key!r} as an attribute", "argument.dunder-key")
 
 
 class KeyCheckedClass(_ClassStandIn):
@@ -197,11 +290,10 @@ class KeyCheckedClass(_ClassStandIn):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         cls = object.__getattribute__(self, "_pw_cls")
         where = _tname(cls)
-        _check_attribute_keys(where, *args, *kwargs.values())
-        for key in kwargs:
-            if _bad_key(key):
-                raise _violation(f"{where} with keyword {key!r}", "call.dunder-keyword")
-        return cls(*args, **kwargs)
+        args, kwargs = _checked_arguments(where, args, kwargs)
+        result = cls(*args, **kwargs)
+        _no_dunder_keys_stored(where, result)
+        return result
 
     def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
         cls = object.__getattribute__(self, "_pw_cls")
