@@ -38,6 +38,7 @@ class SandboxBase:
         self._owned_type_cache: dict[type, bool] = {}
         self._functions: weakref.WeakSet[Any] = weakref.WeakSet()
         self._snapshot_cache: dict[int, tuple[Any, Any]] = {}
+        self._type_results: dict[type, Any] = {}  # one-argument type(): see GuardHooks.type_of
         self._formatter = _SafeFormatter(cast("GuardHooks", self))  # SandboxBase is only ever a Sandbox's first layer
         self._deny = policy.deny
         self._builtin_module = _builtins

@@ -1,0 +1,162 @@
+"""Idioms of real community pipelines the sandbox must accept (issue 11 part 8), each next to an
+escape test showing the allowance cannot reach the host.
+
+The pipelines below use Stable-Diffusion-shaped tiny components from
+``pipewarden.audit.synth``; every accepted idiom is compared with the same source run as plain
+Python (what diffusers would do).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import textwrap
+
+import pytest
+
+from pipewarden.errors import PipewardenError
+from pipewarden.sandbox import load_class, tripwire
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+HEAD = '''\
+import torch
+from diffusers import DiffusionPipeline, AutoencoderKL, UNet2DConditionModel, DDIMScheduler
+from diffusers.loaders import TextualInversionLoaderMixin
+from transformers import CLIPTextModel, CLIPTokenizer
+
+
+class P(DiffusionPipeline, TextualInversionLoaderMixin):
+    def __init__(self, vae: AutoencoderKL, text_encoder: CLIPTextModel, tokenizer: CLIPTokenizer,
+                 unet: UNet2DConditionModel, scheduler: DDIMScheduler):
+        super().__init__()
+        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                              scheduler=scheduler)
+
+    def __call__(self, canary=""):
+'''
+
+
+def _source(body: str) -> str:
+    return HEAD + textwrap.indent(textwrap.dedent(body), " " * 8) + "\n"
+
+
+@pytest.fixture(scope="module")
+def sd_components():
+    from pipewarden.audit import synth
+
+    cls = load_class(_source("return None"))
+    return synth.build_components(cls)
+
+
+def _plain(source: str, tmp_path, name: str):
+    path = tmp_path / f"{name}.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location(f"plain_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module.P
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and torch.equal(a, b)
+    if isinstance(a, (tuple, list)):
+        return type(a) is type(b) and len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    return a == b
+
+
+# (label, __call__ body). Each is taken from real community pipelines (named in the comment).
+ACCEPTED = [
+    # 50 of 110 files end __call__ with this (e.g. stable_diffusion_reference.py)
+    ("maybe-free-model-hooks", "self.maybe_free_model_hooks()\nreturn 1"),
+    # older files (e.g. lpw_stable_diffusion.py) probe the pre-0.20 offload hook
+    ("final-offload-hook", "if hasattr(self, 'final_offload_hook') and self.final_offload_hook is not None:\n"
+     "    self.final_offload_hook.offload()\nreturn 2"),
+    # textual-inversion mixin in 39 files (e.g. composable_stable_diffusion.py)
+    ("maybe-convert-prompt", "prompt = 'a photo of a cat'\nif isinstance(self, TextualInversionLoaderMixin):\n"
+     "    prompt = self.maybe_convert_prompt(prompt, self.tokenizer)\nreturn prompt"),
+    # every img2img / inpaint pipeline (e.g. stable_diffusion_controlnet_img2img.py)
+    ("latent-dist", "image = torch.linspace(-1, 1, 3 * 64 * 64).reshape(1, 3, 64, 64)\n"
+     "dist = self.vae.encode(image).latent_dist\n"
+     "g = torch.Generator().manual_seed(0)\n"
+     "return dist.sample(g), dist.mean, dist.mode(), dist.std, dist.var"),
+    # SDXL-style pipelines read the projection size of the text encoder (e.g. lpw_stable_diffusion_xl.py)
+    ("transformers-config", "cfg = self.text_encoder.config\n"
+     "return cfg.projection_dim, cfg.hidden_size, cfg.max_position_embeddings, self.tokenizer.model_max_length"),
+    # 87 files compare prompt types (stable_diffusion_reference.py: type(prompt) is not type(negative_prompt))
+    ("type-one-argument", "prompt, negative_prompt = 'a', ['b']\n"
+     "same = type(prompt) is type('x') and type(negative_prompt) is list and type(prompt) is not type(negative_prompt)\n"
+     "return same, type(self.unet).__name__, type(self.unet) is type(self.unet), type(self.unet) is UNet2DConditionModel, "
+     "f'{type(prompt)}'"),
+    # the sandbox's own copy of a config is writable (e.g. stable_diffusion_mega.py: new_config = dict(...))
+    ("dict-of-config", "new_config = dict(self.scheduler.config)\nnew_config['steps_offset'] = 1\n"
+     "new_config['clip_sample'] = True\nnew_config.update(sample_size=8)\n"
+     "return new_config['steps_offset'], new_config['clip_sample'], self.scheduler.config.clip_sample"),
+]
+
+
+@pytest.mark.parametrize("label, body", ACCEPTED, ids=[c[0] for c in ACCEPTED])
+def test_real_pipeline_idiom_runs_like_plain_python(label, body, sd_components, tmp_path):
+    source = _source(body)
+    cls = load_class(source)
+    ours = cls(**sd_components)()
+    theirs = _plain(source, tmp_path, label.replace("-", "_"))(**sd_components)()
+    assert _same(ours, theirs), (ours, theirs)
+    assert not tripwire.is_armed()
+
+
+# Each allowance above, pushed towards the host: refused, and the host is unchanged.
+ESCAPES = [
+    # the hooks exception is the name maybe_free_model_hooks only: every other *_hooks / *_hook stays denied
+    ("other-hooks", "self.unet._forward_hooks", "attribute.denied"),
+    ("register-hook", "self.unet.register_forward_pre_hook(lambda *a: None)", "attribute.denied"),
+    ("offload-hook-write", "self.unet.final_offload_hook = 1", "write.host-object"),
+    # maybe_convert_prompt reads; the loader half of the mixin (files) stays refused
+    ("load-textual-inversion", "self.load_textual_inversion(canary)", "attribute.denied"),
+    # DiagonalGaussianDistribution: the listed reads only, and it is not writable
+    ("latent-dist-write", "d = self.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist\nd.mean = None",
+     "write.host-object"),
+    ("latent-dist-private", "d = self.vae.encode(torch.zeros(1, 3, 64, 64)).latent_dist\ngetattr(d, '__dict__')",
+     "attribute.not-allowlisted"),
+    # transformers configs: data only; no file methods, no writes
+    ("config-to-json-file", "self.text_encoder.config.to_json_file(canary)", "attribute.denied"),
+    ("config-save", "self.text_encoder.config.save_pretrained(canary)", "attribute.denied"),
+    ("config-write", "self.text_encoder.config.projection_dim = 3", "write.host-object"),
+    ("config-private", "self.text_encoder.config._attn_implementation_internal", "attribute.not-allowlisted"),
+    ("config-id2label-write", "self.text_encoder.config.id2label[0] = 'x'", "write.host-object"),
+    # type(): never builds a class, and the class of a facade is not handed out
+    ("type-three-arguments", "type('X', (object,), {'__init_subclass__': None})", "builtins.refused"),
+    ("type-of-facade-write", "type(torch).randn = None", "write.facade"),
+    ("type-host-class-write", "type(self.unet).forward = None", "write.host-class"),
+    ("type-of-scheduler-write", "type(self.scheduler).step = None", "write.host-class"),
+    # a copy the sandbox made is writable; the host config it came from is not
+    ("host-config-write", "self.scheduler.config['steps_offset'] = 5", "write.host-object"),
+    ("host-internal-dict", "self.scheduler._internal_dict = {}", "write.host-object"),
+]
+
+
+@pytest.mark.parametrize("label, body, rule", ESCAPES, ids=[c[0] for c in ESCAPES])
+def test_allowances_do_not_reach_the_host(label, body, rule, sd_components, tmp_path):
+    unet, text_encoder, scheduler = sd_components["unet"], sd_components["text_encoder"], sd_components["scheduler"]
+    hooks = (len(unet._forward_hooks), len(unet._forward_pre_hooks))
+    te_config = text_encoder.config.to_dict()
+    sched_config = dict(scheduler.config)
+    forward, step = type(unet).forward, type(scheduler).step
+    cls = load_class(_source(body))
+    canary = tmp_path / "out"
+    with pytest.raises(PipewardenError) as info:
+        cls(**sd_components)(canary=str(canary))
+    assert info.value.rule == rule, (info.value.rule, info.value.what)
+    assert os.listdir(tmp_path) == []
+    assert (len(unet._forward_hooks), len(unet._forward_pre_hooks)) == hooks
+    assert text_encoder.config.to_dict() == te_config
+    assert dict(scheduler.config) == sched_config
+    assert type(unet).forward is forward and type(scheduler).step is step
+    assert not hasattr(unet, "final_offload_hook")
+    assert not tripwire.is_armed()
