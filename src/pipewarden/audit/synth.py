@@ -232,7 +232,7 @@ def clip_tokenizer(model_max_length: int = 77) -> Any:
         vocab.setdefault(left + right, len(vocab))
     for special in ("</w>", "<|startoftext|>", "<|endoftext|>"):
         vocab[special] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=list(_MERGES), model_max_length=model_max_length)
+    return CLIPTokenizer(vocab=vocab, merges=list(_MERGES), model_max_length=model_max_length)  # type: ignore[arg-type]
 
 
 def _tokenizer(shape: Shape) -> Any:
