@@ -115,15 +115,28 @@ def _child_pipewarden(path: Path, work: Path, isolation: str) -> dict[str, Any]:
 
     import pipewarden
     from pipewarden.audit import synth
+    from pipewarden.errors import NotAllowedError
 
     stage = "load"
     try:
         call = json.loads((work / "call.json").read_text())
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        pipe = pipewarden.load_pipeline(
-            str(work / "weights"), custom_pipeline=str(path), trust_remote_code=True, pipeline_sha256=sha,
-            isolation=isolation,
-        )
+        weights = str(work / "weights")
+        via_objects = False
+        try:
+            pipe = pipewarden.load_pipeline(
+                weights, custom_pipeline=str(path), trust_remote_code=True, pipeline_sha256=sha, isolation=isolation,
+            )
+        except NotAllowedError as exc:
+            # A pipewarden without transformers components from verified bytes: do what its error
+            # says (pass them as objects) and record that this run needed it.
+            if "'transformers'" not in exc.what:
+                raise
+            via_objects = True
+            pipe = pipewarden.load_pipeline(
+                weights, custom_pipeline=str(path), trust_remote_code=True, pipeline_sha256=sha, isolation=isolation,
+                **_transformers_components(work / "weights"),
+            )
         stage = "call"
         synth.seed_everything()
         with torch.no_grad():
@@ -132,9 +145,23 @@ def _child_pipewarden(path: Path, work: Path, isolation: str) -> dict[str, Any]:
         digest, n = synth.output_digest(out)
         if hasattr(pipe, "close"):
             pipe.close()
-        return {"status": "ok", "digest": digest, "arrays": n}
+        return {"status": "ok", "digest": digest, "arrays": n, "via_objects": via_objects}
     except BaseException as exc:  # noqa: BLE001
-        return _error_entry(stage, exc)
+        entry = _error_entry(stage, exc)
+        entry["via_objects"] = via_objects
+        return entry
+
+
+def _transformers_components(weights: Path) -> dict[str, Any]:
+    """The transformers components of a weights dir, loaded by transformers itself (harness side)."""
+    import transformers
+
+    index = json.loads((weights / "model_index.json").read_text())
+    out: dict[str, Any] = {}
+    for name, entry in index.items():
+        if isinstance(entry, list) and entry and entry[0] == "transformers":
+            out[name] = getattr(transformers, entry[1]).from_pretrained(str(weights / name))
+    return out
 
 
 def _child(mode: str, path: Path, work: Path) -> int:
@@ -209,6 +236,8 @@ def summarise(rows: list[dict[str, Any]]) -> dict[str, Any]:
             "identical": len(same),
             "identical_rate": round(len(same) / max(1, len(plain_ok)), 4),
             "outcomes": dict(collections.Counter(r.get(mode, {}).get("status", "-") for r in plain_ok)),
+            # transformers components passed as objects because the weights dir could not give them
+            "via_objects": sum(1 for r in plain_ok if r.get(mode, {}).get("via_objects")),
         }
         for r in plain_ok:
             res = r.get(mode, {})
@@ -238,6 +267,10 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
     for mode in MODES[1:]:
         s = summary[mode]
         lines.append(f"| pipewarden `{mode}` | {s['ran']} | {s['identical']} of {n} ({100 * s['identical_rate']:.0f} %) |")
+    via = {m: summary[m]["via_objects"] for m in MODES[1:] if summary[m]["via_objects"]}
+    if via:
+        lines += ["", "Transformers components passed as objects (the weights dir could not supply them): "
+                  + ", ".join(f"{m}: {k}" for m, k in via.items()) + "."]
     lines += ["", "| refusal / failure (mode:file count) | count |", "| --- | ---: |"]
     for key, where in summary["refusals"].items():
         lines.append(f"| {key.replace('|', '/')} | {len(where)} |")

@@ -24,7 +24,6 @@ from pipewarden.sandbox.runtime._common import (
     _INPLACE_OPS,
     _MISSING,
     _PRINT_LOG,
-    _VALUE_TYPES,
     _WRITABLE_CONTAINERS,
     _resolve_type_path,
     _tname,
@@ -46,6 +45,11 @@ from pipewarden.sandbox.runtime.objects import (
     _WriteProxy,
 )
 from pipewarden.sandbox.runtime.snapshots import _READONLY_TYPES, _is_snapshot_type
+
+#: Classes ``type(x)`` returns as themselves (builtins the sandbox names anyway).
+_TYPE_AS_IS = frozenset(
+    {str, bytes, int, float, bool, complex, list, tuple, dict, set, frozenset, range, slice, type(None), bytearray}
+)
 
 
 class GuardHooks(AttributeRules):
@@ -191,7 +195,7 @@ class GuardHooks(AttributeRules):
         own classes, value types, a class a module facade hands out, wrapped the same way), else
         one ``ClassView`` per class (so ``type(a) is type(b)`` holds, and nothing else is readable)."""
         t = type(obj)
-        if t in self._classes or t in _VALUE_TYPES:
+        if t in self._classes or t in _TYPE_AS_IS:
             return t
         hit = self._type_results.get(t)
         if hit is None:
