@@ -160,3 +160,20 @@ def test_allowances_do_not_reach_the_host(label, body, rule, sd_components, tmp_
     assert type(unet).forward is forward and type(scheduler).step is step
     assert not hasattr(unet, "final_offload_hook")
     assert not tripwire.is_armed()
+
+
+def test_pil_to_numpy_after_a_cold_start(sd_components, tmp_path, monkeypatch):
+    """``np.array(pil_image)`` (every controlnet pipeline's prepare_image) makes PIL import
+    PIL.ImageFile lazily, whose module body compiles forward references: imported with PIL, while
+    the tripwire is suspended, not from inside the sandboxed call."""
+    import PIL
+    import PIL.ImageFile
+
+    monkeypatch.delitem(sys.modules, "PIL.ImageFile")
+    monkeypatch.delattr(PIL, "ImageFile")
+    source = HEAD.replace("import torch\n", "import numpy as np\nimport torch\nfrom PIL import Image\n", 1) + (
+        "        return np.array(Image.new('RGB', (4, 4), (1, 2, 3))).tolist()\n"
+    )
+    cls = load_class(source)
+    assert cls(**sd_components)() == [[[1, 2, 3]] * 4] * 4
+    assert not tripwire.is_armed()

@@ -89,6 +89,7 @@ class Shape:
 
     xl: bool  # SDXL-shaped: two text encoders, text_time added conditioning
     latent: bool  # a VAE sits between the UNet and pixels
+    inpaint: bool = False  # an inpainting UNet: latents + mask + masked-image latents (9 channels)
 
 
 def _torch():
@@ -100,16 +101,18 @@ def _torch():
 def _unet_sd(shape: Shape) -> Any:
     from diffusers import UNet2DConditionModel
 
+    in_channels = 9 if shape.inpaint else 4
+
     if shape.xl:
         return UNet2DConditionModel(
-            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=in_channels, out_channels=4,
             down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
             attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
             addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
             cross_attention_dim=64, norm_num_groups=1,
         )
     return UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=4, out_channels=4,
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=in_channels, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=32, norm_num_groups=2,
     )
@@ -202,6 +205,20 @@ def _image_processor(shape: Shape) -> Any:
     return CLIPImageProcessor(crop_size=32, size=32)
 
 
+def _safety_checker(shape: Shape) -> Any:
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    cfg = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+                     "vocab_size": 1000},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+                       "image_size": 32, "patch_size": 4},
+        projection_dim=32,
+    )
+    return StableDiffusionSafetyChecker(cfg).eval()
+
+
 def _bytes_to_unicode() -> list[str]:
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = printable[:]
@@ -283,6 +300,7 @@ RECIPES: dict[str, Callable[[Shape], Any]] = {
     "CLIPImageProcessorPil": _image_processor,
     "CLIPImageProcessorFast": _image_processor,
     "CLIPVisionModelWithProjection": _clip_vision,
+    "StableDiffusionSafetyChecker": _safety_checker,
 }
 
 #: parameter name -> recipe, for parameters without an annotation (``def __init__(self, unet, scheduler)``).
@@ -347,7 +365,9 @@ def plan_components(cls: type) -> ComponentPlan:
         names = annotation_names(p.annotation)
         required = p.default is inspect.Parameter.empty
         if p.name in NULL_COMPONENTS or "StableDiffusionSafetyChecker" in names:
-            recipes[p.name] = None
+            # None where diffusers accepts None (an optional component), else a tiny checker
+            optional = p.name in (getattr(cls, "_optional_components", None) or ())
+            recipes[p.name] = None if optional else "StableDiffusionSafetyChecker"
             continue
         if not required:
             left.append(p.name)  # diffusers passes the default for a component the index lacks
@@ -368,7 +388,29 @@ def plan_components(cls: type) -> ComponentPlan:
                 f"{cls.__name__}.__init__ parameter {p.name!r} ({' | '.join(names)}) has no tiny recipe"
             )
         recipes[p.name] = recipe
-    return ComponentPlan(shape=Shape(xl=xl, latent=latent), recipes=recipes, left_to_default=tuple(left))
+    inpaint = "inpaint" in cls.__name__.lower() and "mask_image" in _call_param_names(cls)
+    return ComponentPlan(shape=Shape(xl=xl, latent=latent, inpaint=inpaint), recipes=recipes, left_to_default=tuple(left))
+
+
+def _call_param_names(cls: type) -> set[str]:
+    try:
+        return {p.name for p in _call_params(getattr(cls, call_method(cls)))}
+    except SynthesisError:
+        return set()
+
+
+#: What to call where a pipeline has no ``__call__`` of its own (StableDiffusionMegaPipeline).
+_CALL_FALLBACKS = ("text2img", "txt2img", "generate")
+
+
+def call_method(cls: type) -> str:
+    """``__call__``, or the text-to-image method of a pipeline that defines no ``__call__``."""
+    if any("__call__" in vars(k) for k in cls.__mro__ if k is not object):
+        return "__call__"
+    for name in _CALL_FALLBACKS:
+        if callable(getattr(cls, name, None)):
+            return name
+    raise SynthesisError(f"{cls.__name__} defines no __call__ (nor {', '.join(_CALL_FALLBACKS)})")
 
 
 def build_components(cls: type, *, seed: int = SEED, plan: ComponentPlan | None = None) -> dict[str, Any]:
@@ -389,7 +431,10 @@ def build_components(cls: type, *, seed: int = SEED, plan: ComponentPlan | None 
 
 
 def _library_of(obj: Any) -> str:
-    top = type(obj).__module__.split(".")[0]
+    module = type(obj).__module__
+    if module.startswith("diffusers.pipelines."):
+        return module.split(".")[2]  # diffusers' spelling: ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    top = module.split(".")[0]
     if top not in ("diffusers", "transformers"):
         raise SynthesisError(f"component of type {type(obj).__name__} is from {top!r}, not diffusers/transformers")
     return top
@@ -446,19 +491,23 @@ def _call_params(callable_: Any) -> list[inspect.Parameter]:
     return [p for n, p in sig.parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
 
 
-def minimal_call(cls: type, method: str = "__call__") -> dict[str, Any]:
+def minimal_call(cls: type, method: str | None = None) -> dict[str, Any]:
     """A JSON recipe for a minimal call of ``cls.<method>``: ``{"method": ..., "kwargs": {...}}``.
 
     Values: ``{"generator": seed}``, ``{"image": [w, h, mode, seed]}`` or a JSON value.
     """
+    method = method or call_method(cls)
     fn = getattr(cls, method, None)
     if fn is None:
         raise SynthesisError(f"{cls.__name__} has no {method}")
     kwargs: dict[str, Any] = {}
-    for p in _call_params(fn):
+    params = _call_params(fn)
+    for p in params:
         required = p.default is inspect.Parameter.empty
         if p.name in _CALL_VALUES:
             kwargs[p.name] = _CALL_VALUES[p.name]
+        elif p.name in ("height", "width") and isinstance(p.default, int) and p.default > IMAGE_SIZE:
+            kwargs[p.name] = IMAGE_SIZE  # a 512 default would run the tiny models at full size
         elif p.name == "generator":
             kwargs[p.name] = {"generator": SEED}
         elif p.name in _IMAGE_PARAMS or (required and "image" in p.name):
@@ -468,6 +517,8 @@ def minimal_call(cls: type, method: str = "__call__") -> dict[str, Any]:
             kwargs[p.name] = PROMPT
         elif required:
             raise SynthesisError(f"{cls.__name__}.{method} parameter {p.name!r} is required and has no minimal value")
+    if "strength" in {p.name for p in params} and "num_inference_steps" in kwargs:
+        kwargs["num_inference_steps"] = 4  # img2img runs int(steps * strength) steps: keep at least one
     return {"method": method, "kwargs": kwargs}
 
 

@@ -42,6 +42,11 @@ from pipewarden.sandbox.runtime.objects import (
 )
 from pipewarden.sandbox.runtime.snapshots import _CONTAINER_TYPES, _private_copy
 
+#: Submodules a library imports lazily from inside calls the sandbox makes, whose module bodies do
+#: what the armed tripwire refuses (PIL.ImageFile compiles NamedTuple forward references on first
+#: Image.tobytes()): imported with the library, while the tripwire is suspended (trusted code).
+_LAZY_SUBMODULES: dict[str, tuple[str, ...]] = {"PIL.Image": ("PIL.ImageFile",), "PIL": ("PIL.ImageFile",)}
+
 
 class FacadeResolver(SandboxBase):
     """Imports, facades and replacements (second layer of :class:`~pipewarden.sandbox.runtime.Sandbox`)."""
@@ -51,6 +56,11 @@ class FacadeResolver(SandboxBase):
         if mod is None:
             with tripwire.suspended():
                 mod = importlib.import_module(name)
+                for lazy in _LAZY_SUBMODULES.get(name, ()):
+                    try:
+                        importlib.import_module(lazy)
+                    except ImportError:  # pragma: no cover - optional parts of a library
+                        pass
             self._real_modules[name] = mod
         return mod
 
