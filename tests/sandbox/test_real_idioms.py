@@ -177,3 +177,129 @@ def test_pil_to_numpy_after_a_cold_start(sd_components, tmp_path, monkeypatch):
     cls = load_class(source)
     assert cls(**sd_components)() == [[[1, 2, 3]] * 4] * 4
     assert not tripwire.is_armed()
+
+
+# ------------------------------------------------------------------ attention processors
+# prompt2prompt / boxdiff / style_aligned install their own processors on the UNet they were given.
+
+ATTN_SOURCE = '''\
+import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel, DDIMScheduler
+from diffusers.models.attention_processor import AttnProcessor
+
+
+class ScaledProcessor:
+    def __init__(self, scale):
+        self.scale = scale
+        self.inner = AttnProcessor()
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        out = self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
+        return out * self.scale
+
+
+class AttnPipeline(DiffusionPipeline):
+    def __init__(self, unet: UNet2DConditionModel, scheduler: DDIMScheduler):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    def __call__(self, how="dict"):
+        if how == "dict":
+            procs = {}
+            for name in self.unet.attn_processors.keys():
+                procs[name] = ScaledProcessor(0.5 if "attn2" in name else 1.0)
+            self.unet.set_attn_processor(procs)
+        elif how == "one":
+            for module in self.unet.modules():
+                if hasattr(module, "set_processor"):
+                    module.set_processor(ScaledProcessor(0.25))
+        elif how == "default":
+            self.unet.set_default_attn_processor()
+        elif how == "diffusers":
+            self.unet.set_attn_processor(AttnProcessor())
+        elif how == "not-a-processor":
+            self.unet.set_attn_processor(torch.nn.Identity())
+        elif how == "lambda":
+            self.unet.set_attn_processor(lambda *a, **k: a[1])
+        g = torch.Generator().manual_seed(0)
+        sample = torch.randn(1, 4, 8, 8, generator=g)
+        text = torch.randn(1, 5, 32, generator=g)
+        return self.unet(sample, 3, encoder_hidden_states=text).sample
+'''
+
+
+@pytest.fixture(scope="module")
+def attn_repo(tmp_path_factory):
+    from pipewarden.audit import synth
+
+    root = tmp_path_factory.mktemp("attn")
+    code = root / "attn_pipeline.py"
+    code.write_text(ATTN_SOURCE)
+    cls = load_class(ATTN_SOURCE, filename="attn_pipeline.py")
+    synth.save_weights_dir(cls.__name__, synth.build_components(cls), root / "weights")
+    return root
+
+
+def _pw_load(attn_repo, isolation):
+    import hashlib
+
+    import pipewarden
+
+    code = attn_repo / "attn_pipeline.py"
+    return pipewarden.load_pipeline(
+        str(attn_repo / "weights"), custom_pipeline=str(code), trust_remote_code=True,
+        pipeline_sha256=hashlib.sha256(code.read_bytes()).hexdigest(), isolation=isolation,
+    )
+
+
+@pytest.mark.parametrize("how", ["dict", "one", "default", "diffusers"])
+def test_attention_processors_on_components_this_load_built(how, attn_repo):
+    from diffusers import DiffusionPipeline
+
+    plain = DiffusionPipeline.from_pretrained(
+        str(attn_repo / "weights"), custom_pipeline=str(attn_repo / "attn_pipeline.py"), trust_remote_code=True
+    )
+    expected = plain(how=how)
+    inproc = _pw_load(attn_repo, "inprocess")
+    assert torch.equal(inproc(how=how), expected)
+    with _pw_load(attn_repo, "process") as proc:
+        assert torch.equal(proc(how=how), expected)
+    assert not tripwire.is_armed()
+
+
+@pytest.mark.parametrize(
+    "how, rule",
+    [("not-a-processor", "argument.attention-processor"), ("lambda", "argument.attention-processor")],
+)
+def test_attention_processors_must_be_diffusers_or_the_files_classes(how, rule, attn_repo):
+    inproc = _pw_load(attn_repo, "inprocess")
+    before = dict(inproc.unet.attn_processors)
+    with pytest.raises(PipewardenError) as info:
+        inproc(how=how)
+    assert info.value.rule == rule
+    assert dict(inproc.unet.attn_processors) == before
+
+
+@pytest.mark.parametrize("how", ["dict", "one", "default", "diffusers"])
+def test_attention_processors_never_on_objects_the_caller_passed(how, attn_repo):
+    import hashlib
+
+    from diffusers import UNet2DConditionModel
+
+    import pipewarden
+
+    unet = UNet2DConditionModel.from_pretrained(str(attn_repo / "weights" / "unet"))
+    before = {k: type(v) for k, v in unet.attn_processors.items()}
+    code = attn_repo / "attn_pipeline.py"
+    # through load_pipeline with the caller's UNet, and through load_class + construct
+    pipe = pipewarden.load_pipeline(
+        str(attn_repo / "weights"), custom_pipeline=str(code), trust_remote_code=True,
+        pipeline_sha256=hashlib.sha256(code.read_bytes()).hexdigest(), isolation="inprocess", unet=unet,
+    )
+    cls = load_class(ATTN_SOURCE, filename="attn_pipeline.py")
+    for p in (pipe, cls(unet=unet, scheduler=pipe.scheduler)):
+        with pytest.raises(PipewardenError) as info:
+            p(how=how)
+        assert info.value.rule == "call.attention-processor-target"
+    assert {k: type(v) for k, v in unet.attn_processors.items()} == before
+    assert not tripwire.is_armed()

@@ -151,6 +151,7 @@ class _Worker:
         self.close_fds = close_fds
         self.pipe: Any = None
         self.methods: frozenset[str] = frozenset()
+        self.load_built: Any = None
         self.gpu_fraction: float | None = None
         self._parent = 0
 
@@ -303,7 +304,10 @@ class _Worker:
             from pipewarden.sandbox.policy import default_policy
 
             policy = default_policy().with_extras(extra_modules=extras, import_aliases=aliases)
-        cls = load_class(source_bytes, filename=req.filename, policy=policy, import_aliases=aliases)
+        from pipewarden.sandbox.runtime import LoadBuilt
+
+        load_built = LoadBuilt()  # every component in the worker is the worker's own
+        cls = load_class(source_bytes, filename=req.filename, policy=policy, import_aliases=aliases, load_built=load_built)
         from pipewarden.loader.records import FixedRecords
         from pipewarden.sandbox._load import companion_classes
 
@@ -326,6 +330,8 @@ class _Worker:
             use_safetensors=req.use_safetensors,
             custom_classes=companion_classes(cls),
         )
+        load_built.adopt(kwargs.values())
+        self.load_built = load_built
         self.pipe = cls(**kwargs)
         self.methods = public_methods(self.pipe)
         self.gpu_fraction = req.gpu_memory_fraction
@@ -431,6 +437,8 @@ class _Worker:
         if name not in components:
             raise PolicyViolation(f"the pipeline has no component {name!r}", rule="worker.protocol")
         value = decode_component(h.get("component"), load_tensors(payload), name)
+        if self.load_built is not None:
+            self.load_built.adopt([value])  # rebuilt here from data: the worker's own
         setattr(self.pipe, name, value)
         return self._describe()
 
