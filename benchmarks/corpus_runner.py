@@ -130,7 +130,7 @@ def _child_pipewarden(path: Path, work: Path, isolation: str) -> dict[str, Any]:
         except NotAllowedError as exc:
             # A pipewarden without transformers components from verified bytes: do what its error
             # says (pass them as objects) and record that this run needed it.
-            if "'transformers'" not in exc.what:
+            if "from library" not in exc.what or "'diffusers'" in exc.what:
                 raise
             via_objects = True
             pipe = pipewarden.load_pipeline(
@@ -153,14 +153,17 @@ def _child_pipewarden(path: Path, work: Path, isolation: str) -> dict[str, Any]:
 
 
 def _transformers_components(weights: Path) -> dict[str, Any]:
-    """The transformers components of a weights dir, loaded by transformers itself (harness side)."""
-    import transformers
+    """The components of a weights dir that are not diffusers models or schedulers (transformers
+    classes, the safety checker), loaded by their own libraries (harness side)."""
+    import importlib
 
     index = json.loads((weights / "model_index.json").read_text())
     out: dict[str, Any] = {}
     for name, entry in index.items():
-        if isinstance(entry, list) and entry and entry[0] == "transformers":
-            out[name] = getattr(transformers, entry[1]).from_pretrained(str(weights / name))
+        if not isinstance(entry, list) or len(entry) != 2 or entry[0] in (None, "diffusers"):
+            continue
+        module = "transformers" if entry[0] == "transformers" else f"diffusers.pipelines.{entry[0]}"
+        out[name] = getattr(importlib.import_module(module), entry[1]).from_pretrained(str(weights / name))
     return out
 
 
