@@ -440,6 +440,10 @@ def _library_of(obj: Any) -> str:
     return top
 
 
+#: Class names as released repositories spell them (transformers 5 instantiates the PIL backend).
+_INDEX_NAMES = {"CLIPImageProcessorPil": "CLIPImageProcessor", "CLIPImageProcessorFast": "CLIPImageProcessor"}
+
+
 def save_weights_dir(class_name: str, components: Mapping[str, Any], out_dir: Path | str) -> Path:
     """Write a diffusers weights directory: ``model_index.json`` + one folder per component.
 
@@ -464,7 +468,7 @@ def save_weights_dir(class_name: str, components: Mapping[str, Any], out_dir: Pa
             obj.save_pretrained(sub, safe_serialization=True)
         else:  # tokenizers and image processors
             obj.save_pretrained(sub)
-        index[name] = [lib, type(obj).__name__]
+        index[name] = [lib, _INDEX_NAMES.get(type(obj).__name__, type(obj).__name__)]
     (root / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
     return root
 
