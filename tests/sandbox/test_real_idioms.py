@@ -303,3 +303,49 @@ def test_attention_processors_never_on_objects_the_caller_passed(how, attn_repo)
         assert info.value.rule == "call.attention-processor-target"
     assert {k: type(v) for k, v in unet.attn_processors.items()} == before
     assert not tripwire.is_armed()
+
+
+FE_SOURCE = '''\
+import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel, DDIMScheduler
+from PIL import Image
+from transformers import CLIPImageProcessor
+
+
+class FePipeline(DiffusionPipeline):
+    def __init__(self, unet: UNet2DConditionModel, scheduler: DDIMScheduler, feature_extractor: CLIPImageProcessor):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, feature_extractor=feature_extractor)
+
+    def __call__(self):
+        # the safety-checker input path of every SD pipeline
+        return self.feature_extractor([Image.new("RGB", (64, 64), (9, 8, 7))], return_tensors="pt").pixel_values
+'''
+
+_FE_SCRIPT = """
+import hashlib, sys
+from pathlib import Path
+import pipewarden
+root = Path(sys.argv[1])
+code = root / "fe_pipeline.py"
+pipe = pipewarden.load_pipeline(str(root / "weights"), custom_pipeline=str(code), trust_remote_code=True,
+                                pipeline_sha256=hashlib.sha256(code.read_bytes()).hexdigest(), isolation="inprocess")
+print("SHAPE", tuple(pipe().shape))
+"""
+
+
+def test_first_image_processor_call_in_a_fresh_process(tmp_path):
+    """transformers' first processor call per class lazily tries ``import annotationlib`` (through
+    huggingface_hub); from inside the sandbox the tripwire refuses it, so the in-process loader
+    warms the processors it built, as the worker does. A fresh process, so nothing is cached."""
+    import subprocess
+
+    from pipewarden.audit import synth
+
+    (tmp_path / "fe_pipeline.py").write_text(FE_SOURCE)
+    cls = load_class(FE_SOURCE, filename="fe_pipeline.py")
+    synth.save_weights_dir(cls.__name__, synth.build_components(cls), tmp_path / "weights")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(p for p in sys.path if p))
+    proc = subprocess.run([sys.executable, "-c", _FE_SCRIPT, str(tmp_path)], capture_output=True, text=True,
+                          env=env, timeout=600)
+    assert "SHAPE (1, 3, 32, 32)" in proc.stdout, proc.stderr[-3000:]
