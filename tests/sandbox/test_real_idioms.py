@@ -94,6 +94,10 @@ ACCEPTED = [
      "same = type(prompt) is type('x') and type(negative_prompt) is list and type(prompt) is not type(negative_prompt)\n"
      "return same, type(self.unet).__name__, type(self.unet) is type(self.unet), type(self.unet) is UNet2DConditionModel, "
      "f'{type(prompt)}'"),
+    # ndarray.max()/.sum() import numpy._core._methods from C through the frame's __import__
+    # (masked_stable_diffusion_xl_img2img.py: mask_blur / mask_blur.max())
+    ("ndarray-reductions", "import numpy as np\na = np.arange(6.0).reshape(2, 3)\n"
+     "return float(a.max()), float(a.sum()), float(a.mean()), a.min(axis=0).tolist()"),
     # the sandbox's own copy of a config is writable (e.g. stable_diffusion_mega.py: new_config = dict(...))
     ("dict-of-config", "new_config = dict(self.scheduler.config)\nnew_config['steps_offset'] = 1\n"
      "new_config['clip_sample'] = True\nnew_config.update(sample_size=8)\n"
@@ -135,6 +139,9 @@ ESCAPES = [
     ("type-of-facade-write", "type(torch).randn = None", "write.facade"),
     ("type-host-class-write", "type(self.unet).forward = None", "write.host-class"),
     ("type-of-scheduler-write", "type(self.scheduler).step = None", "write.host-class"),
+    # the C-level import path hands sandboxed code nothing: its own imports of private modules fail
+    ("private-module-import", "import numpy._core._methods", "import.private-module"),
+    ("private-module-from-import", "from numpy._core import _methods", "import.private-module"),
     # a copy the sandbox made is writable; the host config it came from is not
     ("host-config-write", "self.scheduler.config['steps_offset'] = 5", "write.host-object"),
     ("host-internal-dict", "self.scheduler._internal_dict = {}", "write.host-object"),
