@@ -232,10 +232,6 @@ def _run_inprocess(
     built = sorted(k for k in kwargs if k not in components and kwargs[k] is not None and not isinstance(kwargs[k], (bool, int, float, str, list)))
     report("components", f"{len(digests)} files verified while loading (reverify={reverify}); safetensors only: {', '.join(built)}")
     load_built.adopt(v for k, v in kwargs.items() if k not in components)
-    from pipewarden.isolation._worker import _warm_processors
-
-    _warm_processors(v for k, v in kwargs.items() if k not in components)  # as the worker does: a lazy
-    # import inside transformers' first processor call would otherwise be refused inside the sandbox
     pipe = cls(**kwargs)
     report("instantiate", f"{cls.__name__}({', '.join(sorted(kwargs))}) in-process")
     return pipe
