@@ -204,13 +204,16 @@ def _run_inprocess(
     from pipewarden.loader.records import records_for
     from pipewarden.sandbox import load_class
     from pipewarden.sandbox._load import companion_classes
+    from pipewarden.sandbox.runtime import LoadBuilt
 
     policy = _sandbox_policy(admitted)
+    load_built = LoadBuilt()  # what this load builds from verified bytes (not the caller's objects)
     cls = load_class(
         admitted.source_text(),
         filename=admitted.code.module_relpath,
         policy=policy,
         import_aliases=dict(admitted.import_aliases) or None,
+        load_built=load_built,
     )
     report("sandbox", f"vetted class {cls.__name__}: scanned, restricted-compiled, executed with facades")
     digests: dict[str, str] = {}
@@ -228,6 +231,7 @@ def _run_inprocess(
     )
     built = sorted(k for k in kwargs if k not in components and kwargs[k] is not None and not isinstance(kwargs[k], (bool, int, float, str, list)))
     report("components", f"{len(digests)} files verified while loading (reverify={reverify}); safetensors only: {', '.join(built)}")
+    load_built.adopt(v for k, v in kwargs.items() if k not in components)
     pipe = cls(**kwargs)
     report("instantiate", f"{cls.__name__}({', '.join(sorted(kwargs))}) in-process")
     return pipe

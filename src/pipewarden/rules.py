@@ -145,6 +145,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("attribute.dunder-write", "sandbox", "dunder attributes are never written or deleted"),
     ("attribute.guard-hook", "sandbox", "guard-hook names are never attribute names"),
     ("attribute.inspect", "sandbox", "frame, code, traceback and generator internals are refused"),
+    ("call.attention-processor-target", "sandbox", "attention processors only on components pipewarden built for this load"),
     ("call.dunder-keyword", "sandbox", "dunder keyword arguments are refused"),
     ("call.eval", "sandbox", "eval is refused"),
     ("call.exec", "sandbox", "exec is refused"),
@@ -165,6 +166,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("syntax.walrus-target", "sandbox", "assignment expressions bind plain names only"),
     ("syntax.yield-in-with", "sandbox", "yield inside a with block is refused"),
     # -- restricted exec and run time (sandbox/_load.py, sandbox/runtime/)
+    ("argument.attention-processor", "sandbox", "attention processors are diffusers classes or classes the vetted file defines"),
     ("argument.attribute-list", "sandbox", "functools.wraps with custom attribute lists is refused"),
     ("argument.component-name", "sandbox", "component names passed to the pipeline are public identifiers"),
     ("argument.config-path", "sandbox", "from_config/from_pretrained take config mappings, never a path or repo id"),
@@ -219,6 +221,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("worker.crashed", "isolation", "a crashing worker cannot harm the host; its pipeline is gone"),
     ("worker.forkserver", "isolation", "process isolation needs a working fork server"),
     ("worker.layers-missing", "isolation", "the allowlist requires these isolation layers (required_layers)"),
+    ("worker.method", "isolation", "the handle calls __call__ and the public methods the vetted pipeline file defines"),
     ("worker.no-processes", "isolation", "the worker cannot start new processes (seccomp)"),
     ("worker.object-component", "isolation", 'isolation="process" sends only verified files to the worker, never Python objects'),
     ("worker.pipeline-error", "isolation", "errors inside the isolated worker are reported by type name and message only"),

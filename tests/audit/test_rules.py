@@ -50,7 +50,7 @@ def test_rule_table_is_complete_and_stable():
 
 # (rule, positive helper body, negative helper body, extra top-of-file imports)
 CASES = [
-    ("PW021", "return type(obj)", "return isinstance(obj, int)", ""),
+    ("PW021", "return type('X', (obj,), {})", "return type(obj) is not type(1)", ""),
     ("PW021", "return dir(obj)", "dir = obj\nreturn dir", ""),
     ("PW021", "try:\n    return obj\nexcept IOError:\n    return None",
      "try:\n    return obj\nexcept OSError:\n    return None", ""),
@@ -286,9 +286,9 @@ def test_pw001_error_only_the_compiler_finds():
 
 
 def test_pw021_one_finding_per_builtin_with_use_count():
-    report = audit_source(with_helper("a = type(obj)\nb = type(a)\nreturn type(b)"))
+    report = audit_source(with_helper("a = dir(obj)\nb = dir(a)\nreturn dir(b)"))
     (finding,) = [f for f in report.findings if f.rule == "PW021"]
-    assert "'type'" in finding.message and "3 uses" in finding.message
+    assert "'dir'" in finding.message and "3 uses" in finding.message
     assert finding.line == report.findings[0].line  # the first use
 
 
@@ -296,7 +296,7 @@ def test_pw021_uses_the_policy_builtins():
     from pipewarden.sandbox.policy import default_policy
 
     provided = default_policy().builtin_names
-    assert "isinstance" in provided and "type" not in provided
+    assert "isinstance" in provided and "type" in provided and "dir" not in provided
 
 
 

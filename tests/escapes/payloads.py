@@ -34,6 +34,9 @@ class Payload:
     #: False where running it unsandboxed is too slow or needs a terminal (still run sandboxed).
     live: bool = True
     needs_shared_object: bool = False
+    #: Allowed in the worker, where the state it changes is the worker's own (the test still checks
+    #: that nothing on the host changed); refused in-process.
+    confined_in_worker: bool = False
 
 
 def _block(code: str, indent: int) -> str:
@@ -80,10 +83,12 @@ _P: list[Payload] = []
 
 
 def add(
-    id: str, technique: str, effect: str, live: bool = True, needs_shared_object: bool = False, **kw: str
+    id: str, technique: str, effect: str, live: bool = True, needs_shared_object: bool = False,
+    confined_in_worker: bool = False, **kw: str
 ) -> None:
     _P.append(
-        Payload(id, technique, effect, pipeline(**kw), live=live, needs_shared_object=needs_shared_object)
+        Payload(id, technique, effect, pipeline(**kw), live=live, needs_shared_object=needs_shared_object,
+                confined_in_worker=confined_in_worker)
     )
 
 
@@ -1247,6 +1252,7 @@ add(
             return hidden_states
     """,
     call="self.unet.mid_block.attentions[0].set_processor(Processor())",
+    confined_in_worker=True,  # the worker's UNet is the worker's own (issue 11 part 8)
 )
 
 # ---- third round: host helpers that do a raw getattr with a name the pipeline chooses ---------

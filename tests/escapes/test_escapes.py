@@ -251,6 +251,8 @@ def test_escape_is_refused_without_side_effect(escape_world, payload, mode):
     obs = harness.observe(escape_world, _render(escape_world, payload), mode)
     # 1. The side effect must not have happened (checked first: nothing may hide an escape).
     assert obs.violations == [], f"ESCAPE via {payload.technique}: {obs.describe()}"
+    if mode == "process" and payload.confined_in_worker:
+        return  # allowed there: it changes only the worker's own objects (nothing on the host, checked above)
     # 2. The refusal must be one of ours, not a stray Python error or a normal return. The bare base
     #    class is what the worker uses to report an ordinary exception from inside the sandbox
     #    ("the pipeline raised KeyError"): the escape ran there, so that is not a refusal either.

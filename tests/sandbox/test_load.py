@@ -226,7 +226,7 @@ CALL_TIME = [
     ("dataclass-host-class", "import dataclasses\ndataclasses.dataclass(DiffusionPipeline)", "call.modifies-host-object"),
     ("deepcopy-memo", "import copy\nmemo = {}\ncopy.deepcopy(self.unet, memo)", "argument.memo"),
     ("hasattr-denied-probe", "hasattr(self.unet, 'register_forward_hook')", "attribute.denied"),
-    ("set-processor", "for m in self.unet.modules():\n    m.set_processor(None)", "attribute.denied"),
+    ("set-processor", "self.unet.mid_block.attentions[0].set_processor(None)", "call.attention-processor-target"),
 ]
 
 

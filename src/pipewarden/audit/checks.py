@@ -100,6 +100,13 @@ def check_tree(
             more = f" ({len(uses)} uses in this file; first shown)" if len(uses) > 1 else ""
             out.append(RawFinding("PW021", first.lineno, first.col_offset,
                                   f"builtin {ident!r} is not provided inside the sandbox{more}"))
+        if "type" in sandbox_builtins and "type" not in bound:
+            # The sandbox's type() answers one argument only; the three-argument form builds a class.
+            for call in calls:
+                func = call.func
+                if isinstance(func, ast.Name) and func.id == "type" and (len(call.args) != 1 or call.keywords):
+                    out.append(RawFinding("PW021", call.lineno, call.col_offset,
+                                          "type() with three arguments builds a class; refused inside the sandbox"))
     for attr in attributes:
         finding = _attribute_finding(attr.attr, attr, benign)
         if finding is not None:

@@ -9,6 +9,7 @@ worker; everything it knows came through ``_messages.parse``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +17,7 @@ from pipewarden.errors import PipewardenError, WorkerError
 from pipewarden.isolation._client import WorkerProcess
 from pipewarden.isolation.layers.apply import LayerStatus
 from pipewarden.isolation.wire import messages as _messages
+from pipewarden.isolation.wire import rng as _rng
 from pipewarden.isolation.wire.codec import Encoder
 
 
@@ -177,9 +179,12 @@ class PipelineHandle:
         loaded = self.__dict__.get("_loaded")
         if loaded is not None and name in loaded.components:
             return ComponentView(name, loaded.component_types.get(name, "?"), loaded.components[name])
+        if loaded is not None and name in loaded.methods:
+            return functools.partial(self._invoke, name)
         raise AttributeError(
-            f"isolated pipeline has no attribute {name!r} "
-            "(only config, components, to, set_progress_bar_config, reload, close, call)"
+            f"isolated pipeline has no attribute {name!r} (config, components, to, set_progress_bar_config, "
+            "reload, close, calling it, and the methods "
+            f"{', '.join(loaded.methods) if loaded is not None and loaded.methods else '(none)'})"
         )
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -214,6 +219,11 @@ class PipelineHandle:
         object.__setattr__(self, "_loaded", msg)
         self.__dict__.setdefault("_swaps", {})[name] = value  # replayed by reload()
 
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """Public methods of the pipeline callable through this handle besides ``__call__``."""
+        return self._loaded.methods
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else f"worker pid {self._worker.pid}"
         return f"<PipelineHandle {self._loaded.class_name} ({state})>"
@@ -221,6 +231,9 @@ class PipelineHandle:
     # ---------------------------------------------------------------------------- actions
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self._invoke("__call__", *args, **kwargs)
+
+    def _invoke(self, method: str, /, *args: Any, **kwargs: Any) -> Any:
         import torch
 
         callback = kwargs.pop("callback_on_step_end", None)
@@ -253,10 +266,11 @@ class PipelineHandle:
                 return {"op": "callback_abort"}, b""
             return {"op": "callback_result", "value": tree}, reply.payload()
 
-        header = {"op": "call", "args": tree_args, "kwargs": tree_kwargs, "rng": rng,
-                  "callback": callback is not None, "progress": True}
+        header = {"op": "call", "method": method, "args": tree_args, "kwargs": tree_kwargs, "rng": rng,
+                  "pyrng": _rng.capture().to_json(), "callback": callback is not None, "progress": True}
+        what = "the pipeline call" if method == "__call__" else f"the pipeline's {method}()"
         try:
-            msg = self._worker.request(header, enc.payload(), what="the pipeline call", on_event=on_event)
+            msg = self._worker.request(header, enc.payload(), what=what, on_event=on_event)
         except PipewardenError:
             if failed:
                 raise failed[0] from None
@@ -281,6 +295,12 @@ class PipelineHandle:
             try:
                 torch.set_rng_state(msg.rng_state)
             except (RuntimeError, TypeError, ValueError):
+                self._worker.kill()
+                raise WorkerError("the worker returned an invalid RNG state", rule="worker.protocol", fix="reload") from None
+        if msg.py_rng is not None:
+            try:
+                msg.py_rng.apply()
+            except (TypeError, ValueError, OverflowError):
                 self._worker.kill()
                 raise WorkerError("the worker returned an invalid RNG state", rule="worker.protocol", fix="reload") from None
         return msg.value

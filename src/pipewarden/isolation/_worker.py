@@ -13,6 +13,7 @@ import contextlib
 import errno
 import hashlib
 import importlib
+import inspect
 import json
 import math
 import os
@@ -25,6 +26,7 @@ from typing import Any
 
 from pipewarden.errors import IntegrityError, PipewardenError, PolicyViolation
 from pipewarden.isolation.layers import apply as _layers
+from pipewarden.isolation.wire import rng as _rng
 from pipewarden.isolation.wire.codec import Decoder, Encoder, load_tensors
 from pipewarden.isolation.wire.framing import PeerClosed, read_frame, write_frame
 from pipewarden.isolation.wire.messages import LoadRequest
@@ -148,6 +150,8 @@ class _Worker:
         self.test_hooks = test_hooks
         self.close_fds = close_fds
         self.pipe: Any = None
+        self.methods: frozenset[str] = frozenset()
+        self.load_built: Any = None
         self.gpu_fraction: float | None = None
         self._parent = 0
 
@@ -306,7 +310,10 @@ class _Worker:
             from pipewarden.sandbox.policy import default_policy
 
             policy = default_policy().with_extras(extra_modules=extras, import_aliases=aliases)
-        cls = load_class(source_bytes, filename=req.filename, policy=policy, import_aliases=aliases)
+        from pipewarden.sandbox.runtime import LoadBuilt
+
+        load_built = LoadBuilt()  # every component in the worker is the worker's own
+        cls = load_class(source_bytes, filename=req.filename, policy=policy, import_aliases=aliases, load_built=load_built)
         from pipewarden.loader.records import FixedRecords
         from pipewarden.sandbox._load import companion_classes
 
@@ -329,7 +336,10 @@ class _Worker:
             use_safetensors=req.use_safetensors,
             custom_classes=companion_classes(cls),
         )
+        load_built.adopt(kwargs.values())
+        self.load_built = load_built
         self.pipe = cls(**kwargs)
+        self.methods = public_methods(self.pipe)
         self.gpu_fraction = req.gpu_memory_fraction
         return self._describe()
 
@@ -348,6 +358,7 @@ class _Worker:
             "config": _jsonable(dict(config)) if isinstance(config, dict) else {},
             "components": components,
             "types": types,
+            "methods": sorted(self.methods),
         }
 
     def _call(self, h: dict, payload: bytes) -> tuple[dict, bytes]:
@@ -358,12 +369,21 @@ class _Worker:
         dec = Decoder(load_tensors(payload), allow_generators=True)
         args = dec.decode(h["args"])
         kwargs = dec.decode(h["kwargs"])
+        method = h.get("method", "__call__")
+        if method != "__call__" and method not in self.methods:
+            raise PolicyViolation(
+                f"{type(self.pipe).__name__}.{str(method)[:80]} is not a method the handle may call",
+                rule="worker.method",
+            )
         if h.get("rng") is not None:  # the host's global CPU RNG, so torch.manual_seed() works as in-process
             torch.set_rng_state(dec.decode({"__pw__": "tensor", "ref": h["rng"]}))
+        if h.get("pyrng") is not None:  # and Python's / NumPy's global generators likewise
+            _rng.parse(h["pyrng"]).apply()
         if h.get("callback"):
             kwargs["callback_on_step_end"] = self._host_callback
+        fn = self.pipe if method == "__call__" else getattr(self.pipe, method)
         with _bars_to_host(self._send, enabled=bool(h.get("progress", True))):
-            result = self.pipe(*args, **kwargs)
+            result = fn(*args, **kwargs)
         if isinstance(result, types.GeneratorType):
             # A stream cannot cross the boundary. Closed here, in the worker: its finally blocks
             # (sandboxed code, armed by origin) run now, and a refusal inside them is the reply.
@@ -377,7 +397,8 @@ class _Worker:
         tree = enc.encode(result)
         refs = [enc.tensor_ref(g.get_state()) for g in dec.generators]
         rng = enc.tensor_ref(torch.get_rng_state())
-        return {"kind": "result", "value": tree, "generators": refs, "rng": rng}, enc.payload()
+        header = {"kind": "result", "value": tree, "generators": refs, "rng": rng, "pyrng": _rng.capture().to_json()}
+        return header, enc.payload()
 
     def _host_callback(self, pipe: Any, step: Any, timestep: Any, callback_kwargs: Any) -> dict:
         """Stands in for the user's ``callback_on_step_end``, which runs on the host.
@@ -422,6 +443,8 @@ class _Worker:
         if name not in components:
             raise PolicyViolation(f"the pipeline has no component {name!r}", rule="worker.protocol")
         value = decode_component(h.get("component"), load_tensors(payload), name)
+        if self.load_built is not None:
+            self.load_built.adopt([value])  # rebuilt here from data: the worker's own
         setattr(self.pipe, name, value)
         return self._describe()
 
@@ -644,3 +667,27 @@ def _registered_components(pipe: Any) -> dict[str, Any]:
         if isinstance(value, (list, tuple)) and len(value) == 2 and all(isinstance(v, (str, type(None))) for v in value):
             out[name] = state[name]
     return out
+
+
+#: diffusers pipeline methods a user calls on a pipeline (they only change in-worker settings).
+HANDLE_LIBRARY_METHODS = (
+    "enable_attention_slicing", "disable_attention_slicing", "enable_vae_slicing", "disable_vae_slicing",
+    "enable_vae_tiling", "disable_vae_tiling", "enable_freeu", "disable_freeu",
+    "fuse_qkv_projections", "unfuse_qkv_projections",
+)
+
+
+def public_methods(pipe: Any) -> frozenset[str]:
+    """What the handle may call besides ``__call__``: the public functions the vetted file's own
+    classes define (``StableDiffusionMegaPipeline.text2img``) and ``HANDLE_LIBRARY_METHODS``."""
+    cls = type(pipe)
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if klass.__module__ != cls.__module__:
+            continue
+        for name, value in vars(klass).items():
+            if not name.startswith("_") and inspect.isfunction(value) and name.isidentifier():
+                names.add(name)
+    names.update(n for n in HANDLE_LIBRARY_METHODS if callable(getattr(cls, n, None)))
+    return frozenset(sorted(names)[:256])
+

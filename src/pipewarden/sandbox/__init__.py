@@ -23,7 +23,7 @@ Modules, in the order a load uses them:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from pipewarden.sandbox.policy import SandboxPolicy
@@ -37,8 +37,12 @@ def load_class(
     filename: str = "pipeline.py",
     policy: SandboxPolicy | None = None,
     import_aliases: Mapping[str, str] | None = None,
+    load_built: Any = None,
 ) -> type:
-    """Scan + restricted compile + restricted exec; return the vetted DiffusionPipeline subclass."""
+    """Scan + restricted compile + restricted exec; return the vetted DiffusionPipeline subclass.
+
+    ``load_built``: a ``pipewarden.sandbox.runtime.LoadBuilt`` the loader fills with the components
+    it builds for this load (attention processors may be installed on those only)."""
     from pipewarden.sandbox._load import load_class as _load_class
 
-    return _load_class(source, filename=filename, policy=policy, import_aliases=import_aliases)
+    return _load_class(source, filename=filename, policy=policy, import_aliases=import_aliases, load_built=load_built)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 import weakref
 from collections.abc import Mapping
+from typing import Any
 
 from pipewarden.errors import PipewardenError, PolicyViolation, ScanError
 from pipewarden.sandbox import tripwire
@@ -34,6 +35,7 @@ def load_class(
     filename: str = "pipeline.py",
     policy: SandboxPolicy | None = None,
     import_aliases: Mapping[str, str] | None = None,
+    load_built: Any = None,
 ) -> type:
     """Scan, compile under the restricted rules, execute in restricted globals; return the class.
 
@@ -71,6 +73,8 @@ def load_class(
     module_name = _module_name(filename)
     _register_placeholder(module_name)
     box = Sandbox(policy, module_name)
+    if load_built is not None:  # the components pipewarden builds for this load (LoadBuilt)
+        box.load_built = load_built
     glb = box.make_globals()
 
     # 4. Restricted exec of the module body, tripwire armed.

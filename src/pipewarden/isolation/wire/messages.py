@@ -15,6 +15,8 @@ from pipewarden.errors import PolicyViolation, WorkerError
 from pipewarden.isolation.layers.apply import LAYER_NAMES, LayerStatus
 from pipewarden.isolation.wire.codec import Decoder, load_tensors
 from pipewarden.isolation.wire.framing import Frame
+from pipewarden.isolation.wire.rng import RngStates
+from pipewarden.isolation.wire.rng import parse as parse_rng
 from pipewarden.rules import is_registered
 
 _MAX_TEXT = 4000
@@ -109,6 +111,7 @@ class Loaded:
     config: FrozenConfig
     components: Mapping[str, FrozenConfig | None]
     component_types: Mapping[str, str]
+    methods: tuple[str, ...] = ()  # public methods the handle may call besides __call__
 
 
 @dataclass(frozen=True)
@@ -116,6 +119,7 @@ class Result:
     value: Any
     generator_states: tuple[Any, ...]
     rng_state: Any = None  # the worker's global CPU RNG state after the call (a uint8 tensor)
+    py_rng: RngStates | None = None  # Python's random and NumPy's global states after the call
 
 
 @dataclass(frozen=True)
@@ -187,11 +191,17 @@ def parse(frame: Frame) -> WorkerMessage:
             if not str(name).isidentifier() or not (value is None or isinstance(value, dict)):
                 raise _bad("component config")
             components[name] = None if value is None else freeze(value)
+        methods = h.get("methods", [])
+        if not isinstance(methods, list) or len(methods) > 256 or not all(
+            isinstance(m, str) and len(m) <= 128 and m.isidentifier() and not m.startswith("_") for m in methods
+        ):
+            raise _bad("methods")
         return Loaded(
             _text(h.get("class_name"), "class_name", limit=128),
             freeze(cfg),
             MappingProxyType(components),
             MappingProxyType({str(k): _text(v, "type", limit=128) for k, v in types.items()}),
+            tuple(methods),
         )
     if kind == "result":
         if "value" not in h:
@@ -205,7 +215,8 @@ def parse(frame: Frame) -> WorkerMessage:
         gen_states = tuple(dec.decode({"__pw__": "tensor", "ref": ref}) for ref in states)
         rng = h.get("rng")
         rng_state = None if rng is None else dec.decode({"__pw__": "tensor", "ref": rng})
-        return Result(value, gen_states, rng_state)
+        pyrng = h.get("pyrng")
+        return Result(value, gen_states, rng_state, None if pyrng is None else parse_rng(pyrng))
     if kind == "ok":
         return Ack(_text(h.get("detail", ""), "detail"))
     if kind == "callback":

@@ -213,7 +213,7 @@ REPLACEMENTS = frozenset(
     }
 )
 #: Argument guards wrapped around a method read on any object (``[argument_guards]``).
-ARGUMENT_GUARDS = frozenset({"config-dict-only", "progress-bar-config", "progress-bar", "register-modules"})
+ARGUMENT_GUARDS = frozenset({"config-dict-only", "progress-bar-config", "progress-bar", "register-modules", "attention-processor"})
 #: Names computed from the object itself (``[types.*].dynamic``).
 DYNAMIC_RULES = frozenset({"config-keys", "submodules", "dataclass-fields", "instance-public"})
 

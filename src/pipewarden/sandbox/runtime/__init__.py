@@ -25,6 +25,7 @@ Modules (one :class:`Sandbox` built in layers, each a class in its own module):
 
 from __future__ import annotations
 
+from pipewarden.sandbox.runtime._base import LoadBuilt
 from pipewarden.sandbox.runtime.attributes import Verdict
 from pipewarden.sandbox.runtime.hooks import GuardHooks
 from pipewarden.sandbox.runtime.objects import (
@@ -36,7 +37,9 @@ from pipewarden.sandbox.runtime.objects import (
     SandboxLogger,
 )
 
-__all__ = ["ClassRef", "ClassView", "DeniedName", "Facade", "KeyCheckedClass", "Sandbox", "SandboxLogger", "Verdict"]
+__all__ = [
+    "ClassRef", "ClassView", "DeniedName", "Facade", "KeyCheckedClass", "LoadBuilt", "Sandbox", "SandboxLogger", "Verdict",
+]
 
 
 class Sandbox(GuardHooks):

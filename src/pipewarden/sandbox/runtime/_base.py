@@ -21,6 +21,28 @@ if TYPE_CHECKING:
     from pipewarden.sandbox.runtime.hooks import GuardHooks
 
 
+class LoadBuilt:
+    """The components pipewarden built for one load from verified bytes (never objects a caller
+    passed), with all their submodules. Attention processors may be installed only on these."""
+
+    def __init__(self) -> None:
+        self._objs: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def adopt(self, components: Any) -> None:
+        import torch
+
+        for comp in components:
+            if isinstance(comp, torch.nn.Module):
+                for module in comp.modules():
+                    self._objs.add(module)
+
+    def __contains__(self, obj: object) -> bool:
+        try:
+            return obj in self._objs
+        except TypeError:
+            return False
+
+
 class SandboxBase:
     """State of one sandboxed module (the first layer of :class:`~pipewarden.sandbox.runtime.Sandbox`)."""
 
@@ -38,6 +60,8 @@ class SandboxBase:
         self._owned_type_cache: dict[type, bool] = {}
         self._functions: weakref.WeakSet[Any] = weakref.WeakSet()
         self._snapshot_cache: dict[int, tuple[Any, Any]] = {}
+        self._type_results: dict[type, Any] = {}  # one-argument type(): see GuardHooks.type_of
+        self.load_built = LoadBuilt()  # replaced by load_class(load_built=...) for a load
         self._formatter = _SafeFormatter(cast("GuardHooks", self))  # SandboxBase is only ever a Sandbox's first layer
         self._deny = policy.deny
         self._builtin_module = _builtins

@@ -213,6 +213,43 @@ def _config_dict_only(box: AttributeRules, fn: Callable[..., Any], where: str) -
     return from_config
 
 
+def _attention_processor_guard(box: AttributeRules, fn: Callable[..., Any], where: str) -> Callable[..., Any]:
+    """``set_attn_processor`` / ``set_processor`` / ``set_default_attn_processor`` install objects
+    whose ``__call__`` runs on every later forward pass of the module: only on a component
+    pipewarden built for this load (in the worker: all of them; never an object the caller passed,
+    which may be used elsewhere), and only processors that are instances of diffusers classes or of
+    classes the vetted file defines (their methods are sandboxed code)."""
+    target = getattr(fn, "__self__", None)
+
+    def check(processor: Any) -> None:
+        mod = getattr(type(processor), "__module__", "") or ""
+        if box.owns(processor) and not isinstance(processor, type):
+            return
+        if isinstance(mod, str) and mod.startswith("diffusers.") and not isinstance(processor, type) and not callable(
+            getattr(processor, "__self__", None)
+        ):
+            return
+        raise _violation(
+            f"{where} with a {_tname(processor)} (processors must be diffusers classes or classes this file defines)",
+            "argument.attention-processor",
+        )
+
+    def install(*args: Any, **kwargs: Any) -> Any:
+        if target is None or target not in box.load_built:
+            raise _violation(
+                f"{where} on a component this load did not build (an object the caller passed in)",
+                "call.attention-processor-target",
+                "let pipewarden build the component from the weights directory (or use isolation=\"process\")",
+            )
+        procs = list(args[:1]) + [v for k, v in kwargs.items() if k == "processor"]
+        for proc in procs:
+            for one in (proc.values() if isinstance(proc, dict) else (proc,)):
+                check(one)
+        return fn(*args, **kwargs)
+
+    return install
+
+
 #: The argument guards by the name the policy's ``[argument_guards]`` table gives them (which
 #: method gets which guard is policy data; tests check this table implements the whole vocabulary).
 ARGUMENT_GUARD_IMPLS: dict[str, Callable[[AttributeRules, Callable[..., Any], str], Callable[..., Any]]] = {
@@ -220,6 +257,7 @@ ARGUMENT_GUARD_IMPLS: dict[str, Callable[[AttributeRules, Callable[..., Any], st
     "progress-bar-config": _progress_bar_config_guard,
     "progress-bar": _progress_bar_guard,
     "register-modules": _register_modules_guard,
+    "attention-processor": _attention_processor_guard,
 }
 
 

@@ -42,6 +42,18 @@ from pipewarden.sandbox.runtime.objects import (
 )
 from pipewarden.sandbox.runtime.snapshots import _CONTAINER_TYPES, _private_copy
 
+#: Submodules a library imports lazily from inside calls the sandbox makes, whose module bodies do
+#: what the armed tripwire refuses (PIL.ImageFile compiles NamedTuple forward references on first
+#: Image.tobytes()): imported with the library, while the tripwire is suspended (trusted code).
+_LAZY_SUBMODULES: dict[str, tuple[str, ...]] = {"PIL.Image": ("PIL.ImageFile",), "PIL": ("PIL.ImageFile",)}
+
+
+def _is_c_level_import(fromlist: Any) -> bool:
+    """CPython's PyImport_Import passes a *list* as fromlist (empty; ``['__doc__']`` before 3.x);
+    sandboxed import statements pass None or a tuple of names (and importing ``__doc__`` by name
+    is refused when the file is compiled)."""
+    return type(fromlist) is list and (fromlist == [] or fromlist == ["__doc__"])
+
 
 class FacadeResolver(SandboxBase):
     """Imports, facades and replacements (second layer of :class:`~pipewarden.sandbox.runtime.Sandbox`)."""
@@ -51,6 +63,11 @@ class FacadeResolver(SandboxBase):
         if mod is None:
             with tripwire.suspended():
                 mod = importlib.import_module(name)
+                for lazy in _LAZY_SUBMODULES.get(name, ()):
+                    try:
+                        importlib.import_module(lazy)
+                    except ImportError:  # pragma: no cover - optional parts of a library
+                        pass
             self._real_modules[name] = mod
         return mod
 
@@ -80,6 +97,15 @@ class FacadeResolver(SandboxBase):
         canonical = self.policy.canonical_module(name)
         parts = canonical.split(".")
         if canonical != "__future__" and any(not p.isidentifier() or p.startswith("_") for p in parts):
+            if _is_c_level_import(fromlist) and self.policy.module_rule(parts[0]) is not None and all(
+                p.isidentifier() for p in parts
+            ):
+                # A C method called from a sandboxed frame (ndarray.max -> numpy._core._methods)
+                # imports through the frame's __import__ and then reads sys.modules itself: the
+                # library's own module, imported as trusted code; the sandbox gets only a stub.
+                with tripwire.suspended():
+                    importlib.import_module(canonical)
+                return DeniedName(canonical, rule="import.private-module")
             raise _violation(f"import of {name!r}", "import.private-module", "private modules cannot be imported")
         rule = self.policy.module_rule(canonical)
         if rule is None:

@@ -38,11 +38,18 @@ from pipewarden.sandbox.runtime.objects import (
     Facade,
     KeyCheckedClass,
     SandboxLogger,
+    _ClassStandIn,
     _KeyCheckedWriter,
     _MetaclassHook,
+    _TypeBuiltin,
     _WriteProxy,
 )
 from pipewarden.sandbox.runtime.snapshots import _READONLY_TYPES, _is_snapshot_type
+
+#: Classes ``type(x)`` returns as themselves (builtins the sandbox names anyway).
+_TYPE_AS_IS = frozenset(
+    {str, bytes, int, float, bool, complex, list, tuple, dict, set, frozenset, range, slice, type(None), bytearray}
+)
 
 
 class GuardHooks(AttributeRules):
@@ -182,6 +189,27 @@ class GuardHooks(AttributeRules):
         if t is Facade:
             raise _violation("__class__ of a module facade", "attribute.dunder-class")
         return ClassView(t)
+
+    def type_of(self, obj: Any) -> Any:
+        """One-argument ``type(x)``: the class itself where the sandbox could name it anyway (its
+        own classes, value types, a class a module facade hands out, wrapped the same way), else
+        one ``ClassView`` per class (so ``type(a) is type(b)`` holds, and nothing else is readable)."""
+        t = type(obj)
+        if t in self._classes or t in _TYPE_AS_IS:
+            return t
+        hit = self._type_results.get(t)
+        if hit is None:
+            hit = ClassView(t)
+            mod, name = getattr(t, "__module__", None), getattr(t, "__name__", None)
+            if isinstance(mod, str) and isinstance(name, str) and self.policy.module_rule(mod) is not None:
+                try:
+                    value = self._resolve_facade_attr(mod, name, False)
+                except (PolicyViolation, AttributeError, ImportError):
+                    value = None
+                if value is t or (isinstance(value, _ClassStandIn) and object.__getattribute__(value, "_pw_cls") is t):
+                    hit = value
+            self._type_results[t] = hit
+        return hit
 
     def bind(self, fn: Any) -> Callable[..., Any]:
         if fn not in self._functions:
@@ -324,6 +352,7 @@ class GuardHooks(AttributeRules):
             return format(value, str(spec))
 
         impl: dict[str, Any] = {
+            "type": _TypeBuiltin(box),
             "getattr": guarded_getattr_builtin,
             "hasattr": guarded_hasattr,
             "setattr": guarded_setattr,

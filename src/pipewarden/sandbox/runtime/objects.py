@@ -427,6 +427,41 @@ class _SafeFormatter(string.Formatter):
 
 
 
+class _TypeBuiltin:
+    """The sandbox's ``type``: one argument only (see ``GuardHooks.type_of``); never a class
+    builder, a base class or a metaclass. ``isinstance(x, type)`` still answers."""
+
+    __slots__ = ("_pw_box",)
+
+    def __init__(self, box: Any) -> None:
+        object.__setattr__(self, "_pw_box", box)
+
+    @staticmethod
+    def _refuse(what: str) -> PolicyViolation:
+        return _violation(f"{what} (it builds a class around the sandbox's checks)", "builtins.refused",
+                          "define the class with a class statement")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) != 1 or kwargs:
+            raise self._refuse("type() with three arguments")
+        return object.__getattribute__(self, "_pw_box").type_of(args[0])
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
+        raise self._refuse("a class deriving from type")
+
+    def __instancecheck__(self, obj: Any) -> bool:
+        return isinstance(obj, type)
+
+    def __subclasscheck__(self, sub: Any) -> bool:
+        return isinstance(sub, type) and issubclass(sub, type)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        raise _violation("writing to the type builtin", "write.host-class")
+
+    def __repr__(self) -> str:
+        return "<class 'type'>"
+
+
 class _GradMode:
     """``torch.set_grad_enabled`` without the side effect of the call form: the mode changes only
     inside ``with`` (or around a decorated function), so host grad mode is restored afterwards."""

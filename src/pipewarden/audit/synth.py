@@ -1,0 +1,590 @@
+"""Tiny random components for a pipeline class, synthesised from its ``__init__`` signature.
+
+Used by the corpus runner (``benchmarks/corpus_runner.py``), by tests that need a real
+Stable-Diffusion-shaped weights directory, and by the dynamic audit. Nothing here runs pipeline
+code: the plan is read from parameter names and annotation *names* only (a class, a string, a
+``Union``/``Optional`` of them), so it works on a plainly imported class and on a class the
+sandbox vetted alike.
+
+The configs follow diffusers' own ``get_dummy_components`` in its test-suite (tiny UNet, VAE,
+CLIP text encoder); the CLIP tokenizer is built from a synthetic byte-level vocabulary, so no
+file is downloaded. Weights are random but deterministic (``torch.manual_seed(seed)`` before each
+component).
+
+* :func:`plan_components` -> which recipe each ``__init__`` parameter gets (or why none);
+* :func:`build_components` -> the objects;
+* :func:`save_weights_dir` -> a diffusers weights directory (``model_index.json``, one folder
+  per component, ``*.safetensors`` + JSON configs + tokenizer data files; never pickle);
+* :func:`minimal_call` -> a JSON recipe for a minimal call (short prompt, 2 steps, fixed
+  generator, smallest size); :func:`materialise_call` turns it into keyword arguments;
+* :func:`output_digest` -> a sha256 over every array in a pipeline output (bit-identity check).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import typing
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SynthesisError",
+    "ComponentPlan",
+    "plan_components",
+    "build_components",
+    "save_weights_dir",
+    "minimal_call",
+    "materialise_call",
+    "output_digest",
+    "clip_tokenizer",
+]
+
+#: Image side the synthetic inputs use (the tiny UNet's 32 latents x the tiny VAE's factor 2).
+IMAGE_SIZE = 64
+PROMPT = "a photo of a cat"
+STEPS = 2
+SEED = 0
+
+
+class SynthesisError(ValueError):
+    """This pipeline cannot be given tiny components (the message says which parameter and why)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Annotations -> class names
+
+
+def annotation_names(annotation: Any) -> tuple[str, ...]:
+    """Every class name an annotation mentions: ``Optional[CLIPTextModel]`` -> ("CLIPTextModel",)."""
+    if annotation is inspect.Parameter.empty or annotation is None or annotation is type(None):
+        return ()
+    if isinstance(annotation, str):
+        out = []
+        for token in annotation.replace("|", ",").replace("[", ",").replace("]", ",").split(","):
+            token = token.strip().split(".")[-1]
+            if token and token not in ("Optional", "Union", "List", "Tuple", "None", "list", "tuple"):
+                out.append(token)
+        return tuple(out)
+    args = typing.get_args(annotation)
+    if args:
+        names: list[str] = []
+        for arg in args:
+            names.extend(annotation_names(arg))
+        return tuple(names)
+    name = getattr(annotation, "__name__", None)
+    return (name,) if isinstance(name, str) else ()
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes
+
+
+@dataclass(frozen=True)
+class Shape:
+    """What the pipeline looks like as a whole (decides the configs that must agree)."""
+
+    xl: bool  # SDXL-shaped: two text encoders, text_time added conditioning
+    latent: bool  # a VAE sits between the UNet and pixels
+    inpaint: bool = False  # an inpainting UNet: latents + mask + masked-image latents (9 channels)
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _unet_sd(shape: Shape) -> Any:
+    from diffusers import UNet2DConditionModel
+
+    in_channels = 9 if shape.inpaint else 4
+
+    if shape.xl:
+        return UNet2DConditionModel(
+            block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=in_channels, out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+            cross_attention_dim=64, norm_num_groups=1,
+        )
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=in_channels, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32, norm_num_groups=2,
+    )
+
+
+def _controlnet(shape: Shape) -> Any:
+    from diffusers import ControlNetModel
+
+    if shape.xl:
+        return ControlNetModel(
+            block_out_channels=(32, 64), layers_per_block=2, in_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), conditioning_embedding_out_channels=(16, 32),
+            attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+            addition_time_embed_dim=8, transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=80,
+            cross_attention_dim=64, norm_num_groups=1,
+        )
+    return ControlNetModel(
+        block_out_channels=(32, 64), layers_per_block=2, in_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), conditioning_embedding_out_channels=(16, 32),
+        cross_attention_dim=32, norm_num_groups=2,
+    )
+
+
+def _unet_2d(shape: Shape) -> Any:
+    from diffusers import UNet2DModel
+
+    channels = 4 if shape.latent else 3
+    return UNet2DModel(
+        block_out_channels=(4, 8), layers_per_block=1, norm_num_groups=4, sample_size=32 if shape.latent else 8,
+        in_channels=channels, out_channels=channels,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D"), up_block_types=("AttnUpBlock2D", "UpBlock2D"),
+    )
+
+
+def _vae(shape: Shape) -> Any:
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4, norm_num_groups=2, sample_size=IMAGE_SIZE,
+    )
+
+
+def _vqvae(shape: Shape) -> Any:
+    from diffusers import VQModel
+
+    return VQModel(
+        block_out_channels=[32, 64], in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4, norm_num_groups=2, sample_size=IMAGE_SIZE,
+    )
+
+
+def _text_config(**extra: Any) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
+        num_attention_heads=4, num_hidden_layers=5, pad_token_id=1, vocab_size=1000, hidden_act="gelu",
+        projection_dim=32, **extra,
+    )
+
+
+def _clip_text(shape: Shape) -> Any:
+    from transformers import CLIPTextModel
+
+    return CLIPTextModel(_text_config()).eval()
+
+
+def _clip_text_proj(shape: Shape) -> Any:
+    from transformers import CLIPTextModelWithProjection
+
+    return CLIPTextModelWithProjection(_text_config()).eval()
+
+
+def _clip_vision(shape: Shape) -> Any:
+    from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    cfg = CLIPVisionConfig(
+        hidden_size=32, projection_dim=32, num_hidden_layers=2, num_attention_heads=4, image_size=32,
+        intermediate_size=37, patch_size=4,
+    )
+    return CLIPVisionModelWithProjection(cfg).eval()
+
+
+def _image_processor(shape: Shape) -> Any:
+    from transformers import CLIPImageProcessor
+
+    return CLIPImageProcessor(crop_size=32, size=32)
+
+
+def _safety_checker(shape: Shape) -> Any:
+    from diffusers.pipelines.stable_diffusion.safety_checker import StableDiffusionSafetyChecker
+    from transformers import CLIPConfig
+
+    cfg = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+                     "vocab_size": 1000},
+        vision_config={"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
+                       "image_size": 32, "patch_size": 4},
+        projection_dim=32,
+    )
+    return StableDiffusionSafetyChecker(cfg).eval()
+
+
+def _bytes_to_unicode() -> list[str]:
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = printable[:]
+    extra = 0
+    for b in range(256):
+        if b not in printable:
+            printable.append(b)
+            cs.append(256 + extra)
+            extra += 1
+    return [chr(c) for c in cs]
+
+
+#: A handful of merges, so the tokenizer does real BPE work on the synthetic prompt.
+_MERGES = (("a", "</w>"), ("c", "a"), ("ca", "t</w>"), ("p", "h"), ("ph", "o"), ("t", "o</w>"), ("o", "f</w>"))
+
+
+def clip_tokenizer(model_max_length: int = 77) -> Any:
+    """A CLIP BPE tokenizer over a synthetic byte-level vocabulary (517 tokens)."""
+    from transformers import CLIPTokenizer
+
+    vocab: dict[str, int] = {}
+    chars = _bytes_to_unicode()
+    for c in chars:
+        vocab[c] = len(vocab)
+    for c in chars:
+        vocab[c + "</w>"] = len(vocab)
+    for left, right in _MERGES:
+        vocab.setdefault(left + right, len(vocab))
+    for special in ("</w>", "<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=list(_MERGES), model_max_length=model_max_length)  # type: ignore[arg-type]
+
+
+def _tokenizer(shape: Shape) -> Any:
+    return clip_tokenizer()
+
+
+def _scheduler_factory(class_name: str) -> Callable[[Shape], Any]:
+    def build(shape: Shape) -> Any:
+        import diffusers
+
+        cls = getattr(diffusers, class_name)
+        if class_name in ("DDIMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+                          "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler", "DDPMScheduler",
+                          "HeunDiscreteScheduler", "KDPM2DiscreteScheduler", "UniPCMultistepScheduler",
+                          "DEISMultistepScheduler", "DPMSolverSinglestepScheduler", "LCMScheduler"):
+            kwargs: dict[str, Any] = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+            if class_name in ("DDIMScheduler", "DDPMScheduler", "LCMScheduler"):
+                kwargs["clip_sample"] = False
+            if class_name in ("DDIMScheduler", "LCMScheduler"):
+                kwargs["set_alpha_to_one"] = False
+            if class_name == "PNDMScheduler":
+                kwargs["skip_prk_steps"] = True
+            if "steps_offset" in inspect.signature(cls.__init__).parameters:
+                kwargs["steps_offset"] = 1  # what released SD configs say (older ones trip a deprecation path)
+            return cls(**kwargs)
+        return cls()
+
+    return build
+
+
+#: Default scheduler where the annotation is an enum or a base class (what SD ships with).
+_DEFAULT_SCHEDULER = "DDIMScheduler"
+_SCHEDULER_ALIASES = ("KarrasDiffusionSchedulers", "SchedulerMixin")
+
+#: annotation class name -> recipe. Optional components not listed here are left to their default.
+RECIPES: dict[str, Callable[[Shape], Any]] = {
+    "UNet2DConditionModel": _unet_sd,
+    "UNet2DModel": _unet_2d,
+    "ControlNetModel": _controlnet,
+    "AutoencoderKL": _vae,
+    "VQModel": _vqvae,
+    "CLIPTextModel": _clip_text,
+    "CLIPTextModelWithProjection": _clip_text_proj,
+    "CLIPTokenizer": _tokenizer,
+    "CLIPTokenizerFast": _tokenizer,
+    "CLIPImageProcessor": _image_processor,
+    "CLIPFeatureExtractor": _image_processor,
+    "CLIPImageProcessorPil": _image_processor,
+    "CLIPImageProcessorFast": _image_processor,
+    "CLIPVisionModelWithProjection": _clip_vision,
+    "StableDiffusionSafetyChecker": _safety_checker,
+}
+
+#: parameter name -> recipe, for parameters without an annotation (``def __init__(self, unet, scheduler)``).
+_BY_NAME: dict[str, str] = {
+    "vae": "AutoencoderKL",
+    "vqvae": "VQModel",
+    "text_encoder": "CLIPTextModel",
+    "text_encoder_2": "CLIPTextModelWithProjection",
+    "tokenizer": "CLIPTokenizer",
+    "tokenizer_2": "CLIPTokenizer",
+    "feature_extractor": "CLIPImageProcessor",
+    "image_encoder": "CLIPVisionModelWithProjection",
+    "controlnet": "ControlNetModel",
+    "scheduler": "scheduler:DDPMScheduler",
+}
+
+#: Components that are optional in diffusers pipelines: built as ``None`` ([null, null]).
+NULL_COMPONENTS = ("safety_checker",)
+
+
+@dataclass(frozen=True)
+class ComponentPlan:
+    """Which recipe each ``__init__`` parameter gets (``None``: the component is None)."""
+
+    shape: Shape
+    recipes: Mapping[str, str | None]
+    left_to_default: tuple[str, ...] = ()
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+
+def _init_params(cls: type) -> list[inspect.Parameter]:
+    if not isinstance(cls, type):
+        raise SynthesisError("the file defines no pipeline class")
+    try:
+        sig = inspect.signature(cls.__init__)  # type: ignore[misc]
+    except (TypeError, ValueError) as exc:
+        raise SynthesisError(f"{cls.__name__}.__init__ has no readable signature ({exc})") from None
+    return [p for n, p in sig.parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def _scheduler_name(names: tuple[str, ...]) -> str | None:
+    import diffusers
+
+    for name in names:
+        if name in _SCHEDULER_ALIASES:
+            return _DEFAULT_SCHEDULER
+        if name.endswith("Scheduler") and isinstance(getattr(diffusers, name, None), type):
+            return name
+    return None
+
+
+def plan_components(cls: type) -> ComponentPlan:
+    """Decide a recipe per ``__init__`` parameter; raise :class:`SynthesisError` if one is missing."""
+    params = _init_params(cls)
+    pnames = {p.name for p in params}
+    all_names = {n for p in params for n in annotation_names(p.annotation)}
+    xl = "text_encoder_2" in pnames or "XL" in cls.__name__
+    latent = bool({"AutoencoderKL", "VQModel"} & all_names) or "vae" in pnames or "vqvae" in pnames
+    recipes: dict[str, str | None] = {}
+    left: list[str] = []
+    for p in params:
+        names = annotation_names(p.annotation)
+        required = p.default is inspect.Parameter.empty
+        if p.name in NULL_COMPONENTS or "StableDiffusionSafetyChecker" in names:
+            # None where diffusers accepts None (an optional component), else a tiny checker
+            optional = p.name in (getattr(cls, "_optional_components", None) or ())
+            recipes[p.name] = None if optional else "StableDiffusionSafetyChecker"
+            continue
+        if not required:
+            left.append(p.name)  # diffusers passes the default for a component the index lacks
+            continue
+        recipe = next((n for n in names if n in RECIPES), None)
+        if recipe is None:
+            sched = _scheduler_name(names)
+            if sched is not None:
+                recipe = f"scheduler:{sched}"
+        if recipe is None and not names:
+            recipe = _BY_NAME.get(p.name)
+            if p.name == "unet":
+                recipe = "UNet2DConditionModel" if "text_encoder" in pnames else "UNet2DModel"
+        if recipe is None and not names:
+            raise SynthesisError(f"{cls.__name__}.__init__ parameter {p.name!r} has no annotation to build it from")
+        if recipe is None:
+            raise SynthesisError(
+                f"{cls.__name__}.__init__ parameter {p.name!r} ({' | '.join(names)}) has no tiny recipe"
+            )
+        recipes[p.name] = recipe
+    inpaint = "inpaint" in cls.__name__.lower() and "mask_image" in _call_param_names(cls)
+    return ComponentPlan(shape=Shape(xl=xl, latent=latent, inpaint=inpaint), recipes=recipes, left_to_default=tuple(left))
+
+
+def _call_param_names(cls: type) -> set[str]:
+    try:
+        return {p.name for p in _call_params(getattr(cls, call_method(cls)))}
+    except SynthesisError:
+        return set()
+
+
+#: What to call where a pipeline has no ``__call__`` of its own (StableDiffusionMegaPipeline).
+_CALL_FALLBACKS = ("text2img", "txt2img", "generate")
+
+
+def call_method(cls: type) -> str:
+    """``__call__``, or the text-to-image method of a pipeline that defines no ``__call__``."""
+    if any("__call__" in vars(k) for k in cls.__mro__ if k is not object):
+        return "__call__"
+    for name in _CALL_FALLBACKS:
+        if callable(getattr(cls, name, None)):
+            return name
+    raise SynthesisError(f"{cls.__name__} defines no __call__ (nor {', '.join(_CALL_FALLBACKS)})")
+
+
+def build_components(cls: type, *, seed: int = SEED, plan: ComponentPlan | None = None) -> dict[str, Any]:
+    """The tiny components for ``cls``: ``{name: object or None}``, deterministic for ``seed``."""
+    torch = _torch()
+    plan = plan or plan_components(cls)
+    out: dict[str, Any] = {}
+    for i, (name, recipe) in enumerate(plan.recipes.items()):
+        if recipe is None:
+            out[name] = None
+            continue
+        torch.manual_seed(seed + i)
+        if recipe.startswith("scheduler:"):
+            out[name] = _scheduler_factory(recipe.split(":", 1)[1])(plan.shape)
+        else:
+            out[name] = RECIPES[recipe](plan.shape)
+    return out
+
+
+def _library_of(obj: Any) -> str:
+    module = type(obj).__module__
+    if module.startswith("diffusers.pipelines."):
+        return module.split(".")[2]  # diffusers' spelling: ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    top = module.split(".")[0]
+    if top not in ("diffusers", "transformers"):
+        raise SynthesisError(f"component of type {type(obj).__name__} is from {top!r}, not diffusers/transformers")
+    return top
+
+
+#: Class names as released repositories spell them (transformers 5 instantiates the PIL backend).
+_INDEX_NAMES = {"CLIPImageProcessorPil": "CLIPImageProcessor", "CLIPImageProcessorFast": "CLIPImageProcessor"}
+
+
+def save_weights_dir(class_name: str, components: Mapping[str, Any], out_dir: Path | str) -> Path:
+    """Write a diffusers weights directory: ``model_index.json`` + one folder per component.
+
+    Models are written as ``*.safetensors`` + ``config.json``, schedulers as
+    ``scheduler_config.json``, tokenizers and image processors as their data files. A component
+    that is ``None`` is written as ``[null, null]`` (diffusers' optional component).
+    """
+    import diffusers
+
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    index: dict[str, Any] = {"_class_name": class_name, "_diffusers_version": diffusers.__version__}
+    for name, obj in components.items():
+        if obj is None:
+            index[name] = [None, None]
+            continue
+        lib = _library_of(obj)
+        sub = root / name
+        if hasattr(obj, "save_config") and not hasattr(obj, "state_dict"):  # a diffusers scheduler
+            obj.save_config(sub)
+        elif hasattr(obj, "state_dict"):
+            obj.save_pretrained(sub, safe_serialization=True)
+        else:  # tokenizers and image processors
+            obj.save_pretrained(sub)
+        index[name] = [lib, _INDEX_NAMES.get(type(obj).__name__, type(obj).__name__)]
+    (root / "model_index.json").write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+    return root
+
+
+# ---------------------------------------------------------------------------------------------
+# The call
+
+#: ``__call__`` parameters given a value (when the pipeline takes them).
+_CALL_VALUES: dict[str, Any] = {
+    "prompt": PROMPT,
+    "num_inference_steps": STEPS,
+    "output_type": "np",
+}
+#: image-like inputs, given a deterministic RGB picture of the smallest size.
+_IMAGE_PARAMS = ("image", "init_image", "mask_image", "control_image", "image_prompt", "mask", "ref_image",
+                 "controlnet_conditioning_image", "inpaint_image", "original_image", "input_image")
+
+
+def _call_params(callable_: Any) -> list[inspect.Parameter]:
+    try:
+        sig = inspect.signature(callable_)
+    except (TypeError, ValueError) as exc:
+        raise SynthesisError(f"the call has no readable signature ({exc})") from None
+    return [p for n, p in sig.parameters.items() if n != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+
+
+def minimal_call(cls: type, method: str | None = None) -> dict[str, Any]:
+    """A JSON recipe for a minimal call of ``cls.<method>``: ``{"method": ..., "kwargs": {...}}``.
+
+    Values: ``{"generator": seed}``, ``{"image": [w, h, mode, seed]}`` or a JSON value.
+    """
+    method = method or call_method(cls)
+    fn = getattr(cls, method, None)
+    if fn is None:
+        raise SynthesisError(f"{cls.__name__} has no {method}")
+    kwargs: dict[str, Any] = {}
+    params = _call_params(fn)
+    for p in params:
+        required = p.default is inspect.Parameter.empty
+        if p.name in _CALL_VALUES:
+            kwargs[p.name] = _CALL_VALUES[p.name]
+        elif p.name in ("height", "width") and isinstance(p.default, int) and p.default > IMAGE_SIZE:
+            kwargs[p.name] = IMAGE_SIZE  # a 512 default would run the tiny models at full size
+        elif p.name == "generator":
+            kwargs[p.name] = {"generator": SEED}
+        elif p.name in _IMAGE_PARAMS or (required and "image" in p.name):
+            mode = "L" if "mask" in p.name else "RGB"
+            kwargs[p.name] = {"image": [IMAGE_SIZE, IMAGE_SIZE, mode, len(kwargs)]}
+        elif p.name.endswith("prompt") and required:
+            kwargs[p.name] = PROMPT
+        elif required:
+            raise SynthesisError(f"{cls.__name__}.{method} parameter {p.name!r} is required and has no minimal value")
+    if "strength" in {p.name for p in params} and "num_inference_steps" in kwargs:
+        kwargs["num_inference_steps"] = 4  # img2img runs int(steps * strength) steps: keep at least one
+    return {"method": method, "kwargs": kwargs}
+
+
+def materialise_call(recipe: Mapping[str, Any]) -> dict[str, Any]:
+    """Keyword arguments for a recipe from :func:`minimal_call` (fresh generators every time)."""
+    import numpy as np
+
+    torch = _torch()
+    out: dict[str, Any] = {}
+    for name, value in recipe["kwargs"].items():
+        if isinstance(value, dict) and "generator" in value:
+            out[name] = torch.Generator("cpu").manual_seed(int(value["generator"]))
+        elif isinstance(value, dict) and "image" in value:
+            from PIL import Image
+
+            w, h, mode, seed = value["image"]
+            rng = np.random.default_rng(int(seed))
+            channels = 1 if mode == "L" else 3
+            arr = rng.integers(0, 256, size=(int(h), int(w), channels), dtype=np.uint8)
+            out[name] = Image.fromarray(arr[..., 0] if channels == 1 else arr, mode=mode)
+        else:
+            out[name] = value
+    return out
+
+
+def seed_everything(seed: int = SEED) -> None:
+    """Seed torch's, Python's and NumPy's global generators (pipelines draw from all three)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    _torch().manual_seed(seed)
+
+
+def _arrays(value: Any, depth: int = 0) -> list[Any]:
+    import numpy as np
+
+    if depth > 20:
+        return []
+    torch = _torch()
+    if isinstance(value, torch.Tensor):
+        return [value.detach().cpu().contiguous().numpy()]
+    if isinstance(value, np.ndarray):
+        return [np.ascontiguousarray(value)]
+    if hasattr(value, "mode") and hasattr(value, "tobytes") and hasattr(value, "size"):  # PIL image
+        return [np.asarray(value)]
+    if isinstance(value, Mapping):
+        return [a for k in sorted(value, key=str) for a in _arrays(value[k], depth + 1)]
+    if isinstance(value, (list, tuple)):
+        return [a for v in value for a in _arrays(v, depth + 1)]
+    if hasattr(value, "__dataclass_fields__"):
+        return [a for k in value.__dataclass_fields__ for a in _arrays(getattr(value, k), depth + 1)]
+    return []
+
+
+def output_digest(value: Any) -> tuple[str, int]:
+    """sha256 over every array of an output (shape, dtype and bytes), and how many arrays."""
+    h = hashlib.sha256()
+    arrays = _arrays(value)
+    for a in arrays:
+        h.update(f"{a.shape}|{a.dtype}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest(), len(arrays)
