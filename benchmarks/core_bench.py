@@ -4,7 +4,8 @@
     through ``pipewarden.sandbox.load_class`` (candidate), same components, one UNet step and a
     50-step DDPM loop, in-process.
 (b) fully verified ``load_pipeline(..., isolation="inprocess")`` (pin, scan, restricted compile,
-    exec, safetensors read once and hashed) vs diffusers' unverified
+    exec, safetensors read once into private memory; the weights vouched for by a
+    verified-digest record, and, as information, with ``reverify="always"``) vs diffusers' unverified
     ``DiffusionPipeline.from_pretrained(custom_pipeline=<file>, trust_remote_code=True)``, warm
     page cache. Also the same with the first call included (diffusers maps weights lazily, so
     part of its load cost moves into the first step).

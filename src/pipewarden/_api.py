@@ -66,7 +66,7 @@ def _require_run_extra() -> None:
 
         raise InputError(
             f"loading a pipeline needs {', '.join(missing)}, which this installation does not have",
-            rule="the default install is the audit/CI one; running pipelines is the `run` extra",
+            rule="load.run-extra-missing",
             fix="pip install 'pipewarden[run]'",
         )
 
