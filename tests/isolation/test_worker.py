@@ -246,10 +246,9 @@ def test_tcp_to_the_host_is_refused_by_each_network_layer_alone(only, skip):
 
 def test_8gib_allocation_ends_in_resource_limit_error(server):
     with worker(Limits(memory_mb=2048, wall_s=60)) as w:
-        t0 = time.monotonic()
+        # wall_s=60 would end it with a wall-clock error instead: the match shows the memory limit did.
         with pytest.raises(ResourceLimitError, match="memory"):
             hook(w, "alloc", 8192)
-        assert time.monotonic() - t0 < 30
         assert hook(w, "alloc", 64)["detail"] == str(64 * 1024 * 1024)  # worker still usable
     _host_still_works(server)
 
@@ -280,10 +279,10 @@ def test_cpu_limit_ends_an_infinite_loop(server):
 
 def test_wall_clock_limit_kills_a_hung_worker(server):
     with worker(Limits(cpu_s=600, wall_s=1.0)) as w:
-        t0 = time.monotonic()
-        with pytest.raises(ResourceLimitError, match="within 1 s"):
+        with pytest.raises(ResourceLimitError, match="within 1 s") as excinfo:
             hook(w, "spin")
-        assert time.monotonic() - t0 < 5
+        # What ended the spin is the wall clock (cpu_s=600 would not for ten minutes).
+        assert excinfo.value.rule == "limits.wall-clock"
         assert _gone(w.pid)
         with pytest.raises(WorkerError, match="closed"):
             hook(w, "identity")
@@ -337,21 +336,10 @@ def test_garbage_frames_are_a_worker_error_and_nothing_is_unpickled(tmp_path, se
 
 def test_oversize_message_is_a_resource_limit_error(server):
     with worker(Limits(max_message_mb=1, wall_s=30)) as w:
-        t0 = time.monotonic()
         with pytest.raises(ResourceLimitError, match="max_message_mb"):
             hook(w, "oversize")
-        assert time.monotonic() - t0 < 5
         assert _gone(w.pid)
     _host_still_works(server)
-
-
-def test_later_worker_starts_are_cheap(server):
-    times = []
-    for _ in range(5):
-        t0 = time.perf_counter()
-        with worker():
-            times.append(time.perf_counter() - t0)
-    assert sorted(times)[2] < 1.0  # generous bound for a shared CI box; the benchmark measures ~20 ms
 
 
 @pytest.mark.slow
