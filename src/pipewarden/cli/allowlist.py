@@ -25,10 +25,22 @@ def add_parsers(subparsers) -> None:
     p.set_defaults(func=lambda args, _p=p: usage(_p))
 
     a = add_command(sub, "add-signer", "add (or update) a signer's public key",
-             "Add a signer (a name and an Ed25519 public key), or update an existing one's key or expiry.")
+             "Add a signer (a name and an Ed25519 public key), or update an existing one's key or expiry. "
+             "OpenSSF model-signing signers: --model-signing-key (an ECDSA public key, PEM) or "
+             "--sigstore-identity with --sigstore-issuer and --sigstore-trust-root (a Sigstore "
+             "trusted_root.json, pinned by sha256; verification never fetches it).")
     a.add_argument("file", type=Path, help=_ALLOWLIST_FILE_HELP)
     a.add_argument("--name", required=True, help="the signer's name, used by `allow --signers`")
-    a.add_argument("--public-key", required=True, help="'ed25519:...' text or a NAME.pub file")
+    cred = a.add_mutually_exclusive_group(required=True)
+    cred.add_argument("--public-key", help="'ed25519:...' text or a NAME.pub file (pipewarden's own signatures)")
+    cred.add_argument("--model-signing-key", metavar="PEM_FILE",
+                      help="a model-signing ECDSA public key: PEM file or 'ecdsa-p256:...' text")
+    cred.add_argument("--sigstore-identity", metavar="IDENTITY",
+                      help="a model-signing Sigstore certificate identity (email or workflow URI)")
+    a.add_argument("--sigstore-issuer", metavar="URL", help="the OIDC issuer of --sigstore-identity")
+    a.add_argument("--sigstore-trust-root", metavar="FILE", type=Path,
+                   help="Sigstore trusted_root.json for --sigstore-identity (stored relative to the allowlist "
+                        "when beside it; its sha256 is pinned)")
     a.add_argument("--expires", help=f"{DATE_HELP}: the signer's signatures stop counting then")
     a.set_defaults(func=_add_signer)
 
@@ -154,10 +166,49 @@ def _public_key_arg(text: str):
     return PublicKey.from_text(text, what="--public-key")
 
 
+def _model_signing_key_arg(text: str):
+    from pipewarden.fsaccess import read_user_file
+    from pipewarden.registry.modelsign import ModelSigningKey
+
+    if text.strip().startswith("ecdsa-"):
+        return ModelSigningKey.from_text(text.strip(), what="--model-signing-key")
+    data = read_user_file(text, limit=64 * 1024, what="model-signing public key file")
+    return ModelSigningKey.from_pem(data, what=f"--model-signing-key {text}")
+
+
+def _sigstore_arg(args):
+    import hashlib
+
+    from pipewarden.fsaccess import read_user_file
+    from pipewarden.registry.modelsign import MAX_TRUST_ROOT_BYTES, sigstore_identity
+
+    if not args.sigstore_issuer or args.sigstore_trust_root is None:
+        raise InputError(
+            "--sigstore-identity needs --sigstore-issuer and --sigstore-trust-root",
+            rule="cli.bad-argument",
+            fix="e.g. --sigstore-issuer https://accounts.google.com --sigstore-trust-root trusted_root.json",
+        )
+    root = Path(args.sigstore_trust_root).expanduser()
+    data = read_user_file(root, limit=MAX_TRUST_ROOT_BYTES, what="Sigstore trust root")
+    base = Path(os.path.abspath(args.file)).parent
+    absolute = Path(os.path.abspath(root))
+    stored = str(absolute.relative_to(base)) if absolute.is_relative_to(base) else str(absolute)
+    return sigstore_identity(args.sigstore_identity, args.sigstore_issuer, stored,
+                             hashlib.sha256(data).hexdigest(), base_dir=base)
+
+
 def _add_signer(args) -> int:
     from pipewarden.registry._time import parse_date_arg
 
-    key = _public_key_arg(args.public_key)
+    if args.sigstore_identity is None and (args.sigstore_issuer or args.sigstore_trust_root is not None):
+        raise InputError("--sigstore-issuer and --sigstore-trust-root go with --sigstore-identity",
+                         rule="cli.bad-argument")
+    if args.model_signing_key is not None:
+        key = _model_signing_key_arg(args.model_signing_key)
+    elif args.sigstore_identity is not None:
+        key = _sigstore_arg(args)
+    else:
+        key = _public_key_arg(args.public_key)
     expires = parse_date_arg(args.expires) if args.expires else None
     allowlist = _load_or_new(args.file).with_signer(args.name, key, expires=expires)
     _save(args.file, allowlist)
@@ -193,7 +244,7 @@ def _show(args) -> int:
     print(f"{args.file}: version {a.version}, sha256 {a.sha256}")
     for s in a.signers:
         exp = f", expires {format_ts(s.expires)}" if s.expires else ""
-        print(f"  signer  {s.name}: {s.public_key.text} (key id {s.key_id[:16]}){exp}")
+        print(f"  signer  {s.name}: {_describe(s.public_key)}{exp}")
     for r in a.revoked:
         print(f"  revoked {r.name}: {r.public_key.text}" + (f" ({r.reason})" if r.reason else ""))
     for rule in a.sources:
@@ -207,3 +258,11 @@ def _show(args) -> int:
     for alias, target in a.import_aliases.items():
         print(f"  policy  import alias {alias} -> {target}")
     return 0
+
+
+def _describe(cred) -> str:
+    from pipewarden.registry.keys import PublicKey
+
+    if isinstance(cred, PublicKey):
+        return f"{cred.text} (key id {cred.key_id[:16]})"
+    return cred.describe()

@@ -36,6 +36,9 @@ class CodeSource:
     files: Mapping[str, str] = field(default_factory=dict)
     signature_bytes: bytes | None = None
     root: Path | None = None
+    #: OpenSSF model-signing signature files (``model.sig``, ``NAME.model.sig``): relpath -> bytes.
+    model_signatures: Mapping[str, bytes] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "files", MappingProxyType(dict(self.files)))
+        object.__setattr__(self, "model_signatures", MappingProxyType(dict(self.model_signatures)))

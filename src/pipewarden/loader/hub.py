@@ -49,6 +49,7 @@ WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.json", "*/merges.txt", "
 #: Largest pipeline module and signature file read into memory.
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 1024 * 1024
+MAX_MODEL_SIGNATURE_BYTES = 4 * 1024 * 1024
 #: Bounds on what a code repo may make us download (its non-LFS files; LFS files are never fetched).
 MAX_CODE_FILES = 10_000
 MAX_CODE_DOWNLOAD_BYTES = 256 * 1024 * 1024
@@ -109,6 +110,12 @@ def _signature_file_name() -> str:
         return SIGNATURE_FILE
     except ImportError:  # pragma: no cover - registry always ships with the package
         return "pipewarden.sig"
+
+
+def _is_model_signature_file(relpath: str) -> bool:
+    from pipewarden.registry.modelsign import is_model_signature_file
+
+    return is_model_signature_file(relpath)
 
 
 def _in_code_manifest(relpath: str) -> bool:
@@ -248,6 +255,11 @@ def _resolve_hub_code(repo_id: str, revision: str | None, token: Any, settings: 
     sig_name = _signature_file_name()
     kept_limits = {MODULE_FILE: MAX_SOURCE_BYTES, sig_name: MAX_SIGNATURE_BYTES}
 
+    def kept_limit(rel: str) -> int | None:  # files read into memory: module and signatures
+        if rel in kept_limits:
+            return kept_limits[rel]
+        return MAX_MODEL_SIGNATURE_BYTES if _is_model_signature_file(rel) else None
+
     expected: dict[str, _hf.RemoteFile | None]
     lfs_only: dict[str, str] = {}
     if settings.offline:
@@ -265,12 +277,13 @@ def _resolve_hub_code(repo_id: str, revision: str | None, token: Any, settings: 
         for rel, rf in listing.files.items():
             if not _in_code_manifest(rel):
                 continue
-            if rel in kept_limits and rf.size > kept_limits[rel]:
+            limit = kept_limit(rel)
+            if limit is not None and rf.size > limit:
                 raise InputError(
-                    f"{repo_id}@{commit}: {rel} is {rf.size} bytes, more than {kept_limits[rel]}",
+                    f"{repo_id}@{commit}: {rel} is {rf.size} bytes, more than {limit}",
                     rule="file.too-large",
                 )
-            if rf.is_lfs and rel not in kept_limits:
+            if rf.is_lfs and limit is None:
                 # Never executed: take its sha256 from the hub instead of downloading large blobs.
                 assert rf.lfs_sha256 is not None
                 lfs_only[rel] = rf.lfs_sha256
@@ -294,23 +307,28 @@ def _resolve_hub_code(repo_id: str, revision: str | None, token: Any, settings: 
     files: dict[str, str] = dict(lfs_only)
     source_bytes: bytes | None = None
     signature_bytes: bytes | None = None
+    model_signatures: dict[str, bytes] = {}
     for rel in sorted(expected):
         entry = expected[rel]
         if entry is not None:
             _hf.download((repo_id, "model"), entry, commit, token=token, settings=settings)
-        keep = rel in kept_limits
+        limit = kept_limit(rel)
         vf = _hf.verify_entry(
             storage,
             commit,
             rel,
             expected=entry,
-            keep_bytes=keep,
-            max_bytes=kept_limits.get(rel, _hf.MAX_KEPT_BYTES),
+            keep_bytes=limit is not None,
+            max_bytes=limit if limit is not None else _hf.MAX_KEPT_BYTES,
             quiet=settings.quiet,
             repo_id=repo_id,
         )
         if rel == sig_name:
             signature_bytes = vf.data
+            continue
+        if _is_model_signature_file(rel):
+            assert vf.data is not None
+            model_signatures[rel] = vf.data
             continue
         if rel == MODULE_FILE:
             source_bytes = vf.data
@@ -328,6 +346,7 @@ def _resolve_hub_code(repo_id: str, revision: str | None, token: Any, settings: 
         files=files,
         signature_bytes=signature_bytes,
         root=_hf.snapshot_dir(storage, commit),
+        model_signatures=model_signatures,
     )
 
 

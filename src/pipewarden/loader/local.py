@@ -31,6 +31,21 @@ def _signature_file_name() -> str:
         return "pipewarden.sig"
 
 
+def _is_signature_file(relpath: str) -> bool:
+    from pipewarden.registry.signatures import is_signature_file
+
+    return is_signature_file(relpath)
+
+
+def _is_model_signature_file(relpath: str) -> bool:
+    from pipewarden.registry.modelsign import is_model_signature_file
+
+    return is_model_signature_file(relpath)
+
+
+MAX_MODEL_SIGNATURE_BYTES = 4 * 1024 * 1024
+
+
 def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
     """Read a local pipeline: a directory holding ``pipeline.py``, or a ``.py`` file."""
     p = Path(path).expanduser()
@@ -46,7 +61,7 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
     if stat.S_ISDIR(st.st_mode):
         root = p.resolve()
         module = MODULE_FILE
-        files = _walk_code_dir(root, exclude=sig_name)
+        files, model_sig_names = _walk_code_dir(root, exclude=sig_name)
         if not (root / module).is_file():
             raise InputError(
                 f"{root} has no {MODULE_FILE}",
@@ -64,6 +79,7 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
         root = real.parent
         module = real.name
         files = {}
+        model_sig_names = ()
     else:
         raise InputError(f"custom_pipeline {str(path)!r} is not a regular file or directory", rule="file.not-regular")
     source_bytes = _read_source(root / module)
@@ -71,6 +87,7 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
     files[module] = digest  # the digest of the bytes we keep, not of a second read
     sig_path = root / sig_name
     signature_bytes = _read_small(sig_path) if os.path.lexists(sig_path) else None
+    model_signatures = {rel: _read_small(root / rel, MAX_MODEL_SIGNATURE_BYTES) for rel in model_sig_names}
     return CodeSource(
         kind="local",
         source_id=f"local:{root / module}" if stat.S_ISREG(st.st_mode) else f"local:{root}",
@@ -81,6 +98,7 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
         files=files,
         signature_bytes=signature_bytes,
         root=root,
+        model_signatures=model_signatures,
     )
 
 
@@ -102,10 +120,16 @@ def _read_small(path: Path, limit: int = 1024 * 1024) -> bytes:
     return fsaccess.read_in(path.parent, path.name, links=False, max_bytes=limit)
 
 
-def _walk_code_dir(root: Path, *, exclude: str) -> dict[str, str]:
-    """relpath -> sha256 of every regular file under ``root`` (symlinks/special files refused)."""
+def _walk_code_dir(root: Path, *, exclude: str) -> tuple[dict[str, str], tuple[str, ...]]:
+    """(relpath -> sha256 of every regular file under ``root`` but the module and the signature
+    files, model-signing signature files). Symlinks/special files are refused, signature files too."""
     entries = fsaccess.walk(root, exclude=frozenset({exclude}), what="pipeline code directory")
-    return {rel: fsaccess.hash_in(root, e.real) for rel, e in entries.items() if rel != MODULE_FILE}
+    files = {
+        rel: fsaccess.hash_in(root, e.real)
+        for rel, e in entries.items()
+        if rel != MODULE_FILE and not _is_signature_file(rel)
+    }
+    return files, tuple(sorted(rel for rel in entries if _is_model_signature_file(rel)))
 
 
 def resolve_local_weights(path: str | os.PathLike[str]) -> Snapshot:

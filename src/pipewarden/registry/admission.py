@@ -266,7 +266,10 @@ class Admission:
                     rule="trust.isolation-required",
                     fix=f"use isolation={allow.required_isolation!r}",
                 )
-            verdict = verify_signed_files(code.files, code.signature_bytes, allow, code.source_id, now=resolve_now(self._now))
+            verdict = verify_signed_files(
+                code.files, code.signature_bytes, allow, code.source_id, now=resolve_now(self._now),
+                model_signatures=code.model_signatures,
+            )
             pins.append("signatures")
             signers = ", ".join(verdict.signers) or "the required signers"
             self._passed("allowlist", f"source {code.source_id} allowed; signed by {signers}")

@@ -21,13 +21,18 @@ from types import MappingProxyType
 from typing import Any
 
 from pipewarden.errors import InputError
-from pipewarden.loader.digests import sha256_bytes
+from pipewarden.loader.digests import is_sha256_hex, sha256_bytes
 from pipewarden.registry import _toml
 from pipewarden.registry._state import VersionStore
 from pipewarden.registry._time import from_toml_value
 from pipewarden.registry.keys import PublicKey, check_name
+from pipewarden.registry.modelsign import ModelSigningKey, SigstoreIdentity, sigstore_identity
 
-__all__ = ["Allowlist", "AllowlistPolicy", "RevokedSigner", "Signer", "SourceRule", "ISOLATION_MODES"]
+#: What identifies a signer: a pipewarden Ed25519 key, a model-signing ECDSA key, or a Sigstore
+#: identity (certificate identity + OIDC issuer + pinned trust root). Each has ``key_id``.
+Credential = PublicKey | ModelSigningKey | SigstoreIdentity
+
+__all__ = ["Allowlist", "AllowlistPolicy", "Credential", "RevokedSigner", "Signer", "SourceRule", "ISOLATION_MODES"]
 
 #: Isolation modes an allowlist may require, weakest first.
 ISOLATION_MODES = ("inprocess", "process")
@@ -45,10 +50,15 @@ _UNSET: Any = object()
 
 @dataclass(frozen=True)
 class Signer:
-    """A reviewer whose signatures count while ``expires`` (if set) has not passed."""
+    """A reviewer whose signatures count while ``expires`` (if set) has not passed.
+
+    ``public_key`` is the signer's credential: a :class:`PublicKey` (pipewarden's own Ed25519
+    signatures), a :class:`ModelSigningKey` or a :class:`SigstoreIdentity` (OpenSSF model-signing
+    signatures, see ``registry/modelsign.py``).
+    """
 
     name: str
-    public_key: PublicKey
+    public_key: Credential
     expires: _dt.datetime | None = None
 
     @property
@@ -58,10 +68,10 @@ class Signer:
 
 @dataclass(frozen=True)
 class RevokedSigner:
-    """A key whose signatures never count again."""
+    """A key (or Sigstore identity) whose signatures never count again."""
 
     name: str
-    public_key: PublicKey
+    public_key: Credential
     reason: str = ""
 
     @property
@@ -229,9 +239,14 @@ class Allowlist:
     # -- parsing ------------------------------------------------------------------------------
     @classmethod
     def from_bytes(cls, data: bytes, *, origin: str = "<allowlist>") -> Allowlist:
-        """Parse and validate untrusted TOML bytes (no rollback check: see :meth:`load`)."""
+        """Parse and validate untrusted TOML bytes (no rollback check: see :meth:`load`).
+
+        Relative file names in it (a Sigstore trust root) resolve against the directory of
+        ``origin`` when ``origin`` is a path, else against the current directory.
+        """
         doc = _toml.loads(data, what=f"allowlist {origin}", limit=MAX_ALLOWLIST_BYTES)
-        return _parse(doc, sha256=sha256_bytes(bytes(data)), origin=origin)
+        base_dir = None if origin.startswith("<") else os.path.dirname(os.path.abspath(origin))
+        return _parse(doc, sha256=sha256_bytes(bytes(data)), origin=origin, base_dir=base_dir)
 
     @classmethod
     def load(
@@ -252,7 +267,7 @@ class Allowlist:
 
     # -- editing (used by the CLI); each returns a new Allowlist with version + 1 ---------------
     def with_signer(
-        self, name: str, public_key: PublicKey, *, expires: _dt.datetime | None = None
+        self, name: str, public_key: Credential, *, expires: _dt.datetime | None = None
     ) -> Allowlist:
         check_name(name)
         if self.revoked_for_key(public_key.key_id) is not None:
@@ -338,7 +353,7 @@ class Allowlist:
             doc["signers"] = [
                 {
                     "name": s.name,
-                    "public_key": s.public_key.text,
+                    **_credential_fields(s.public_key, revoked=False),
                     **({"expires": s.expires} if s.expires else {}),
                 }
                 for s in self.signers
@@ -347,7 +362,7 @@ class Allowlist:
             doc["revoked"] = [
                 {
                     "name": r.name,
-                    "public_key": r.public_key.text,
+                    **_credential_fields(r.public_key, revoked=True),
                     **({"reason": r.reason} if r.reason else {}),
                 }
                 for r in self.revoked
@@ -361,6 +376,18 @@ class Allowlist:
 
     def to_toml(self) -> str:
         return _toml.dumps(self.to_document(), header=_HEADER)
+
+
+def _credential_fields(cred: Credential, *, revoked: bool) -> dict[str, str]:
+    if isinstance(cred, PublicKey):
+        return {"public_key": cred.text}
+    if isinstance(cred, ModelSigningKey):
+        return {"model_signing_key": cred.text}
+    out = {"sigstore_identity": cred.identity, "sigstore_issuer": cred.issuer}
+    if not revoked:
+        out["sigstore_trust_root"] = cred.trust_root
+        out["sigstore_trust_root_sha256"] = cred.trust_root_sha256
+    return out
 
 
 def empty_allowlist(version: int = 0) -> Allowlist:
@@ -435,6 +462,49 @@ def _public_key(v: Any, where: str) -> PublicKey:
     return PublicKey.from_text(_str(v, where), what=where)
 
 
+_CREDENTIAL_KEYS = ("public_key", "model_signing_key", "sigstore_identity")
+_SIGSTORE_KEYS = {"sigstore_issuer", "sigstore_trust_root", "sigstore_trust_root_sha256"}
+
+
+def _credential(t: Mapping[str, Any], where: str, *, revoked: bool, base_dir: str | None) -> Credential:
+    """Exactly one of ``public_key`` / ``model_signing_key`` / ``sigstore_identity`` (+ its keys)."""
+    given = [k for k in _CREDENTIAL_KEYS if k in t]
+    if len(given) != 1:
+        raise _bad(
+            f"{where} must have exactly one of {', '.join(_CREDENTIAL_KEYS)}",
+            "allowlist.missing-key" if not given else "allowlist.bad-value",
+        )
+    sigstore_needed = {"sigstore_issuer"} if revoked else _SIGSTORE_KEYS
+    if given[0] != "sigstore_identity":
+        extra = sorted(_SIGSTORE_KEYS & set(t))
+        if extra:
+            raise _bad(f"{where}: {', '.join(extra)} belong(s) to a sigstore_identity signer", "allowlist.bad-value")
+        if given[0] == "public_key":
+            return _public_key(t["public_key"], f"{where}.public_key")
+        return ModelSigningKey.from_text(_str(t["model_signing_key"], f"{where}.model_signing_key"),
+                                         what=f"{where}.model_signing_key")
+    missing = sorted(sigstore_needed - set(t))
+    if missing:
+        raise _bad(f"{where}: a sigstore_identity signer needs {', '.join(missing)}", "allowlist.missing-key")
+    if revoked and (_SIGSTORE_KEYS - {"sigstore_issuer"}) & set(t):
+        raise _bad(f"{where}: a revoked identity has no trust root", "allowlist.unknown-key")
+    identity = _str(t["sigstore_identity"], f"{where}.sigstore_identity")
+    issuer = _str(t["sigstore_issuer"], f"{where}.sigstore_issuer")
+    if not identity.strip() or not issuer.startswith("https://"):
+        raise _bad(f"{where}: sigstore_identity must be non-empty and sigstore_issuer an https:// URL",
+                   "allowlist.bad-value")
+    if revoked:
+        return SigstoreIdentity(identity, issuer)
+    root = _str(t["sigstore_trust_root"], f"{where}.sigstore_trust_root", max_len=4096)
+    digest = _str(t["sigstore_trust_root_sha256"], f"{where}.sigstore_trust_root_sha256", max_len=64)
+    if not root or "\x00" in root:
+        raise _bad(f"{where}.sigstore_trust_root must name a file", "allowlist.bad-value")
+    if not is_sha256_hex(digest):
+        raise _bad(f"{where}.sigstore_trust_root_sha256 must be a lowercase sha256 hex string",
+                   "allowlist.bad-value")
+    return sigstore_identity(identity, issuer, root, digest, base_dir=base_dir)
+
+
 def _parse_rule(t: Mapping[str, Any], where: str) -> SourceRule:
     _keys(t, {"pattern", "signers", "threshold"}, {"pattern", "signers", "threshold"}, where)
     pattern = _str(t["pattern"], f"{where}.pattern", max_len=256)
@@ -459,7 +529,7 @@ def _parse_rule(t: Mapping[str, Any], where: str) -> SourceRule:
     return SourceRule(pattern=pattern, signers=names, threshold=threshold)
 
 
-def _parse(doc: Mapping[str, Any], *, sha256: str, origin: str) -> Allowlist:
+def _parse(doc: Mapping[str, Any], *, sha256: str, origin: str, base_dir: str | None = None) -> Allowlist:
     where = f"allowlist {origin}"
     _keys(doc, {"version", "signers", "revoked", "sources", "policy"}, {"version"}, where)
     version = _int(doc["version"], f"{where}: version", minimum=1)
@@ -468,12 +538,12 @@ def _parse(doc: Mapping[str, Any], *, sha256: str, origin: str) -> Allowlist:
     for i, raw in enumerate(_array(doc.get("signers", []), f"{where}: signers")):
         w = f"{where}: signers[{i}]"
         t = _table(raw, w)
-        _keys(t, {"name", "public_key", "expires"}, {"name", "public_key"}, w)
+        _keys(t, {"name", "expires", *_CREDENTIAL_KEYS, *_SIGSTORE_KEYS}, {"name"}, w)
         expires = from_toml_value(t["expires"], what=f"{w}.expires") if "expires" in t else None
         signers.append(
             Signer(
                 check_name(_str(t["name"], f"{w}.name", max_len=64)),
-                _public_key(t["public_key"], f"{w}.public_key"),
+                _credential(t, w, revoked=False, base_dir=base_dir),
                 expires,
             )
         )
@@ -482,11 +552,11 @@ def _parse(doc: Mapping[str, Any], *, sha256: str, origin: str) -> Allowlist:
     for i, raw in enumerate(_array(doc.get("revoked", []), f"{where}: revoked")):
         w = f"{where}: revoked[{i}]"
         t = _table(raw, w)
-        _keys(t, {"name", "public_key", "reason"}, {"name", "public_key"}, w)
+        _keys(t, {"name", "reason", *_CREDENTIAL_KEYS, *_SIGSTORE_KEYS}, {"name"}, w)
         revoked.append(
             RevokedSigner(
                 check_name(_str(t["name"], f"{w}.name", max_len=64)),
-                _public_key(t["public_key"], f"{w}.public_key"),
+                _credential(t, w, revoked=True, base_dir=base_dir),
                 _str(t.get("reason", ""), f"{w}.reason"),
             )
         )

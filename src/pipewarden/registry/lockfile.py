@@ -32,7 +32,7 @@ from pipewarden.errors import InputError, IntegrityError
 from pipewarden.loader.digests import is_commit_hex, is_sha256_hex
 from pipewarden.registry import _toml
 from pipewarden.registry._files import atomic_write
-from pipewarden.registry.signatures import SIGNATURE_FILE
+from pipewarden.registry.signatures import SIGNATURE_FILE, is_signature_file, walk_signed_dir
 
 __all__ = ["LOCK_FILE", "LOCK_FORMAT", "LockEntry", "Lockfile", "write_lock", "ROLES"]
 
@@ -47,7 +47,7 @@ _HEADER = (
 
 
 def _drop_signature(files: Mapping[str, str]) -> dict[str, str]:
-    return {k: v for k, v in files.items() if k != SIGNATURE_FILE}
+    return {k: v for k, v in files.items() if not is_signature_file(k)}
 
 
 @dataclass(frozen=True)
@@ -268,8 +268,8 @@ def _parse(doc: Mapping[str, Any], origin: str, base_dir: Path) -> tuple[LockEnt
         files = raw["files"]
         if not isinstance(files, dict) or len(files) > 100_000:
             raise _bad(f"{w}.files is not a table")
-        if SIGNATURE_FILE in files:
-            raise _bad(f"{w}.files lists {SIGNATURE_FILE}, which is never locked")
+        if any(is_signature_file(k) for k in files if isinstance(k, str)):
+            raise _bad(f"{w}.files lists a signature file ({SIGNATURE_FILE}, model.sig), which is never locked")
         if not all(isinstance(v, str) for v in files.values()):
             raise _bad(f"{w}.files values must be sha256 strings")
         try:
@@ -295,7 +295,6 @@ def entry_for_local_code(path: str | os.PathLike[str]) -> LockEntry:
     import stat
 
     from pipewarden.loader.digests import sha256_file
-    from pipewarden.registry._files import walk_files
 
     p = Path(path).expanduser()
     try:
@@ -304,7 +303,7 @@ def entry_for_local_code(path: str | os.PathLike[str]) -> LockEntry:
         raise InputError(f"cannot read {p}: {exc.strerror}", rule="file.unreadable") from None
     root = p.resolve()
     if stat.S_ISDIR(st.st_mode):
-        files = walk_files(root, exclude=frozenset({SIGNATURE_FILE}))
+        files, _ = walk_signed_dir(root)
         if "pipeline.py" not in files:
             raise InputError(
                 f"{root} has no pipeline.py", rule="code.module-missing"

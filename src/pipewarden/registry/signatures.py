@@ -33,10 +33,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from pipewarden import fsaccess
 from pipewarden.errors import InputError, IntegrityError, NotAllowedError, PipewardenError, SignatureError
 from pipewarden.fsaccess import replace_regular
 from pipewarden.loader.digests import is_sha256_hex
-from pipewarden.registry._files import walk_files
 from pipewarden.registry._time import (
     DEFAULT_SIGNATURE_LIFETIME,
     EXPIRY_SKEW,
@@ -45,8 +45,24 @@ from pipewarden.registry._time import (
     parse_ts,
     resolve_now,
 )
-from pipewarden.registry.allowlist import Allowlist, SourceRule
-from pipewarden.registry.keys import SigningKey, b64decode_strict, b64encode, load_signing_key
+from pipewarden.registry.allowlist import Allowlist, Signer, SourceRule
+from pipewarden.registry.keys import PublicKey, SigningKey, b64decode_strict, b64encode, load_signing_key
+from pipewarden.registry.modelsign import (
+    MODEL_SIGNATURE_FILE,
+    BadSignature,
+    BundleError,
+    ModelManifest,
+    ModelSigningKey,
+    SigstoreIdentity,
+    certificate_matches,
+    is_model_signature_file,
+    is_unloaded_git_metadata,
+    missing_extra_error,
+    parse_bundle,
+    sigstore_available,
+    verify_key_bundle,
+    verify_sigstore_bundle,
+)
 
 __all__ = [
     "SIGNATURE_FILE",
@@ -61,6 +77,9 @@ __all__ = [
     "sign_dir",
     "verify_signed_files",
     "verify_dir",
+    "is_signature_file",
+    "walk_signed_dir",
+    "MODEL_SIGNATURE_FILE",
 ]
 
 #: The file inside a signed directory that holds its accumulated signatures.
@@ -70,6 +89,32 @@ SIGNATURES_FORMAT = "pipewarden-signatures/1"
 MAX_SIGNATURE_FILE_BYTES = 1024 * 1024
 MAX_SIGNATURES = 64
 MAX_MANIFEST_FILES = 100_000
+#: At most this many model-signing signature files (``model.sig``, ``NAME.model.sig``) count.
+MAX_MODEL_SIGNATURES = 16
+
+
+def is_signature_file(relpath: str) -> bool:
+    """A signature file of a signed directory: never part of a manifest, never loaded as content.
+
+    ``pipewarden.sig`` and model-signing's ``model.sig`` / ``NAME.model.sig``, at the top level.
+    """
+    return relpath == SIGNATURE_FILE or is_model_signature_file(relpath)
+
+
+def walk_signed_dir(root: str | os.PathLike[str]) -> tuple[dict[str, str], tuple[str, ...]]:
+    """``(relpath -> sha256 of every file a manifest covers, model-signing signature files)``.
+
+    The one walk behind signing, verifying and locking a directory (and the loader's local code
+    reader uses the same predicate): every regular file except the signature files; a symlink or
+    special file anywhere (signature files included) is refused by the walker.
+    """
+    entries = fsaccess.walk(root, exclude=frozenset({SIGNATURE_FILE, MODEL_SIGNATURE_FILE}),
+                            what="signed or locked directory")
+    files = {rel: fsaccess.hash_in(root, e.real) for rel, e in entries.items() if not is_signature_file(rel)}
+    model_sigs = sorted(rel for rel in entries if is_model_signature_file(rel))
+    if os.path.lexists(os.path.join(root, MODEL_SIGNATURE_FILE)):
+        model_sigs.insert(0, MODEL_SIGNATURE_FILE)
+    return files, tuple(model_sigs)
 
 
 class MalformedSignatureFile(InputError, SignatureError):
@@ -109,7 +154,7 @@ class Rejection:
     detail: str
 
     def describe(self) -> str:
-        who = self.signer or f"key {self.key_id[:16]}"
+        who = self.signer or (f"key {self.key_id[:16]}" if self.key_id else "unknown signer")
         return f"{who}: {self.reason.value} ({self.detail})"
 
 
@@ -180,7 +225,7 @@ def _checked_files(files: Mapping[str, str]) -> dict[str, str]:
         _check_relpath(rel)
         if not is_sha256_hex(digest):
             raise ValueError(f"digest of {rel!r} is not a lowercase sha256 hex string")
-        if rel != SIGNATURE_FILE:  # the signature file never signs itself
+        if not is_signature_file(rel):  # signature files are never signed
             out[rel] = digest
     return out
 
@@ -317,7 +362,7 @@ def _parse_payload(payload: bytes) -> _Payload:
         raise ValueError(exc.what) from None
     checked = _checked_files(files)
     if len(checked) != len(files):
-        raise ValueError(f"the manifest lists {SIGNATURE_FILE}")
+        raise ValueError("the manifest lists a signature file")
     if (
         canonical_manifest(checked, key_id=doc["key_id"], source=source, expires=expires, signed_at=signed_at)
         != payload
@@ -369,7 +414,7 @@ def sign_dir(
     """Sign every file of ``directory`` and add the signature to ``directory/SIGNATURE_FILE``."""
     root = Path(directory)
     signing = key if isinstance(key, SigningKey) else load_signing_key(key)
-    files = walk_files(root, exclude=frozenset({SIGNATURE_FILE}))
+    files, _ = walk_signed_dir(root)
     sig_path = root / SIGNATURE_FILE
     existing = _read_signature_file(sig_path) if os.path.lexists(sig_path) else None
     replace_regular(
@@ -415,8 +460,15 @@ def verify_signed_files(
     source: str,
     *,
     now: _dt.datetime,
+    model_signatures: Mapping[str, bytes] | None = None,
 ) -> SignatureVerdict:
-    """Accept ``files`` for ``source`` or raise. Pure: no I/O, the clock is the ``now`` argument.
+    """Accept ``files`` for ``source`` or raise. No I/O except reading a Sigstore signer's pinned
+    trust-root file; the clock is the ``now`` argument.
+
+    ``model_signatures`` maps the relpath of each OpenSSF model-signing signature file
+    (``model.sig``, ``NAME.model.sig``) to its bytes; each counts like a pipewarden signature
+    when it verifies for an allowlist signer's model-signing key or Sigstore identity and covers
+    exactly the files present (see ``registry/modelsign.py``).
 
     Raises ``NotAllowedError`` (source not allowed), ``MalformedSignatureFile`` (InputError and
     SignatureError), ``SignatureError`` (too few valid signatures) or ``IntegrityError`` (a
@@ -447,20 +499,27 @@ def verify_signed_files(
             fix=f"pipewarden allowlist allow {allowlist.origin} --source PATTERN --signers NAMES --threshold K",
         )
     # 2. Parse the envelope only.
-    if not signature_bytes:
+    model_signatures = dict(model_signatures or {})
+    if not signature_bytes and not model_signatures:
         raise _refusal(
             SignatureError,
             Reason.NO_SIGNATURES,
-            f"source {source!r} has no {SIGNATURE_FILE}",
+            f"source {source!r} has no {SIGNATURE_FILE} (and no model-signing {MODEL_SIGNATURE_FILE})",
             rule="sig.missing",
             fix=f"have accepted signers run `pipewarden sign DIR --key KEY` (signers: {', '.join(rules[0].signers)})",
         )
-    envelopes = parse_signature_file(signature_bytes)
+    envelopes = parse_signature_file(signature_bytes) if signature_bytes else ()
+    # A rule that accepts a Sigstore signer cannot be decided without sigstore-python: fail closed.
+    for rule in rules:
+        for name in rule.signers:
+            s = allowlist.signer_named(name)
+            if s is not None and isinstance(s.public_key, SigstoreIdentity) and not sigstore_available():
+                raise missing_extra_error(f"rule {rule.pattern!r} of {allowlist.origin} (Sigstore signer {name!r})")
 
     # 3. Per signature, in order: known key, not revoked, signer unexpired, signature verifies over
     #    the exact payload bytes; only then parse the payload; key ids agree, source binds,
     #    signature unexpired; finally compare the manifest with the files present.
-    valid: dict[str, _Payload] = {}  # signer name -> payload (first valid one)
+    valid: dict[str, object] = {}  # signer name -> payload or manifest (first valid one)
     rejected: list[Rejection] = []
     mismatched: list[Rejection] = []
     for env in envelopes:
@@ -476,7 +535,7 @@ def verify_signed_files(
             )
             continue
         signer = allowlist.signer_for_key(env.key_id)
-        if signer is None:
+        if signer is None or not isinstance(signer.public_key, PublicKey):
             rejected.append(Rejection(env.key_id, None, Reason.UNKNOWN_SIGNER, "key not in the allowlist"))
             continue
         if signer.expires is not None and is_expired(signer.expires, now):
@@ -522,6 +581,22 @@ def verify_signed_files(
             continue
         valid[signer.name] = payload
 
+    # 3b. OpenSSF model-signing signatures: the same order (revoked, known, unexpired, verifies,
+    #     then the manifest is parsed and compared with exactly the files present).
+    if len(model_signatures) > MAX_MODEL_SIGNATURES:
+        raise _malformed(f"more than {MAX_MODEL_SIGNATURES} model-signing signature files")
+    for rel in sorted(model_signatures):
+        outcome = _check_model_signature(rel, model_signatures[rel], allowlist, present, now)
+        if isinstance(outcome, Rejection):
+            rejected.append(outcome)
+            if outcome.reason in _MANIFEST_REASONS:
+                mismatched.append(outcome)
+            continue
+        if outcome.name in valid:
+            rejected.append(Rejection(outcome.key_id, outcome.name, Reason.DUPLICATE, "counted once"))
+            continue
+        valid[outcome.name] = rel
+
     # 4. Threshold: every matching rule needs k distinct valid signers among those it accepts.
     for rule in rules:
         counted = sorted(n for n in valid if n in rule.signers)
@@ -559,12 +634,111 @@ def verify_signed_files(
     )
 
 
+def _model_manifest_difference(manifest: ModelManifest, present: Mapping[str, str]) -> tuple[Reason, str] | None:
+    """Compare a model-signing manifest with the files present.
+
+    Signature files named in the manifest are dropped (they are never loaded as content). A file
+    present but absent from the manifest is refused unless it is git metadata pipewarden never
+    reads (``.gitattributes``, ``.gitignore``, ``.github/``) *and* the signature's own
+    ``ignore_paths`` names it (model-signing's default). Everything else must match exactly.
+    """
+    signed = {k: v for k, v in manifest.files.items() if not is_signature_file(k)}
+
+    def ignored(rel: str) -> bool:
+        return is_unloaded_git_metadata(rel) and any(
+            rel == p.strip("/") or rel.startswith(p.strip("/") + "/") for p in manifest.ignore_paths if p.strip("/")
+        )
+
+    required = {k: v for k, v in present.items() if k in signed or not ignored(k)}
+    return _manifest_difference(signed, required)
+
+
+@dataclass(frozen=True)
+class _Counted:
+    name: str
+    key_id: str
+
+
+def _check_model_signature(
+    rel: str, data: bytes, allowlist: Allowlist, present: Mapping[str, str], now: _dt.datetime
+) -> _Counted | Rejection:
+    """One model-signing signature file: the signer it counts for, or why it does not count."""
+    try:
+        bundle = parse_bundle(data, origin=rel)
+    except BundleError as exc:
+        return Rejection("", None, Reason.MALFORMED_PAYLOAD, f"{rel}: {exc}")
+    signer: Signer | None
+    if bundle.key_hint is not None:
+        key_id = bundle.key_hint
+        revoked = allowlist.revoked_for_key(key_id)
+        if revoked is not None:
+            why = "key revoked" + (f": {revoked.reason}" if revoked.reason else "")
+            return Rejection(key_id, revoked.name, Reason.REVOKED, f"{rel}: {why}")
+        signer = allowlist.signer_for_key(key_id)
+        if signer is None or not isinstance(signer.public_key, ModelSigningKey):
+            return Rejection(key_id, None, Reason.UNKNOWN_SIGNER, f"{rel}: model-signing key not in the allowlist")
+    else:
+        key_id = ""
+        if not sigstore_available():
+            return Rejection("", None, Reason.UNKNOWN_SIGNER,
+                             f"{rel}: a certificate signature (needs pipewarden[model-signing] to check)")
+        for r in allowlist.revoked:
+            if isinstance(r.public_key, SigstoreIdentity) and certificate_matches(bundle, r.public_key):
+                why = "identity revoked" + (f": {r.reason}" if r.reason else "")
+                return Rejection(r.key_id, r.name, Reason.REVOKED, f"{rel}: {why}")
+        signer = next(
+            (s for s in allowlist.signers
+             if isinstance(s.public_key, SigstoreIdentity) and certificate_matches(bundle, s.public_key)),
+            None,
+        )
+        if signer is None:
+            return Rejection("", None, Reason.UNKNOWN_SIGNER,
+                             f"{rel}: certificate identity is not a Sigstore signer of the allowlist")
+        key_id = signer.key_id
+    if signer.expires is not None and is_expired(signer.expires, now):
+        return Rejection(key_id, signer.name, Reason.SIGNER_EXPIRED, f"signer expires {format_ts(signer.expires)}")
+    try:
+        if isinstance(signer.public_key, ModelSigningKey):
+            manifest = verify_key_bundle(bundle, signer.public_key)
+        else:
+            assert isinstance(signer.public_key, SigstoreIdentity)
+            manifest = verify_sigstore_bundle(bundle, signer.public_key)
+    except BadSignature as exc:
+        return Rejection(key_id, signer.name, Reason.BAD_SIGNATURE, f"{rel}: {exc}")
+    except BundleError as exc:
+        return Rejection(key_id, signer.name, Reason.MALFORMED_PAYLOAD, f"{rel}: {exc}")
+    diff = _model_manifest_difference(manifest, present)
+    if diff is not None:
+        return Rejection(key_id, signer.name, diff[0], diff[1])
+    return _Counted(signer.name, key_id)
+
+
+def read_model_signatures(root: Path, names: Sequence[str]) -> dict[str, bytes]:
+    """The bytes of the model-signing signature files ``names`` of ``root`` (no links, bounded)."""
+    from pipewarden.registry.modelsign import MAX_BUNDLE_BYTES
+
+    out = {}
+    for rel in names[: MAX_MODEL_SIGNATURES + 1]:
+        try:
+            out[rel] = fsaccess.read_in(root, rel, links=False, max_bytes=MAX_BUNDLE_BYTES)
+        except InputError as exc:
+            raise _malformed(f"model-signing signature {rel}: {exc.what}") from None
+    return out
+
+
 def verify_dir(
     directory: str | os.PathLike[str], allowlist: Allowlist, source: str, now: _dt.datetime | None = None
 ) -> SignatureVerdict:
-    """Hash every file of ``directory`` (same rules as signing) and :func:`verify_signed_files`."""
+    """Hash every file of ``directory`` (same rules as signing) and :func:`verify_signed_files`.
+
+    Both signature formats are read: ``pipewarden.sig`` and model-signing's ``model.sig`` /
+    ``NAME.model.sig``.
+    """
     root = Path(directory)
-    files = walk_files(root, exclude=frozenset({SIGNATURE_FILE}))
+    files, model_sig_names = walk_signed_dir(root)
     sig_path = root / SIGNATURE_FILE
     signature = _read_signature_file(sig_path) if os.path.lexists(sig_path) else None
-    return verify_signed_files(files, signature, allowlist, source, now=resolve_now(now))
+    return verify_signed_files(
+        files, signature, allowlist, source, now=resolve_now(now),
+        model_signatures=read_model_signatures(root, model_sig_names),
+    )
