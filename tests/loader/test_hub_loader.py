@@ -235,6 +235,57 @@ def test_hub_code_signature_file_is_returned_not_listed(world: SimpleNamespace) 
     assert SIGNATURE_FILE not in code.files
 
 
+def test_hub_code_repo_signed_with_model_signing_verifies_without_downloading_lfs(
+    world: SimpleNamespace, tmp_path: Path
+) -> None:
+    """A model.sig in a hub code repo is returned like pipewarden.sig, never listed, and covers
+    exactly the manifest (the LFS asset by the hub's sha256; .gitattributes left out as
+    model-signing does by default)."""
+    import datetime as dt
+
+    import model_signing
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        PublicFormat,
+    )
+
+    from pipewarden.registry.allowlist import Allowlist
+    from pipewarden.registry.modelsign import ModelSigningKey
+    from pipewarden.registry.signatures import verify_signed_files
+
+    checkout = tmp_path / "checkout"
+    for rel, data in CODE_FILES.items():
+        if not rel.startswith("__pycache__/"):
+            (checkout / rel).parent.mkdir(parents=True, exist_ok=True)
+            (checkout / rel).write_bytes(data)
+    private = ec.generate_private_key(ec.SECP256R1())
+    key = tmp_path / "ml.pem"
+    key.write_bytes(private.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    model_signing.signing.Config().use_elliptic_key_signer(private_key=key).sign(checkout, tmp_path / "model.sig")
+    sig = (tmp_path / "model.sig").read_bytes()
+    text = ModelSigningKey(private.public_key().public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).text
+    allow = Allowlist.from_bytes(
+        f'version = 1\n[[signers]]\nname = "ml"\nmodel_signing_key = "{text}"\n'
+        f'[[sources]]\npattern = "org/*"\nsigners = ["ml"]\nthreshold = 1\n'.encode()
+    )
+    now = dt.datetime.now(dt.timezone.utc)
+    commit = world.hub.add_commit(CODE, {"model.sig": sig}, base=world.code_commit)
+    code = resolve_code(CODE, kind="hub", revision=commit)
+    assert code.model_signatures == {"model.sig": sig} and "model.sig" not in code.files
+    verdict = verify_signed_files(code.files, code.signature_bytes, allow, code.source_id, now=now,
+                                  model_signatures=code.model_signatures)
+    assert verdict.signers == ("ml",)
+    assert world.hub.count(contains="assets/big.safetensors") == 0  # covered by digest, never fetched
+    changed = world.hub.add_commit(CODE, {"helpers/notes.txt": b"changed\n"}, base=commit)
+    code = resolve_code(CODE, kind="hub", revision=changed)
+    with pytest.raises(IntegrityError, match="helpers/notes.txt"):
+        verify_signed_files(code.files, code.signature_bytes, allow, code.source_id, now=now,
+                            model_signatures=code.model_signatures)
+
+
 def test_hub_code_repo_without_pipeline_py_refused(world: SimpleNamespace) -> None:
     world.hub.add_commit("org/nocode", {"README.md": b"x"})
     with pytest.raises(InputError, match="pipeline.py"):
