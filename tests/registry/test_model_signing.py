@@ -40,6 +40,7 @@ from pipewarden.registry.lockfile import entry_for_local_code
 from pipewarden.registry.modelsign import ModelSigningKey
 from pipewarden.registry.signatures import Reason, sign_dir, verify_dir
 from tests._registry_support import _isolated_state  # noqa: F401  (autouse)
+from tests.registry._fake_sigstore import FakeSigstore, statement_for
 
 UTC = dt.timezone.utc
 
@@ -529,98 +530,164 @@ def test_cli_add_signer_takes_a_model_signing_key_and_a_sigstore_identity(tmp_pa
 
 
 # -- Sigstore certificate signatures: offline, pinned trust root, fail closed --------------------
-def _sigstore_allowlist(tmp_path: Path, root_bytes: bytes, *, digest: str | None = None) -> Path:
+IDENTITY, ISSUER = "me@example.com", "https://accounts.example.com"
+
+
+def sigstore_entry(root: Path, *, identity: str = IDENTITY, issuer: str = ISSUER, digest: str | None = None,
+                   expires: str | None = None) -> str:
+    digest = digest or hashlib.sha256(root.read_bytes()).hexdigest()
+    return (f'sigstore_identity = "{identity}"\nsigstore_issuer = "{issuer}"\n'
+            f'sigstore_trust_root = "{root.name}"\nsigstore_trust_root_sha256 = "{digest}"'
+            + (f"\nexpires = {expires}" if expires else ""))
+
+
+@pytest.fixture
+def fake_sigstore(tmp_path):
+    instance = FakeSigstore()
+    (tmp_path / "trusted_root.json").write_bytes(instance.trusted_root())
+    return instance
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    attempts: list[tuple] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("network disabled in this test")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket.socket, "connect_ex", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    return attempts
+
+
+def sigstore_sign(model: Path, instance: FakeSigstore, name: str = "model.sig", **kw) -> Path:
+    statement = statement_for(model)
+    path = model / name
+    path.write_bytes(instance.sign_statement(statement, identity=kw.get("identity", IDENTITY),
+                                             issuer=kw.get("issuer", ISSUER)))
+    return path
+
+
+def _sigstore_allow(tmp_path: Path, entry: str, *, extra: str = "", others: dict[str, str] | None = None,
+                    threshold: int = 1) -> Allowlist:
+    signers = {"ci": entry, **(others or {})}
+    text = allowlist_text(signers, [("local:**", list(signers), threshold)], extra=extra)
+    return Allowlist.load(write_allowlist(tmp_path / "org.toml", text))
+
+
+def test_a_sigstore_signature_verifies_offline_against_the_pinned_trust_root(
+    tmp_path, model, fake_sigstore, no_network
+):
+    sigstore_sign(model, fake_sigstore)
+    allow = _sigstore_allow(tmp_path, sigstore_entry(tmp_path / "trusted_root.json"))
+    assert verify_dir(model, allow, _source(model)).signers == ("ci",)
+    assert no_network == []  # nothing tried to reach Rekor, Fulcio, a CT log or TUF
+    (model / "weights" / "unet.safetensors").write_bytes(b"\x00" + (model / "weights" / "unet.safetensors").read_bytes()[1:])
+    with pytest.raises(IntegrityError, match="weights/unet.safetensors"):
+        verify_dir(model, allow, _source(model))
+    assert no_network == []
+
+
+def test_a_sigstore_signature_counts_with_a_pipewarden_signature(tmp_path, model, keys, fake_sigstore, no_network):
+    pw_key, pw_pub = generate_keypair("alice", keys)
+    allow = _sigstore_allow(tmp_path, sigstore_entry(tmp_path / "trusted_root.json"),
+                            others={"alice": pw_entry(pw_pub)}, threshold=2)
+    sign_dir(model, pw_key, source=_source(model))
+    with pytest.raises(SignatureError, match="1 of 2"):
+        verify_dir(model, allow, _source(model))
+    sigstore_sign(model, fake_sigstore)
+    assert verify_dir(model, allow, _source(model)).signers == ("alice", "ci")
+
+
+@pytest.mark.parametrize("who", [{"identity": "someone@example.com"}, {"issuer": "https://other.example.com"}])
+def test_another_identity_or_issuer_does_not_count(tmp_path, model, fake_sigstore, no_network, who):
+    sigstore_sign(model, fake_sigstore, **who)
+    allow = _sigstore_allow(tmp_path, sigstore_entry(tmp_path / "trusted_root.json"))
+    with pytest.raises(SignatureError) as info:
+        verify_dir(model, allow, _source(model))
+    assert [r.reason for r in info.value.rejected] == [Reason.UNKNOWN_SIGNER]
+
+
+def test_a_certificate_from_another_sigstore_instance_is_refused(tmp_path, model, fake_sigstore, no_network):
+    sigstore_sign(model, FakeSigstore())  # same identity and issuer, another CA and logs
+    allow = _sigstore_allow(tmp_path, sigstore_entry(tmp_path / "trusted_root.json"))
+    with pytest.raises(SignatureError) as info:
+        verify_dir(model, allow, _source(model))
+    assert [r.reason for r in info.value.rejected] == [Reason.BAD_SIGNATURE]
+    assert no_network == []
+
+
+@pytest.mark.parametrize("part", ["tlog-body", "checkpoint", "payload", "no-tlog"])
+def test_a_tampered_sigstore_bundle_is_refused(tmp_path, model, fake_sigstore, no_network, part):
+    path = sigstore_sign(model, fake_sigstore)
+    bundle = json.loads(path.read_text())
+    entry = bundle["verificationMaterial"]["tlogEntries"][0]
+    if part == "tlog-body":
+        body = json.loads(base64.b64decode(entry["canonicalizedBody"]))
+        body["spec"]["payloadHash"]["value"] = "0" * 64
+        entry["canonicalizedBody"] = base64.b64encode(json.dumps(body).encode()).decode()
+    elif part == "checkpoint":
+        entry["inclusionProof"]["checkpoint"]["envelope"] = entry["inclusionProof"]["checkpoint"]["envelope"].replace(
+            "\n1\n", "\n2\n", 1)
+    elif part == "payload":
+        statement = json.loads(base64.b64decode(bundle["dsseEnvelope"]["payload"]))
+        statement["subject"][0]["name"] = "renamed"
+        bundle["dsseEnvelope"]["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    else:
+        bundle["verificationMaterial"]["tlogEntries"] = []
+    path.write_text(json.dumps(bundle))
+    allow = _sigstore_allow(tmp_path, sigstore_entry(tmp_path / "trusted_root.json"))
+    with pytest.raises(SignatureError) as info:
+        verify_dir(model, allow, _source(model))
+    expected = Reason.MALFORMED_PAYLOAD if part == "no-tlog" else Reason.BAD_SIGNATURE
+    assert [r.reason for r in info.value.rejected] == [expected]
+    assert no_network == []
+
+
+def test_a_revoked_or_expired_sigstore_signer_is_refused(tmp_path, model, fake_sigstore, no_network):
+    sigstore_sign(model, fake_sigstore)
     root = tmp_path / "trusted_root.json"
-    root.write_bytes(root_bytes)
-    digest = digest or hashlib.sha256(root_bytes).hexdigest()
-    text = allowlist_text(
-        {"ci": 'sigstore_identity = "me@example.com"\nsigstore_issuer = "https://accounts.google.com"\n'
-               f'sigstore_trust_root = "trusted_root.json"\nsigstore_trust_root_sha256 = "{digest}"'},
-        [("**", ["ci"], 1)],
-    )
-    return write_allowlist(tmp_path / "org.toml", text)
+    expired = _sigstore_allow(tmp_path, sigstore_entry(root, expires="2020-01-01"))
+    with pytest.raises(SignatureError) as info:
+        verify_dir(model, expired, _source(model))
+    assert [r.reason for r in info.value.rejected] == [Reason.SIGNER_EXPIRED]
+    revoked = _sigstore_allow(tmp_path, sigstore_entry(root, identity="fresh@example.com"),
+                              extra=f'[[revoked]]\nname = "old"\nsigstore_identity = "{IDENTITY}"\n'
+                                    f'sigstore_issuer = "{ISSUER}"\nreason = "left"')
+    with pytest.raises(SignatureError) as info:
+        verify_dir(model, revoked, _source(model))
+    assert [r.reason for r in info.value.rejected] == [Reason.REVOKED]
 
 
-def _production_trusted_root() -> bytes:
-    import sigstore
+def test_a_trust_root_that_changed_since_it_was_pinned_is_refused(tmp_path, model, fake_sigstore):
+    sigstore_sign(model, fake_sigstore)
+    allow = _sigstore_allow(tmp_path, sigstore_entry(tmp_path / "trusted_root.json", digest="0" * 64))
+    with pytest.raises(InputError) as info:
+        verify_dir(model, allow, _source(model))
+    assert info.value.rule == "modelsign.trust-root"
 
-    store = Path(sigstore.__file__).parent / "_store"
-    found = sorted(store.glob("*sigstore.dev*/trusted_root.json"))
-    assert found, "sigstore-python ships its production trusted root"
-    return found[0].read_bytes()
 
-
-def test_without_the_extra_a_sigstore_rule_fails_closed_with_the_extra_named(tmp_path, model, monkeypatch):
-    path = _sigstore_allowlist(tmp_path, _production_trusted_root())
+def test_without_the_extra_a_sigstore_rule_fails_closed_with_the_extra_named(tmp_path, model, fake_sigstore, monkeypatch):
+    sigstore_sign(model, fake_sigstore)
+    allow = _sigstore_allow(tmp_path, sigstore_entry(tmp_path / "trusted_root.json"))
+    verify_dir(model, allow, _source(model))  # accepted with the extra
     monkeypatch.setattr(modelsign, "sigstore_available", lambda: False)
     monkeypatch.setattr("pipewarden.registry.signatures.sigstore_available", lambda: False)
-    (model / "model.sig").write_text("{}")
     with pytest.raises(NotAllowedError) as info:
-        verify_dir(model, Allowlist.load(path), _source(model))
+        verify_dir(model, allow, _source(model))
     assert info.value.rule == "modelsign.extra-missing"
     assert "pipewarden[model-signing]" in info.value.fix
 
 
-def _fake_certificate_bundle(model: Path, tmp_path: Path) -> bytes:
-    """A bundle with a self-issued certificate naming the allowlisted identity: not from Fulcio."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sigstore")])
-    now = dt.datetime.now(UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(1).not_valid_before(now - dt.timedelta(minutes=1)).not_valid_after(now + dt.timedelta(minutes=10))
-        .add_extension(x509.SubjectAlternativeName([x509.RFC822Name("me@example.com")]), critical=True)
-        .add_extension(x509.UnrecognizedExtension(x509.ObjectIdentifier("1.3.6.1.4.1.57264.1.1"),
-                                                  b"https://accounts.google.com"), critical=False)
-        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CODE_SIGNING]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    priv = tmp_path / "k.pem"
-    priv.write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
-    ms_sign(model, priv, tmp_path / "keysig.json")
-    bundle = json.loads((tmp_path / "keysig.json").read_text())
-    bundle["mediaType"] = "application/vnd.dev.sigstore.bundle.v0.3+json"
-    bundle["verificationMaterial"] = {
-        "certificate": {"rawBytes": base64.b64encode(cert.public_bytes(Encoding.DER)).decode()},
-        "tlogEntries": [{
-            "logIndex": "1", "logId": {"keyId": base64.b64encode(b"\0" * 32).decode()},
-            "kindVersion": {"kind": "dsse", "version": "0.0.1"}, "integratedTime": str(int(now.timestamp())),
-            "inclusionPromise": {"signedEntryTimestamp": base64.b64encode(b"x").decode()},
-            "inclusionProof": {"logIndex": "1", "rootHash": base64.b64encode(b"\0" * 32).decode(), "treeSize": "2",
-                               "hashes": [base64.b64encode(b"\1" * 32).decode()],
-                               "checkpoint": {"envelope": "rekor.sigstore.dev - 1\n2\nAAAA\n\n— rekor x\n"}},
-            "canonicalizedBody": base64.b64encode(b"{}").decode(),
-        }],
-    }
-    return json.dumps(bundle).encode()
-
-
-def test_a_certificate_not_issued_under_the_trust_root_is_refused_without_network(tmp_path, model, monkeypatch):
-    path = _sigstore_allowlist(tmp_path, _production_trusted_root())
-    (model / "model.sig").write_bytes(_fake_certificate_bundle(model, tmp_path))
-    attempts = []
-
-    def no_network(self, *args, **kwargs):
-        attempts.append(args)
-        raise OSError("network disabled in this test")
-
-    monkeypatch.setattr(socket.socket, "connect", no_network)
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: no_network(None, *a))
-    with pytest.raises(SignatureError) as info:
-        verify_dir(model, Allowlist.load(path), _source(model))
-    assert attempts == []  # verification never tried the network
-    reasons = [r.reason for r in info.value.rejected]
-    assert reasons in ([Reason.BAD_SIGNATURE], [Reason.UNKNOWN_SIGNER]), info.value.rejected
-
-
-def test_a_trust_root_that_changed_since_it_was_pinned_is_refused(tmp_path, model):
-    path = _sigstore_allowlist(tmp_path, _production_trusted_root(), digest="0" * 64)
-    (model / "model.sig").write_bytes(_fake_certificate_bundle(model, tmp_path))
-    with pytest.raises(InputError) as info:
-        verify_dir(model, Allowlist.load(path), _source(model))
-    assert info.value.rule == "modelsign.trust-root"
+def test_load_pipeline_accepts_a_sigstore_signature(tmp_path, model, fake_sigstore, tiny_weights, no_network):
+    sigstore_sign(model, fake_sigstore)
+    path = write_allowlist(tmp_path / "org.toml", allowlist_text(
+        {"ci": sigstore_entry(tmp_path / "trusted_root.json")}, [("local:**", ["ci"], 1)]))
+    gates: list[tuple[str, str]] = []
+    pipewarden.load_pipeline(tiny_weights, custom_pipeline=model, trust_remote_code=True, allowlist=path,
+                             isolation="inprocess", on_gate=lambda g, v: gates.append((g, v)))
+    assert ("allowlist", f"source {_source(model)} allowed; signed by ci") in gates
+    assert no_network == []

@@ -57,6 +57,7 @@ __all__ = [
     "BundleError",
     "BadSignature",
     "certificate_matches",
+    "sigstore_certificate",
     "is_unloaded_git_metadata",
     "is_model_signature_file",
     "parse_bundle",
@@ -508,18 +509,27 @@ def load_trusted_root(ident: SigstoreIdentity) -> Any:
         raise _trust_root_error(ident, f"not a Sigstore trusted root ({type(exc).__name__})") from None
 
 
-def certificate_matches(bundle: ModelSigningBundle, ident: SigstoreIdentity) -> bool:
-    """True when the bundle's signing certificate names ``ident`` (a selector; not verification)."""
-    from sigstore.errors import Error as SigstoreError
+def sigstore_certificate(bundle: ModelSigningBundle) -> Any:
+    """The signing certificate of a Sigstore bundle, as sigstore-python parses the bundle.
+
+    Raises :class:`BundleError` when sigstore-python refuses the bundle's structure (for example a
+    bundle without a transparency-log entry).
+    """
     from sigstore.models import Bundle
+
+    try:
+        return Bundle.from_json(bundle.raw).signing_certificate
+    except Exception as exc:  # sigstore raises its own, pydantic's and cryptography's errors
+        raise BundleError(f"not a Sigstore bundle sigstore-python accepts: {str(exc)[:200]}") from None
+
+
+def certificate_matches(certificate: Any, ident: SigstoreIdentity) -> bool:
+    """True when ``certificate`` names ``ident`` (identity and issuer): a selector, not verification."""
     from sigstore.verify.policy import Identity
 
     try:
-        cert = Bundle.from_json(bundle.raw).signing_certificate
-        Identity(identity=ident.identity, issuer=ident.issuer).verify(cert)
-    except (SigstoreError, ValueError, TypeError, KeyError):
-        return False
-    except Exception:  # noqa: BLE001 - any parse failure of a hostile bundle means "no match"
+        Identity(identity=ident.identity, issuer=ident.issuer).verify(certificate)
+    except Exception:  # a policy mismatch or an unparsable extension: not this identity
         return False
     return True
 

@@ -60,6 +60,7 @@ from pipewarden.registry.modelsign import (
     missing_extra_error,
     parse_bundle,
     sigstore_available,
+    sigstore_certificate,
     verify_key_bundle,
     verify_sigstore_bundle,
 )
@@ -682,13 +683,17 @@ def _check_model_signature(
         if not sigstore_available():
             return Rejection("", None, Reason.UNKNOWN_SIGNER,
                              f"{rel}: a certificate signature (needs pipewarden[model-signing] to check)")
+        try:
+            cert = sigstore_certificate(bundle)
+        except BundleError as exc:
+            return Rejection("", None, Reason.MALFORMED_PAYLOAD, f"{rel}: {exc}")
         for r in allowlist.revoked:
-            if isinstance(r.public_key, SigstoreIdentity) and certificate_matches(bundle, r.public_key):
+            if isinstance(r.public_key, SigstoreIdentity) and certificate_matches(cert, r.public_key):
                 why = "identity revoked" + (f": {r.reason}" if r.reason else "")
                 return Rejection(r.key_id, r.name, Reason.REVOKED, f"{rel}: {why}")
         signer = next(
             (s for s in allowlist.signers
-             if isinstance(s.public_key, SigstoreIdentity) and certificate_matches(bundle, s.public_key)),
+             if isinstance(s.public_key, SigstoreIdentity) and certificate_matches(cert, s.public_key)),
             None,
         )
         if signer is None:
