@@ -447,3 +447,33 @@ def test_fs_verity_digest_is_used_where_enabled(tmp_path, store):
     second = read_verified_file(path, expected=None, records=DigestStore())
     assert first.hashed and not second.hashed and second.how == "fs-verity record"
     assert second.sha256 == sha256_file(path)
+
+
+def test_record_hit_read_in_parallel_ranges_is_private(weights, store, monkeypatch):
+    """A record hit reads big files as parallel ranges: same tensors, and still a private copy."""
+    _old_clock(monkeypatch)
+    first = _load(weights)
+    parts: list[int] = []
+    real = _safetensors._read_ranges
+
+    def counting(fd, view, size, n):
+        parts.append(n)
+        return real(fd, view, size, n)
+
+    monkeypatch.setattr(_safetensors, "PARALLEL_READ_MIN", 1)
+    monkeypatch.setattr(_safetensors, "CHUNK", 4096)
+    monkeypatch.setattr(_safetensors, "_read_threads", lambda size: 3)
+    monkeypatch.setattr(_safetensors, "_read_ranges", counting)
+    unet = _load(weights)["unet"]  # a record hit, every weight file read in 3 ranges
+    assert parts and set(parts) == {3}
+    a, b = first["unet"].state_dict(), unet.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    before = {k: v.clone() for k, v in b.items()}
+    data = bytearray((weights / UNET).read_bytes())
+    n = int.from_bytes(data[:8], "little")
+    with open(weights / UNET, "r+b") as fh:  # in place: same inode, every tensor byte zeroed
+        fh.seek(8 + n)
+        fh.write(bytes(len(data) - 8 - n))
+    after = unet.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert any(not torch.equal(before[k], torch.zeros_like(before[k])) for k in before)

@@ -86,3 +86,61 @@ def test_random_bytes_never_crash(data, cut):
         parse(mutated, where="fuzz")
     except InputError:
         pass
+
+
+@pytest.fixture
+def ranges(monkeypatch):
+    """Make the parallel range reader split even a small file: 4 ranges, 4 KiB chunks."""
+    from pipewarden.loader import _safetensors
+
+    monkeypatch.setattr(_safetensors, "PARALLEL_READ_MIN", 1)
+    monkeypatch.setattr(_safetensors, "CHUNK", 4096)
+    calls: list[int] = []
+    real = _safetensors._read_ranges
+
+    def counting(fd, view, size, parts):
+        calls.append(parts)
+        return real(fd, view, size, parts)
+
+    monkeypatch.setattr(_safetensors, "_read_threads", lambda size: 4)
+    monkeypatch.setattr(_safetensors, "_read_ranges", counting)
+    return calls
+
+
+def test_parallel_range_read_is_exact_and_private(tmp_path, ranges):
+    import os
+
+    from pipewarden.loader._safetensors import read_fd
+
+    blob = save({"x": torch.arange(300_000, dtype=torch.float32)})  # ~1.2 MB, not a multiple of 4 KiB
+    path = tmp_path / "w.safetensors"
+    path.write_bytes(blob)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        buf, digest = read_fd(fd, len(blob), hash_=False, where="w")
+    finally:
+        os.close(fd)
+    assert ranges == [4] and digest is None  # the parallel path ran
+    assert bytes(buf) == blob
+    x = parse(buf, where="w")["x"]
+    path.write_bytes(bytes(len(blob)))  # the file is zeroed in place afterwards ...
+    assert bytes(buf) == blob and torch.equal(x, torch.arange(300_000, dtype=torch.float32))  # ... the buffer is not
+
+
+@pytest.mark.parametrize("delta", [-1, +1, -5000])
+def test_parallel_range_read_refuses_a_file_of_another_size(tmp_path, ranges, delta):
+    import os
+
+    from pipewarden.loader._safetensors import read_fd
+
+    blob = bytes(range(256)) * 4000
+    path = tmp_path / "w.bin"
+    path.write_bytes(blob)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # The size the caller fstat-ed differs from what is there now: shrunk (+) or grew (-).
+        with pytest.raises(InputError) as exc:
+            read_fd(fd, len(blob) - delta, hash_=False, where="w")
+    finally:
+        os.close(fd)
+    assert exc.value.rule == "weights.changed-while-read" and ranges == [4]

@@ -396,6 +396,22 @@ def _numel(tensors: Iterable[Any]) -> int:
     return sum(int(t.numel()) for t in tensors)
 
 
+def _no_init_weights() -> Any:
+    """diffusers' ``no_init_weights`` (what its ``from_pretrained`` builds models under).
+
+    ``torch.nn.init``'s functions do nothing inside it: on the meta device they would only run
+    the random-init decompositions for tensors that are replaced by the verified ones anyway.
+    Like diffusers', it patches the functions process-wide for the duration of the build.
+    """
+    import contextlib
+
+    try:
+        from diffusers.models.modeling_utils import no_init_weights
+    except ImportError:  # pragma: no cover - older/newer diffusers: build with the default init
+        return contextlib.nullcontext()
+    return no_init_weights()
+
+
 def _instantiate_model(
     cls: Any,
     config: dict[str, Any],
@@ -414,7 +430,7 @@ def _instantiate_model(
     import torch
 
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _no_init_weights():
             model = cls.from_config(config)
     except (KeyboardInterrupt, SystemExit, MemoryError, PipewardenError):
         raise
