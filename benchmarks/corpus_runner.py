@@ -93,7 +93,12 @@ def _child_plain(path: Path, work: Path) -> dict[str, Any]:
         plan = synth.plan_components(cls)
         call = synth.minimal_call(cls)
         components = synth.build_components(cls, plan=plan)
-        weights = synth.save_weights_dir(cls.__name__, components, work / "weights")
+        weights = synth.save_weights_dir(cls.__name__, components, work / "weights", pipeline_file=path,
+                                         own_module=cls.__module__)
+        # plain diffusers imports a class the file defines from <component>/<stem>.py; the copy
+        # stays for the pipewarden runs too (a repository made for diffusers has it; pipewarden
+        # never imports it, it builds the class from the vetted pipeline file)
+        synth.add_own_code(weights, path)
         (work / "call.json").write_text(json.dumps(call))
         del components
         stage = "load"

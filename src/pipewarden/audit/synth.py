@@ -41,6 +41,9 @@ __all__ = [
     "materialise_call",
     "output_digest",
     "clip_tokenizer",
+    "t5_tokenizer",
+    "add_own_code",
+    "remove_own_code",
 ]
 
 #: Image side the synthetic inputs use (the tiny UNet's 32 latents x the tiny VAE's factor 2).
@@ -90,6 +93,8 @@ class Shape:
     xl: bool  # SDXL-shaped: two text encoders, text_time added conditioning
     latent: bool  # a VAE sits between the UNet and pixels
     inpaint: bool = False  # an inpainting UNet: latents + mask + masked-image latents (9 channels)
+    family: str = "unet"  # "unet" (SD / SDXL), "flux" (FluxTransformer2DModel), "sd3" (SD3Transformer2DModel)
+    lcm: bool = False  # a latent-consistency pipeline: the UNet takes a guidance embedding (time_cond_proj_dim)
 
 
 def _torch():
@@ -114,7 +119,7 @@ def _unet_sd(shape: Shape) -> Any:
     return UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=in_channels, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, norm_num_groups=2,
+        cross_attention_dim=32, norm_num_groups=2, time_cond_proj_dim=32 if shape.lcm else None,
     )
 
 
@@ -150,6 +155,15 @@ def _unet_2d(shape: Shape) -> Any:
 def _vae(shape: Shape) -> Any:
     from diffusers import AutoencoderKL
 
+    if shape.family in ("flux", "sd3"):
+        # diffusers' Flux / SD3 tests (no quant convs, shift factor), with two blocks: a VAE scale
+        # factor of 2, so a 64 px image is 32 latents (Flux packs them 2x2 into 256 tokens)
+        return AutoencoderKL(
+            sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4, 8), layers_per_block=1,
+            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+            latent_channels=1 if shape.family == "flux" else 4, norm_num_groups=1, use_quant_conv=False,
+            use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+        )
     return AutoencoderKL(
         block_out_channels=[32, 64], in_channels=3, out_channels=3,
         down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"], up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
@@ -219,6 +233,97 @@ def _safety_checker(shape: Shape) -> Any:
     return StableDiffusionSafetyChecker(cfg).eval()
 
 
+def _t5_config() -> Any:
+    from transformers import T5Config
+
+    # hf-internal-testing/tiny-random-t5's shape (d_model 32, the Flux / SD3 joint attention width)
+    return T5Config(
+        vocab_size=T5_VOCAB_SIZE, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,  # type: ignore[call-arg]
+    )
+
+
+def _t5_encoder(shape: Shape) -> Any:
+    from transformers import T5EncoderModel
+
+    return T5EncoderModel(_t5_config()).eval()
+
+
+def _flux_transformer(shape: Shape) -> Any:
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8),
+    )
+
+
+def _flux_controlnet(shape: Shape) -> Any:
+    from diffusers import FluxControlNetModel
+
+    return FluxControlNetModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+    )
+
+
+def _sd3_transformer(shape: Shape) -> Any:
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(
+        sample_size=32, patch_size=1, in_channels=4, num_layers=1, attention_head_dim=8, num_attention_heads=4,
+        caption_projection_dim=32, joint_attention_dim=32, pooled_projection_dim=64, out_channels=4,
+    )
+
+
+def _controlnet_union(shape: Shape) -> Any:
+    from diffusers import ControlNetUnionModel
+
+    kwargs: dict[str, Any] = {}
+    if shape.xl:
+        kwargs = {"attention_head_dim": (2, 4), "use_linear_projection": True, "addition_embed_type": "text_time",
+                  "addition_time_embed_dim": 8, "transformer_layers_per_block": (1, 2),
+                  "projection_class_embeddings_input_dim": 80, "cross_attention_dim": 64, "norm_num_groups": 1}
+    else:
+        kwargs = {"cross_attention_dim": 32, "norm_num_groups": 2}
+    return ControlNetUnionModel(
+        block_out_channels=(32, 64), layers_per_block=2, in_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), conditioning_embedding_out_channels=(16, 32),
+        num_trans_channel=64, num_trans_head=2, num_proj_channel=64, **kwargs,
+    )
+
+
+#: Vocabulary size of the tiny T5 encoder (the synthetic tokenizer's ids stay below it).
+T5_VOCAB_SIZE = 1000
+#: Whole words of the synthetic prompts, so the unigram model has more than characters to choose from.
+_T5_WORDS = ("a", "photo", "of", "cat", "the", "an", "and", "dog", "with")
+
+
+def t5_tokenizer(model_max_length: int = 512) -> Any:
+    """A T5 (SentencePiece-unigram) tokenizer over a synthetic vocabulary, built with ``tokenizers``:
+    ``<pad>`` 0, ``</s>`` 1, ``<unk>`` 2, then printable characters and a few words. Saved as
+    ``tokenizer.json`` + ``tokenizer_config.json`` (no ``spiece.model``, nothing downloaded)."""
+    from transformers import T5TokenizerFast  # type: ignore[attr-defined]
+
+    vocab: list[tuple[str, float]] = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
+    seen = {v for v, _ in vocab}
+    for word in _T5_WORDS:
+        for piece in ("\u2581" + word, word):
+            if piece not in seen:
+                vocab.append((piece, -3.0 - len(vocab) / 100))
+                seen.add(piece)
+    for code in range(33, 127):
+        c = chr(code)
+        if c not in seen:
+            vocab.append((c, -8.0))
+            seen.add(c)
+    return T5TokenizerFast(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+def _t5_tokenizer(shape: Shape) -> Any:
+    return t5_tokenizer()
+
+
 def _bytes_to_unicode() -> list[str]:
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = printable[:]
@@ -256,6 +361,14 @@ def _tokenizer(shape: Shape) -> Any:
     return clip_tokenizer()
 
 
+def _build_scheduler(cls: type) -> Any:
+    """A scheduler class the pipeline file defines: SD's beta schedule where its ``__init__`` takes it."""
+    params = inspect.signature(cls.__init__).parameters  # type: ignore[misc]
+    wanted = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "clip_sample": False,
+              "set_alpha_to_one": False}
+    return cls(**{k: v for k, v in wanted.items() if k in params})
+
+
 def _scheduler_factory(class_name: str) -> Callable[[Shape], Any]:
     def build(shape: Shape) -> Any:
         import diffusers
@@ -284,6 +397,10 @@ def _scheduler_factory(class_name: str) -> Callable[[Shape], Any]:
 _DEFAULT_SCHEDULER = "DDIMScheduler"
 _SCHEDULER_ALIASES = ("KarrasDiffusionSchedulers", "SchedulerMixin")
 
+#: Pipelines whose scheduler annotation is generic (``KarrasDiffusionSchedulers``) but whose code
+#: calls one scheduler's own API (``RePaintScheduler.set_timesteps(steps, jump_length, ...)``).
+_SCHEDULER_FOR: dict[str, str] = {"StableDiffusionRepaintPipeline": "RePaintScheduler"}
+
 #: annotation class name -> recipe. Optional components not listed here are left to their default.
 RECIPES: dict[str, Callable[[Shape], Any]] = {
     "UNet2DConditionModel": _unet_sd,
@@ -301,6 +418,13 @@ RECIPES: dict[str, Callable[[Shape], Any]] = {
     "CLIPImageProcessorFast": _image_processor,
     "CLIPVisionModelWithProjection": _clip_vision,
     "StableDiffusionSafetyChecker": _safety_checker,
+    "T5EncoderModel": _t5_encoder,
+    "T5Tokenizer": _t5_tokenizer,
+    "T5TokenizerFast": _t5_tokenizer,
+    "FluxTransformer2DModel": _flux_transformer,
+    "FluxControlNetModel": _flux_controlnet,
+    "SD3Transformer2DModel": _sd3_transformer,
+    "ControlNetUnionModel": _controlnet_union,
 }
 
 #: parameter name -> recipe, for parameters without an annotation (``def __init__(self, unet, scheduler)``).
@@ -372,11 +496,21 @@ def plan_components(cls: type) -> ComponentPlan:
         if not required:
             left.append(p.name)  # diffusers passes the default for a component the index lacks
             continue
-        recipe = next((n for n in names if n in RECIPES), None)
+        # a class the file defines wins over a library class of the same name (its own LCMScheduler)
+        recipe = _own_scheduler(cls, names)
+        if recipe is None:
+            recipe = next((n for n in names if n in RECIPES), None)
+        if recipe is None and p.name == "scheduler" and cls.__name__ in _SCHEDULER_FOR:
+            recipe = f"scheduler:{_SCHEDULER_FOR[cls.__name__]}"
         if recipe is None:
             sched = _scheduler_name(names)
             if sched is not None:
                 recipe = f"scheduler:{sched}"
+        if recipe is None and not names and p.name == "scheduler":
+            own = _own_schedulers(cls)  # an unannotated scheduler where the file defines exactly one
+            recipe = f"own-scheduler:{own[0]}" if len(own) == 1 else None
+        if recipe is None and p.name == "scheduler" and cls.__name__ in _SCHEDULER_FOR:
+            recipe = f"scheduler:{_SCHEDULER_FOR[cls.__name__]}"
         if recipe is None and not names:
             recipe = _BY_NAME.get(p.name)
             if p.name == "unet":
@@ -389,7 +523,41 @@ def plan_components(cls: type) -> ComponentPlan:
             )
         recipes[p.name] = recipe
     inpaint = "inpaint" in cls.__name__.lower() and "mask_image" in _call_param_names(cls)
-    return ComponentPlan(shape=Shape(xl=xl, latent=latent, inpaint=inpaint), recipes=recipes, left_to_default=tuple(left))
+    family = "flux" if "FluxTransformer2DModel" in all_names else "sd3" if "SD3Transformer2DModel" in all_names else "unet"
+    lcm = "LatentConsistency" in cls.__name__ or any("LCM" in (r or "") for r in recipes.values())
+    return ComponentPlan(shape=Shape(xl=xl, latent=latent, inpaint=inpaint, family=family, lcm=lcm), recipes=recipes,
+                         left_to_default=tuple(left))
+
+
+def _own_scheduler(cls: type, names: tuple[str, ...]) -> str | None:
+    """``own-scheduler:<Name>`` where an annotation names a scheduler class the pipeline's own file
+    defines (``LCMSchedulerWithTimestamp`` in ``latent_consistency_img2img.py``)."""
+    for name in names:
+        if _own_class(cls, name) is not None:
+            return f"own-scheduler:{name}"
+    return None
+
+
+def _own_schedulers(cls: type) -> list[str]:
+    """Names of the scheduler classes the module of ``cls`` defines (``IADBScheduler`` in ``iadb.py``)."""
+    import sys
+
+    module = sys.modules.get(cls.__module__)
+    names = [n for n, v in vars(module).items() if isinstance(v, type)] if module is not None else []
+    return [n for n in names if _own_class(cls, n) is not None]
+
+
+def _own_class(cls: type, name: str) -> type | None:
+    """The scheduler class ``name`` defined in the module of ``cls`` (None if there is none)."""
+    import sys
+
+    from diffusers import SchedulerMixin
+
+    module = sys.modules.get(cls.__module__)
+    found = getattr(module, name, None) if module is not None else None
+    if isinstance(found, type) and issubclass(found, SchedulerMixin) and found.__module__ == cls.__module__:
+        return found
+    return None
 
 
 def _call_param_names(cls: type) -> set[str]:
@@ -425,13 +593,20 @@ def build_components(cls: type, *, seed: int = SEED, plan: ComponentPlan | None 
         torch.manual_seed(seed + i)
         if recipe.startswith("scheduler:"):
             out[name] = _scheduler_factory(recipe.split(":", 1)[1])(plan.shape)
+        elif recipe.startswith("own-scheduler:"):
+            own = _own_class(cls, recipe.split(":", 1)[1])
+            if own is None:
+                raise SynthesisError(f"{cls.__name__}'s module defines no scheduler {recipe.split(':', 1)[1]!r}")
+            out[name] = _build_scheduler(own)
         else:
             out[name] = RECIPES[recipe](plan.shape)
     return out
 
 
-def _library_of(obj: Any) -> str:
+def _library_of(obj: Any, own_module: str | None = None, own_library: str | None = None) -> str:
     module = type(obj).__module__
+    if own_module is not None and own_library is not None and module == own_module:
+        return own_library  # a class the pipeline file defines: [<file stem>, <ClassName>]
     if module.startswith("diffusers.pipelines."):
         return module.split(".")[2]  # diffusers' spelling: ["stable_diffusion", "StableDiffusionSafetyChecker"]
     top = module.split(".")[0]
@@ -444,13 +619,22 @@ def _library_of(obj: Any) -> str:
 _INDEX_NAMES = {"CLIPImageProcessorPil": "CLIPImageProcessor", "CLIPImageProcessorFast": "CLIPImageProcessor"}
 
 
-def save_weights_dir(class_name: str, components: Mapping[str, Any], out_dir: Path | str) -> Path:
+def save_weights_dir(
+    class_name: str, components: Mapping[str, Any], out_dir: Path | str, *, pipeline_file: Path | str | None = None,
+    own_module: str | None = None,
+) -> Path:
     """Write a diffusers weights directory: ``model_index.json`` + one folder per component.
 
     Models are written as ``*.safetensors`` + ``config.json``, schedulers as
     ``scheduler_config.json``, tokenizers and image processors as their data files. A component
     that is ``None`` is written as ``[null, null]`` (diffusers' optional component).
+
+    A component whose class the pipeline file defines (its class's module is ``own_module``) is
+    named the way diffusers names custom components, ``[<file stem>, <ClassName>]`` with the stem
+    of ``pipeline_file``. Plain diffusers imports such a class from ``<component>/<stem>.py``:
+    :func:`add_own_code` puts a copy there (pipewarden builds it from the vetted file instead).
     """
+    own_library = Path(pipeline_file).stem if pipeline_file is not None else None
     import diffusers
 
     root = Path(out_dir)
@@ -460,7 +644,7 @@ def save_weights_dir(class_name: str, components: Mapping[str, Any], out_dir: Pa
         if obj is None:
             index[name] = [None, None]
             continue
-        lib = _library_of(obj)
+        lib = _library_of(obj, own_module, own_library)
         sub = root / name
         if hasattr(obj, "save_config") and not hasattr(obj, "state_dict"):  # a diffusers scheduler
             obj.save_config(sub)
@@ -473,6 +657,25 @@ def save_weights_dir(class_name: str, components: Mapping[str, Any], out_dir: Pa
     return root
 
 
+def add_own_code(weights_dir: Path | str, pipeline_file: Path | str) -> list[str]:
+    """Copy ``pipeline_file`` into each component folder that ``model_index.json`` names as
+    ``[<its stem>, <ClassName>]`` (where plain diffusers imports a custom component from);
+    returns the component names. :func:`remove_own_code` takes the copies away again."""
+    root, src = Path(weights_dir), Path(pipeline_file)
+    index = json.loads((root / "model_index.json").read_text())
+    names = [k for k, v in index.items() if isinstance(v, list) and len(v) == 2 and v[0] == src.stem]
+    for name in names:
+        (root / name / src.name).write_bytes(src.read_bytes())
+    return names
+
+
+def remove_own_code(weights_dir: Path | str, pipeline_file: Path | str) -> None:
+    """Remove the copies :func:`add_own_code` made."""
+    root, src = Path(weights_dir), Path(pipeline_file)
+    for copy in root.glob(f"*/{src.name}"):
+        copy.unlink()
+
+
 # ---------------------------------------------------------------------------------------------
 # The call
 
@@ -481,10 +684,16 @@ _CALL_VALUES: dict[str, Any] = {
     "prompt": PROMPT,
     "num_inference_steps": STEPS,
     "output_type": "np",
+    # marigold_depth_estimation.py: its own step count, ensemble and working resolution (768 px)
+    "denoising_steps": STEPS,
+    "ensemble_size": 1,
+    "processing_res": IMAGE_SIZE,
 }
 #: image-like inputs, given a deterministic RGB picture of the smallest size.
 _IMAGE_PARAMS = ("image", "init_image", "mask_image", "control_image", "image_prompt", "mask", "ref_image",
-                 "controlnet_conditioning_image", "inpaint_image", "original_image", "input_image")
+                 "controlnet_conditioning_image", "inpaint_image", "original_image", "input_image", "map")
+#: single-channel (L) inputs among them: masks and the differential pipelines' change map
+_GREY_PARAMS = ("map",)
 
 
 def _call_params(callable_: Any) -> list[inspect.Parameter]:
@@ -510,12 +719,14 @@ def minimal_call(cls: type, method: str | None = None) -> dict[str, Any]:
         required = p.default is inspect.Parameter.empty
         if p.name in _CALL_VALUES:
             kwargs[p.name] = _CALL_VALUES[p.name]
-        elif p.name in ("height", "width") and isinstance(p.default, int) and p.default > IMAGE_SIZE:
-            kwargs[p.name] = IMAGE_SIZE  # a 512 default would run the tiny models at full size
+        elif p.name in ("height", "width") and (p.default is None or (isinstance(p.default, int) and p.default > IMAGE_SIZE)):
+            # a 512 default (or None: the transformer's sample size x the VAE factor) would run the
+            # tiny models at full size
+            kwargs[p.name] = IMAGE_SIZE
         elif p.name == "generator":
             kwargs[p.name] = {"generator": SEED}
         elif p.name in _IMAGE_PARAMS or (required and "image" in p.name):
-            mode = "L" if "mask" in p.name else "RGB"
+            mode = "L" if "mask" in p.name or p.name in _GREY_PARAMS else "RGB"
             kwargs[p.name] = {"image": [IMAGE_SIZE, IMAGE_SIZE, mode, len(kwargs)]}
         elif p.name.endswith("prompt") and required:
             kwargs[p.name] = PROMPT
