@@ -119,7 +119,7 @@ def _unet_sd(shape: Shape) -> Any:
     return UNet2DConditionModel(
         block_out_channels=(32, 64), layers_per_block=2, sample_size=32, in_channels=in_channels, out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, norm_num_groups=2, time_cond_proj_dim=32 if shape.lcm else None,
+        cross_attention_dim=32, norm_num_groups=2, time_cond_proj_dim=256 if shape.lcm else None,
     )
 
 

@@ -89,7 +89,17 @@ def _warm_processors(components: Iterable[Any]) -> None:
     use per processor class tries ``import annotationlib`` (Python >= 3.14 only); made later
     from a pipeline's frame, that lazy import is refused by the tripwire (both modes). The
     validation class is cached after the first call, so calling once here is enough.
+
+    Also imports ``PIL.ImageFile`` here: ``PIL.Image.Image.tobytes`` (which ``np.array(image)``
+    calls, e.g. diffusers' ``VaeImageProcessor.pil_to_numpy``) imports it lazily on first use;
+    from inside a pipeline call that import is refused by the tripwire (``marshal.loads``) when
+    nothing opened an image file before (an image made with ``Image.fromarray``, or decoded from
+    the wire in the worker).
     """
+    try:
+        import PIL.ImageFile  # noqa: F401 - a warm-up import only
+    except ImportError:  # pragma: no cover - Pillow is a run dependency
+        pass
     try:
         from transformers.image_processing_utils import ImageProcessingMixin
     except ImportError:  # pragma: no cover - transformers is optional
