@@ -688,6 +688,9 @@ _CALL_VALUES: dict[str, Any] = {
     "denoising_steps": STEPS,
     "ensemble_size": 1,
     "processing_res": IMAGE_SIZE,
+    # pipeline_flux_kontext_multiple_images.py: resizes inputs to ~1 megapixel unless told not to
+    "_auto_resize": False,
+    "max_area": IMAGE_SIZE * IMAGE_SIZE,
 }
 #: image-like inputs, given a deterministic RGB picture of the smallest size.
 _IMAGE_PARAMS = ("image", "init_image", "mask_image", "control_image", "image_prompt", "mask", "ref_image",
