@@ -5,7 +5,6 @@ made by the loader first (trusted code), in both modes: found on diffusers' exam
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
