@@ -95,6 +95,8 @@ class Shape:
     inpaint: bool = False  # an inpainting UNet: latents + mask + masked-image latents (9 channels)
     family: str = "unet"  # "unet" (SD / SDXL), "flux" (FluxTransformer2DModel), "sd3" (SD3Transformer2DModel)
     lcm: bool = False  # a latent-consistency pipeline: the UNet takes a guidance embedding (time_cond_proj_dim)
+    fill: bool = False  # a Flux Fill pipeline: the transformer also takes the packed mask + masked image (24 in)
+    clip_vocab: int = 1000  # CLIP text encoders' vocabulary (49408 where the file hard-codes CLIP's bos/eos ids)
 
 
 def _torch():
@@ -181,12 +183,12 @@ def _vqvae(shape: Shape) -> Any:
     )
 
 
-def _text_config(**extra: Any) -> Any:
+def _text_config(vocab_size: int = 1000, **extra: Any) -> Any:
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
         bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05,
-        num_attention_heads=4, num_hidden_layers=5, pad_token_id=1, vocab_size=1000, hidden_act="gelu",
+        num_attention_heads=4, num_hidden_layers=5, pad_token_id=1, vocab_size=vocab_size, hidden_act="gelu",
         projection_dim=32, **extra,
     )
 
@@ -194,13 +196,13 @@ def _text_config(**extra: Any) -> Any:
 def _clip_text(shape: Shape) -> Any:
     from transformers import CLIPTextModel
 
-    return CLIPTextModel(_text_config()).eval()
+    return CLIPTextModel(_text_config(shape.clip_vocab)).eval()
 
 
 def _clip_text_proj(shape: Shape) -> Any:
     from transformers import CLIPTextModelWithProjection
 
-    return CLIPTextModelWithProjection(_text_config()).eval()
+    return CLIPTextModelWithProjection(_text_config(shape.clip_vocab)).eval()
 
 
 def _clip_vision(shape: Shape) -> Any:
@@ -253,7 +255,8 @@ def _flux_transformer(shape: Shape) -> Any:
     from diffusers import FluxTransformer2DModel
 
     return FluxTransformer2DModel(
-        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        # Fill: 4 packed latents + 4 packed masked-image latents + 16 packed mask values, 4 out
+        patch_size=1, in_channels=24 if shape.fill else 4, out_channels=4 if shape.fill else None, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=(4, 4, 8),
     )
 
@@ -525,8 +528,16 @@ def plan_components(cls: type) -> ComponentPlan:
     inpaint = "inpaint" in cls.__name__.lower() and "mask_image" in _call_param_names(cls)
     family = "flux" if "FluxTransformer2DModel" in all_names else "sd3" if "SD3Transformer2DModel" in all_names else "unet"
     lcm = "LatentConsistency" in cls.__name__ or any("LCM" in (r or "") for r in recipes.values())
-    return ComponentPlan(shape=Shape(xl=xl, latent=latent, inpaint=inpaint, family=family, lcm=lcm), recipes=recipes,
-                         left_to_default=tuple(left))
+    fill = family == "flux" and "Fill" in cls.__name__
+    vocab = 49408 if cls.__name__ in _CLIP_IDS_HARD_CODED else 1000
+    return ComponentPlan(
+        shape=Shape(xl=xl, latent=latent, inpaint=inpaint, family=family, lcm=lcm, fill=fill, clip_vocab=vocab),
+        recipes=recipes, left_to_default=tuple(left),
+    )
+
+
+#: Pipelines that write CLIP's own bos / eos ids (49406 / 49407) into the token ids they encode.
+_CLIP_IDS_HARD_CODED = ("SDXLLongPromptWeightingPipeline",)
 
 
 def _own_scheduler(cls: type, names: tuple[str, ...]) -> str | None:
@@ -692,9 +703,29 @@ _CALL_VALUES: dict[str, Any] = {
     "_auto_resize": False,
     "max_area": IMAGE_SIZE * IMAGE_SIZE,
 }
+#: Pipelines whose minimal call needs inputs that no parameter name or default tells (values as in
+#: :func:`minimal_call`'s recipe; applied where the pipeline's call takes the parameter).
+_CALL_OVERRIDES: dict[str, dict[str, Any]] = {
+    # interpolates between prompts: at least two
+    "LatentConsistencyModelWalkPipeline": {"prompt": [PROMPT, "a photo of a dog"], "num_interpolation_steps": 2},
+    # one prompt per tile, as a grid (rows of columns); tiles of the 64 px size
+    "StableDiffusionTilingPipeline": {"prompt": [[PROMPT]], "tile_height": IMAGE_SIZE, "tile_width": IMAGE_SIZE,
+                                      "tile_row_overlap": 0, "tile_col_overlap": 0},
+    "StableDiffusionXLTilingPipeline": {"prompt": [[PROMPT]], "tile_height": IMAGE_SIZE, "tile_width": IMAGE_SIZE,
+                                        "tile_row_overlap": 0, "tile_col_overlap": 0},
+    # layout-grounded: phrases and their boxes (fractions of the image)
+    "LLMGroundedDiffusionPipeline": {"phrases": ["cat"], "boxes": [[0.1, 0.1, 0.6, 0.6]]},
+    "StableDiffusionBoxDiffPipeline": {"boxdiff_phrases": ["cat"], "boxdiff_boxes": [[0.1, 0.1, 0.6, 0.6]]},
+    # an edit of one prompt into another
+    "Prompt2PromptPipeline": {"prompt": [PROMPT, "a photo of a dog"],
+                              "cross_attention_kwargs": {"edit_type": "replace", "n_self_replace": 0.4,
+                                                         "n_cross_replace": 0.4}},
+}
+
 #: image-like inputs, given a deterministic RGB picture of the smallest size.
 _IMAGE_PARAMS = ("image", "init_image", "mask_image", "control_image", "image_prompt", "mask", "ref_image",
-                 "controlnet_conditioning_image", "inpaint_image", "original_image", "input_image", "map")
+                 "controlnet_conditioning_image", "inpaint_image", "original_image", "input_image", "map",
+                 "lr_image")
 #: single-channel (L) inputs among them: masks and the differential pipelines' change map
 _GREY_PARAMS = ("map",)
 
@@ -737,6 +768,11 @@ def minimal_call(cls: type, method: str | None = None) -> dict[str, Any]:
             raise SynthesisError(f"{cls.__name__}.{method} parameter {p.name!r} is required and has no minimal value")
     if "strength" in {p.name for p in params} and "num_inference_steps" in kwargs:
         kwargs["num_inference_steps"] = 4  # img2img runs int(steps * strength) steps: keep at least one
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in inspect.signature(fn).parameters.values())
+    names = {p.name for p in params}
+    for name, value in _CALL_OVERRIDES.get(cls.__name__, {}).items():
+        if name in names or takes_any:
+            kwargs[name] = value
     return {"method": method, "kwargs": kwargs}
 
 
