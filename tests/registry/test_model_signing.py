@@ -691,3 +691,37 @@ def test_load_pipeline_accepts_a_sigstore_signature(tmp_path, model, fake_sigsto
                              isolation="inprocess", on_gate=lambda g, v: gates.append((g, v)))
     assert ("allowlist", f"source {_source(model)} allowed; signed by ci") in gates
     assert no_network == []
+
+
+# -- a model directory that holds the pipeline and its weights ------------------------------------
+@pytest.fixture
+def model_dir(tmp_path, tiny_weights):
+    """One directory: weights laid out like a diffusers repo, and the pipeline.py that uses them."""
+    d = tmp_path / "model"
+    shutil.copytree(tiny_weights, d)
+    write_example_pipeline(d)
+    return d
+
+
+@pytest.mark.parametrize("isolation", ["inprocess", "process"])
+def test_weights_in_the_signed_directory_are_pinned_by_the_signature(model_dir, keys, tmp_path, isolation):
+    priv, pub = ec_keypair(keys, "ml")
+    ms_sign(model_dir, priv)
+    path = write_allowlist(tmp_path / "org.toml", allowlist_text({"ml": ms_entry(pub)}, [("local:**", ["ml"], 1)]))
+    gates: list[tuple[str, str]] = []
+    pipe = pipewarden.load_pipeline(model_dir, custom_pipeline=model_dir, trust_remote_code=True, allowlist=path,
+                                    isolation=isolation, on_gate=lambda g, v: gates.append((g, v)))
+    close = getattr(pipe, "close", None)
+    if close is not None:
+        close()
+    assert any(g == "weights signatures" for g, _ in gates)
+
+    def swap_after_admission(gate: str, verdict: str) -> None:
+        if gate == "allowlist":  # the code was admitted: now a weights file changes under the load
+            index = model_dir / "model_index.json"
+            index.write_bytes(index.read_bytes() + b" ")
+
+    with pytest.raises(IntegrityError) as info:
+        pipewarden.load_pipeline(model_dir, custom_pipeline=model_dir, trust_remote_code=True, allowlist=path,
+                                 isolation=isolation, on_gate=swap_after_admission)
+    assert info.value.rule == "weights.digest-mismatch" and "model_index.json" in info.value.what

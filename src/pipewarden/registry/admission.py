@@ -354,8 +354,34 @@ class Admission:
             # Every file the loader reads must be in the lock; each is compared while it is loaded.
             expected = dict(entry.files)
             self._passed("weights lock", f"{weights.source} matches the lock ({len(entry.files)} file(s))")
+        # Weights read from the very directory (or hub repo at the same commit) whose signatures
+        # admitted the code: the signed digests pin every file the loader reads, so a file
+        # changed after admission (or any unsigned file the load uses) is refused while loading.
+        signed = self._signed_weights_pins(weights)
+        if signed:
+            if entry is not None:
+                differ = sorted(rel for rel in set(signed) & set(expected) if signed[rel] != expected[rel])
+                if differ:
+                    raise IntegrityError(
+                        f"weights {weights.source!r}: {differ[0]} is locked with sha256 {expected[differ[0]]} "
+                        f"but signed with sha256 {signed[differ[0]]}",
+                        rule="sig.files-mismatch",
+                        fix="re-lock the weights, or have the signers re-sign the directory",
+                    )
+            else:
+                expected = signed
+            self._passed("weights signatures", f"{weights.source}: every file used must match the signed digests ({len(signed)} file(s))")
         self._weights = AdmittedWeights(snapshot=weights, expected=expected, lock_entry=entry, _key=_KEY)
         return self._weights
+
+    def _signed_weights_pins(self, weights: Snapshot) -> dict[str, str]:
+        """The signed digests when the weights are the signed code directory itself, else {}."""
+        code = self._code
+        if code is None or code.signature is None:
+            return {}
+        if weights.source != code.code.source_id or weights.commit != code.code.commit:
+            return {}
+        return dict(code.signature.manifest)
 
     @property
     def gates(self) -> tuple[tuple[str, str], ...]:
