@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from pipewarden.audit import rules as _rules
 from pipewarden.audit.static import AuditReport, FileReport
+
+if TYPE_CHECKING:
+    from pipewarden.audit.dynamic import DynamicRun
 
 FORMATS = ("text", "json", "sarif")
 SARIF_SCHEMA_URI = "https://json.schemastore.org/sarif-2.1.0.json"
@@ -53,8 +57,63 @@ def render_text(report: AuditReport) -> str:
     for file in report.files:
         for f in file.findings:
             lines.append(f"{file.path}:{f.line}:{f.column}: {f.rule} {f.severity}: {f.message}")
+        if file.dynamic is not None:
+            lines.append(f"{file.path}: run: {_run_text(file.dynamic)}")
     lines.append(summary_line(report))
     return "\n".join(lines) + "\n"
+
+
+def line_ranges(lines: Sequence[int]) -> str:
+    """``1, 2, 3, 7, 9, 10`` -> ``1-3, 7, 9-10``."""
+    parts: list[str] = []
+    start = prev = None
+    for line in lines:
+        if prev is not None and line == prev + 1:
+            prev = line
+            continue
+        if start is not None:
+            parts.append(f"{start}-{prev}" if start != prev else f"{start}")
+        start = prev = line
+    if start is not None:
+        parts.append(f"{start}-{prev}" if start != prev else f"{start}")
+    return ", ".join(parts)
+
+
+def _run_text(run: DynamicRun) -> str:
+    text = run.status
+    if run.reason and run.status in ("not-run", "stopped", "no-components"):
+        text += f" ({run.reason})" if not run.reason.startswith("not run: ") else f" ({run.reason[9:]})"
+    if run.coverage is not None:
+        cov = run.coverage
+        text += f"; coverage {len(cov.run)}/{len(cov.executable)} lines ({cov.percent:g} %)"
+        if cov.not_run:
+            text += f"; not run: {line_ranges(cov.not_run)}"
+    if run.inactive_layers:
+        text += f"; isolation layers not active: {', '.join(run.inactive_layers)}"
+    return text
+
+
+def _dynamic_dict(run: DynamicRun) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "status": run.status,
+        "completed": run.completed,
+        "reason": run.reason,
+        "stage": run.stage,
+        "method": run.method,
+        "components": dict(run.components),
+        "seconds": run.seconds,
+        "inactive_layers": list(run.inactive_layers),
+        "coverage": None,
+    }
+    if run.coverage is not None:
+        cov = run.coverage
+        out["coverage"] = {
+            "lines_run": len(cov.run),
+            "executable_lines": len(cov.executable),
+            "percent": cov.percent,
+            "not_run": list(cov.not_run),
+        }
+    return out
 
 
 def report_dict(report: AuditReport) -> dict[str, Any]:
@@ -79,17 +138,21 @@ def _file_dict(file: FileReport) -> dict[str, Any]:
             "line": f.line,
             "column": f.column,
             "message": f.message,
+            "kind": f.kind,
         }
         if f.sandbox_rule is not None:
             entry["sandbox_rule"] = f.sandbox_rule
         findings.append(entry)
-    return {
+    out: dict[str, Any] = {
         "path": file.path,
         "pipeline_class": file.pipeline_class,
         "findings": findings,
         "sha256": file.sha256,
         "candidates": list(file.candidates),
     }
+    if file.dynamic is not None:
+        out["dynamic"] = _dynamic_dict(file.dynamic)
+    return out
 
 
 def render_json(report: AuditReport) -> str:
@@ -137,28 +200,39 @@ def sarif_dict(report: AuditReport, cwd: str | None = None) -> dict[str, Any]:
                 props["pipeline_class"] = file.pipeline_class
             if f.sandbox_rule is not None:
                 props["sandbox_rule"] = f.sandbox_rule
+            if f.kind != "static":
+                props["kind"] = f.kind
             if props:
                 result["properties"] = props
             results.append(result)
     base = Path(os.path.abspath(cwd or os.getcwd())).as_uri().rstrip("/") + "/"
     version = _version()
+    # `audit --run`: each run file is an artifact whose properties hold the run and its coverage.
+    artifacts = [
+        {"location": _artifact_location(file.path), "properties": {"dynamic": _dynamic_dict(file.dynamic)}}
+        for file in report.files
+        if file.dynamic is not None
+    ]
+    sarif_run: dict[str, Any] = {
+        "tool": {"driver": {
+            "name": "pipewarden",
+            "version": version,
+            "semanticVersion": version,
+            "informationUri": INFORMATION_URI,
+            "rules": rules,
+        }},
+        "originalUriBaseIds": {"%SRCROOT%": {"uri": base}},
+        "columnKind": "unicodeCodePoints",
+        "invocations": [{"executionSuccessful": True}],
+        "results": results,
+        "properties": {"policy_version": report.policy_version},
+    }
+    if artifacts:
+        sarif_run["artifacts"] = artifacts
     return {
         "$schema": SARIF_SCHEMA_URI,
         "version": "2.1.0",
-        "runs": [{
-            "tool": {"driver": {
-                "name": "pipewarden",
-                "version": version,
-                "semanticVersion": version,
-                "informationUri": INFORMATION_URI,
-                "rules": rules,
-            }},
-            "originalUriBaseIds": {"%SRCROOT%": {"uri": base}},
-            "columnKind": "unicodeCodePoints",
-            "invocations": [{"executionSuccessful": True}],
-            "results": results,
-            "properties": {"policy_version": report.policy_version},
-        }],
+        "runs": [sarif_run],
     }
 
 

@@ -122,6 +122,34 @@ RULES: tuple[Rule, ...] = (
          "The sandbox compiles pipelines with a RestrictedPython transformer; the reported construct is "
          "refused there, so the pipeline cannot be loaded by pipewarden. The message names the sandbox "
          "rule and the construct."),
+    # -- dynamic audit (`pipewarden audit --run`): found by running the file once in a confined worker
+    Rule("PW060", "dynamic-refusal", "error",
+         "Running the pipeline reached a capability the sandbox policy refuses",
+         "`audit --run` ran the pipeline once in a locked-down worker on tiny random components, and the "
+         "reported line asked for something the sandbox refuses (the sandbox rule and the attribute or call "
+         "are in the message), whatever the static audit could see: a name built at run time, a loader "
+         "reached through a chain of calls. A refusal the pipeline caught and went on from is reported too. "
+         "Under pipewarden the pipeline fails (or silently loses that step) at this line; remove the call or "
+         "use what the sandbox offers."),
+    Rule("PW061", "dynamic-resource-limit", "error",
+         "Running the pipeline hit a resource limit of the worker",
+         "The minimal run (short prompt, 2 steps, smallest size, tiny components) exceeded one of the "
+         "worker's default limits (memory, CPU time, wall-clock time, file size, message size). A real "
+         "run needs far more; find out what the pipeline does at that point."),
+    Rule("PW062", "dynamic-not-completed", "warning",
+         "The minimal call did not complete (the pipeline raised, or the worker stopped)",
+         "The run ended with an exception that is not a policy refusal. With tiny random components this "
+         "is often the pipeline's own assumption about real model shapes or inputs, not a security "
+         "issue; the lines the run never reached are listed as not covered, so a reviewer knows what "
+         "the run did not exercise."),
+    Rule("PW063", "dynamic-no-components", "warning",
+         "The pipeline could not be given tiny components, so it was not run",
+         "`audit --run` builds tiny random components from the pipeline's __init__ signature (annotations "
+         "or the usual parameter names); the message says which parameter has no recipe. The file was "
+         "only audited statically."),
+    Rule("PW064", "dynamic-completed", "note",
+         "The minimal call completed in the confined worker",
+         "The pipeline ran once end to end on tiny random components; the coverage says which lines ran."),
 )
 # fmt: on
 

@@ -30,6 +30,8 @@ from pipewarden.errors import InputError, ScanError
 if TYPE_CHECKING:
     from concurrent.futures import ProcessPoolExecutor
 
+    from pipewarden.audit.dynamic import DynamicRun
+
 __all__ = [
     "DEFAULT_MAX_FILE_SIZE",
     "AuditOptions",
@@ -55,7 +57,8 @@ class Finding:
     line: int
     column: int
     message: str
-    sandbox_rule: str | None = None  # for PW050: the sandbox's own rule name
+    sandbox_rule: str | None = None  # for PW050 and the dynamic rules: the sandbox's own rule id
+    kind: str = "static"  # "dynamic": found by running the file (`pipewarden audit --run`)
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,7 @@ class FileReport:
     findings: tuple[Finding, ...]
     sha256: str | None = None  # digest of the bytes that were audited (None if not read)
     candidates: tuple[str, ...] = ()  # every DiffusionPipeline subclass found
+    dynamic: DynamicRun | None = None  # `audit --run`: how the run went, line coverage
 
     def count(self, severity: str) -> int:
         return sum(1 for f in self.findings if f.severity == severity)

@@ -1,8 +1,9 @@
 """``pipewarden audit``: static audit of pipeline files for CI (text, JSON, SARIF).
 
-Thin front over :mod:`pipewarden.audit.static`. Exit codes: 0 no error findings, 1 error
-findings (unparseable files included), 2 usage error (missing path, bad flag, unwritable
-output). Imports nothing heavy: torch and diffusers are never loaded by this command.
+Thin front over :mod:`pipewarden.audit.static` (and, with ``--run``, :mod:`pipewarden.audit.dynamic`).
+Exit codes: 0 no error findings, 1 error findings (unparseable files included), 2 usage error
+(missing path, bad flag, unwritable output, ``--run`` without the ``run`` extra). Without
+``--run`` it imports nothing heavy: torch and diffusers are never loaded by this command.
 """
 
 from __future__ import annotations
@@ -74,7 +75,24 @@ def add_parsers(subparsers) -> None:
     parser.add_argument("--no-cache", action="store_true",
                         help="audit every file afresh (by default, results of files whose sha256 and audit version "
                              "are unchanged are reused from a per-user cache; PIPEWARDEN_AUDIT_CACHE=FILE|off)")
+    parser.add_argument("--run", action="store_true",
+                        help="also RUN each file once in a locked-down worker (default limits) on tiny random "
+                             "components and a minimal call, and report every capability the policy refused "
+                             "(with its line), resource limits hit, whether the call completed, and line "
+                             "coverage; needs the `run` extra (torch, diffusers)")
+    parser.add_argument("--run-timeout", type=_seconds, default=None, metavar="SECONDS",
+                        help="with --run: wall-clock limit per file (default: Limits().wall_s, 600)")
     parser.set_defaults(func=run)
+
+
+def _seconds(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not number > 0 or number != number or number == float("inf"):
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return number
 
 
 _MAX_ALLOWLIST_BYTES = 4 * 1024 * 1024
@@ -122,7 +140,15 @@ def run(args: argparse.Namespace) -> int:
 
         if default_cache_path() is not None:
             cache = AuditCache(options)
-    report = audit_paths(args.paths, options, jobs=args.jobs, cache=cache)
+    if args.run:
+        from pipewarden.audit.dynamic import require_run_extra, run_paths
+        from pipewarden.limits import Limits
+
+        require_run_extra()  # before any file is read: a clean refusal without torch
+        limits = Limits(wall_s=args.run_timeout) if args.run_timeout else None
+        report = run_paths(args.paths, options, jobs=args.jobs, cache=cache, limits=limits)
+    else:
+        report = audit_paths(args.paths, options, jobs=args.jobs, cache=cache)
     if not report.files and args.paths:
         print("pipewarden audit: no *.py files found in the given directories", file=sys.stderr)
     rendered = render(report, args.format)

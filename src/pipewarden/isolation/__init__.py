@@ -7,6 +7,8 @@ Public API::
     start_worker_pipeline(request: WorkerLoadRequest, limits=None) -> PipelineHandle
     probe_layers() -> tuple[LayerStatus, ...]      # what `pipewarden doctor` prints
     prestart()                                     # start the fork server in the background
+    audit_in_worker(source_bytes, filename, *, limits=None, policy_extras=None,
+                    import_aliases=None) -> (AuditOutcome, inactive layers)   # `audit --run`
 
 Decides: each pipeline gets a fresh worker forked from a fork server that has only imported
 torch and diffusers; the worker applies every layer (``_layers``) before it reads an untrusted
@@ -42,6 +44,7 @@ __all__ = [
     "LayerStatus",
     "PipelineHandle",
     "WorkerLoadRequest",
+    "audit_in_worker",
     "prestart",
     "probe_layers",
     "run_in_worker",
@@ -296,3 +299,43 @@ def run_in_worker(
         passed=dict(extra_components or {}) or None,
     )
     return start_worker_pipeline(request, limits)
+
+
+def audit_in_worker(
+    source_bytes: bytes,
+    filename: str,
+    *,
+    limits: Limits | None = None,
+    policy_extras: Mapping[str, Iterable[str]] | None = None,
+    import_aliases: Mapping[str, str] | None = None,
+) -> tuple[Any, tuple[LayerStatus, ...]]:
+    """Run one pipeline file once in a fresh confined worker for ``pipewarden audit --run``.
+
+    The worker loads the class through the sandbox, builds tiny components from its
+    ``__init__`` (``audit.synth``) and makes the minimal call; see ``isolation._audit``. Returns
+    the parsed ``wire.messages.AuditOutcome`` and the layers that were not active. A worker
+    stopped by a limit or a crash raises ``ResourceLimitError`` / ``WorkerError`` (the caller
+    reports them). The worker reads no weights: it gets no read paths beyond the libraries.
+    """
+    from pipewarden.isolation._client import WorkerProcess
+    from pipewarden.isolation.wire.messages import AuditOutcome, AuditRequest
+
+    limits = limits if limits is not None else Limits()
+    if not isinstance(limits, Limits):
+        raise TypeError(f"limits must be a pipewarden.Limits, got {type(limits).__name__}")
+    request = AuditRequest(
+        source_sha256=hashlib.sha256(source_bytes).hexdigest(),
+        filename=filename,
+        policy_extras={k: tuple(v) for k, v in (policy_extras or {}).items()} or None,
+        import_aliases=dict(import_aliases or {}) or None,
+    )
+    worker = WorkerProcess(limits, read_paths=())
+    try:
+        inactive = tuple(s for s in worker.layers if not s.active)
+        outcome = worker.request(request.header(), bytes(source_bytes), what="the audit run")
+        if not isinstance(outcome, AuditOutcome):
+            raise WorkerError("the worker answered an audit with the wrong message", rule="worker.protocol",
+                              fix="run the audit again")
+        return outcome, inactive
+    finally:
+        worker.close()  # a no-op for a worker already stopped by a limit or a crash

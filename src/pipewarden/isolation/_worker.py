@@ -262,6 +262,8 @@ class _Worker:
             return self._to(frame.header, frame.payload), b""
         if op == "set_component":
             return self._set_component(frame.header, frame.payload), b""
+        if op == "audit":
+            return self._audit(frame.header, frame.payload), b""
         if op == "hook" and self.test_hooks:
             with self._hook_context(frame.header):
                 return self._hook(frame.header), b""
@@ -432,6 +434,22 @@ class _Worker:
         if not isinstance(value, dict):
             raise PolicyViolation("callback_on_step_end must return a dict", rule="worker.callback-result")
         return value
+    def _audit(self, h: dict, payload: bytes) -> dict:
+        """``pipewarden audit --run``: load, synthesise tiny components, call once (``_audit``)."""
+        from pipewarden.isolation._audit import run_audit
+        from pipewarden.isolation.wire.messages import AuditRequest
+
+        if self.pipe is not None:
+            raise PolicyViolation("an audit runs in a fresh worker", rule="worker.protocol")
+        req = AuditRequest.parse(h)
+        return run_audit(
+            payload,
+            source_sha256=req.source_sha256,
+            filename=req.filename,
+            policy_extras=req.policy_extras,
+            import_aliases=req.import_aliases,
+        )
+
     def _set_component(self, h: dict, payload: bytes) -> dict:
         """``handle.<name> = component``: rebuild it here from data, set it the diffusers way."""
         from pipewarden.isolation.wire.components import decode_component

@@ -154,7 +154,132 @@ class Progress:
     closed: bool
 
 
-WorkerMessage = Ready | Loaded | Result | Ack | Failure | CallbackRequest | Progress
+@dataclass(frozen=True)
+class AuditRefusal:
+    """A capability the policy refused during a dynamic audit run (``line`` 0: not in the file)."""
+
+    rule: str
+    what: str
+    error: str
+    line: int
+
+
+@dataclass(frozen=True)
+class AuditEnd:
+    """What ended a dynamic audit run early: a refusal, a resource limit or the pipeline's own error."""
+
+    error: str
+    rule: str
+    what: str
+    line: int
+
+
+@dataclass(frozen=True)
+class AuditOutcome:
+    """The worker's answer to an ``audit`` request (``pipewarden audit --run``)."""
+
+    class_name: str | None
+    stage: str  # where the run ended: load, synthesise, init, call, done
+    completed: bool
+    no_components: str | None  # why no tiny components could be built (the run stopped there)
+    failure: AuditEnd | None
+    refusals: tuple[AuditRefusal, ...]
+    executable_lines: tuple[int, ...] | None  # None: no coverage (the file never compiled)
+    lines_run: tuple[int, ...]
+    plan: Mapping[str, str | None]
+    method: str | None
+    seconds: float
+
+
+WorkerMessage = Ready | Loaded | Result | Ack | Failure | CallbackRequest | Progress | AuditOutcome
+_AUDIT_STAGES = ("load", "synthesise", "init", "call", "done")
+_MAX_LINE = 10_000_000
+_MAX_LINES = 1_000_000
+
+
+def _line(value: object, field: str) -> int:
+    if not _is_int(value) or not 0 <= value <= _MAX_LINE:  # type: ignore[operator]
+        raise _bad(f"{field} is not a line number")
+    return int(value)  # type: ignore[arg-type]
+
+
+def _rule(value: object, field: str) -> str:
+    rule = _text(value, field, limit=128)
+    if not is_registered(rule):
+        raise _bad(f"{field} is not a registered rule id")
+    return rule
+
+
+def _lines(value: object, field: str) -> tuple[int, ...]:
+    if not isinstance(value, list) or len(value) > _MAX_LINES:
+        raise _bad(field)
+    out = tuple(_line(v, field) for v in value)
+    if any(out[i + 1] <= out[i] for i in range(len(out) - 1)):
+        raise _bad(f"{field} is not sorted")
+    return out
+
+
+def _parse_audit(h: Mapping[str, Any]) -> AuditOutcome:
+    stage = h.get("stage")
+    if stage not in _AUDIT_STAGES:
+        raise _bad("audit stage")
+    completed = h.get("completed")
+    if not isinstance(completed, bool) or completed != (stage == "done"):
+        raise _bad("audit completed")
+    cls = h.get("class_name")
+    no_comp = h.get("no_components")
+    failure = h.get("failure")
+    end = None
+    if failure is not None:
+        if not isinstance(failure, dict) or completed:
+            raise _bad("audit failure")
+        end = AuditEnd(_text(failure.get("error"), "failure error", limit=64), _rule(failure.get("rule"), "failure rule"),
+                       _text(failure.get("what"), "failure what"), _line(failure.get("line"), "failure line"))
+    raw_refusals = h.get("refusals")
+    if not isinstance(raw_refusals, list) or len(raw_refusals) > 256:
+        raise _bad("audit refusals")
+    refusals = []
+    for item in raw_refusals:
+        if not isinstance(item, dict):
+            raise _bad("audit refusal")
+        refusals.append(AuditRefusal(_rule(item.get("rule"), "refusal rule"), _text(item.get("what"), "refusal what"),
+                                     _text(item.get("error"), "refusal error", limit=64),
+                                     _line(item.get("line"), "refusal line")))
+    coverage = h.get("coverage")
+    executable: tuple[int, ...] | None = None
+    run: tuple[int, ...] = ()
+    if coverage is not None:
+        if not isinstance(coverage, dict):
+            raise _bad("audit coverage")
+        executable = _lines(coverage.get("executable"), "coverage executable")
+        run = _lines(coverage.get("run"), "coverage run")
+        if not set(run) <= set(executable):
+            raise _bad("coverage: a line ran that is not executable")
+    plan = h.get("plan")
+    if plan is None:
+        plan = {}
+    if not isinstance(plan, dict) or len(plan) > 256 or not all(
+        isinstance(k, str) and k.isidentifier() and (v is None or (isinstance(v, str) and len(v) <= 128))
+        for k, v in plan.items()
+    ):
+        raise _bad("audit plan")
+    seconds = h.get("seconds")
+    if not isinstance(seconds, (int, float)) or isinstance(seconds, bool) or not 0 <= seconds < 1e7:
+        raise _bad("audit seconds")
+    method = h.get("method")
+    return AuditOutcome(
+        class_name=None if cls is None else _text(cls, "class_name", limit=128),
+        stage=str(stage),
+        completed=completed,
+        no_components=None if no_comp is None else _text(no_comp, "no_components"),
+        failure=end,
+        refusals=tuple(refusals),
+        executable_lines=executable,
+        lines_run=run,
+        plan=MappingProxyType(dict(plan)),
+        method=None if method is None else _text(method, "method", limit=128),
+        seconds=float(seconds),
+    )
 _MAX_BARS = 1024
 
 
@@ -217,6 +342,8 @@ def parse(frame: Frame) -> WorkerMessage:
         rng_state = None if rng is None else dec.decode({"__pw__": "tensor", "ref": rng})
         pyrng = h.get("pyrng")
         return Result(value, gen_states, rng_state, None if pyrng is None else parse_rng(pyrng))
+    if kind == "audit":
+        return _parse_audit(h)
     if kind == "ok":
         return Ack(_text(h.get("detail", ""), "detail"))
     if kind == "callback":
@@ -391,4 +518,50 @@ class LoadRequest:
             passed=MappingProxyType(dict(passed)) if passed else None,
             source_len=source_len,
             boundary=text("boundary", optional=True),
+        )
+
+
+@dataclass(frozen=True)
+class AuditRequest:
+    """Host -> worker: run one pipeline file once for ``pipewarden audit --run`` (source in the payload)."""
+
+    source_sha256: str
+    filename: str
+    policy_extras: Mapping[str, tuple[str, ...]] | None = None
+    import_aliases: Mapping[str, str] | None = None
+
+    def header(self) -> dict[str, Any]:
+        return {
+            "op": "audit",
+            "source_sha256": self.source_sha256,
+            "filename": self.filename,
+            "policy_extras": {k: list(v) for k, v in self.policy_extras.items()} if self.policy_extras else None,
+            "import_aliases": dict(self.import_aliases) if self.import_aliases else None,
+        }
+
+    @classmethod
+    def parse(cls, h: Mapping[str, Any]) -> AuditRequest:
+        if h.get("op") != "audit":
+            raise _bad_request("op")
+        sha = h.get("source_sha256")
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise _bad_request("source_sha256")
+        filename = h.get("filename")
+        if not isinstance(filename, str) or not 0 < len(filename) <= 255:
+            raise _bad_request("filename")
+        extras = h.get("policy_extras")
+        if extras is not None and not (isinstance(extras, dict) and all(
+            isinstance(k, str) and isinstance(v, list) and all(isinstance(n, str) for n in v) for k, v in extras.items()
+        )):
+            raise _bad_request("policy_extras")
+        aliases = h.get("import_aliases")
+        if aliases is not None and not (
+            isinstance(aliases, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items())
+        ):
+            raise _bad_request("import_aliases")
+        return cls(
+            source_sha256=sha,
+            filename=filename,
+            policy_extras=MappingProxyType({k: tuple(v) for k, v in extras.items()}) if extras else None,
+            import_aliases=MappingProxyType(dict(aliases)) if aliases else None,
         )
