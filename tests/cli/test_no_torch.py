@@ -84,3 +84,11 @@ def test_commands_for_ci_never_import_torch(workspace):
         for k in env_state:
             os.environ.pop(k, None)
     assert (workspace / "pipewarden.lock").is_file() and (workspace / "audit.sarif").is_file()
+
+
+def test_audit_run_without_the_run_extra_is_a_clean_usage_error(workspace):
+    result = _run("audit", "--run", "my_pipeline", cwd=workspace)
+    assert result["code"] == 2, result["stderr"]
+    assert "pipewarden[run]" in result["stderr"] and "load.run-extra-missing" in result["stderr"]
+    assert "Traceback" not in result["stderr"]
+    assert result["loaded"] == []

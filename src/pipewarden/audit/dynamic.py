@@ -78,7 +78,13 @@ def require_run_extra() -> None:
     """``--run`` forks workers that import torch and diffusers: refuse cleanly without them."""
     import importlib.util
 
-    missing = [m for m in _RUN_MODULES if importlib.util.find_spec(m) is None]
+    def absent(name: str) -> bool:
+        try:
+            return importlib.util.find_spec(name) is None
+        except (ImportError, ValueError):  # a broken or blocked install counts as missing
+            return True
+
+    missing = [m for m in _RUN_MODULES if absent(m)]
     if missing:
         raise InputError(
             f"`pipewarden audit --run` runs the pipelines and needs {', '.join(missing)}, which this "
@@ -124,12 +130,17 @@ def outcome_findings(outcome: Any) -> list[Finding]:
     if end is not None and not ended_by_refusal:
         if end.rule.startswith("limits."):
             findings.append(_finding("PW061", f"the run hit a resource limit: {end.what} [{end.rule}]", end.line, end.rule))
+        elif outcome.stage == "load":
+            findings.append(_finding(
+                "PW062", f"not run: the module did not load in the sandbox: {end.what}{_where(end.line, outcome.stage)}",
+                end.line, end.rule,
+            ))
         else:
             findings.append(_finding(
                 "PW062",
                 f"the minimal {outcome.method or 'call'} did not complete: {end.what}"
                 f"{_where(end.line, outcome.stage)}"
-                + (f" (while {_STAGE_WORDS[outcome.stage]})" if outcome.stage in ("load", "init") and end.line else ""),
+                + (" (in __init__)" if outcome.stage == "init" and end.line else ""),
                 end.line, end.rule,
             ))
     if outcome.no_components is not None:

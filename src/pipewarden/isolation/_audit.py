@@ -50,6 +50,9 @@ class Recorder:
         # (exception, line) in the order first seen; the reference keeps ids unique.
         self.refusals: list[tuple[PipewardenError, int]] = []
         self._seen: set[int] = set()
+        # The latest other exception and the line where it first reached the vetted module (for a
+        # module body that failed: the sandbox reports that as a fresh ScanError without frames).
+        self.last_error: tuple[BaseException, int] | None = None
 
     def global_trace(self, frame: Any, event: str, arg: Any) -> Any:
         if frame.f_code.co_filename != self.filename:
@@ -61,9 +64,12 @@ class Recorder:
             self.lines.add(frame.f_lineno)
         elif event == "exception":
             exc = arg[1] if isinstance(arg, tuple) and len(arg) > 1 else None
-            if isinstance(exc, PipewardenError) and id(exc) not in self._seen and len(self.refusals) < _MAX_REFUSALS:
-                self._seen.add(id(exc))
-                self.refusals.append((exc, int(frame.f_lineno or 0)))
+            if isinstance(exc, PipewardenError):
+                if id(exc) not in self._seen and len(self.refusals) < _MAX_REFUSALS:
+                    self._seen.add(id(exc))
+                    self.refusals.append((exc, int(frame.f_lineno or 0)))
+            elif exc is not None and (self.last_error is None or self.last_error[0] is not exc):
+                self.last_error = (exc, int(frame.f_lineno or 0))
         return self.local_trace
 
     def line_of(self, exc: BaseException) -> int:
@@ -181,11 +187,14 @@ def _coverage(source_bytes: bytes, filename: str, policy: Any, recorder: Recorde
     from pipewarden.sandbox.scan import decode_source
 
     try:
-        code = compile_restricted_module(decode_source(source_bytes, filename=filename), filename=filename,
-                                         policy=policy or default_policy())
-    except PipewardenError:
+        text = decode_source(source_bytes, filename=filename)
+        code = compile_restricted_module(text, filename=filename, policy=policy or default_policy())
+        # The restricted transformer adds a prologue of its own (at line 1): only lines that hold
+        # code in the file as written count, so a comment line is never "executable" or "run".
+        plain = compile(text, filename, "exec", dont_inherit=True)
+    except (PipewardenError, SyntaxError, ValueError):
         return None  # the file never compiled: nothing ran, and there is no line table to report
-    executable = executable_lines(code)
+    executable = sorted(set(executable_lines(code)) & set(executable_lines(plain)))
     ran = sorted(recorder.lines & set(executable))
     return {"executable": executable, "run": ran}
 
@@ -254,6 +263,12 @@ def _ended(exc: BaseException, recorder: Recorder, answer: dict[str, Any]) -> No
     """Record what ended the run: a refusal (already recorded by the tracer, or recorded now),
     a resource limit, or an ordinary exception of the pipeline."""
     line = recorder.line_of(exc)
+    if isinstance(exc, PipewardenError) and exc.rule == "exec.module-body":
+        # Not a refusal: the module body raised (a library missing here, a NameError, ...); the
+        # sandbox re-raises it as a fresh ScanError, so its line is where the original was seen.
+        line = recorder.last_error[1] if recorder.last_error is not None else 0
+        answer["failure"] = {"error": type(exc).__name__, "rule": exc.rule, "what": _short(exc.what), "line": line}
+        return
     if isinstance(exc, PipewardenError):
         if not any(seen is exc for seen, _ in recorder.refusals):
             recorder.refusals.append((exc, line))
