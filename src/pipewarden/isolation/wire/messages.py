@@ -198,9 +198,9 @@ _MAX_LINES = 1_000_000
 
 
 def _line(value: object, field: str) -> int:
-    if not _is_int(value) or not 0 <= value <= _MAX_LINE:  # type: ignore[operator]
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _MAX_LINE:
         raise _bad(f"{field} is not a line number")
-    return int(value)  # type: ignore[arg-type]
+    return int(value)
 
 
 def _rule(value: object, field: str) -> str:
