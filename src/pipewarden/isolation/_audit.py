@@ -229,6 +229,11 @@ def _run(source_bytes: bytes, filename: str, policy: Any, aliases: Mapping[str, 
     answer["plan"] = {str(k): (None if v is None else str(v)) for k, v in plan.recipes.items()}
     answer["method"] = str(call["method"])
     load_built.adopt(components.values())  # built here by trusted code: the worker's own
+    # As a load does for the processors it builds (transformers' first call imports lazily, which
+    # the tripwire would refuse from a pipeline frame): the run must see what a load would.
+    from pipewarden.loader.components import _warm_processors
+
+    _warm_processors(components.values())
 
     answer["stage"] = "init"
     try:
