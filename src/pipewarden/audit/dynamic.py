@@ -177,6 +177,10 @@ def run_one(data: bytes, filename: str, *, options: AuditOptions, limits: Any = 
     except PipewardenError as exc:  # the worker crashed, or could not start
         run = DynamicRun("stopped", reason=exc.what, seconds=round(time.monotonic() - started, 3))
         return [_finding("PW062", f"the run did not complete: {exc.what} [{exc.rule}]", 1, exc.rule)], run
+    except (OSError, ValueError) as exc:  # e.g. no scratch directory for the worker: a finding, not a crash
+        what = f"the worker could not run the file: {type(exc).__name__}: {exc}"
+        run = DynamicRun("stopped", reason=what, seconds=round(time.monotonic() - started, 3))
+        return [_finding("PW062", what, 1, "worker.start")], run
     coverage = None
     if outcome.executable_lines is not None:
         coverage = Coverage(tuple(outcome.executable_lines), tuple(outcome.lines_run))
