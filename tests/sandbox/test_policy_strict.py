@@ -8,7 +8,7 @@ import pytest
 
 from pipewarden.errors import PolicyError
 from pipewarden.sandbox import load_class
-from pipewarden.sandbox.policy import ARGUMENT_GUARDS, DYNAMIC_RULES, default_policy, load_policy_bytes
+from pipewarden.sandbox.policy import DYNAMIC_RULES, default_policy, load_policy_bytes
 from pipewarden.sandbox.policy.resolve import _lookup, resolve_policy
 
 SHIPPED = resources.files("pipewarden.sandbox.policy").joinpath("default.toml").read_text("utf-8")
@@ -134,12 +134,57 @@ def test_absent_optional_package_is_skipped_not_an_error():
 
 
 def test_runtime_implements_the_policy_vocabulary():
-    from pipewarden.sandbox.runtime.argguards import ARGUMENT_GUARD_IMPLS
-
-    assert set(ARGUMENT_GUARD_IMPLS) == ARGUMENT_GUARDS
-    assert set(default_policy().argument_guards.values()) <= ARGUMENT_GUARDS
-    used = {d for rule in default_policy().types for d in rule.dynamic}
+    policy = default_policy()
+    resolved = resolve_policy(policy)
+    assert set(policy.argument_guards.values()) <= set(resolved.argument_guards)
+    assert set(resolved.argument_guards) == set(policy.argument_guard_impls)
+    assert set(resolved.replacements) == set(policy.replacement_impls)
+    assert all(callable(f) for f in [*resolved.argument_guards.values(), *resolved.replacements.values()])
+    used = {d for rule in policy.types for d in rule.dynamic}
     assert used <= DYNAMIC_RULES
+
+
+@pytest.mark.parametrize(
+    "old, new, named",
+    [
+        ('deepcopy-reviewed = "pipewarden.sandbox.runtime.implementations.deepcopy_reviewed"',
+         'deepcopy-reviewed = "pipewarden.sandbox.runtime.implementations.deepcopy_checked"',
+         "implementations.replace.deepcopy-reviewed"),
+        ('config-dict-only = "pipewarden.sandbox.runtime.implementations.config_dict_only"',
+         'config-dict-only = "pipewarden.sandbox.runtime.implementations.config_only"',
+         "implementations.argument_guards.config-dict-only"),
+    ],
+)
+def test_renamed_implementation_refuses_to_load(old, new, named):
+    """A replacement or guard whose implementation is renamed away: the policy does not load (it
+    would otherwise hand out the unguarded host function)."""
+    policy = load_policy_bytes(_copy(old, new))
+    with pytest.raises(PolicyError) as info:
+        resolve_policy(policy)
+    assert info.value.rule == "policy.unresolved"
+    assert named in info.value.what
+    with pytest.raises(PolicyError):
+        load_class(PIPELINE, policy=policy)
+
+
+@pytest.mark.parametrize(
+    "old, new, named",
+    [
+        # an implementation outside the one module the data may name (os.system as a "replacement")
+        ('grad-mode = "pipewarden.sandbox.runtime.implementations.grad_mode"', 'grad-mode = "os.system"', "os.system"),
+        ('grad-mode = "pipewarden.sandbox.runtime.implementations.grad_mode"',
+         'grad-mode = "pipewarden.sandbox.runtime.implementations._present"', "_present"),
+        # a `replace` value with no implementation entry
+        ('trange = "format-checked" }\n\n[modules."tqdm.auto"]', 'trange = "format-unchecked" }\n\n[modules."tqdm.auto"]',
+         "format-unchecked"),
+        ('\nprogress_bar = "progress-bar"\n', '\nprogress_bar = "progress-bar-v2"\n', "progress-bar-v2"),
+    ],
+)
+def test_unknown_implementation_refuses_to_parse(old, new, named):
+    with pytest.raises(PolicyError) as info:
+        load_policy_bytes(_copy(old, new))
+    assert info.value.rule == "policy.malformed"
+    assert named in info.value.what
 
 
 def test_decide_attribute_is_one_typed_decision():
@@ -247,15 +292,16 @@ def test_class_methods_prefix_not_covered_by_the_generated_lists_refuses_to_load
 
 
 def test_runtime_implements_every_replacement_the_policy_names():
-    """Every `replace` value is in the parser's vocabulary, and the runtime serves each one."""
-    from pipewarden.sandbox.policy import REPLACEMENTS
+    """Every `replace` value has an implementation in the policy data, and the runtime serves each one."""
     from pipewarden.sandbox.runtime import Sandbox
+
+    replacements = set(default_policy().replacement_impls)
 
     box = Sandbox(default_policy(), "replace_test")
     served: set[str] = set()
     for mod_name, rule in default_policy().modules.items():
         for name, impl in rule.replace.items():
-            assert impl in REPLACEMENTS
+            assert impl in replacements
             # a package rule with any_submodule also serves its submodules (diffusers.utils.deprecate)
             for where in (mod_name, f"{mod_name}.utils") if rule.any_submodule else (mod_name,):
                 facade = box.guarded_import(where, fromlist=(name,))
@@ -265,4 +311,105 @@ def test_runtime_implements_every_replacement_the_policy_names():
                     continue  # the host module lacks the name (nothing to replace)
                 assert callable(value)
                 served.add(impl)
-    assert served == REPLACEMENTS
+    assert served == replacements
+
+
+# --------------------------------------------------------------------------- transformers_names.toml
+
+TRANSFORMERS_NAMES = resources.files("pipewarden.sandbox.policy").joinpath("transformers_names.toml").read_text("utf-8")
+
+
+def test_shipped_transformers_name_list_matches_installed_transformers():
+    """The generator reproduces transformers_names.toml from the installed transformers and the
+    component policy (else: regenerate, review the diff)."""
+    from pipewarden.sandbox.policy import transformers_name_data
+    from pipewarden.sandbox.policy._gen_transformers_names import collect, render
+
+    version, classes = collect()
+    assert render(version, classes) == TRANSFORMERS_NAMES
+    shipped = transformers_name_data()
+    assert shipped.library_version == version and shipped.classes == frozenset(classes)
+    # restricted to the components pipewarden builds, not every class transformers defines
+    assert "transformers.models.clip.modeling_clip.CLIPTextModel" in shipped.classes
+    assert "transformers.models.clip.modeling_clip.CLIPModel" not in shipped.classes
+    assert len(shipped.classes) < 100
+
+
+def _names_copy(old: str, new: str) -> bytes:
+    assert TRANSFORMERS_NAMES.count(old) == 1, old
+    return TRANSFORMERS_NAMES.replace(old, new).encode()
+
+
+@pytest.mark.parametrize(
+    "old, new, named",
+    [
+        ('"transformers.models.clip.modeling_clip.CLIPTextModelOutput",',
+         '"transformers.models.clip.modeling_clip.CLIPTextModelOutputV2",',
+         "transformers.models.clip.modeling_clip.CLIPTextModelOutputV2"),
+        # re-exported elsewhere: the list must name where the class is defined
+        ('"transformers.tokenization_utils_base.BatchEncoding",', '"transformers.BatchEncoding",',
+         "transformers.BatchEncoding"),
+    ],
+)
+def test_renamed_transformers_class_path_refuses_to_load(monkeypatch, old, new, named):
+    import pipewarden.sandbox.policy.resolve as resolve_mod
+    from pipewarden.sandbox.policy import parse_transformers_names
+
+    monkeypatch.setattr(resolve_mod, "transformers_name_data", lambda: parse_transformers_names(_names_copy(old, new)))
+    policy = load_policy_bytes(SHIPPED.encode())
+    with pytest.raises(PolicyError) as info:
+        resolve_policy(policy)
+    assert info.value.rule == "policy.unresolved"
+    assert named in info.value.what
+    with pytest.raises(PolicyError):
+        load_class(PIPELINE, policy=policy)
+
+
+def test_transformers_names_unknown_key_refuses_to_load():
+    from pipewarden.sandbox.policy import parse_transformers_names
+
+    with pytest.raises(PolicyError) as info:
+        parse_transformers_names(_names_copy("version = 1\n", "version = 1\nclasses_from = [\"transformers\"]\n"))
+    assert info.value.rule == "policy.malformed"
+    assert "classes_from" in info.value.what
+
+
+def test_transformers_classes_not_listed_are_refused(monkeypatch):
+    """classes_from for transformers admits only the generated list: a class it does not list (a
+    model pipewarden never builds, an Auto class, Trainer) binds a refusing stub; a trimmed list
+    (as after a transformers upgrade renames a class) refuses the class it no longer lists."""
+    import dataclasses
+
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    import pipewarden.sandbox.policy.resolve as resolve_mod
+    from pipewarden.errors import PolicyViolation
+    from pipewarden.sandbox.policy import transformers_name_data
+    from pipewarden.sandbox.runtime import ClassRef, DeniedName, Sandbox
+
+    box = Sandbox(default_policy(), "tf_names")
+    facade = box.guarded_import("transformers", fromlist=("CLIPTextModel",))
+    assert box.facade_attr(facade, "CLIPTextModel") is CLIPTextModel
+    tokenizer = box.facade_attr(facade, "CLIPTokenizer")  # listed; never constructed ([no_construct])
+    assert type(tokenizer) is ClassRef and object.__getattribute__(tokenizer, "_pw_cls") is CLIPTokenizer
+    for name in ("CLIPModel", "AutoTokenizer", "Trainer", "LlamaModel"):
+        assert isinstance(box.facade_attr(facade, name, for_import=True), DeniedName)
+        with pytest.raises(PolicyViolation):
+            box.facade_attr(facade, name)
+    shipped = transformers_name_data()
+    trimmed = dataclasses.replace(
+        shipped, classes=shipped.classes - {"transformers.models.clip.modeling_clip.CLIPTextModel"}
+    )
+    monkeypatch.setattr(resolve_mod, "transformers_name_data", lambda: trimmed)
+    box = Sandbox(load_policy_bytes(SHIPPED.encode()), "tf_names_trimmed")
+    facade = box.guarded_import("transformers", fromlist=("CLIPTextModel",))
+    with pytest.raises(PolicyViolation):
+        box.facade_attr(facade, "CLIPTextModel")
+    assert type(box.facade_attr(facade, "CLIPTokenizer")) is ClassRef
+
+
+def test_classes_from_package_without_generated_list_refuses_to_load():
+    """classes_from is admitted only through generated data: a package without a list does not load."""
+    policy = load_policy_bytes(_copy("[modules.numbers]\n", "[modules.numbers]\nclasses_from = [\"numbers\"]\n"))
+    with pytest.raises(PolicyError, match="no generated name list"):
+        resolve_policy(policy)

@@ -1,9 +1,9 @@
 """The sandbox policy: what sandboxed pipeline code may import, read, call and define.
 
 Decides nothing by itself: it parses the shipped, versioned data (``default.toml``; the generated
-``torch_ops.toml`` and ``diffusers_pipelines.toml``) once into frozen objects with frozensets for the
+``torch_ops.toml``, ``diffusers_names.toml``, ``transformers_names.toml`` and ``diffusers_pipelines.toml``) once into frozen objects with frozensets for the
 hot-path lookups the guards make. The schema is strict: an unknown key, a value of the wrong type or
-outside the policy's vocabulary (``REPLACEMENTS``, ``ARGUMENT_GUARDS``, ``DYNAMIC_RULES``) raises
+outside the policy's vocabulary (the ``[implementations]`` tables, ``DYNAMIC_RULES``) raises
 :class:`~pipewarden.errors.PolicyError`. Whether the class paths and modules it names exist is
 checked by :mod:`pipewarden.sandbox.policy.resolve` (which imports the libraries) before any
 sandboxed code runs. An organisation may extend a policy (``with_extras``: more modules, more import
@@ -38,6 +38,7 @@ __all__ = [
     "default_policy",
     "diffusers_pipeline_names",
     "load_policy_bytes",
+    "transformers_name_data",
 ]
 
 
@@ -121,6 +122,10 @@ class SandboxPolicy:
     builtin_bases: tuple[str, ...] = ()
     reviewed_getattr: tuple[str, ...] = ()
     argument_guards: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: ``[implementations.replace]``: replacement name -> dotted path of its factory
+    replacement_impls: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: ``[implementations.argument_guards]``: guard name -> dotted path of the guard
+    argument_guard_impls: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     extras: tuple[str, ...] = ()
 
     @property
@@ -201,19 +206,9 @@ class SandboxPolicy:
         )
 
 
-#: The vocabulary of the policy data (a value outside it is refused when the policy is parsed).
-#: Sandbox implementations that replace a host function (``[modules.*].replace``).
-REPLACEMENTS = frozenset(
-    {
-        "sandbox-logger", "owned-first-argument", "owned-decorator-result", "format-checked", "grad-mode",
-        "deprecate-checked",
-        # guarded facades of Python-level host helpers (sandbox/runtime/deputies.py, issue 12)
-        "update-wrapper", "wraps", "signature-no-eval", "dataclasses-replace", "dataclasses-export",
-        "copy-reviewed", "deepcopy-reviewed", "namedtuple-checked",
-    }
-)
-#: Argument guards wrapped around a method read on any object (``[argument_guards]``).
-ARGUMENT_GUARDS = frozenset({"config-dict-only", "progress-bar-config", "progress-bar", "register-modules", "attention-processor"})
+#: The module whose functions the policy's ``[implementations]`` tables may name (nothing else: the
+#: data cannot point a replacement or a guard at an arbitrary host function).
+IMPLEMENTATIONS_MODULE = "pipewarden.sandbox.runtime.implementations"
 #: Names computed from the object itself (``[types.*].dynamic``).
 DYNAMIC_RULES = frozenset({"config-keys", "submodules", "dataclass-fields", "instance-public"})
 
@@ -299,6 +294,20 @@ def _dotted(name: str, where: str) -> str:
     return name
 
 
+def _impl_table(impls: _Table, key: str) -> dict[str, str]:
+    """``[implementations.<key>]``: name -> a function of :data:`IMPLEMENTATIONS_MODULE`."""
+    table = impls.str_map(key)
+    if not table:
+        raise _fail(f"policy: [implementations.{key}] must list at least one implementation")
+    for name, path in table.items():
+        module, _, attr = _dotted(path, f"implementations.{key}.{name}").rpartition(".")
+        if module != IMPLEMENTATIONS_MODULE or attr.startswith("_"):
+            raise _fail(
+                f"policy: implementations.{key}.{name} = {path!r} is not a public function of {IMPLEMENTATIONS_MODULE}"
+            )
+    return table
+
+
 def load_policy_bytes(data: bytes) -> SandboxPolicy:
     """Parse policy TOML bytes into a frozen :class:`SandboxPolicy`.
 
@@ -341,7 +350,11 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
     getattr_ = top.table("getattr", required=True)
     reviewed_getattr = tuple(_dotted(p, "getattr.reviewed") for p in getattr_.strs("reviewed", required=True))
     getattr_.done()
-    argument_guards = top.str_map("argument_guards", ARGUMENT_GUARDS)
+    impls = top.table("implementations", required=True)
+    replacement_impls = _impl_table(impls, "replace")
+    argument_guard_impls = _impl_table(impls, "argument_guards")
+    impls.done()
+    argument_guards = top.str_map("argument_guards", frozenset(argument_guard_impls))
     builtins_ = top.table("builtins", required=True)
     builtin_names = frozenset(builtins_.strs("names", required=True))
     refused_builtins = frozenset(builtins_.strs("refused"))
@@ -375,7 +388,7 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
             stub_denied=spec.flag("stub_denied"),
             variable_functions=spec.flag("variable_functions"),
             suspend_tripwire=frozenset(spec.strs("suspend_tripwire")),
-            replace=MappingProxyType(spec.str_map("replace", REPLACEMENTS)),
+            replace=MappingProxyType(spec.str_map("replace", frozenset(replacement_impls))),
         )
         spec.done()
     types: list[TypeRule] = []
@@ -419,6 +432,8 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         builtin_bases=builtin_bases,
         reviewed_getattr=reviewed_getattr,
         argument_guards=MappingProxyType(argument_guards),
+        replacement_impls=MappingProxyType(replacement_impls),
+        argument_guard_impls=MappingProxyType(argument_guard_impls),
     )
 
 
@@ -471,10 +486,18 @@ class GeneratedNames:
     library_version: str
     #: the ``class_methods_from`` prefixes the member lists cover
     member_prefixes: frozenset[str]
-    #: public classes defined in the package (``classes_from``)
+    #: public classes defined in the package (``classes_from``): class names, or ``module.qualname``
+    #: paths when ``qualified``
     classes: frozenset[str]
     #: class qualname -> public names its body defines (``class_methods_from``)
     members: Mapping[str, frozenset[str]]
+    qualified: bool = False
+
+    def admits_class(self, cls: type) -> bool:
+        """Does the list admit ``cls`` (a class defined in the package)?"""
+        if self.qualified:
+            return f"{cls.__module__}.{cls.__qualname__}" in self.classes
+        return cls.__name__ in self.classes
 
 
 @functools.lru_cache(maxsize=1)
@@ -494,6 +517,31 @@ def diffusers_name_data() -> GeneratedNames:
     members_table.done()
     top.done()
     return GeneratedNames("diffusers", library_version, prefixes, classes, MappingProxyType(members))
+
+
+def parse_transformers_names(data: bytes) -> GeneratedNames:
+    """Parse ``transformers_names.toml`` bytes strictly (see _gen_transformers_names)."""
+    try:
+        doc = tomllib.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise _fail(f"transformers_names.toml: not valid UTF-8 TOML ({exc})") from None
+    top = _Table(doc, "")
+    if top._get("version", True) != 1:
+        raise _fail("transformers_names.toml: unknown `version`")
+    library_version = top._get("transformers_version", True)
+    if not isinstance(library_version, str):
+        raise _fail("transformers_names.toml: `transformers_version` must be a string")
+    classes = frozenset(_dotted(p, "transformers_names.toml classes") for p in top.strs("classes", required=True))
+    top.done()
+    return GeneratedNames(
+        "transformers", library_version, frozenset(), classes, MappingProxyType({}), qualified=True
+    )
+
+
+@functools.lru_cache(maxsize=1)
+def transformers_name_data() -> GeneratedNames:
+    """The generated ``transformers_names.toml``, parsed strictly."""
+    return parse_transformers_names(resources.files(__name__).joinpath("transformers_names.toml").read_bytes())
 
 
 def diffusers_pipeline_names() -> frozenset[str]:

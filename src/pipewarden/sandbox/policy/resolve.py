@@ -1,7 +1,8 @@
 """Resolve a parsed policy against the installed libraries, failing closed.
 
 Every class path the policy names (``[types.*]``, ``[no_construct]``, ``[attribute_keys]``,
-``[values]``, ``[getattr]``, ``[writes]``, ``[snapshots]``) and every module table must resolve, or
+``[values]``, ``[classes]``, ``[getattr]``), every implementation (``[implementations.*]``) and every
+module table must resolve, or
 :func:`resolve_policy` raises :class:`~pipewarden.errors.PolicyError` naming each one that did not.
 A protection can therefore not vanish silently after a library upgrade renames a class.
 
@@ -20,7 +21,7 @@ import functools
 import importlib
 import importlib.util
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -32,6 +33,7 @@ from pipewarden.sandbox.policy import (
     TypeRule,
     diffusers_name_data,
     torch_operator_data,
+    transformers_name_data,
 )
 from pipewarden.sandbox.policy._gen_torch_ops import base_version
 
@@ -130,6 +132,10 @@ class ResolvedPolicy:
     #: generated name lists by top-level package (diffusers_names.toml): classes_from and
     #: class_methods_from admit only names listed here for these packages.
     generated: Mapping[str, GeneratedNames]
+    #: ``[implementations.replace]`` resolved: replacement name -> factory
+    replacements: Mapping[str, Callable[..., Any]]
+    #: ``[implementations.argument_guards]`` resolved: guard name -> guard
+    argument_guards: Mapping[str, Callable[..., Any]]
 
 
 def _classes(paths: tuple[str, ...], where: str, missing: list[str]) -> tuple[type, ...]:
@@ -142,6 +148,20 @@ def _classes(paths: tuple[str, ...], where: str, missing: list[str]) -> tuple[ty
         except PolicyError:
             missing.append(f"{where}: {path}")
     return tuple(found)
+
+
+def _functions(table: Mapping[str, str], where: str, missing: list[str]) -> dict[str, Callable[..., Any]]:
+    found: dict[str, Callable[..., Any]] = {}
+    for name, path in table.items():
+        try:
+            obj = _lookup(path)
+        except _Unresolved:
+            obj = None
+        if not callable(obj) or isinstance(obj, type):
+            missing.append(f"{where}.{name}: {path}")
+        else:
+            found[name] = obj
+    return found
 
 
 def _check_modules(policy: SandboxPolicy, missing: list[str]) -> None:
@@ -178,26 +198,55 @@ def _torch_operators() -> frozenset[str]:
 
 
 def _generated_names(policy: SandboxPolicy, missing: list[str]) -> dict[str, GeneratedNames]:
-    """The generated name lists, checked to cover every rule of the policy that relies on them."""
-    names = diffusers_name_data()
-    if not _installed(names.package):
-        return {}
-    for rule in policy.types:
-        for prefix in rule.class_methods_from:
-            if prefix.split(".")[0] == names.package and prefix not in names.member_prefixes:
-                missing.append(f"types.{rule.type_path}.class_methods_from: {prefix} (not in diffusers_names.toml)")
-    with _suspended():
-        import diffusers
-
-    found = base_version(str(diffusers.__version__))
-    if found != names.library_version:
-        _LOG.warning(
-            "pipewarden: diffusers %s is installed but the sandbox's diffusers name lists were generated for "
-            "diffusers %s; classes and methods they do not list are refused (regenerate diffusers_names.toml "
-            "with python -m pipewarden.sandbox.policy._gen_diffusers_names and review the diff)",
-            found, names.library_version,
-        )
-    return {names.package: names}
+    """The generated name lists of the installed packages, checked to cover every rule of the policy
+    that relies on them (a classes_from package without a list refuses to load: no rule without data)."""
+    found: dict[str, GeneratedNames] = {}
+    for names, generator in (
+        (diffusers_name_data(), "_gen_diffusers_names"),
+        (transformers_name_data(), "_gen_transformers_names"),
+    ):
+        if not _installed(names.package):
+            continue
+        for rule in policy.types:
+            for prefix in rule.class_methods_from:
+                if prefix.split(".")[0] == names.package and prefix not in names.member_prefixes:
+                    missing.append(
+                        f"types.{rule.type_path}.class_methods_from: {prefix} (not in {names.package}_names.toml)"
+                    )
+        if names.qualified:
+            # each listed path must still name the class defined there (fail closed: a class that
+            # moved or vanished in an upgrade is named, not silently dropped)
+            for path in sorted(names.classes):
+                try:
+                    cls = resolve_class_path(path)
+                except PolicyError:
+                    missing.append(f"{names.package}_names.toml: {path}")
+                    continue
+                if f"{cls.__module__}.{cls.__qualname__}" != path:
+                    missing.append(f"{names.package}_names.toml: {path} (now defined as {cls.__module__}.{cls.__qualname__})")
+        with _suspended():
+            module = importlib.import_module(names.package)
+        installed = base_version(str(module.__version__))
+        if installed != names.library_version:
+            _LOG.warning(
+                "pipewarden: %s %s is installed but the sandbox's %s name lists were generated for %s %s; "
+                "classes and methods they do not list are refused (regenerate %s_names.toml with "
+                "python -m pipewarden.sandbox.policy.%s and review the diff)",
+                names.package, installed, names.package, names.package, names.library_version,
+                names.package, generator,
+            )
+        found[names.package] = names
+    for rule in policy.modules.values():
+        for package in rule.classes_from:
+            top = package.split(".")[0]
+            if _installed(top) and top not in found:
+                missing.append(f"modules.{rule.name}.classes_from: {package} (no generated name list)")
+    for type_rule in policy.types:
+        for prefix in type_rule.class_methods_from:
+            top = prefix.split(".")[0]
+            if _installed(top) and top not in found:
+                missing.append(f"types.{type_rule.type_path}.class_methods_from: {prefix} (no generated name list)")
+    return found
 
 
 _CACHE: dict[int, ResolvedPolicy] = {}
@@ -219,6 +268,8 @@ def resolve_policy(policy: SandboxPolicy) -> ResolvedPolicy:
     value_types = _classes(policy.value_types, "values.plain_types", missing)
     builtin_bases = _classes(policy.builtin_bases, "classes.builtin_bases", missing)
     reviewed_getattr = _classes(policy.reviewed_getattr, "getattr.reviewed", missing)
+    replacements = _functions(policy.replacement_impls, "implementations.replace", missing)
+    argument_guards = _functions(policy.argument_guard_impls, "implementations.argument_guards", missing)
     _check_modules(policy, missing)
     generated = _generated_names(policy, missing)
     if missing:
@@ -240,6 +291,8 @@ def resolve_policy(policy: SandboxPolicy) -> ResolvedPolicy:
         reviewed_getattr=frozenset(reviewed_getattr),
         torch_operators=_torch_operators(),
         generated=MappingProxyType(generated),
+        replacements=MappingProxyType(replacements),
+        argument_guards=MappingProxyType(argument_guards),
     )
     if len(_CACHE) > 16:
         _CACHE.clear()

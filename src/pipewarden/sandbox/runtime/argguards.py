@@ -248,16 +248,3 @@ def _attention_processor_guard(box: AttributeRules, fn: Callable[..., Any], wher
         return fn(*args, **kwargs)
 
     return install
-
-
-#: The argument guards by the name the policy's ``[argument_guards]`` table gives them (which
-#: method gets which guard is policy data; tests check this table implements the whole vocabulary).
-ARGUMENT_GUARD_IMPLS: dict[str, Callable[[AttributeRules, Callable[..., Any], str], Callable[..., Any]]] = {
-    "config-dict-only": _config_dict_only,
-    "progress-bar-config": _progress_bar_config_guard,
-    "progress-bar": _progress_bar_guard,
-    "register-modules": _register_modules_guard,
-    "attention-processor": _attention_processor_guard,
-}
-
-

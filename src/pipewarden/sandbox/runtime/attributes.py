@@ -27,7 +27,7 @@ from pipewarden.sandbox.runtime._common import (
     _tname,
     _violation,
 )
-from pipewarden.sandbox.runtime.argguards import ARGUMENT_GUARD_IMPLS, _first_field_check, _reviewed_property
+from pipewarden.sandbox.runtime.argguards import _first_field_check, _reviewed_property
 from pipewarden.sandbox.runtime.facades import FacadeResolver
 from pipewarden.sandbox.runtime.objects import (
     _LOGGER_METHODS,
@@ -97,10 +97,9 @@ class AttributeRules(FacadeResolver):
                 if not isinstance(mod, str) or not any(mod == p or mod.startswith(p + ".") for p in prefixes):
                     return False
                 generated = self.resolved.generated.get(mod.split(".")[0])
-                if generated is None:
-                    return True
-                # generated, versioned data (diffusers_names.toml): only the names it lists
-                return name in generated.members.get(klass.__qualname__, ())
+                # generated, versioned data (diffusers_names.toml): only the names it lists (a
+                # prefix without a list refuses to load: policy.resolve)
+                return generated is not None and name in generated.members.get(klass.__qualname__, ())
         return False
 
     def _listed_by_type_rules(self, t: type, name: str) -> bool:
@@ -248,7 +247,7 @@ class AttributeRules(FacadeResolver):
             raise _violation(f"{name} of a {_tname(obj)} is not a string", "attribute.dunder")
         guard = self.policy.argument_guards.get(name)
         if guard is not None and callable(value):
-            return ARGUMENT_GUARD_IMPLS[guard](self, value, f"{_tname(obj)}.{name}")
+            return self.resolved.argument_guards[guard](self, value, f"{_tname(obj)}.{name}")
         if (t_value in _WRITABLE_CONTAINERS or t_value in _SNAPSHOT_MAPPINGS or _is_frozen_config(value)) and (
             t not in _WRITABLE_CONTAINERS and self._held_by_host(obj, name)
         ):

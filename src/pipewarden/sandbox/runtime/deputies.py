@@ -210,16 +210,3 @@ def _namedtuple(box: FacadeResolver, where: str, target: Any) -> Callable[..., A
                           module=module if module is not None else box.module_name)
 
     return namedtuple
-
-
-#: impl name (policy ``replace``) -> facade factory.
-DEPUTY_FACADES: dict[str, Callable[..., Callable[..., Any]]] = {
-    "update-wrapper": lambda box, where, target: _update_wrapper(box, where),
-    "wraps": lambda box, where, target: _wraps(box, where),
-    "signature-no-eval": _signature,
-    "dataclasses-replace": _dataclasses_replace,
-    "dataclasses-export": _dataclasses_export,
-    "copy-reviewed": lambda box, where, target: _copy(box, where, target, deep=False),
-    "deepcopy-reviewed": lambda box, where, target: _copy(box, where, target, deep=True),
-    "namedtuple-checked": _namedtuple,
-}

@@ -9,10 +9,8 @@ tripwire suspended)."""
 from __future__ import annotations
 
 import enum
-import functools
 import importlib
 import importlib.util
-import inspect
 import types
 from typing import Any
 
@@ -26,19 +24,12 @@ from pipewarden.sandbox.runtime._common import (
     _tname,
     _violation,
 )
-from pipewarden.sandbox.runtime.argguards import (
-    _check_bar_format,
-    _no_custom_attribute_lists,
-    _signature_naming,
-)
-from pipewarden.sandbox.runtime.deputies import DEPUTY_FACADES
 from pipewarden.sandbox.runtime.objects import (
     ClassRef,
     DeniedName,
     Facade,
     KeyCheckedClass,
     SandboxLogger,
-    _GradMode,
 )
 from pipewarden.sandbox.runtime.snapshots import _CONTAINER_TYPES, _private_copy
 
@@ -191,8 +182,9 @@ class FacadeResolver(SandboxBase):
         if not any(mod == p or mod.startswith(p + ".") for p in rule.classes_from):
             return False
         generated = self.resolved.generated.get(mod.split(".")[0])
-        # generated, versioned data (diffusers_names.toml): only the classes it lists
-        return generated is None or name in generated.classes
+        # generated, versioned data (diffusers_names.toml, transformers_names.toml): only the classes
+        # they list (a classes_from package without a list refuses to load: policy.resolve)
+        return generated is not None and generated.admits_class(value)
 
     def facade_attr(self, facade: Facade, name: Any, *, for_import: bool = False) -> Any:
         if type(name) is not str:
@@ -232,8 +224,6 @@ class FacadeResolver(SandboxBase):
         if self._deny.denies(name):
             return self._refuse_facade(mod_name, name, for_import, rule)
         impl = rule.replace.get(name)
-        if impl == "sandbox-logger":
-            return self._get_logger
         real = self._real_modules.get(mod_name) or self._import_real(mod_name)
         if impl is not None:
             return self._replacement(impl, real, mod_name, name)
@@ -288,77 +278,12 @@ class FacadeResolver(SandboxBase):
         return value
 
     def _replacement(self, impl: str, real: types.ModuleType, mod_name: str, name: str) -> Any:
-        """Sandbox versions of host functions that would otherwise write host state."""
+        """What sandboxed code gets instead of ``mod_name.name``: the implementation the policy data
+        names for ``impl`` (``[implementations.replace]``, resolved when the policy loaded)."""
+        factory = self.resolved.replacements[impl]  # every `replace` value has one (checked at load)
         with tripwire.suspended():
-            target = getattr(real, name)
-        where = f"{mod_name}.{name}"
-        box = self
-        if impl == "owned-first-argument":
-            # decorators that set attributes on what they decorate: only on the sandbox's own
-            def guarded(*args: Any, **kwargs: Any) -> Any:
-                _no_custom_attribute_lists(where, args, kwargs)
-                if args and (isinstance(args[0], type) or callable(args[0])):
-                    box.require_owned(args[0], where)
-                    with tripwire.suspended():
-                        return target(*args, **kwargs)
-                with tripwire.suspended():
-                    decorator = target(*args, **kwargs)  # factory form: @dataclass(frozen=True)
-                return box._owned_decorator(decorator, where)
-
-            return functools.update_wrapper(guarded, target, assigned=("__name__", "__qualname__", "__doc__"))
-        if impl == "owned-decorator-result":
-            # factories whose result decorates (sets attributes on) its argument: wraps(...), ...
-            def factory(*args: Any, **kwargs: Any) -> Any:
-                _no_custom_attribute_lists(where, args, kwargs)
-                return box._owned_decorator(target(*args, **kwargs), where)
-
-            return factory
-        if impl == "format-checked":
-            signature = _signature_naming(target, "bar_format")
-            leading = (None,) if isinstance(target, type) else ()
-
-            def checked(*args: Any, **kwargs: Any) -> Any:
-                # bar_format may come by keyword or by position (tqdm's 16th parameter)
-                bound: dict[str, Any] = dict(kwargs)
-                if signature is None and args:
-                    raise _violation(f"{where} with positional arguments", "argument.format-traversal")
-                if signature is not None:
-                    try:
-                        bound = dict(signature.bind_partial(*leading, *args, **kwargs).arguments)
-                    except TypeError:
-                        raise _violation(f"{where} with arguments that do not match its signature",
-                                         "argument.format-traversal") from None
-                    for param in signature.parameters.values():
-                        if param.kind is inspect.Parameter.VAR_KEYWORD and isinstance(bound.get(param.name), dict):
-                            bound.update(bound.pop(param.name))
-                _check_bar_format(bound, where)
-                return target(*args, **kwargs)
-
-            return checked
-        if impl == "grad-mode":
-            return _GradMode
-        if impl == "deprecate-checked":
-            # diffusers.utils.deprecate(take_from=x) does getattr(x, name) / x.pop(name) with names
-            # the caller chooses: only a plain dict (the pipeline's own kwargs) may be given.
-            def deprecate(*args: Any, take_from: Any = None, **kwargs: Any) -> Any:
-                if take_from is not None and type(take_from) is not dict:
-                    raise _violation(
-                        f"{where}(take_from=<{_tname(take_from)}>) would read attributes outside the guards",
-                        "argument.take-from",
-                        "pass take_from=kwargs (a dict) or nothing",
-                    )
-                for item in args:
-                    if isinstance(item, tuple) and item and (
-                        type(item[0]) is not str or item[0].startswith("_")
-                    ):
-                        raise _violation(f"{where} with attribute name {item[0]!r}", "argument.take-from")
-                return target(*args, take_from=take_from, **kwargs)
-
-            return deprecate
-        deputy = DEPUTY_FACADES.get(impl)
-        if deputy is not None:
-            return deputy(self, where, target)
-        raise _violation(f"{where} has an unknown sandbox replacement {impl!r}", "policy.replace")
+            target = getattr(real, name, None)
+        return factory(self, f"{mod_name}.{name}", target)
 
     def require_owned(self, obj: Any, where: str) -> None:
         if obj in self._functions or (isinstance(obj, type) and obj in self._classes) or (

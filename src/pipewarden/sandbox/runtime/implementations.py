@@ -1,0 +1,180 @@
+"""The sandbox implementations the policy data names: replacements of host functions and argument guards.
+
+``default.toml`` maps each name its ``[modules.*].replace`` and ``[argument_guards]`` values use to
+a function of this module (``[implementations.replace]``, ``[implementations.argument_guards]``);
+:func:`pipewarden.sandbox.policy.resolve.resolve_policy` resolves those paths when the policy loads
+and refuses to load when one does not resolve (fail closed). Only this module may be named: the
+policy cannot point a replacement at an arbitrary host function.
+
+Replacement factories take ``(box, where, target)`` -- the sandbox, ``"module.name"`` and the host
+function being replaced (None when the host module lacks the name) -- and return what sandboxed
+code gets instead. Argument guards take ``(box, method, where)`` and return the guarded method.
+
+Decides: nothing beyond what each implementation documents. Trusts: the host function it wraps,
+once the arguments passed.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from pipewarden.sandbox import tripwire
+from pipewarden.sandbox.runtime import argguards, deputies
+from pipewarden.sandbox.runtime._common import _tname, _violation
+from pipewarden.sandbox.runtime.argguards import (
+    _check_bar_format,
+    _no_custom_attribute_lists,
+    _signature_naming,
+)
+from pipewarden.sandbox.runtime.objects import _GradMode
+
+if TYPE_CHECKING:
+    from pipewarden.sandbox.runtime.facades import FacadeResolver
+
+Replacement = Callable[["FacadeResolver", str, Any], Any]
+
+
+def _present(target: Any, where: str) -> Any:
+    if target is None:
+        module, _, name = where.rpartition(".")
+        raise AttributeError(f"module {module!r} has no attribute {name!r}")
+    return target
+
+
+# ---------------------------------------------------------------------------------------------------
+# Replacements ([modules.*].replace)
+
+
+def sandbox_logger(box: FacadeResolver, where: str, target: Any) -> Any:
+    """``get_logger``/``getLogger``: the sandbox logger (formats with % itself)."""
+    return box._get_logger
+
+
+def owned_first_argument(box: FacadeResolver, where: str, target: Any) -> Any:
+    """Decorators that set attributes on what they decorate: only on the sandbox's own objects."""
+    target = _present(target, where)
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        _no_custom_attribute_lists(where, args, kwargs)
+        if args and (isinstance(args[0], type) or callable(args[0])):
+            box.require_owned(args[0], where)
+            with tripwire.suspended():
+                return target(*args, **kwargs)
+        with tripwire.suspended():
+            decorator = target(*args, **kwargs)  # factory form: @dataclass(frozen=True)
+        return box._owned_decorator(decorator, where)
+
+    return functools.update_wrapper(guarded, target, assigned=("__name__", "__qualname__", "__doc__"))
+
+
+def owned_decorator_result(box: FacadeResolver, where: str, target: Any) -> Any:
+    """Factories whose result decorates (sets attributes on) its argument: wraps(...), ..."""
+    target = _present(target, where)
+
+    def factory(*args: Any, **kwargs: Any) -> Any:
+        _no_custom_attribute_lists(where, args, kwargs)
+        return box._owned_decorator(target(*args, **kwargs), where)
+
+    return factory
+
+
+def format_checked(box: FacadeResolver, where: str, target: Any) -> Any:
+    """tqdm/trange: ``bar_format`` may name plain fields only (tqdm renders it with str.format)."""
+    target = _present(target, where)
+    signature = _signature_naming(target, "bar_format")
+    leading = (None,) if isinstance(target, type) else ()
+
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        # bar_format may come by keyword or by position (tqdm's 16th parameter)
+        bound: dict[str, Any] = dict(kwargs)
+        if signature is None and args:
+            raise _violation(f"{where} with positional arguments", "argument.format-traversal")
+        if signature is not None:
+            try:
+                bound = dict(signature.bind_partial(*leading, *args, **kwargs).arguments)
+            except TypeError:
+                raise _violation(f"{where} with arguments that do not match its signature",
+                                 "argument.format-traversal") from None
+            for param in signature.parameters.values():
+                if param.kind is inspect.Parameter.VAR_KEYWORD and isinstance(bound.get(param.name), dict):
+                    bound.update(bound.pop(param.name))
+        _check_bar_format(bound, where)
+        return target(*args, **kwargs)
+
+    return checked
+
+
+def grad_mode(box: FacadeResolver, where: str, target: Any) -> Any:
+    """torch.set_grad_enabled: changes the mode only inside ``with`` / around a decorated function."""
+    _present(target, where)
+    return _GradMode
+
+
+def deprecate_checked(box: FacadeResolver, where: str, target: Any) -> Any:
+    """diffusers.utils.deprecate(take_from=x) does getattr(x, name) / x.pop(name) with names the
+    caller chooses: only a plain dict (the pipeline's own kwargs) may be given."""
+    target = _present(target, where)
+
+    def deprecate(*args: Any, take_from: Any = None, **kwargs: Any) -> Any:
+        if take_from is not None and type(take_from) is not dict:
+            raise _violation(
+                f"{where}(take_from=<{_tname(take_from)}>) would read attributes outside the guards",
+                "argument.take-from",
+                "pass take_from=kwargs (a dict) or nothing",
+            )
+        for item in args:
+            if isinstance(item, tuple) and item and (type(item[0]) is not str or item[0].startswith("_")):
+                raise _violation(f"{where} with attribute name {item[0]!r}", "argument.take-from")
+        return target(*args, take_from=take_from, **kwargs)
+
+    return deprecate
+
+
+# Guarded facades of Python-level host helpers (runtime/deputies.py, issue 12).
+
+
+def update_wrapper(box: FacadeResolver, where: str, target: Any) -> Any:
+    _present(target, where)
+    return deputies._update_wrapper(box, where)
+
+
+def wraps(box: FacadeResolver, where: str, target: Any) -> Any:
+    _present(target, where)
+    return deputies._wraps(box, where)
+
+
+def signature_no_eval(box: FacadeResolver, where: str, target: Any) -> Any:
+    return deputies._signature(box, where, _present(target, where))
+
+
+def dataclasses_replace(box: FacadeResolver, where: str, target: Any) -> Any:
+    return deputies._dataclasses_replace(box, where, _present(target, where))
+
+
+def dataclasses_export(box: FacadeResolver, where: str, target: Any) -> Any:
+    return deputies._dataclasses_export(box, where, _present(target, where))
+
+
+def copy_reviewed(box: FacadeResolver, where: str, target: Any) -> Any:
+    return deputies._copy(box, where, _present(target, where), deep=False)
+
+
+def deepcopy_reviewed(box: FacadeResolver, where: str, target: Any) -> Any:
+    return deputies._copy(box, where, _present(target, where), deep=True)
+
+
+def namedtuple_checked(box: FacadeResolver, where: str, target: Any) -> Any:
+    return deputies._namedtuple(box, where, _present(target, where))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Argument guards ([argument_guards]): (box, method, where) -> the guarded method.
+
+config_dict_only = argguards._config_dict_only
+progress_bar_config = argguards._progress_bar_config_guard
+progress_bar = argguards._progress_bar_guard
+register_modules = argguards._register_modules_guard
+attention_processor = argguards._attention_processor_guard
