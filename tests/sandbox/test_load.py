@@ -440,13 +440,24 @@ def test_file_reading_component_classes_are_names_only(components, tmp_path):
     )
     cls = load_class(_pipeline("return isinstance(self.unet, CLIPTokenizer), isinstance(self.unet, CLIPTextModel)", module))
     assert cls(*components)() == (False, False)
-    cls = load_class(_pipeline("t = BertTokenizer(vocab_file=canary)\nreturn t.convert_ids_to_tokens([2])", module))
+    # CLIPTokenizer is a component class (transformers_names.toml): a name, never constructed
+    cls = load_class(_pipeline("t = CLIPTokenizer(vocab_file=canary, merges_file=canary)\nreturn t.decode([2])", module))
     with pytest.raises(PolicyViolation) as info:
         cls(*components)(canary=str(secret))
     assert info.value.rule == "construct.file-reading-class"
     with pytest.raises(PolicyViolation) as info:
-        load_class(_pipeline("pass", module + "class MyTok(BertTokenizer):\n    pass\n"))
+        load_class(_pipeline("pass", module + "class MyTok(CLIPTokenizer):\n    pass\n"))
     assert info.value.rule == "construct.file-reading-class"
+    # BertTokenizer is not one of pipewarden's components: the import binds a stub that may appear in
+    # an annotation (above) and refuses every use
+    cls = load_class(_pipeline("t = BertTokenizer(vocab_file=canary)\nreturn t.convert_ids_to_tokens([2])", module))
+    with pytest.raises(PolicyViolation) as info:
+        cls(*components)(canary=str(secret))
+    assert info.value.rule == "facade.not-allowlisted"
+    for body in ("class MyTok(BertTokenizer):\n    pass\n", "ok = isinstance(1, BertTokenizer)\n"):
+        with pytest.raises(PipewardenError) as info:
+            load_class(_pipeline("pass", module + body))
+        assert "transformers.BertTokenizer is not available" in str(info.value)
 
 
 def test_no_base_exception_escapes_the_host_except_clause():

@@ -118,7 +118,8 @@ class SandboxPolicy:
     no_construct_bases: tuple[str, ...] = ()
     attribute_key_bases: tuple[str, ...] = ()
     attribute_key_subclassable: tuple[str, ...] = ()
-    value_types: tuple[str, ...] = ()
+    #: ``[values]``: plain value type path -> the attributes readable on its values (exact type)
+    value_types: Mapping[str, frozenset[str]] = field(default_factory=lambda: MappingProxyType({}))
     builtin_bases: tuple[str, ...] = ()
     reviewed_getattr: tuple[str, ...] = ()
     argument_guards: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
@@ -342,7 +343,9 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
     key_subclassable = tuple(_dotted(p, "attribute_keys.subclassable") for p in attribute_keys.strs("subclassable"))
     attribute_keys.done()
     values = top.table("values", required=True)
-    value_types = tuple(_dotted(p, "values.plain_types") for p in values.strs("plain_types", required=True))
+    value_types = {_dotted(path, "values"): frozenset(values.strs(path, required=True)) for path in list(values._d)}
+    if not value_types:
+        raise _fail("policy: [values] must list at least one plain value type")
     values.done()
     classes = top.table("classes", required=True)
     builtin_bases = tuple(_dotted(p, "classes.builtin_bases") for p in classes.strs("builtin_bases", required=True))
@@ -428,7 +431,7 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         no_construct_bases=no_construct_bases,
         attribute_key_bases=key_bases,
         attribute_key_subclassable=key_subclassable,
-        value_types=value_types,
+        value_types=MappingProxyType(value_types),
         builtin_bases=builtin_bases,
         reviewed_getattr=reviewed_getattr,
         argument_guards=MappingProxyType(argument_guards),

@@ -124,7 +124,8 @@ class ResolvedPolicy:
     no_construct: tuple[type, ...]
     attribute_key_bases: tuple[type, ...]
     attribute_key_subclassable: tuple[type, ...]
-    value_types: frozenset[type]
+    #: ``[values]`` resolved: plain value type -> the attributes readable on its values
+    value_types: Mapping[type, frozenset[str]]
     builtin_bases: frozenset[type]
     reviewed_getattr: frozenset[type]
     #: The generated torch operator names (torch_ops.toml) that the installed torch also has.
@@ -265,7 +266,10 @@ def resolve_policy(policy: SandboxPolicy) -> ResolvedPolicy:
     no_construct = _classes(policy.no_construct_bases, "no_construct.bases", missing)
     key_bases = _classes(policy.attribute_key_bases, "attribute_keys.bases", missing)
     key_subclassable = _classes(policy.attribute_key_subclassable, "attribute_keys.subclassable", missing)
-    value_types = _classes(policy.value_types, "values.plain_types", missing)
+    value_types: dict[type, frozenset[str]] = {}
+    for path, attrs in policy.value_types.items():
+        for cls in _classes((path,), "values", missing):
+            value_types[cls] = attrs
     builtin_bases = _classes(policy.builtin_bases, "classes.builtin_bases", missing)
     reviewed_getattr = _classes(policy.reviewed_getattr, "getattr.reviewed", missing)
     replacements = _functions(policy.replacement_impls, "implementations.replace", missing)
@@ -286,7 +290,7 @@ def resolve_policy(policy: SandboxPolicy) -> ResolvedPolicy:
         no_construct=no_construct,
         attribute_key_bases=key_bases,
         attribute_key_subclassable=key_subclassable,
-        value_types=frozenset(value_types),
+        value_types=MappingProxyType(value_types),
         builtin_bases=frozenset(builtin_bases),
         reviewed_getattr=frozenset(reviewed_getattr),
         torch_operators=_torch_operators(),

@@ -60,6 +60,8 @@ class Verdict(enum.Enum):
     IF_OWN_ATTRIBUTE = "if-own-attribute"
     #: allowed iff a dynamic rule of the type lists it (config keys, submodules, dataclass fields, ...).
     IF_DYNAMIC_RULE = "if-dynamic-rule"
+    #: allowed iff the name is a key of the mapping (a read-only snapshot of a host config).
+    IF_KEY = "if-key"
 
 
 def _verdict(ok: bool) -> Verdict:
@@ -207,6 +209,8 @@ class AttributeRules(FacadeResolver):
             return _verdict(type(d) is dict and name in d)
         if verdict is Verdict.IF_DYNAMIC_RULE:
             return _verdict(self._listed_dynamically(obj, t, name))
+        if verdict is Verdict.IF_KEY:
+            return _verdict(name in obj)
         return verdict
 
     def guarded_getattr(self, obj: Any, name: Any) -> Any:
@@ -381,12 +385,19 @@ class AttributeRules(FacadeResolver):
                 verdict = Verdict.NOT_LISTED
         elif name.startswith("_"):
             verdict = Verdict.NOT_LISTED
-        elif t in self.resolved.value_types or t in _READONLY_TYPES:
-            verdict = Verdict.ALLOW
+        elif t in self.resolved.value_types:
+            verdict = _verdict(name in self.resolved.value_types[t])
+        elif t in _READONLY_TYPES:
+            # a read-only snapshot of a host container reads as its base type, a snapshot dict's
+            # keys as attributes too (``self.unet.config.sample_size``)
+            if name in self.resolved.value_types.get(t.__bases__[0], ()):
+                verdict = Verdict.ALLOW
+            else:
+                verdict = Verdict.IF_KEY if issubclass(t, dict) else Verdict.NOT_LISTED
         elif isinstance(obj, type):
             # Class-level access: value types' methods, enum members, the rules of the class itself.
             if obj in self.resolved.value_types:
-                verdict = Verdict.ALLOW
+                verdict = _verdict(name in self.resolved.value_types[obj])
             elif issubclass(obj, enum.Enum):
                 verdict = _verdict(name in obj.__members__ or name in ("name", "value"))
             else:

@@ -64,6 +64,19 @@ class DeniedName:
         raise self._refuse()
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("__") and name.endswith("__"):
+            # a protocol probe (typing's __typing_subst__ in Optional[X], ...): the stub has none, so
+            # the name can still appear in an annotation; any real use is refused
+            raise AttributeError(name)
+        raise self._refuse()
+
+    def __instancecheck__(self, obj: Any) -> bool:
+        raise self._refuse()
+
+    def __subclasscheck__(self, sub: Any) -> bool:
+        raise self._refuse()
+
+    def __mro_entries__(self, bases: tuple[Any, ...]) -> tuple[type, ...]:
         raise self._refuse()
 
     def __repr__(self) -> str:
