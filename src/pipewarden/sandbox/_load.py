@@ -7,6 +7,7 @@ calling; this module never reads files or the network).
 
 from __future__ import annotations
 
+import ast
 import re
 import weakref
 from collections.abc import Mapping
@@ -73,6 +74,7 @@ def load_class(
     module_name = _module_name(filename)
     _register_placeholder(module_name)
     box = Sandbox(policy, module_name)
+    box.file_private_names = private_attribute_names(tree)
     if load_built is not None:  # the components pipewarden builds for this load (LoadBuilt)
         box.load_built = load_built
     glb = box.make_globals()
@@ -107,6 +109,29 @@ def load_class(
             fix="define exactly one class deriving from DiffusionPipeline at module level",
         )
     return cls
+
+
+def private_attribute_names(tree: ast.AST) -> frozenset[str]:
+    """The ``_private`` attribute names the vetted file itself defines: targets of attribute
+    assignments and deletions (``self._cache = ...``), ``setattr(x, "_name", ...)`` with a literal
+    name, and names bound in its class bodies. On the sandbox's own objects these are readable; any
+    other private name is host state, decided by the host class's allowlist (runtime/attributes.py)."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.ctx, (ast.Store, ast.Del)):
+            names.add(node.attr)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr":
+            if len(node.args) >= 2 and isinstance(node.args[1], ast.Constant) and isinstance(node.args[1].value, str):
+                names.add(node.args[1].value)
+        elif isinstance(node, ast.ClassDef):
+            for item in node.body:
+                if isinstance(item, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    names.add(item.name)
+                elif isinstance(item, ast.Assign):
+                    names.update(t.id for t in item.targets if isinstance(t, ast.Name))
+                elif isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
+                    names.add(item.target.id)
+    return frozenset(n for n in names if n.startswith("_") and not n.startswith("__") and not n.endswith("_"))
 
 
 def _register_placeholder(module_name: str) -> None:

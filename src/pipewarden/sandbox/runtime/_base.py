@@ -64,6 +64,9 @@ class SandboxBase:
         self.load_built = LoadBuilt()  # replaced by load_class(load_built=...) for a load
         self._formatter = _SafeFormatter(cast("GuardHooks", self))  # SandboxBase is only ever a Sandbox's first layer
         self._deny = policy.deny
+        #: ``_private`` attribute names the vetted file defines (set by sandbox._load from its AST):
+        #: readable on the sandbox's own objects unless a host class defines or declares the name.
+        self.file_private_names: frozenset[str] = frozenset()
         self._builtin_module = _builtins
 
     # ------------------------------------------------------------------ ownership

@@ -62,6 +62,9 @@ class Verdict(enum.Enum):
     IF_DYNAMIC_RULE = "if-dynamic-rule"
     #: allowed iff the name is a key of the mapping (a read-only snapshot of a host config).
     IF_KEY = "if-key"
+    #: allowed iff the sandbox's own object does not hold the name in its ``__dict__`` (a private
+    #: name nobody defines: the read finds nothing, or only a reviewed ``__getattr__``).
+    IF_ABSENT = "if-absent"
 
 
 def _verdict(ok: bool) -> Verdict:
@@ -161,23 +164,48 @@ class AttributeRules(FacadeResolver):
             return Verdict.NOT_LISTED
         return None
 
+    def _host_declared(self, klass_t: type, name: str) -> bool:
+        """Does a host class in the MRO declare ``name`` as instance state (a class annotation, e.g.
+        nn.Module's ``_forward_hooks`` and ``_parameters``)?"""
+        for klass in klass_t.__mro__:
+            if klass in self._classes:
+                continue
+            annotations = klass.__dict__.get("__annotations__")
+            if isinstance(annotations, dict) and name in annotations:
+                return True
+        return False
+
     def _owned_class_verdict(self, klass_t: type, name: str) -> Verdict | None:
-        """The class-level part for the sandbox's own objects: ALLOW/NOT_LISTED when the class
-        decides, None when only the instance's dynamic rules can still allow the name."""
-        defined = False
+        """The class-level part for the sandbox's own objects: ALLOW/NOT_LISTED when the classes
+        decide, None when only the instance's own data can still allow the (public) name.
+
+        Allowlist rules, first match wins: a name a class of the vetted file defines is readable; a
+        name a host class's allowlist ([types.*]) gives is readable; any other name a host class
+        defines or declares is host state and refused when ``_private``; a ``_private`` name no class
+        holds is readable only if the vetted file itself defines it (``file_private_names``); a
+        public name no class defines reaches ``__getattr__`` (reviewed ones only, [getattr])."""
+        host_defined = False
         for klass in klass_t.__mro__:
             if name in klass.__dict__:
                 if klass in self._classes:
                     return Verdict.ALLOW
-                defined = True
+                host_defined = True
                 break
-        if self._deny.denies(name) or self._deny.denies(name.lstrip("_")):
-            return Verdict.NOT_LISTED
-        if not defined:
+        if self._listed_by_type_rules(klass_t, name):
+            return Verdict.ALLOW
+        if name.startswith("_"):
+            if host_defined or self._host_declared(klass_t, name):
+                return Verdict.NOT_LISTED
+            if name in self.file_private_names:
+                return Verdict.ALLOW
+            # nobody defines it: readable only while the object does not hold it either (the read
+            # raises AttributeError, so getattr(self, "_x", default) idioms keep working)
+            return Verdict.IF_ABSENT if self._fallback_getattr_reviewed(klass_t) else Verdict.NOT_LISTED
+        if not host_defined:
             # Not defined anywhere: the lookup raises a fresh AttributeError (or reads the config
             # through ConfigMixin.__getattr__), so ``hasattr(self, "x")`` idioms keep working.
             return _verdict(self._fallback_getattr_reviewed(klass_t))
-        return Verdict.ALLOW if self._listed_by_type_rules(klass_t, name) else None
+        return None
 
     def _owned_verdict(self, obj: Any, t: type, name: str) -> Verdict:
         """Settled verdict for an object (or class) the sandbox defined (the pipeline, its helpers)."""
@@ -185,12 +213,14 @@ class AttributeRules(FacadeResolver):
         if by_name is not None:
             return by_name
         d = getattr(obj, "__dict__", None) if not isinstance(obj, type) else None
-        if isinstance(d, dict) and name in d:
-            return _verdict(not self._deny.denies(name.lstrip("_")))
+        if isinstance(d, dict) and name in d and not name.startswith("_"):
+            return Verdict.ALLOW  # a public attribute of the object itself
         on_class = isinstance(obj, type)
         verdict = self._owned_class_verdict(obj if on_class else t, name)
         if verdict is None:
             return _verdict(self._listed_dynamically(obj, t, name))
+        if verdict is Verdict.IF_ABSENT:
+            return _verdict(not (isinstance(d, dict) and name in d))
         return verdict
 
     def decide_attribute(self, obj: Any, name: str) -> Verdict:
@@ -211,6 +241,9 @@ class AttributeRules(FacadeResolver):
             return _verdict(self._listed_dynamically(obj, t, name))
         if verdict is Verdict.IF_KEY:
             return _verdict(name in obj)
+        if verdict is Verdict.IF_ABSENT:
+            d = getattr(obj, "__dict__", None)
+            return _verdict(not (type(d) is dict and name in d))
         return verdict
 
     def guarded_getattr(self, obj: Any, name: Any) -> Any:
@@ -359,8 +392,8 @@ class AttributeRules(FacadeResolver):
                 by_name = self._owned_name_verdict(name)
                 if by_name is None:
                     by_name = self._owned_class_verdict(t, name)
-                if by_name is Verdict.ALLOW:
-                    verdict = Verdict.ALLOW
+                if by_name is Verdict.ALLOW or by_name is Verdict.IF_ABSENT:
+                    verdict = by_name
                 elif self._instance_name_ok(name):
                     verdict = Verdict.IF_OWN_ATTRIBUTE
                 else:
@@ -420,13 +453,12 @@ class AttributeRules(FacadeResolver):
             self._decisions[(t, name)] = verdict
         return verdict
 
-    def _instance_name_ok(self, name: str) -> bool:
-        """May an attribute of this name be read from the sandbox object's own __dict__?"""
-        if name.startswith("__"):
-            return name in _STR_DUNDERS or name in _CALL_DUNDERS
-        if name.startswith("_") and name.endswith("_") and len(name) > 1:
-            return False
-        return not self._deny.denies(name.lstrip("_"))
+    @staticmethod
+    def _instance_name_ok(name: str) -> bool:
+        """May an attribute of this name be read from the sandbox object's own __dict__ when the
+        classes did not decide? Public names only: a ``_private`` name is decided by the classes
+        (:meth:`_owned_class_verdict`)."""
+        return not name.startswith("_")
 
     def _fallback_getattr_reviewed(self, t: type) -> bool:
         """A name no class defines reaches ``__getattr__``: only the reviewed ones (nn.Module's
