@@ -53,6 +53,9 @@ def test_shipped_policy_resolves():
         ('reviewed = ["torch.nn.modules.module.Module",', 'reviewed = ["torch.nn.modules.mod.Module",',
          "torch.nn.modules.mod.Module"),
         ('[modules."torch.nn.init"]', '[modules."torch.nn.initialisers"]', "torch.nn.initialisers"),
+        ('"types.MappingProxyType" = [', '"types.MappingProxyTypo" = [', "types.MappingProxyTypo"),
+        ('[types."pipewarden.sandbox.runtime.objects.SandboxLogger"]', '[types."pipewarden.sandbox.runtime.SandboxLog"]',
+         "pipewarden.sandbox.runtime.SandboxLog"),
     ],
 )
 def test_renamed_class_path_or_module_refuses_to_load(old, new, named):
@@ -91,6 +94,8 @@ def test_class_deleted_from_the_library_refuses_to_load(monkeypatch):
         ('[types."torch.device"]\n', '[types."torch.device"]\nclass-methods-from = ["torch"]\n', "class-methods-from"),
         ("max_range = 100_000_000\n", "max_range = 100_000_000\nmax_rnage = 5\n", "max_rnage"),
         ("[no_construct]\n", "[no_construct]\nbase = []\n", "base"),
+        ("[dunders]\n", "[dunders]\nattributes = [\"__dict__\"]\n", "attributes"),
+        ("[implementations.replace]\n", "[implementations.guards]\n[implementations.replace]\n", "guards"),
     ],
 )
 def test_unknown_key_refuses_to_load(old, new, key):
@@ -108,6 +113,8 @@ def test_unknown_key_refuses_to_load(old, new, key):
         ('deepcopy = "deepcopy-reviewed" }', 'deepcopy = "deepcopy" }', "deepcopy"),
         ('from_config = "config-dict-only"', 'from_config = "config-dict"', "config-dict"),
         ("[modules.gc]\n", "[modules.gc]\nconstants = 1\n", "constants"),
+        ('calls = ["__init__", "__call__", "__post_init__"]', 'calls = ["__init__", "__call__", "_post_init"]', "_post_init"),
+        ("str = [", "str = 5\nstr_ = [", "values.str"),
         ('[types."torch.device"]\n', '[types."torch.device ; x"]\n', "torch.device ; x"),
     ],
 )
@@ -413,3 +420,24 @@ def test_classes_from_package_without_generated_list_refuses_to_load():
     policy = load_policy_bytes(_copy("[modules.numbers]\n", "[modules.numbers]\nclasses_from = [\"numbers\"]\n"))
     with pytest.raises(PolicyError, match="no generated name list"):
         resolve_policy(policy)
+
+
+def test_plain_value_types_admit_only_listed_attributes():
+    """[values] lists each plain type's attributes: a name it does not list (as a method a later
+    Python adds would be) is refused on the value and on the type; snapshots read as their base."""
+    from pipewarden.sandbox.runtime import Sandbox, Verdict
+    from pipewarden.sandbox.runtime.snapshots import _private_copy
+
+    box = Sandbox(default_policy(), "values_listed")
+    assert box.decide_attribute("text", "upper") is Verdict.ALLOW
+    assert box.decide_attribute(str, "maketrans") is Verdict.ALLOW
+    assert box.decide_attribute(3, "bit_length") is Verdict.ALLOW
+    snapshot = _private_copy({"sample_size": 8})  # a host config handed out read-only
+    assert box.decide_attribute(snapshot, "sample_size") is Verdict.ALLOW
+    assert box.decide_attribute(snapshot, "keys") is Verdict.ALLOW
+    assert box.decide_attribute(snapshot, "not_a_key") is Verdict.NOT_LISTED
+    policy = load_policy_bytes(_copy('"translate", "upper", "zfill"]\nbytes', '"translate", "zfill"]\nbytes'))
+    box = Sandbox(policy, "values_trimmed")
+    assert box.decide_attribute("text", "upper") is Verdict.NOT_LISTED
+    assert box.decide_attribute(str, "upper") is Verdict.NOT_LISTED
+    assert box.decide_attribute("text", "lower") is Verdict.ALLOW

@@ -123,6 +123,9 @@ class SandboxPolicy:
     builtin_bases: tuple[str, ...] = ()
     reviewed_getattr: tuple[str, ...] = ()
     argument_guards: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: ``[dunders]``: dunder attributes readable at run time (strings / host initialisers and call)
+    string_dunders: frozenset[str] = frozenset()
+    call_dunders: frozenset[str] = frozenset()
     #: ``[implementations.replace]``: replacement name -> dotted path of its factory
     replacement_impls: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: ``[implementations.argument_guards]``: guard name -> dotted path of the guard
@@ -363,6 +366,13 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
     refused_builtins = frozenset(builtins_.strs("refused"))
     max_range = builtins_.integer("max_range")
     builtins_.done()
+    dunders = top.table("dunders", required=True)
+    string_dunders = frozenset(dunders.strs("strings", required=True))
+    call_dunders = frozenset(dunders.strs("calls", required=True))
+    dunders.done()
+    for name in string_dunders | call_dunders:
+        if not (name.startswith("__") and name.endswith("__") and name[2:-2].isidentifier()):
+            raise _fail(f"policy: dunders: {name!r} is not a dunder name")
     comp = top.table("compile", required=True)
     allowed_def_names = frozenset(comp.strs("allowed_def_names", required=True))
     allowed_dunder_attrs = frozenset(comp.strs("allowed_dunder_attrs", required=True))
@@ -435,6 +445,8 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         builtin_bases=builtin_bases,
         reviewed_getattr=reviewed_getattr,
         argument_guards=MappingProxyType(argument_guards),
+        string_dunders=string_dunders,
+        call_dunders=call_dunders,
         replacement_impls=MappingProxyType(replacement_impls),
         argument_guard_impls=MappingProxyType(argument_guard_impls),
     )

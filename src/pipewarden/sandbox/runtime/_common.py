@@ -30,9 +30,6 @@ _FORBIDDEN_VALUE_TYPES: frozenset[type] = frozenset(
     }
 )
 _WRITABLE_CONTAINERS: frozenset[type] = frozenset({list, dict, set, bytearray})
-# Dunder attribute reads admitted at run time (compile time admits only the policy's idioms).
-_STR_DUNDERS = frozenset({"__name__", "__qualname__", "__doc__", "__version__", "__module__"})
-_CALL_DUNDERS = frozenset({"__init__", "__call__", "__post_init__"})
 _CLASS_NS_DUNDERS = frozenset(
     {"__module__", "__qualname__", "__classcell__", "__doc__", "__annotations__", "__orig_bases__", "__slots__"}
 )

@@ -18,9 +18,7 @@ from typing import Any
 
 from pipewarden.sandbox.policy import TypeRule
 from pipewarden.sandbox.runtime._common import (
-    _CALL_DUNDERS,
     _FORBIDDEN_VALUE_TYPES,
-    _STR_DUNDERS,
     _WRITABLE_CONTAINERS,
     _is_unbound_method,
     _static_lookup,
@@ -30,7 +28,6 @@ from pipewarden.sandbox.runtime._common import (
 from pipewarden.sandbox.runtime.argguards import _first_field_check, _reviewed_property
 from pipewarden.sandbox.runtime.facades import FacadeResolver
 from pipewarden.sandbox.runtime.objects import (
-    _LOGGER_METHODS,
     ClassRef,
     ClassView,
     DeniedName,
@@ -155,11 +152,10 @@ class AttributeRules(FacadeResolver):
                     return True
         return False
 
-    @staticmethod
-    def _owned_name_verdict(name: str) -> Verdict | None:
+    def _owned_name_verdict(self, name: str) -> Verdict | None:
         """The name-only part of the rules for the sandbox's own objects (None: undecided)."""
         if name.startswith("__"):
-            return _verdict(name in _STR_DUNDERS or name in _CALL_DUNDERS)
+            return _verdict(name in self.policy.string_dunders or name in self.policy.call_dunders)
         if name.endswith("_") and name.startswith("_"):
             return Verdict.NOT_LISTED
         return None
@@ -280,7 +276,7 @@ class AttributeRules(FacadeResolver):
         t_value = type(value)
         if t_value in _FORBIDDEN_VALUE_TYPES or t_value is types.BuiltinFunctionType:
             self.check_value(value, f"{_tname(obj)}.{name}")
-        if name in _STR_DUNDERS and not isinstance(value, (str, type(None))):
+        if name in self.policy.string_dunders and not isinstance(value, (str, type(None))):
             raise _violation(f"{name} of a {_tname(obj)} is not a string", "attribute.dunder")
         guard = self.policy.argument_guards.get(name)
         if guard is not None and callable(value):
@@ -296,7 +292,7 @@ class AttributeRules(FacadeResolver):
             target_self = obj.__self__
             _first_field_check(target_self, f"{_tname(target_self)}.__post_init__")
         if isinstance(obj, type) and not self.owns(obj):
-            if name in _CALL_DUNDERS and t is not super:
+            if name in self.policy.call_dunders and t is not super:
                 return self._owned_self_only(value, f"{_tname(obj)}.{name}")
             if _is_unbound_method(obj, name):
                 return self._unbound_guard(obj, name, value)
@@ -381,7 +377,7 @@ class AttributeRules(FacadeResolver):
         elif t is ClassRef or t is KeyCheckedClass:
             verdict = Verdict.NOT_LISTED
         elif t is SandboxLogger:
-            verdict = _verdict(name in _LOGGER_METHODS)
+            verdict = _verdict(self._listed_by_type_rules(t, name))
         elif t is DeniedName:
             raise object.__getattribute__(obj, "_refuse")()
         elif self.owns(obj):
@@ -404,15 +400,15 @@ class AttributeRules(FacadeResolver):
             self_obj = obj.__self__
             if self_obj is None or not self.owns(self_obj):
                 verdict = Verdict.NOT_LISTED
-            elif name in _CALL_DUNDERS:
+            elif name in self.policy.call_dunders:
                 verdict = Verdict.ALLOW
             else:
                 verdict = self._owned_verdict(self_obj, type(self_obj), name)
             cacheable = False
         elif name.startswith("__"):
-            if name in _STR_DUNDERS:
+            if name in self.policy.string_dunders:
                 verdict = Verdict.ALLOW
-            elif name in _CALL_DUNDERS:
+            elif name in self.policy.call_dunders:
                 verdict = _verdict(isinstance(obj, type) or name == "__call__")
             else:
                 verdict = Verdict.NOT_LISTED

@@ -369,11 +369,6 @@ class SandboxLogger:
         return bool(real.isEnabledFor(int(level)))
 
 
-_LOGGER_METHODS = frozenset(
-    {"debug", "info", "warning", "warn", "warning_once", "error", "exception", "critical", "setLevel", "isEnabledFor"}
-)
-
-
 class _WriteProxy:
     """``_write_`` result for tensors/arrays: item assignment and a few tensor attributes only."""
 
