@@ -432,9 +432,10 @@ class AttributeRules(FacadeResolver):
             else:
                 verdict = _verdict(self._listed_by_type_rules(obj, name))
         elif isinstance(obj, (types.FunctionType, types.BuiltinFunctionType, types.MethodType, functools.partial)):
-            verdict = _verdict(isinstance(obj, functools.partial) and name in ("func", "args", "keywords"))
+            # functions and methods expose nothing; functools.partial what [types."functools.partial"] lists
+            verdict = _verdict(isinstance(obj, functools.partial) and self._listed_by_type_rules(t, name))
         elif isinstance(obj, types.GeneratorType):
-            verdict = _verdict(name in ("send", "close"))
+            verdict = _verdict(self._listed_by_type_rules(t, name))
         elif isinstance(obj, tuple) and (
             name in (getattr(t, "_fields", None) or ()) or name in (getattr(t, "__match_args__", None) or ())
         ):
