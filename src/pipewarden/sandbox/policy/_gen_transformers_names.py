@@ -110,9 +110,9 @@ def collect() -> tuple[str, list[str]]:
                     variants(cls, name)
     for path in _RESULTS:
         admitted.add(resolve_class_path(path))
-    for rule in default_policy().types:
-        if rule.type_path.split(".")[0] == "transformers":
-            admitted.add(resolve_class_path(rule.type_path))
+    for type_rule in default_policy().types:
+        if type_rule.type_path.split(".")[0] == "transformers":
+            admitted.add(resolve_class_path(type_rule.type_path))
     return transformers.__version__, sorted({_path(c) for c in admitted if not c.__name__.startswith("_")})
 
 

@@ -237,11 +237,11 @@ def _generated_names(policy: SandboxPolicy, missing: list[str]) -> dict[str, Gen
                 names.package, generator,
             )
         found[names.package] = names
-    for rule in policy.modules.values():
-        for package in rule.classes_from:
+    for module_rule in policy.modules.values():
+        for package in module_rule.classes_from:
             top = package.split(".")[0]
             if _installed(top) and top not in found:
-                missing.append(f"modules.{rule.name}.classes_from: {package} (no generated name list)")
+                missing.append(f"modules.{module_rule.name}.classes_from: {package} (no generated name list)")
     for type_rule in policy.types:
         for prefix in type_rule.class_methods_from:
             top = prefix.split(".")[0]
