@@ -1,5 +1,8 @@
 """CI without torch: audit, verify, lock, allowlist (and keygen, sign, doctor) never import torch.
 
+``verify`` of an OpenSSF model-signing key signature is included: it needs neither torch nor the
+``model-signing`` extra (the signature is made with the library in the fixture, outside the runner).
+
 Each command runs in a fresh interpreter where importing torch, diffusers, transformers, numpy,
 PIL or safetensors fails (as in an install without the ``run`` extra); the command must still do
 its job, and none of those modules may be in ``sys.modules`` afterwards.
@@ -57,6 +60,22 @@ def workspace(tmp_path_factory, tiny_weights):
     root = tmp_path_factory.mktemp("notorch")
     write_example_pipeline(root / "my_pipeline")
     shutil.copytree(tiny_weights, root / "weights")
+    # An OpenSSF model-signing key signature (made here with the model-signing library).
+    import model_signing
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import (
+        Encoding,
+        NoEncryption,
+        PrivateFormat,
+        PublicFormat,
+    )
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    (root / "ml.pem").write_bytes(key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption()))
+    (root / "ml.pub.pem").write_bytes(key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    write_example_pipeline(root / "ms_pipeline")
+    model_signing.signing.Config().use_elliptic_key_signer(private_key=root / "ml.pem").sign(
+        root / "ms_pipeline", root / "ms_pipeline" / "model.sig")
     return root
 
 
@@ -70,6 +89,9 @@ def test_commands_for_ci_never_import_torch(workspace):
         ("allowlist", "show", "org.toml"),
         ("sign", "my_pipeline", "--key", "keys/alice.key"),
         ("verify", "my_pipeline", "--allowlist", "org.toml", "--source", "my_pipeline"),
+        ("allowlist", "add-signer", "ms.toml", "--name", "ml", "--model-signing-key", "ml.pub.pem"),
+        ("allowlist", "allow", "ms.toml", "--source", "local:**", "--signers", "ml", "--threshold", "1"),
+        ("verify", "ms_pipeline", "--allowlist", "ms.toml", "--source", "ms_pipeline"),
         ("lock", "--weights", "weights", "--custom-pipeline", "my_pipeline", "--out", "pipewarden.lock"),
         ("doctor", "--json"),
     ]

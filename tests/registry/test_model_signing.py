@@ -725,3 +725,14 @@ def test_weights_in_the_signed_directory_are_pinned_by_the_signature(model_dir, 
         pipewarden.load_pipeline(model_dir, custom_pipeline=model_dir, trust_remote_code=True, allowlist=path,
                                  isolation=isolation, on_gate=swap_after_admission)
     assert info.value.rule == "weights.digest-mismatch" and "model_index.json" in info.value.what
+
+
+def test_the_number_of_model_signing_signature_files_is_bounded(model):
+    from pipewarden.loader.local import resolve_local_code
+
+    for i in range(17):
+        (model / f"s{i}.model.sig").write_text("{}")
+    with pytest.raises(InputError, match="17 model-signing signature files"):
+        resolve_local_code(model)
+    (model / "s16.model.sig").unlink()
+    assert len(resolve_local_code(model).model_signatures) == 16

@@ -50,6 +50,7 @@ WEIGHT_PATTERNS: tuple[str, ...] = ("*.safetensors", "*.json", "*/merges.txt", "
 MAX_SOURCE_BYTES = 4 * 1024 * 1024
 MAX_SIGNATURE_BYTES = 1024 * 1024
 MAX_MODEL_SIGNATURE_BYTES = 4 * 1024 * 1024
+MAX_MODEL_SIGNATURE_FILES = 16
 #: Bounds on what a code repo may make us download (its non-LFS files; LFS files are never fetched).
 MAX_CODE_FILES = 10_000
 MAX_CODE_DOWNLOAD_BYTES = 256 * 1024 * 1024
@@ -296,6 +297,12 @@ def _resolve_hub_code(repo_id: str, revision: str | None, token: Any, settings: 
                 rule="code.repo-too-large",
                 fix="keep the pipeline in a small repo of its own",
             )
+    if sum(1 for rel in expected if _is_model_signature_file(rel)) > MAX_MODEL_SIGNATURE_FILES:
+        raise InputError(
+            f"{repo_id}@{commit} holds more than {MAX_MODEL_SIGNATURE_FILES} model-signing signature files",
+            rule="file.too-large",
+            fix="keep one model.sig / NAME.model.sig per signer",
+        )
     if MODULE_FILE not in expected:
         raise InputError(
             f"{repo_id}@{commit} has no {MODULE_FILE}" + (" in the cache" if settings.offline else ""),

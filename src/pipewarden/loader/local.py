@@ -44,6 +44,7 @@ def _is_model_signature_file(relpath: str) -> bool:
 
 
 MAX_MODEL_SIGNATURE_BYTES = 4 * 1024 * 1024
+MAX_MODEL_SIGNATURE_FILES = 16
 
 
 def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
@@ -87,6 +88,12 @@ def resolve_local_code(path: str | os.PathLike[str]) -> CodeSource:
     files[module] = digest  # the digest of the bytes we keep, not of a second read
     sig_path = root / sig_name
     signature_bytes = _read_small(sig_path) if os.path.lexists(sig_path) else None
+    if len(model_sig_names) > MAX_MODEL_SIGNATURE_FILES:
+        raise InputError(
+            f"{root} holds {len(model_sig_names)} model-signing signature files (at most {MAX_MODEL_SIGNATURE_FILES})",
+            rule="file.too-large",
+            fix="keep one model.sig / NAME.model.sig per signer",
+        )
     model_signatures = {rel: _read_small(root / rel, MAX_MODEL_SIGNATURE_BYTES) for rel in model_sig_names}
     return CodeSource(
         kind="local",
