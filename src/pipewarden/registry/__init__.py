@@ -5,7 +5,8 @@ decision is :class:`~pipewarden.registry.admission.Admission` (kill switch -> op
 allowlist (source + signatures) -> lock -> pin, for code and then weights), the only creator of
 ``AdmittedCode`` / ``AdmittedWeights``. Trusts: its parsed inputs (allowlist and lock file TOML
 are parsed strictly into frozen objects; signature files are verified Ed25519 over canonical
-manifests), the process environment (kill switch, ``$PIPEWARDEN_ALLOWLIST``,
+manifests, or OpenSSF model-signing bundles verified by ``modelsign``: ECDSA keys, or Sigstore
+certificates against a pinned local trust root), the process environment (kill switch, ``$PIPEWARDEN_ALLOWLIST``,
 ``$PIPEWARDEN_STATE_DIR``) and the digests the loader computed (as claims it compares).
 
 Public API (re-exported here)::
@@ -14,7 +15,8 @@ Public API (re-exported here)::
         .admit_code(code) -> AdmittedCode ; .admit_weights(snapshot) -> AdmittedWeights
 
     Allowlist.load(path) / Allowlist.from_bytes(b)       -> frozen, validated allowlist
-    verify_signed_files(files, signature_bytes, allowlist, source, *, now) -> SignatureVerdict
+    verify_signed_files(files, signature_bytes, allowlist, source, *, now, model_signatures=None)
+                                                          -> SignatureVerdict
     verify_dir(dir, allowlist, source, now=None)          -> SignatureVerdict
     sign_dir(dir, key, *, source=None, expires=None)      -> path of the signature file
     Lockfile.load(path), LockEntry.check_files(actual, what=...), write_lock(path, entries)
