@@ -46,6 +46,11 @@ def test_computed_name_refusal_is_reported_at_its_line(computed):
     assert computed["completed"] is False and computed["stage"] == "call"
     assert [(r["rule"], r["line"]) for r in computed["refusals"]] == [("facade.not-allowlisted", line)]
     assert "torch.load" in computed["refusals"][0]["what"]
+    # the chain of calls that led there, outermost first: __call__, then _weights_loader
+    assert computed["refusals"][0]["via"] == [
+        marked_line("computed_name_load.py", "extra = self._weights_loader()"),
+        marked_line("computed_name_load.py", "return _lookup(torch, _PARTS)"),
+    ]
     assert computed["failure"]["rule"] == "facade.not-allowlisted" and computed["failure"]["line"] == line
     assert computed["plan"] == {"unet": "UNet2DModel", "scheduler": "scheduler:DDPMScheduler"}
 
@@ -102,7 +107,8 @@ def answer(**overrides) -> dict:
     base = {
         "kind": "audit", "class_name": "P", "stage": "call", "completed": False, "no_components": None,
         "failure": {"error": "PolicyViolation", "rule": "facade.not-allowlisted", "what": "torch.load", "line": 9},
-        "refusals": [{"rule": "facade.not-allowlisted", "what": "torch.load", "error": "PolicyViolation", "line": 9}],
+        "refusals": [{"rule": "facade.not-allowlisted", "what": "torch.load", "error": "PolicyViolation", "line": 9,
+                      "via": [20, 14]}],
         "coverage": {"executable": [1, 2, 9, 10], "run": [1, 2, 9]},
         "plan": {"unet": "UNet2DModel"}, "method": "__call__", "seconds": 1.5,
     }
@@ -131,6 +137,8 @@ def test_answer_parses_into_frozen_types():
     {"seconds": float("nan")},
     {"plan": {"not a name": "x"}},
     {"refusals": "many"},
+    {"refusals": [{"rule": "facade.not-allowlisted", "what": "x", "error": "E", "line": 1, "via": [1] * 17}]},
+    {"refusals": [{"rule": "facade.not-allowlisted", "what": "x", "error": "E", "line": 1, "via": ["1"]}]},
 ])
 def test_malformed_answers_are_refused(bad):
     with pytest.raises(WorkerError) as info:
@@ -157,6 +165,7 @@ def test_findings_for_a_refusal_that_ended_the_run():
         ("PW060", "error", 9, "facade.not-allowlisted", "dynamic")
     ]
     assert "ended the run" in found[0].message and "torch.load" in found[0].message
+    assert "(reached from lines 20, 14)" in found[0].message
 
 
 def test_findings_for_a_swallowed_refusal_a_limit_and_a_pipeline_error():

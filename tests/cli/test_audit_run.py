@@ -119,8 +119,11 @@ def test_text_shape(report):
 
     lines = render_text(report).splitlines()
     line = marked_line("computed_name_load.py", "REFUSED-HERE")
+    via = (marked_line("computed_name_load.py", "extra = self._weights_loader()"),
+           marked_line("computed_name_load.py", "return _lookup(torch, _PARTS)"))
     assert any(x.endswith(f"computed_name_load.py:{line}:1: PW060 error: refused at run time: torch.load is not "
-                          "available in the sandbox [facade.not-allowlisted]; this ended the run") for x in lines)
+                          "available in the sandbox [facade.not-allowlisted] (reached from lines "
+                          f"{via[0]}, {via[1]}); this ended the run") for x in lines)
     never = marked_line("swallowed_refusal.py", "NEVER-RUN")
     assert any("swallowed_refusal.py: run: completed; coverage " in x and x.endswith(f"; not run: {never}") for x in lines)
     assert lines[-1] == "Audited 4 files: 2 errors, 1 warnings, 2 notes."

@@ -122,9 +122,11 @@ def outcome_findings(outcome: Any) -> list[Finding]:
         ended = end is not None and (end.rule, end.what, end.line) == (refusal.rule, refusal.what, refusal.line)
         ended_by_refusal = ended_by_refusal or ended
         tail = "; this ended the run" if ended else "; the pipeline caught the refusal and went on"
+        via = f" (reached from line{'s' if len(refusal.via) > 1 else ''} {', '.join(map(str, refusal.via))})" \
+            if refusal.via else ""
         findings.append(_finding(
             "PW060",
-            f"refused at run time: {refusal.what} [{refusal.rule}]{_where(refusal.line, outcome.stage)}{tail}",
+            f"refused at run time: {refusal.what} [{refusal.rule}]{via}{_where(refusal.line, outcome.stage)}{tail}",
             refusal.line, refusal.rule,
         ))
     if end is not None and not ended_by_refusal:

@@ -37,6 +37,7 @@ from typing import Any
 from pipewarden.errors import IntegrityError, PipewardenError
 
 _MAX_REFUSALS = 64
+_MAX_VIA = 16
 _MAX_TEXT = 600
 _ALLOC_MARKERS = ("can't allocate memory", "not enough memory", "out of memory", "cannot allocate memory")
 
@@ -49,6 +50,9 @@ class Recorder:
         self.lines: set[int] = set()
         # (exception, line) in the order first seen; the reference keeps ids unique.
         self.refusals: list[tuple[PipewardenError, int]] = []
+        # For each refusal, the lines of the vetted module's outer frames that led to it
+        # (outermost first): the chain of calls from ``__call__`` down to the refused line.
+        self.via: dict[int, tuple[int, ...]] = {}
         self._seen: set[int] = set()
         # The latest other exception and the line where it first reached the vetted module (for a
         # module body that failed: the sandbox reports that as a fresh ScanError without frames).
@@ -68,9 +72,19 @@ class Recorder:
                 if id(exc) not in self._seen and len(self.refusals) < _MAX_REFUSALS:
                     self._seen.add(id(exc))
                     self.refusals.append((exc, int(frame.f_lineno or 0)))
+                    self.via[id(exc)] = self._callers(frame)
             elif exc is not None and (self.last_error is None or self.last_error[0] is not exc):
                 self.last_error = (exc, int(frame.f_lineno or 0))
         return self.local_trace
+
+    def _callers(self, frame: Any) -> tuple[int, ...]:
+        lines: list[int] = []
+        outer = frame.f_back
+        while outer is not None and len(lines) < _MAX_VIA:
+            if outer.f_code.co_filename == self.filename:
+                lines.append(int(outer.f_lineno or 0))
+            outer = outer.f_back
+        return tuple(reversed(lines))
 
     def line_of(self, exc: BaseException) -> int:
         """The line where ``exc`` first reached the vetted module (0: it never did)."""
@@ -172,6 +186,7 @@ def run_audit(
             "what": _short(exc.what),
             "error": type(exc).__name__,
             "line": line,
+            "via": list(recorder.via.get(id(exc), ())),
         }
         for exc, line in recorder.refusals
     ]

@@ -162,6 +162,7 @@ class AuditRefusal:
     what: str
     error: str
     line: int
+    via: tuple[int, ...] = ()  # lines of the file's outer frames that led there, outermost first
 
 
 @dataclass(frozen=True)
@@ -242,9 +243,13 @@ def _parse_audit(h: Mapping[str, Any]) -> AuditOutcome:
     for item in raw_refusals:
         if not isinstance(item, dict):
             raise _bad("audit refusal")
+        via = item.get("via", [])
+        if not isinstance(via, list) or len(via) > 16:
+            raise _bad("audit refusal via")
         refusals.append(AuditRefusal(_rule(item.get("rule"), "refusal rule"), _text(item.get("what"), "refusal what"),
                                      _text(item.get("error"), "refusal error", limit=64),
-                                     _line(item.get("line"), "refusal line")))
+                                     _line(item.get("line"), "refusal line"),
+                                     tuple(_line(v, "refusal via") for v in via)))
     coverage = h.get("coverage")
     executable: tuple[int, ...] | None = None
     run: tuple[int, ...] = ()
