@@ -172,3 +172,8 @@ def test_the_dynamic_rules_are_registered():
     ids = {r.id for r in audit_rules.RULES}
     assert {"PW060", "PW061", "PW062", "PW063", "PW064"} <= ids
     assert audit_rules.rule("PW063").severity == "warning" and audit_rules.rule("PW060").severity == "error"
+
+
+def test_run_timeout_without_run_is_a_usage_error(run_dir, capsys):
+    assert main(["audit", "--run-timeout", "5", str(run_dir / "one_step_unet.py")]) == 2
+    assert "--run-timeout applies to --run only" in capsys.readouterr().err

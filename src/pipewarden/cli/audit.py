@@ -140,6 +140,9 @@ def run(args: argparse.Namespace) -> int:
 
         if default_cache_path() is not None:
             cache = AuditCache(options)
+    if args.run_timeout is not None and not args.run:
+        raise InputError("--run-timeout applies to --run only", rule="cli.bad-argument",
+                         fix="add --run, or drop --run-timeout")
     if args.run:
         from pipewarden.audit.dynamic import require_run_extra, run_paths
         from pipewarden.limits import Limits
