@@ -202,3 +202,16 @@ def test_a_module_body_that_raises_is_not_a_refusal_and_keeps_its_line():
     assert answer["failure"]["rule"] == "exec.module-body" and answer["failure"]["line"] == 4
     [f] = outcome_findings(parse(Frame(answer, b"")))
     assert (f.rule, f.severity, f.line) == ("PW062", "warning", 4) and "ZeroDivisionError" in f.message
+
+
+def test_text_lists_not_run_lines_as_ranges_and_caps_long_lists():
+    from pipewarden.audit.dynamic import Coverage, DynamicRun
+    from pipewarden.audit.format import _run_text, line_ranges
+
+    assert line_ranges([1, 2, 3, 7, 9, 10]) == "1-3, 7, 9-10" and line_ranges([]) == ""
+    short = DynamicRun("completed", coverage=Coverage((1, 2, 3, 5, 6), (1, 5)))
+    assert _run_text(short) == "completed; coverage 2/5 lines (40 %); not run: 2-3, 6"
+    executable = tuple(range(1, 201))
+    ran = tuple(range(1, 201, 2))  # every other line: 100 single-line gaps
+    text = _run_text(DynamicRun("not-completed", coverage=Coverage(executable, ran)))
+    assert text.endswith(", 80, ... (60 more lines; --format json lists them all)")

@@ -79,6 +79,15 @@ def line_ranges(lines: Sequence[int]) -> str:
     return ", ".join(parts)
 
 
+#: How many ranges of not-run lines the text format shows per file (JSON and SARIF list them all).
+_TEXT_RANGES = 40
+
+
+def _range_len(text: str) -> int:
+    first, _, last = text.partition("-")
+    return int(last) - int(first) + 1 if last else 1
+
+
 def _run_text(run: DynamicRun) -> str:
     text = run.status
     if run.reason and run.status in ("not-run", "stopped", "no-components"):
@@ -87,7 +96,12 @@ def _run_text(run: DynamicRun) -> str:
         cov = run.coverage
         text += f"; coverage {len(cov.run)}/{len(cov.executable)} lines ({cov.percent:g} %)"
         if cov.not_run:
-            text += f"; not run: {line_ranges(cov.not_run)}"
+            ranges = line_ranges(cov.not_run).split(", ")
+            shown = ", ".join(ranges[:_TEXT_RANGES])
+            if len(ranges) > _TEXT_RANGES:
+                rest = len(cov.not_run) - sum(_range_len(r) for r in ranges[:_TEXT_RANGES])
+                shown += f", ... ({rest} more lines; --format json lists them all)"
+            text += f"; not run: {shown}"
     if run.inactive_layers:
         text += f"; isolation layers not active: {', '.join(run.inactive_layers)}"
     return text
