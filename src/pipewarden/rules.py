@@ -234,6 +234,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("worker.source-mismatch", "isolation", "the worker re-verifies every digest of its load request before use"),
     ("worker.start", "isolation", "the fork server starts a fresh worker per pipeline"),
     ("worker.unverified-source", "isolation", "only verified, admitted source is sent to a worker"),
+    ("wire.attribute-name", "isolation", "worker-chosen names that host code could turn into attributes or keywords (config keys, output fields, component and callback tensor names) are public identifiers"),
     ("wire.framing", "isolation", "worker messages are length-prefixed JSON + safetensors frames"),
     ("wire.malformed-message", "isolation", "worker messages have a fixed schema, validated on receipt"),
     ("wire.malformed-value", "isolation", "worker results are JSON trees with safetensors tensors, validated on receipt"),

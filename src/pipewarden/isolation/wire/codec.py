@@ -7,6 +7,14 @@ dataclasses (``BaseOutput``), torch dtypes and devices, and (host -> worker only
 
 ``decode`` treats its input as hostile: every node is validated (type tags, names, depth, node
 count, tensor references) and any deviation raises ``WorkerError``.
+
+Names the worker chooses never become attributes of host objects unchecked: output classes are
+an allowlist (diffusers' own, by name; any other output is an :class:`IsolatedOutput`, one fixed
+host class, never a class built per name), outputs are built here field by field and never by
+diffusers' ``BaseOutput.__post_init__`` (which spreads a dict first field into attributes), and
+a field or spread key becomes an attribute only if it is a public identifier that names nothing
+the class defines (``to_tuple``, ``keys``, ...); any other spread key stays an item
+(``out["key"]``). Decoded dicts stay plain dicts: item-only.
 """
 
 from __future__ import annotations
@@ -24,10 +32,8 @@ MAX_DEPTH = 32
 MAX_NODES = 200_000
 #: Wall-clock budget for decoding one message on the host (checked every 1024 nodes).
 MAX_DECODE_SECONDS = 10.0
-#: Output dataclasses not in diffusers' own table that one message may name (each costs a class).
-MAX_CUSTOM_OUTPUTS_PER_MESSAGE = 4
-#: Generated output classes kept for reuse (least recently used dropped first).
-MAX_CACHED_OUTPUT_CLASSES = 64
+#: Fields one output dataclass may have.
+MAX_OUTPUT_FIELDS = 64
 #: Torch dtypes that have a numpy equivalent (ndarray and image results).
 _NUMPY_DTYPES = frozenset({"bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64"})
 _IMAGE_MODES = {"L": 2, "RGB": 3, "RGBA": 3}
@@ -47,12 +53,28 @@ def _malformed(what: str) -> WorkerError:
 
 
 def _ident(name: object) -> bool:
+    """A public identifier (no leading underscore, no keyword, at most 128 characters)."""
     return (
         isinstance(name, str)
         and name.isidentifier()
         and not name.startswith("_")
         and not keyword.iskeyword(name)
         and len(name) <= 128
+    )
+
+
+public_name = _ident
+
+
+def attribute_name_refused(what: str, name: object) -> WorkerError:
+    """The refusal for a worker-chosen name that would become a host attribute or keyword."""
+    return WorkerError(
+        f"the worker sent {what} named {str(name)[:80]!r}, which would become an attribute or keyword "
+        "argument of a host object",
+        rule="wire.attribute-name",
+        fix="names that cross the process boundary as attributes (output fields, config keys, component "
+        "and callback tensor names) must be public Python identifiers: rename it in the pipeline, or "
+        'load code you reviewed with isolation="inprocess"',
     )
 
 
@@ -263,21 +285,18 @@ class Decoder:
     def _output(self, node: dict, depth: int) -> Any:
         name = node.get("cls")
         fields = node.get("fields")
-        if not _ident(name) or not isinstance(fields, dict) or not all(_ident(k) for k in fields):
+        if not _ident(name) or not isinstance(fields, dict):
             raise _malformed("bad output class")
-        if len(fields) > 64:
+        if len(fields) > MAX_OUTPUT_FIELDS:
             raise _malformed("output class with too many fields")
+        for key in fields:
+            if not _ident(key):
+                raise attribute_name_refused("an output field", key)
         values = {k: self.decode(v, depth + 1) for k, v in fields.items()}
         cls = _known_output_class(str(name), tuple(values))
         if cls is None:
-            self._custom_outputs.add((str(name), tuple(values)))
-            if len(self._custom_outputs) > MAX_CUSTOM_OUTPUTS_PER_MESSAGE:
-                raise _malformed(f"more than {MAX_CUSTOM_OUTPUTS_PER_MESSAGE} custom output classes in one message")
-            cls = _output_class(str(name), tuple(values))
-        try:
-            return cls(**values)
-        except (TypeError, ValueError):
-            raise _malformed("output fields do not fit the output class") from None
+            return build_output(isolated_output_class(), values, class_name=str(name))
+        return build_output(cls, values)
 
     def _generator(self, node: dict) -> Any:
         import torch
@@ -298,9 +317,9 @@ class Decoder:
 def _dtype(name: object) -> Any:
     import torch
 
-    if not isinstance(name, str) or not name.isidentifier():
+    if not _ident(name):
         raise _malformed("bad dtype")
-    value = getattr(torch, name, None)
+    value = vars(torch).get(str(name))  # never getattr: torch's module __getattr__ imports submodules by name
     if not isinstance(value, torch.dtype):
         raise _malformed("bad dtype")
     return value
@@ -314,7 +333,6 @@ _KNOWN_OUTPUTS = {
     "StableDiffusionXLPipelineOutput": ("diffusers.pipelines.stable_diffusion_xl", "StableDiffusionXLPipelineOutput"),
     "FluxPipelineOutput": ("diffusers.pipelines.flux", "FluxPipelineOutput"),
 }
-_MADE: OrderedDict[tuple[str, tuple[str, ...]], type] = OrderedDict()
 
 
 def _known_output_class(name: str, fields: tuple[str, ...]) -> type | None:
@@ -332,25 +350,93 @@ def _known_output_class(name: str, fields: tuple[str, ...]) -> type | None:
     return None
 
 
-def _output_class(name: str, fields: tuple[str, ...]) -> type:
-    """The host class for an output dataclass: a known diffusers one, else a generated BaseOutput.
+_ISOLATED: list[type] = []
+_RESERVED: dict[type, frozenset[str]] = {}
 
-    Generated classes are bounded: at most ``MAX_CUSTOM_OUTPUTS_PER_MESSAGE`` per message (see
-    ``Decoder``) and ``MAX_CACHED_OUTPUT_CLASSES`` kept, so a hostile worker cannot make the host
-    build or keep an unbounded number of classes.
+
+def isolated_output_class() -> type:
+    """The one host class for output dataclasses that are not diffusers' own (built once).
+
+    A ``BaseOutput`` (items, ``out[0]``, ``to_tuple()``, attribute access) without dataclass
+    fields of its own: the worker's fields are set on each instance by :func:`build_output`, and
+    the pipeline's class name is kept as data (``out.class_name``), never as a host class name.
     """
-    known = _known_output_class(name, fields)
-    if known is not None:
-        return known
-    key = (name, fields)
-    cls = _MADE.get(key)
-    if cls is not None:
-        _MADE.move_to_end(key)
-        return cls
+    if _ISOLATED:
+        return _ISOLATED[0]
     from diffusers.utils import BaseOutput
 
-    cls = dataclasses.make_dataclass(name, [(f, Any, None) for f in fields], bases=(BaseOutput,))
-    _MADE[key] = cls
-    while len(_MADE) > MAX_CACHED_OUTPUT_CLASSES:
-        _MADE.popitem(last=False)
-    return cls
+    @dataclasses.dataclass(eq=False)  # compared as the mappings they are
+    class IsolatedOutput(BaseOutput):
+        """The output of an isolated pipeline whose output class is not one of diffusers' own."""
+
+        def __post_init__(self) -> None:  # never spreads anything: build_output fills it
+            pass
+
+        @property
+        def class_name(self) -> str:
+            """The name of the pipeline's own output class (in the worker)."""
+            return str(self.__dict__.get("_pw_class_name", ""))
+
+        def __repr__(self) -> str:
+            inner = ", ".join(f"{k}={v!r}" for k, v in self.items())
+            return f"IsolatedOutput[{self.class_name}]({inner})"
+
+    IsolatedOutput.__module__ = __name__
+    IsolatedOutput.__qualname__ = "IsolatedOutput"
+    _ISOLATED.append(IsolatedOutput)
+    return IsolatedOutput
+
+
+def _reserved(cls: type) -> frozenset[str]:
+    """Names ``cls`` defines (methods, properties, class attributes, dunders): never shadowed."""
+    hit = _RESERVED.get(cls)
+    if hit is None:
+        hit = _RESERVED[cls] = frozenset(dir(cls))
+    return hit
+
+
+def build_output(cls: type, values: dict[str, Any], *, class_name: str | None = None) -> Any:
+    """An output dataclass built field by field, as diffusers' ``BaseOutput`` would, but safely.
+
+    ``cls(**values)`` would run ``BaseOutput.__post_init__``, which turns the keys of a dict
+    first field into attributes (``self[key] = value``): a worker-chosen ``__array_interface__``
+    key becomes a raw-pointer protocol on a host object. Here a spread key becomes an attribute
+    only if it is a public identifier that ``cls`` does not define (a field name excepted); any
+    other key stays an item. Field names were checked by the decoder (public identifiers).
+    """
+    obj: Any = OrderedDict.__new__(cls)
+    OrderedDict.__init__(obj)
+    declared = list(dataclasses.fields(cls))
+    names = [f.name for f in declared]
+    reserved = _reserved(cls)
+    set_attr = object.__setattr__
+    for f in declared:
+        if f.name in values:
+            value = values[f.name]
+        elif f.default is not dataclasses.MISSING:
+            value = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            value = f.default_factory()
+        else:
+            raise _malformed(f"output field {f.name!r} missing")
+        set_attr(obj, f.name, value)
+    extra = [k for k in values if k not in names]  # only IsolatedOutput has fields of the worker's
+    if extra and names:
+        raise _malformed("output fields do not fit the output class")
+    for k in extra:
+        if k not in reserved:
+            set_attr(obj, k, values[k])
+    order = names or list(values)
+    first = values.get(order[0]) if order else None
+    if isinstance(first, dict) and all(values.get(k) is None for k in order[1:]):
+        for key, value in first.items():
+            OrderedDict.__setitem__(obj, key, value)
+            if _ident(key) and (key in names or key not in reserved):
+                set_attr(obj, key, value)
+    else:
+        for k in order:
+            if values.get(k) is not None:
+                OrderedDict.__setitem__(obj, k, values[k])
+    if class_name is not None:
+        set_attr(obj, "_pw_class_name", class_name)
+    return obj

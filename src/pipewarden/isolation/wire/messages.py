@@ -2,10 +2,19 @@
 
 Decides the message kinds the host accepts and validates every field; trusts nothing in a
 frame. Anything unexpected raises ``WorkerError`` (the host then stops the worker).
+
+Worker-chosen names are checked here, once, wherever host code could turn them into attributes
+or keyword arguments (``Cls.from_config(cfg)`` spreads a config into ``__init__`` keywords and
+diffusers' ``FrozenDict``/``register_to_config`` into ``setattr``; transformers configs likewise):
+config keys at the top level are public identifiers that name no ``dict`` method (diffusers'
+metadata keys ``_class_name``, ``_diffusers_version``, ``_name_or_path`` and
+``_use_default_values`` excepted), no key at any depth starts with ``__``, component and
+callback tensor names are public identifiers. Output values are checked by the codec.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -13,7 +22,7 @@ from typing import Any
 
 from pipewarden.errors import PolicyViolation, WorkerError
 from pipewarden.isolation.layers.apply import LAYER_NAMES, LayerStatus
-from pipewarden.isolation.wire.codec import Decoder, load_tensors
+from pipewarden.isolation.wire.codec import Decoder, attribute_name_refused, load_tensors, public_name
 from pipewarden.isolation.wire.framing import Frame
 from pipewarden.isolation.wire.rng import RngStates
 from pipewarden.isolation.wire.rng import parse as parse_rng
@@ -48,14 +57,33 @@ def _is_tensor(value: object) -> bool:
 
 #: Deepest config the worker may describe (diffusers configs are 2-3 levels deep).
 MAX_CONFIG_DEPTH = 32
+#: Private keys diffusers itself writes into configs (``from_config`` reads or drops them).
+CONFIG_METADATA_KEYS = frozenset({"_class_name", "_diffusers_version", "_name_or_path", "_use_default_values"})
+#: Names a top-level config key may not take: FrozenDict(config) sets every key as an attribute,
+#: and one named like a method would shadow it on the host object.
+_MAPPING_ATTRIBUTES = frozenset(dir(OrderedDict))
+_MAX_NESTED_KEY = 256
+
+
+def config_key_ok(key: object, *, top: bool) -> bool:
+    """May ``key`` be a config key (``top``: of the config itself, where it can become an attribute)?"""
+    if not isinstance(key, str):
+        return False
+    if top:
+        return key in CONFIG_METADATA_KEYS or (public_name(key) and key not in _MAPPING_ATTRIBUTES)
+    return len(key) <= _MAX_NESTED_KEY and not key.startswith("__")
 
 
 def freeze(value: Any, depth: int = 0) -> Any:
     """JSON -> read-only: dicts become ``FrozenConfig``, lists tuples (bounded depth: a 900-deep
-    config from a worker is a clean ``WorkerError``, not a RecursionError)."""
+    config from a worker is a clean ``WorkerError``, not a RecursionError). Keys are checked
+    (:func:`config_key_ok`): the top level's may become attributes and keywords on the host."""
     if depth > MAX_CONFIG_DEPTH:
         raise _bad(f"config nested more than {MAX_CONFIG_DEPTH} levels")
     if isinstance(value, dict):
+        for key in value:
+            if not config_key_ok(key, top=depth == 0):
+                raise attribute_name_refused("a config key", key)
         return FrozenConfig({str(k): freeze(v, depth + 1) for k, v in value.items()})
     if isinstance(value, list):
         return tuple(freeze(v, depth + 1) for v in value)
@@ -318,9 +346,13 @@ def parse(frame: Frame) -> WorkerMessage:
             raise _bad("loaded")
         components: dict[str, FrozenConfig | None] = {}
         for name, value in comps.items():
-            if not str(name).isidentifier() or not (value is None or isinstance(value, dict)):
+            if not public_name(name):  # handle.<name>, the callback stand-in's attributes
+                raise attribute_name_refused("a component", name)
+            if not (value is None or isinstance(value, dict)):
                 raise _bad("component config")
             components[name] = None if value is None else freeze(value)
+        if not set(types) <= set(components):
+            raise _bad("component types")
         methods = h.get("methods", [])
         if not isinstance(methods, list) or len(methods) > 256 or not all(
             isinstance(m, str) and len(m) <= 128 and m.isidentifier() and not m.startswith("_") for m in methods
@@ -362,6 +394,9 @@ def parse(frame: Frame) -> WorkerMessage:
         tensors = dec.decode(h.get("tensors"))
         if not isinstance(tensors, dict):
             raise _bad("callback tensors")
+        for key in tensors:
+            if not public_name(key):  # the callback's callback_kwargs (and what it may spread)
+                raise attribute_name_refused("a callback tensor", key)
         return CallbackRequest(step, timestep, MappingProxyType(tensors))
     if kind == "progress":
         bar, n, total = h.get("bar"), h.get("n"), h.get("total")
