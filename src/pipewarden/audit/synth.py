@@ -97,6 +97,7 @@ class Shape:
     lcm: bool = False  # a latent-consistency pipeline: the UNet takes a guidance embedding (time_cond_proj_dim)
     fill: bool = False  # a Flux Fill pipeline: the transformer also takes the packed mask + masked image (24 in)
     clip_vocab: int = 1000  # CLIP text encoders' vocabulary (49408 where the file hard-codes CLIP's bos/eos ids)
+    depth: bool = False  # Marigold: the UNet denoises depth latents next to the image latents (8 channels in)
 
 
 def _torch():
@@ -108,7 +109,7 @@ def _torch():
 def _unet_sd(shape: Shape) -> Any:
     from diffusers import UNet2DConditionModel
 
-    in_channels = 9 if shape.inpaint else 4
+    in_channels = 9 if shape.inpaint else 8 if shape.depth else 4
 
     if shape.xl:
         return UNet2DConditionModel(
@@ -531,7 +532,8 @@ def plan_components(cls: type) -> ComponentPlan:
     fill = family == "flux" and "Fill" in cls.__name__
     vocab = 49408 if cls.__name__ in _CLIP_IDS_HARD_CODED else 1000
     return ComponentPlan(
-        shape=Shape(xl=xl, latent=latent, inpaint=inpaint, family=family, lcm=lcm, fill=fill, clip_vocab=vocab),
+        shape=Shape(xl=xl, latent=latent, inpaint=inpaint, family=family, lcm=lcm, fill=fill, clip_vocab=vocab,
+                    depth=cls.__name__ == "MarigoldPipeline"),
         recipes=recipes, left_to_default=tuple(left),
     )
 
