@@ -1,7 +1,9 @@
 """Lazy library imports that a real pipeline's first call would make from inside the sandbox are
 made by the loader first (trusted code), in both modes: found on diffusers' examples/community
 (``pipeline_stable_diffusion_3_differential_img2img.py``: ``mask_processor.preprocess(map)`` ->
-``np.array(pil_image)`` -> ``PIL.Image.tobytes`` -> ``from . import ImageFile``)."""
+``np.array(pil_image)`` -> ``PIL.Image.tobytes`` -> ``from . import ImageFile``;
+``latent_consistency_img2img.py``: ``print(tensor)`` -> ``torch._tensor_str`` ->
+``torch._subclasses.schema_check_mode``)."""
 
 from __future__ import annotations
 
@@ -28,7 +30,9 @@ class PreprocessPipeline(DiffusionPipeline):
 
     def __call__(self, map):
         # the differential img2img pipelines' change-map path: the pipeline file never imports PIL
-        return self.mask_processor.preprocess(map, height=8, width=8)
+        out = self.mask_processor.preprocess(map, height=8, width=8)
+        print("preprocessed:", out[0, 0, 0, :2])  # str(tensor), as latent_consistency_img2img.py prints
+        return out
 '''
 
 _SCRIPT = """
@@ -37,7 +41,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 import pipewarden
-assert "PIL.ImageFile" not in sys.modules, "the test needs a process that has not imported PIL.ImageFile"
+for lazy in ("PIL.ImageFile", "torch._subclasses.schema_check_mode"):
+    assert lazy not in sys.modules, f"the test needs a process that has not imported {lazy}"
 root, mode = Path(sys.argv[1]), sys.argv[2]
 code = root / "preprocess_pipeline.py"
 pipe = pipewarden.load_pipeline(str(root / "weights"), custom_pipeline=str(code), trust_remote_code=True,

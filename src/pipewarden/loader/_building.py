@@ -10,6 +10,7 @@ transformers from a private copy of exactly the verified bytes (``local_files_on
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
@@ -82,24 +83,30 @@ def _resolve_class(component: str, library: str, class_name: str) -> type:
     return _resolve_diffusers_class(component, library, class_name)
 
 
+#: Modules that library code imports lazily on a first use that a pipeline's call can trigger;
+#: imported by the loader (trusted code), because the tripwire refuses the import from inside the
+#: call (``marshal.loads``). ``PIL.ImageFile``: ``PIL.Image.Image.tobytes`` (``np.array(image)``,
+#: diffusers' ``VaeImageProcessor.pil_to_numpy``) imports it when nothing opened an image file before
+#: (an image made with ``Image.fromarray``, or decoded from the wire in the worker).
+#: ``torch._subclasses.schema_check_mode``: ``str(tensor)`` imports it (a pipeline's
+#: ``print("timesteps:", timesteps)``, latent_consistency_img2img.py).
+_LAZY_LIBRARY_IMPORTS = ("PIL.ImageFile", "torch._subclasses.schema_check_mode")
+
+
 def _warm_processors(components: Iterable[Any]) -> None:
     """Run each image processor once on a blank image, here, in trusted loader code.
 
     transformers validates processor keyword arguments through huggingface_hub, which on first
     use per processor class tries ``import annotationlib`` (Python >= 3.14 only); made later
     from a pipeline's frame, that lazy import is refused by the tripwire (both modes). The
-    validation class is cached after the first call, so calling once here is enough.
-
-    Also imports ``PIL.ImageFile`` here: ``PIL.Image.Image.tobytes`` (which ``np.array(image)``
-    calls, e.g. diffusers' ``VaeImageProcessor.pil_to_numpy``) imports it lazily on first use;
-    from inside a pipeline call that import is refused by the tripwire (``marshal.loads``) when
-    nothing opened an image file before (an image made with ``Image.fromarray``, or decoded from
-    the wire in the worker).
+    validation class is cached after the first call, so calling once here is enough. Also makes
+    the lazy imports of :data:`_LAZY_LIBRARY_IMPORTS`.
     """
-    try:
-        import PIL.ImageFile  # noqa: F401 - a warm-up import only
-    except ImportError:  # pragma: no cover - Pillow is a run dependency
-        pass
+    for lazy in _LAZY_LIBRARY_IMPORTS:
+        try:
+            importlib.import_module(lazy)
+        except ImportError:  # pragma: no cover - optional parts of the run dependencies
+            pass
     try:
         from transformers.image_processing_utils import ImageProcessingMixin
     except ImportError:  # pragma: no cover - transformers is optional
