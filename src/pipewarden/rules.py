@@ -170,8 +170,10 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("syntax.walrus-target", "sandbox", "assignment expressions bind plain names only"),
     ("syntax.yield-in-with", "sandbox", "yield inside a with block is refused"),
     # -- restricted exec and run time (sandbox/_load.py, sandbox/runtime/)
+    ("argument.array-like", "sandbox", "numpy/torch/PIL entry points take arrays, tensors, images, numbers and lists of them, never objects whose array protocols data can steer"),
     ("argument.attention-processor", "sandbox", "attention processors are diffusers classes or classes the vetted file defines"),
     ("argument.attribute-list", "sandbox", "functools.wraps with custom attribute lists is refused"),
+    ("argument.attribute-name", "sandbox", "names that become nn.Module registry entries are public identifiers; attribute_map targets are plain names"),
     ("argument.component-name", "sandbox", "component names passed to the pipeline are public identifiers"),
     ("argument.config-path", "sandbox", "from_config/from_pretrained take config mappings, never a path or repo id"),
     ("argument.dunder-key", "sandbox", "mapping keys that would become attributes are not dunder names"),

@@ -2022,6 +2022,106 @@ add(
     """),
 )
 
+# ---- flaw 4, names through data paths (round 3): every name that becomes an attribute through a
+# data path passes the direct-write name rule (runtime/names.py), and the numpy/torch/PIL entry
+# points refuse objects whose array protocols data can steer (runtime/arrays.py) ---------------------
+_NAMES_IMPORTS = "import numpy as np\nimport transformers"
+for _door, _expr in {
+    "paramdict_ctor": 'torch.nn.ParameterDict({"__array_interface__": interface})',
+    "paramdict_items": 'torch.nn.ParameterDict({"__array_interface__": interface}.items())',
+    "paramdict_zip": 'torch.nn.ParameterDict(zip(["__array_interface__"], [interface]))',
+    "config_kwarg_attribute_map": 'transformers.PretrainedConfig(attribute_map={"ai": "__array_interface__"}, ai=interface)',
+    "config_kwarg_attribute_map_read": 'transformers.PretrainedConfig(attribute_map={"__array_interface__": "ai"}, ai=interface)',
+}.items():
+    add(
+        f"r2_keys_names_{_door}",
+        f"{_expr.split('(')[0]}(...) turns a data name into __array_interface__: numpy reads a raw pointer",
+        STATE,
+        imports=_NAMES_IMPORTS,
+        call=_MEMORY_INTERFACE + f"view = np.asarray({_expr})\nview[0] = 77\n",
+    )
+add(
+    "r2_keys_names_paramdict_ufunc",
+    "np.add(ParameterDict({'__array_interface__': ...}), 0): a ufunc converts its operand",
+    STATE,
+    imports=_NAMES_IMPORTS,
+    call=_MEMORY_INTERFACE + textwrap.dedent("""
+    forged = torch.nn.ParameterDict({"__array_interface__": interface})
+    out = np.add(forged, 0)
+    view = np.asarray(forged)
+    view[0] = 77
+    """),
+)
+add(
+    "r2_keys_names_paramdict_operator",
+    "ndarray + ParameterDict({'__array_interface__': ...}): an operator converts its operand (no facade call)",
+    STATE,
+    imports=_NAMES_IMPORTS,
+    call=_MEMORY_INTERFACE + textwrap.dedent("""
+    forged = torch.nn.ParameterDict({"__array_interface__": interface})
+    total = np.zeros(len(name), dtype=np.uint8) + forged
+    view = np.asarray(forged)
+    view[0] = 77
+    """),
+)
+add(
+    "r2_keys_names_owned_paramdict_setitem",
+    "a sandbox ParameterDict subclass: self['__array_interface__'] = d (ParameterDict.__setitem__ does setattr)",
+    STATE,
+    imports=_NAMES_IMPORTS,
+    module="""
+    class Params(torch.nn.ParameterDict):
+        pass
+    """,
+    call=_MEMORY_INTERFACE + textwrap.dedent("""
+    forged = Params()
+    forged["__array_interface__"] = interface
+    view = np.asarray(forged)
+    view[0] = 77
+    """),
+)
+add(
+    "r2_keys_names_owned_paramdict_super_init",
+    "a sandbox ParameterDict subclass hands the dunder key to super().__init__",
+    STATE,
+    imports=_NAMES_IMPORTS,
+    module="""
+    class Params(torch.nn.ParameterDict):
+        def __init__(self, values):
+            super().__init__(values)
+    """,
+    call=_MEMORY_INTERFACE + textwrap.dedent("""
+    view = np.asarray(Params({"__array_interface__": interface}))
+    view[0] = 77
+    """),
+)
+for _door, (_body, _make) in {
+    "config_attribute_map_write": ('attribute_map = {"ai": "__array_interface__"}', "EvilConfig(ai=interface)"),
+    "config_attribute_map_read": ('attribute_map = {"__array_interface__": "ai"}', "EvilConfig(ai=interface)"),
+    "config_attribute_map_mutated": ('attribute_map = {"ai": "bi"}',
+                                     'EvilConfig.attribute_map.update({"__array_interface__": "bi"}) or EvilConfig(bi=interface)'),
+    "config_attribute_map_setattr": ('attribute_map = {"ai": "__array_interface__"}', 'EvilConfig.build(interface)'),
+    "config_attribute_map_instance": ("def __init__(self, **kw):\n    super().__init__(**kw)\n"
+                                      '    self.attribute_map = {"__array_interface__": "ai"}', "EvilConfig(ai=interface)"),
+}.items():
+    add(
+        f"r2_keys_names_{_door}",
+        f"a sandbox config subclass ({_body.splitlines()[-1].strip()}): PretrainedConfig redirects names through "
+        "attribute_map in __getattribute__ and __setattr__",
+        STATE,
+        imports=_NAMES_IMPORTS,
+        module="class EvilConfig(transformers.CLIPTextConfig):\n" + textwrap.indent(_body, "    ") + """
+
+    @classmethod
+    def build(cls, interface):
+        made = cls()
+        setattr(made, "ai", interface)
+        return made
+""",
+        call=_MEMORY_INTERFACE + f"view = np.asarray({_make})\nview[0] = 77\n",
+    )
+
+
 # ---- flaw 5: host code reading pipeline-provided configuration ------------------------------------
 add(
     "r2_progress_bar_config_class_attribute",

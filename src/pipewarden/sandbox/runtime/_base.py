@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, cast
 from pipewarden.sandbox.policy import SandboxPolicy, TypeRule
 from pipewarden.sandbox.policy.resolve import resolve_policy
 from pipewarden.sandbox.runtime._common import _FORBIDDEN_VALUE_TYPES, _violation
+from pipewarden.sandbox.runtime.arrays import ArrayArguments
 from pipewarden.sandbox.runtime.objects import Facade, _SafeFormatter
 
 if TYPE_CHECKING:
@@ -68,6 +69,15 @@ class SandboxBase:
         #: readable on the sandbox's own objects unless a host class defines or declares the name.
         self.file_private_names: frozenset[str] = frozenset()
         self._builtin_module = _builtins
+        self._array_arguments: ArrayArguments | None = None
+
+    @property
+    def array_arguments(self) -> ArrayArguments:
+        """The argument check of the numpy/torch/PIL entry points (built on first use, once the
+        libraries are imported)."""
+        if self._array_arguments is None:
+            self._array_arguments = ArrayArguments(self.owns_type)
+        return self._array_arguments
 
     # ------------------------------------------------------------------ ownership
 

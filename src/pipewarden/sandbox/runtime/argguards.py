@@ -13,7 +13,12 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipewarden.sandbox.runtime._common import _tname, _violation
-from pipewarden.sandbox.runtime.objects import _materialise_keys
+from pipewarden.sandbox.runtime.objects import (
+    _checked_arguments,
+    _materialise_keys,
+    _no_dunder_keys_stored,
+    _private_names_ok,
+)
 
 if TYPE_CHECKING:
     from pipewarden.sandbox.runtime.attributes import AttributeRules
@@ -56,14 +61,28 @@ def _install_checked_post_init(cls: type) -> None:
     own = cls.__dict__.get("__post_init__")
     where = f"{cls.__name__}(...)"
 
-    def __post_init__(self: Any) -> None:
+    def __post_init__(self: Any, *args: Any, **kwargs: Any) -> None:
         _first_field_check(self, where)
         if own is not None:
-            own(self)
+            own(self, *args, **kwargs)
         else:
-            super(cls, self).__post_init__()  # type: ignore[arg-type]
+            super(cls, self).__post_init__(*args, **kwargs)  # type: ignore[arg-type]
 
     type.__setattr__(cls, "__post_init__", __post_init__)
+
+
+def _checked_super_init(box: AttributeRules, init: Any, self_obj: Any, where: str) -> Callable[..., Any]:
+    """``super().__init__(...)`` in a sandbox subclass of a class that turns names into attributes
+    (ParameterDict, SimpleNamespace, a config, an output): the host initialiser gets the
+    materialised, checked arguments, and nothing it stored may be a dunder name."""
+
+    def __init__(*args: Any, **kwargs: Any) -> Any:
+        args, kwargs = _checked_arguments(where, args, kwargs, _private_names_ok(type(self_obj)))
+        result = init(*args, **kwargs)
+        _no_dunder_keys_stored(where, self_obj)
+        return result
+
+    return __init__
 
 
 def _simple_format_string(fmt: Any) -> bool:

@@ -25,7 +25,7 @@ from pipewarden.sandbox.runtime._common import (
     _tname,
     _violation,
 )
-from pipewarden.sandbox.runtime.argguards import _first_field_check, _reviewed_property
+from pipewarden.sandbox.runtime.argguards import _checked_super_init, _first_field_check, _reviewed_property
 from pipewarden.sandbox.runtime.facades import FacadeResolver
 from pipewarden.sandbox.runtime.objects import (
     ClassRef,
@@ -288,9 +288,14 @@ class AttributeRules(FacadeResolver):
             # default argument, DiffusionPipeline._optional_components) is host state: the sandbox
             # gets a read-only snapshot, so writes cannot reach the host.
             return self._snapshot(value)
+        if name == "__init__" and t is super and self._keys_become_attributes(type(obj.__self__)):
+            return _checked_super_init(self, value, obj.__self__, f"{_tname(obj.__self__)}.__init__")
         if name == "__post_init__" and t is super and self._keys_become_attributes(type(obj.__self__)):
             target_self = obj.__self__
             _first_field_check(target_self, f"{_tname(target_self)}.__post_init__")
+        if callable(value) and self.array_arguments.is_array_value(t):
+            # ndarray.fill/dot/astype, Tensor.new_tensor, ...: array entry points (runtime/arrays.py)
+            return self.array_arguments.guard(value, f"{_tname(obj)}.{name}")
         if isinstance(obj, type) and not self.owns(obj):
             if name in self.policy.call_dunders and t is not super:
                 return self._owned_self_only(value, f"{_tname(obj)}.{name}")

@@ -24,6 +24,7 @@ from pipewarden.sandbox.runtime._common import (
     _tname,
     _violation,
 )
+from pipewarden.sandbox.runtime.arrays import ARRAY_LIBRARIES
 from pipewarden.sandbox.runtime.objects import (
     ClassRef,
     DeniedName,
@@ -275,6 +276,9 @@ class FacadeResolver(SandboxBase):
             return KeyCheckedClass(value, self._key_class_subclassable(value))
         if name in rule.suspend_tripwire and callable(value):
             return _suspending(value)
+        if callable(value) and not isinstance(value, type) and mod_name.partition(".")[0] in ARRAY_LIBRARIES:
+            # numpy/torch/PIL functions and ufuncs: array entry points (runtime/arrays.py)
+            return self.array_arguments.guard(value, f"{mod_name}.{name}")
         return value
 
     def _replacement(self, impl: str, real: types.ModuleType, mod_name: str, name: str) -> Any:

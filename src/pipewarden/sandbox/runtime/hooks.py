@@ -31,6 +31,7 @@ from pipewarden.sandbox.runtime._common import (
 )
 from pipewarden.sandbox.runtime.argguards import _install_checked_post_init
 from pipewarden.sandbox.runtime.attributes import AttributeRules
+from pipewarden.sandbox.runtime.names import install_name_guards
 from pipewarden.sandbox.runtime.objects import (
     ClassRef,
     ClassView,
@@ -39,6 +40,7 @@ from pipewarden.sandbox.runtime.objects import (
     KeyCheckedClass,
     SandboxLogger,
     _ClassStandIn,
+    _is_module_class,
     _KeyCheckedWriter,
     _MetaclassHook,
     _TypeBuiltin,
@@ -59,6 +61,8 @@ class GuardHooks(AttributeRules):
         t = type(obj)
         if t is Facade or t is DeniedName:
             raise _violation("subscripting a module facade", "item.facade")
+        if type(key) is not int and self.array_arguments.is_array_value(t):
+            self.array_arguments.check("an array index", key)  # fancy indices are converted to arrays
         value = obj[key]
         vt = type(value)
         if vt in _FORBIDDEN_VALUE_TYPES or vt is types.BuiltinFunctionType or (
@@ -92,7 +96,7 @@ class GuardHooks(AttributeRules):
             return obj
         tensor_types = self._tensor_types()
         if isinstance(obj, tensor_types):
-            return _WriteProxy(obj)
+            return _WriteProxy(obj, self.array_arguments.check)
         if isinstance(obj, type):
             raise _violation(f"writing to the host class {_tname(obj)}", "write.host-class")
         raise _violation(
@@ -136,10 +140,12 @@ class GuardHooks(AttributeRules):
             raise _violation("the sandbox function wrapper got a non-function", "internal.wrap")
         armed_var = tripwire.ARMED
         suspended_var = tripwire._SUSPENDED
+        check_arguments = self._check_parameters
         if inspect.isgeneratorfunction(fn):
 
             @functools.wraps(fn)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
+                check_arguments(args, kwargs)
                 gen = fn(*args, **kwargs)
                 to_send: Any = None
                 while True:
@@ -171,6 +177,7 @@ class GuardHooks(AttributeRules):
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            check_arguments(args, kwargs)
             t1 = armed_var.set(True)
             t2 = suspended_var.set(False)
             try:
@@ -181,6 +188,24 @@ class GuardHooks(AttributeRules):
 
         self._functions.add(wrapper)
         return wrapper
+
+    def _check_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Parameters of a sandboxed function, whoever calls it (host callbacks, key= functions,
+        hooks, the host calling a pipeline method): checked like attribute values (provenance
+        travels with values: a module, frame, code object, raw builtin or metaclass never becomes
+        a sandbox variable through a parameter)."""
+        for value in args:
+            t = type(value)
+            if t in _FORBIDDEN_VALUE_TYPES or t is types.BuiltinFunctionType or (
+                isinstance(value, type) and issubclass(value, type)
+            ):
+                self.check_value(value, "a parameter of a sandboxed function")
+        for value in kwargs.values():
+            t = type(value)
+            if t in _FORBIDDEN_VALUE_TYPES or t is types.BuiltinFunctionType or (
+                isinstance(value, type) and issubclass(value, type)
+            ):
+                self.check_value(value, "a parameter of a sandboxed function")
 
     def class_of(self, obj: Any) -> Any:
         t = type(obj)
@@ -289,8 +314,10 @@ class GuardHooks(AttributeRules):
                     f"enum {name} has no members (its functional API would set arbitrary class attributes)",
                     "class.enum-without-members",
                 )
-            if not isinstance(cls, enum.EnumMeta):
+            if not isinstance(cls, enum.EnumMeta) and not _is_module_class(cls):
                 _install_checked_post_init(cls)
+        if not isinstance(cls, enum.EnumMeta):
+            install_name_guards(cls)  # host __getattribute__/__setattr__: names checked on what is stored
         self._classes.add(cls)
         self._owned_type_cache.clear()
         self._decisions.clear()

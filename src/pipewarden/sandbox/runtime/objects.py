@@ -7,14 +7,17 @@ created it."""
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import string
+import sys
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipewarden.errors import PolicyViolation
 from pipewarden.sandbox.runtime._common import _tname, _violation
+from pipewarden.sandbox.runtime.names import check_attribute_name, check_attribute_names
 
 if TYPE_CHECKING:
     from pipewarden.sandbox.runtime.facades import FacadeResolver
@@ -164,7 +167,20 @@ class ClassRef(_ClassStandIn):
 
 
 def _bad_key(key: Any) -> bool:
-    return type(key) is not str or key.startswith("__")
+    return type(key) is not str or str.startswith(key, "__")
+
+
+def _is_module_class(cls: Any) -> bool:
+    """nn.Module and its subclasses: names given to them land in registries (``_modules``,
+    ``_parameters``) or in ``__dict__`` beside the module's private machinery."""
+    torch = sys.modules.get("torch")
+    nn = getattr(torch, "nn", None) if torch is not None else None
+    module = getattr(nn, "Module", None) if nn is not None else None
+    return isinstance(cls, type) and module is not None and issubclass(cls, module)
+
+
+def _private_names_ok(cls: Any) -> bool:
+    return not _is_module_class(cls)
 
 
 #: Values that are data, never (name, value) sources: passed to key-taking constructors as they are.
@@ -172,14 +188,14 @@ _OPAQUE_VALUE_TYPES: tuple[type, ...] = (str, bytes, bytearray, int, float, comp
 
 
 def _opaque(value: Any) -> bool:
-    if isinstance(value, _OPAQUE_VALUE_TYPES):
+    if isinstance(value, _OPAQUE_VALUE_TYPES) or _is_module_class(type(value)):
         return True
     mod = type(value).__module__ or ""
     # tensors, arrays, images: an output's first field is data, not a mapping of names
     return mod.split(".")[0] in ("torch", "numpy", "PIL")
 
 
-def _materialise_keys(where: str, value: Any) -> Any:
+def _materialise_keys(where: str, value: Any, private: bool = True) -> Any:
     """The value a key-taking host constructor will really see, with its names checked.
 
     Mappings (dict subclasses included, whatever their ``keys()`` says) become a plain dict of
@@ -189,22 +205,24 @@ def _materialise_keys(where: str, value: Any) -> Any:
     (name, value) pairs, bare names, whitespace/comma separated name strings.
     """
     if isinstance(value, str):
-        _check_names(where, value.replace(",", " ").split())
+        _check_names(where, value.replace(",", " ").split(), private)
         return value
     if _opaque(value):
         return value
-    if isinstance(value, dict):
+    if type(value) is collections.OrderedDict:
+        value = collections.OrderedDict(value)  # nn.Sequential wants one; exact host type, its own order
+    elif isinstance(value, dict):
         value = dict(dict.items(value))
     elif isinstance(value, Mapping):
         value = {k: value[k] for k in list(value.keys())}
     elif type(value) is tuple:
-        value = tuple(_materialise_pair(where, e) for e in value)
+        value = tuple(_materialise_pair(where, e, private) for e in value)
     elif isinstance(value, (list, tuple)) or _iterable(value):
-        value = [_materialise_pair(where, e) for e in _bounded(value)]
+        value = [_materialise_pair(where, e, private) for e in _bounded(value)]
     else:
         return value
     if isinstance(value, dict):
-        _check_names(where, list(value))
+        _check_names(where, list(dict.keys(value)), private)
     else:
         names: list[Any] = []
         for element in value:
@@ -214,13 +232,13 @@ def _materialise_keys(where: str, value: Any) -> Any:
                 names.append(element)
             elif isinstance(element, dict):
                 names.extend(element)
-        _check_names(where, names)
+        _check_names(where, names, private)
     return value
 
 
-def _materialise_pair(where: str, element: Any) -> Any:
+def _materialise_pair(where: str, element: Any, private: bool = True) -> Any:
     if isinstance(element, dict) or (isinstance(element, Mapping) and not _opaque(element)):
-        return _materialise_keys(where, element)
+        return _materialise_keys(where, element, private)
     if isinstance(element, (list, tuple)) and type(element) not in (list, tuple):
         return tuple(element)  # a tuple/list subclass could answer [0] differently later
     return element
@@ -243,13 +261,8 @@ def _bounded(value: Any) -> list[Any]:
     return out
 
 
-def _check_names(where: str, names: list[Any]) -> None:
-    for key in names:
-        if isinstance(key, str) and key.startswith("__"):
-            raise _violation(
-                f"{where} with the name {key!r} (it would become an attribute that host protocols read)",
-                "argument.dunder-key",
-            )
+def _check_names(where: str, names: list[Any], private: bool = True) -> None:
+    check_attribute_names(where, names, private=private)
 
 
 def _check_attribute_keys(where: str, *values: Any) -> None:
@@ -259,15 +272,18 @@ def _check_attribute_keys(where: str, *values: Any) -> None:
         _materialise_keys(where, value)
 
 
-def _checked_arguments(where: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+def _checked_arguments(
+    where: str, args: tuple[Any, ...], kwargs: dict[str, Any], private: bool = True
+) -> tuple[tuple[Any, ...], dict[str, Any]]:
     """Arguments for a key-taking host constructor: materialised and checked (what is checked is
-    what the host reads)."""
+    what the host reads). ``private=False``: names must be public identifiers (nn.Module registries)."""
     for key in kwargs:
         if _bad_key(key):
             raise _violation(f"{where} with keyword {key!r}", "call.dunder-keyword")
+        check_attribute_name(where, key, private=private)
     return (
-        tuple(_materialise_keys(where, a) for a in args),
-        {k: _materialise_keys(where, v) for k, v in kwargs.items()},
+        tuple(_materialise_keys(where, a, private) for a in args),
+        {k: _materialise_keys(where, v, private) for k, v in kwargs.items()},
     )
 
 
@@ -280,6 +296,11 @@ def _no_dunder_keys_stored(where: str, result: Any) -> None:
     data = d.get("data") if isinstance(d, dict) else None
     if isinstance(data, dict):  # UserDict / BatchEncoding forward attribute lookups to .data
         keys.extend(dict.keys(data))
+    if isinstance(d, dict) and _is_module_class(type(result)):
+        for registry in ("_modules", "_parameters", "_buffers"):  # Module.__getattr__ answers these
+            reg = d.get(registry)
+            if isinstance(reg, dict):
+                keys.extend(dict.keys(reg))
     if isinstance(result, type):
         members = getattr(result, "__members__", None)
         if isinstance(members, Mapping):
@@ -303,7 +324,7 @@ class KeyCheckedClass(_ClassStandIn):
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         cls = object.__getattribute__(self, "_pw_cls")
         where = _tname(cls)
-        args, kwargs = _checked_arguments(where, args, kwargs)
+        args, kwargs = _checked_arguments(where, args, kwargs, _private_names_ok(cls))
         result = cls(*args, **kwargs)
         _no_dunder_keys_stored(where, result)
         return result
@@ -372,13 +393,17 @@ class SandboxLogger:
 class _WriteProxy:
     """``_write_`` result for tensors/arrays: item assignment and a few tensor attributes only."""
 
-    __slots__ = ("_pw_obj",)
+    __slots__ = ("_pw_obj", "_pw_check")
     _ATTRS = frozenset({"requires_grad", "grad", "data"})
 
-    def __init__(self, obj: Any) -> None:
+    def __init__(self, obj: Any, check: Any) -> None:
         object.__setattr__(self, "_pw_obj", obj)
+        object.__setattr__(self, "_pw_check", check)  # ArrayArguments.check: the value becomes array data
 
     def __setitem__(self, key: Any, value: Any) -> None:
+        check = object.__getattribute__(self, "_pw_check")
+        check("an item write into an array", key)
+        check("an item write into an array", value)
         object.__getattribute__(self, "_pw_obj")[key] = value
 
     def __delitem__(self, key: Any) -> None:
@@ -400,9 +425,12 @@ class _KeyCheckedWriter:
         object.__setattr__(self, "_pw_obj", obj)
 
     def __setitem__(self, key: Any, value: Any) -> None:
-        if _bad_key(key):
+        obj = object.__getattribute__(self, "_pw_obj")
+        if type(key) is not str and not (type(key) is int and _is_module_class(type(obj))):
             raise _violation(f"setting item {key!r} (it would become an attribute)", "argument.dunder-key")
-        object.__getattribute__(self, "_pw_obj")[key] = value
+        if type(key) is str:
+            check_attribute_name(f"setting item {key!r}", key, private=_private_names_ok(type(obj)))
+        obj[key] = value
 
     def __delitem__(self, key: Any) -> None:
         del object.__getattribute__(self, "_pw_obj")[key]
