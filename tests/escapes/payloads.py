@@ -2122,6 +2122,33 @@ for _door, (_body, _make) in {
     )
 
 
+# ---- round 3: super() decided on the class that really defines the name; class creation armed ----
+for _door, _target in {"class": "Tiny", "instance": "Tiny()"}.items():
+    add(
+        f"r2_launder_super_host_private_{_door}",
+        f"super(Tiny, {_target})._set_default_torch_dtype: the owned class defines a dummy of the same name, "
+        "super() resolves it on the host base (global default dtype changed)",
+        STATE,
+        imports="from diffusers import ModelMixin",
+        module="""
+        class Tiny(ModelMixin):
+            _set_default_torch_dtype = None
+        """,
+        call=f"super(Tiny, {_target})._set_default_torch_dtype(torch.float64)",
+    )
+add(
+    "r2_unarmed_class_init_subclass_type_hints_eval",
+    "a string annotation on a transformers model subclass: PreTrainedModel.__init_subclass__ eval()s it "
+    "(get_type_hints) while the class is created",
+    FILE,
+    imports="import transformers",
+    module="""
+    class Evil(transformers.CLIPTextModel):
+        pwned: "(__import__('os').system('touch @CANARY@/init_subclass_eval'), int)[1]"
+    """,
+)
+
+
 # ---- flaw 5: host code reading pipeline-provided configuration ------------------------------------
 add(
     "r2_progress_bar_config_class_attribute",

@@ -135,7 +135,9 @@ class AttributeRules(FacadeResolver):
                             return True
             if "config-keys" in dyn:
                 cfg = obj if "config-keys" in dyn and isinstance(obj, dict) else None
-                if cfg is None:
+                if cfg is None and _static_lookup(t, name) is None:
+                    # (a class attribute of that name wins over ConfigMixin.__getattr__: reading it
+                    # would return the class's method, not the config value the rule admits)
                     d = getattr(obj, "__dict__", None)
                     cfg = d.get("_internal_dict") if isinstance(d, dict) else None
                 if isinstance(cfg, dict) and name in cfg:
@@ -408,7 +410,7 @@ class AttributeRules(FacadeResolver):
             elif name in self.policy.call_dunders:
                 verdict = Verdict.ALLOW
             else:
-                verdict = self._owned_verdict(self_obj, type(self_obj), name)
+                verdict = self._super_verdict(obj, self_obj, name)
             cacheable = False
         elif name.startswith("__"):
             if name in self.policy.string_dunders:
@@ -454,6 +456,29 @@ class AttributeRules(FacadeResolver):
         if cacheable:
             self._decisions[(t, name)] = verdict
         return verdict
+
+    def _super_verdict(self, sup: Any, self_obj: Any, name: str) -> Verdict:
+        """``super(C, x).name`` resolves ``name`` in the MRO *after* C: decided on the class that
+        really defines it (the sandbox's own: its rules; a host class: the rules for a host object of
+        that class, never because the sandbox defined the same name somewhere else)."""
+        start = sup.__thisclass__
+        owner_t = self_obj if isinstance(self_obj, type) else type(self_obj)
+        mro = owner_t.__mro__
+        try:
+            index = mro.index(start)
+        except ValueError:
+            return Verdict.NOT_LISTED
+        for klass in mro[index + 1:]:
+            if name in klass.__dict__:
+                if klass in self._classes:
+                    return self._owned_verdict(self_obj, type(self_obj), name)
+                if name.startswith("_") or self._deny.denies(name):
+                    return Verdict.NOT_LISTED
+                return _verdict(
+                    self._listed_by_type_rules(klass, name)
+                    or any(name in rule.attrs for rule in self.rules_for(owner_t))
+                )
+        return Verdict.NOT_LISTED
 
     @staticmethod
     def _instance_name_ok(name: str) -> bool:

@@ -31,6 +31,7 @@ from pipewarden.sandbox.runtime._common import (
 )
 from pipewarden.sandbox.runtime.argguards import _install_checked_post_init
 from pipewarden.sandbox.runtime.attributes import AttributeRules
+from pipewarden.sandbox.runtime.classhooks import check_class_creation
 from pipewarden.sandbox.runtime.names import install_name_guards
 from pipewarden.sandbox.runtime.objects import (
     ClassRef,
@@ -279,8 +280,7 @@ class GuardHooks(AttributeRules):
         if type(name) is not str or type(bases) is not tuple:
             raise _violation("a class statement with an invalid name or bases", "class.name")
         meta = self._check_bases(name, bases)
-        with tripwire.suspended():
-            return meta.__prepare__(name, bases, **kwds)
+        return meta.__prepare__(name, bases, **kwds)  # armed, like the class creation itself
 
     def build_class(self, name: Any, bases: Any, ns: Any, **kwds: Any) -> type:
         """``__metaclass__``: create a class the sandbox defines (checked namespace and bases)."""
@@ -304,8 +304,10 @@ class GuardHooks(AttributeRules):
         for kw in kwds:
             if type(kw) is not str or kw.startswith("_"):
                 raise _violation(f"class {name} passes keyword {kw!r}", "class.keywords")
-        with tripwire.suspended():
-            cls = meta(name, bases, ns, **kwds)
+        # Created armed (the class statement's sandboxed frame is below): host hooks that type.__new__
+        # runs (__init_subclass__, __set_name__, Enum mixins) are reviewed first (runtime/classhooks.py).
+        check_class_creation(name, bases, ns, self.owns_type)
+        cls = meta(name, bases, ns, **kwds)
         if self._keys_become_attributes(cls):
             if not self._key_class_subclassable(cls):
                 raise _violation(f"class {name} derives from a class that turns keys into attributes", "class.bases")

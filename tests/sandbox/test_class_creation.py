@@ -1,0 +1,149 @@
+"""Host code that runs while a sandbox class is created (runtime/classhooks.py): the class is built
+armed, and only reviewed ``__init_subclass__``/``__set_name__`` hooks and Enum mixins may run.
+
+Each refusal is checked by the absence of its side effect (a host registry unchanged, a secret
+file's content nowhere), next to the idioms real pipelines use (outputs, str enums, generics,
+cached properties, dataclass fields), which must keep working.
+"""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from pipewarden.errors import PipewardenError, PolicyViolation
+from pipewarden.sandbox import load_class
+from pipewarden.sandbox.runtime.classhooks import check_class_creation
+
+transformers = pytest.importorskip("transformers")
+
+HEAD = "from diffusers import DiffusionPipeline\n"
+TAIL = '''
+
+class P(DiffusionPipeline):
+    def __init__(self):
+        super().__init__()
+
+    def __call__(self):
+        return RESULT
+'''
+
+
+def _load(module_body: str):
+    return load_class(HEAD + textwrap.dedent(module_body) + TAIL)
+
+
+def _rule(exc: BaseException) -> str:
+    while exc is not None:
+        if isinstance(exc, PipewardenError) and getattr(exc, "rule", None):
+            return exc.rule
+        exc = exc.__cause__ or exc.__context__
+    return ""
+
+
+def test_host_init_subclass_registry_unchanged():
+    from transformers import cache_utils
+
+    before = dict(cache_utils.DYNAMIC_LAYER_TYPE_MAPPING)
+    with pytest.raises(PipewardenError) as info:
+        _load('''
+        import transformers
+        class Hijack(transformers.cache_utils.DynamicLayer):
+            _layer_type = "full_attention"
+        RESULT = 1
+        ''')
+    assert "class.init-subclass" in (_rule(info.value) + str(info.value))
+    assert dict(cache_utils.DYNAMIC_LAYER_TYPE_MAPPING) == before
+
+
+def test_enum_host_mixin_never_constructed(tmp_path):
+    secret = tmp_path / "secret.json"
+    token = "pwsecret-enum-mixin-1234"
+    secret.write_text(json.dumps({"token": token}))
+    with pytest.raises(PipewardenError) as info:
+        cls = _load(f'''
+        import enum
+        from transformers.pipelines.base import JsonPipelineDataFormat
+        class Leak(JsonPipelineDataFormat, enum.Enum):
+            SECRET = (None, {str(secret)!r}, "token")
+        RESULT = repr(Leak.SECRET._entries)
+        ''')
+        cls()()
+    assert "class.enum-mixin" in (_rule(info.value) + str(info.value))
+    assert token not in str(info.value)
+
+
+REAL_IDIOMS = '''
+import dataclasses
+import enum
+import functools
+import typing
+from typing import Generic, TypeVar
+
+import torch
+from diffusers.utils import BaseOutput
+
+T = TypeVar("T")
+
+
+@dataclasses.dataclass
+class Out(BaseOutput):
+    images: typing.Any = None
+    extra: list = dataclasses.field(default_factory=list)
+
+
+class Mode(enum.Enum):
+    FAST = "fast"
+    SLOW = "slow"
+
+
+class Level(enum.IntEnum):
+    LOW = 1
+    HIGH = 2
+
+
+class Box(Generic[T]):
+    def __init__(self, item: T):
+        self.item = item
+
+    @functools.cached_property
+    def doubled(self):
+        return self.item * 2
+
+
+class Block(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.lin = torch.nn.Linear(2, 2)
+
+
+RESULT = (Out(images=[1]).images, Mode("fast").value, int(Level.HIGH), Box(3).doubled, len(list(Block().parameters())))
+'''
+
+
+def test_real_class_idioms_still_build():
+    assert _load(REAL_IDIOMS)()() == ([1], "fast", 2, 6, 2)
+
+
+def test_set_name_of_unreviewed_host_descriptors_is_refused():
+    class HostDescriptor:  # stands for a host class whose __set_name__ writes host state
+        def __set_name__(self, owner, name):  # pragma: no cover - must never run
+            raise AssertionError("ran")
+
+    with pytest.raises(PolicyViolation) as info:
+        check_class_creation("C", (object,), {"x": HostDescriptor()}, lambda t: False)
+    assert info.value.rule == "class.set-name"
+
+
+def test_set_name_through_a_dataclass_field_default_is_checked():
+    import dataclasses
+
+    class HostDescriptor:
+        def __set_name__(self, owner, name):  # pragma: no cover - must never run
+            raise AssertionError("ran")
+
+    with pytest.raises(PolicyViolation) as info:
+        check_class_creation("C", (object,), {"x": dataclasses.field(default=HostDescriptor())}, lambda t: False)
+    assert info.value.rule == "class.set-name"
