@@ -147,3 +147,78 @@ def test_set_name_through_a_dataclass_field_default_is_checked():
     with pytest.raises(PolicyViolation) as info:
         check_class_creation("C", (object,), {"x": dataclasses.field(default=HostDescriptor())}, lambda t: False)
     assert info.value.rule == "class.set-name"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Annotations are data host code evaluates (typing.get_type_hints in DiffusionPipeline.
+# _get_signature_types, which from_pretrained/from_pipe call on the vetted class, outside any
+# sandboxed frame): str annotations are made inert when a sandbox function or class is defined.
+
+_ESCAPE = (
+    "[c for c in ().__class__.__base__.__subclasses__() if c.__name__ == '_wrap_close'][0]"
+    ".__init__.__globals__['system']('touch {canary}')"
+)
+
+ANNOTATED = '''
+import dataclasses
+import typing
+
+from diffusers import DiffusionPipeline
+from diffusers.utils import BaseOutput
+
+
+@dataclasses.dataclass
+class Out(BaseOutput):
+    images: "{expr}" = None
+    count: "typing.ClassVar[int]" = 3
+
+
+class P(DiffusionPipeline):
+    def __init__(self, unet: "{expr}" = None):
+        super().__init__()
+
+    def __call__(self, steps: "{expr}" = 1):
+        return Out(images=[steps])
+'''
+
+
+def _annotated_source(canary) -> str:
+    return ANNOTATED.replace("{expr}", _ESCAPE.format(canary=canary))
+
+
+def _host_evaluations(cls, out_cls) -> None:
+    import inspect
+    import typing
+
+    for call in (
+        lambda: cls._get_signature_types(),
+        lambda: typing.get_type_hints(cls.__init__),
+        lambda: typing.get_type_hints(cls.__call__),
+        lambda: inspect.signature(cls.__call__, eval_str=True),
+        lambda: typing.get_type_hints(out_cls),
+    ):
+        try:
+            call()
+        except Exception:  # noqa: BLE001 - only the side effect matters here
+            pass
+
+
+def test_control_str_annotations_are_evaluated_by_host_helpers(tmp_path):
+    canary = tmp_path / "plain"
+    namespace: dict = {"__name__": "plain_annotated"}
+    exec(compile(_annotated_source(canary), str(tmp_path / "p.py"), "exec"), namespace)  # noqa: S102
+    _host_evaluations(namespace["P"], namespace["Out"])
+    assert canary.exists()  # the payload is live outside the sandbox
+
+
+def test_host_evaluating_sandbox_annotations_runs_nothing(tmp_path):
+    canary = tmp_path / "sandboxed"
+    cls = load_class(_annotated_source(canary))
+    out = cls()(steps=2)
+    _host_evaluations(cls, type(out))
+    assert not canary.exists()
+    # the text is kept (inert), ClassVar keeps its meaning for dataclasses
+    import dataclasses
+
+    assert [f.name for f in dataclasses.fields(type(out))] == ["images"]
+    assert out.images == [2]

@@ -21,6 +21,7 @@ reviewed hooks listed here.
 from __future__ import annotations
 
 import enum
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -110,3 +111,38 @@ def _check_set_name(name: str, key: str, value: Any, owns: Callable[[type], bool
             f"class {name} attribute {key!r} is a {_tname(value)}, whose __set_name__ would run host code on the class",
             "class.set-name",
         )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Annotations are data that host code evaluates: typing.get_type_hints (DiffusionPipeline.
+# _get_signature_types on ``from_pretrained``/``from_pipe``), inspect.signature(eval_str=True) and
+# dataclasses read them, and a str annotation is eval()'d with the function's globals (the
+# sandbox's namespace: raw attribute access, no guards) or, for a class outside sys.modules, with
+# the real builtins -- whoever calls, and outside any sandboxed frame. So a str annotation of a
+# sandbox function or class is replaced, when it is defined, by an inert typing object that keeps
+# the text: ``Annotated[Any, "<text>"]`` (get_type_hints never evaluates Annotated metadata);
+# ``ClassVar``/``InitVar`` spellings keep their meaning for dataclasses.
+
+_DATACLASS_MARKER = re.compile(r"^\s*(?:\w+\s*\.\s*)?(ClassVar|InitVar)\b")
+
+
+def inert_annotation(value: Any) -> Any:
+    if type(value) is not str and not isinstance(value, str):
+        return value
+    import dataclasses
+    import typing
+
+    text = str(value)
+    marker = _DATACLASS_MARKER.match(text)
+    if marker is not None and marker.group(1) == "ClassVar":
+        return typing.ClassVar[typing.Any]
+    if marker is not None:
+        return dataclasses.InitVar(typing.Any)  # type: ignore[arg-type]
+    return typing.Annotated[typing.Any, text]
+
+
+def inert_annotations(annotations: Any) -> Any:
+    """A copy of an ``__annotations__`` dict with every str value made inert (other values as they are)."""
+    if type(annotations) is not dict or not any(isinstance(v, str) for v in annotations.values()):
+        return annotations
+    return {k: inert_annotation(v) for k, v in annotations.items()}

@@ -31,7 +31,7 @@ from pipewarden.sandbox.runtime._common import (
 )
 from pipewarden.sandbox.runtime.argguards import _install_checked_post_init
 from pipewarden.sandbox.runtime.attributes import AttributeRules
-from pipewarden.sandbox.runtime.classhooks import check_class_creation
+from pipewarden.sandbox.runtime.classhooks import check_class_creation, inert_annotations
 from pipewarden.sandbox.runtime.names import install_name_guards
 from pipewarden.sandbox.runtime.objects import (
     ClassRef,
@@ -139,6 +139,10 @@ class GuardHooks(AttributeRules):
         """Every function the sandbox defines: runs with the tripwire armed, whoever calls it."""
         if not isinstance(fn, types.FunctionType):
             raise _violation("the sandbox function wrapper got a non-function", "internal.wrap")
+        annotations = fn.__annotations__
+        inert = inert_annotations(annotations)
+        if inert is not annotations:
+            fn.__annotations__ = inert  # host code evaluates str annotations (get_type_hints)
         armed_var = tripwire.ARMED
         suspended_var = tripwire._SUSPENDED
         check_arguments = self._check_parameters
@@ -307,6 +311,8 @@ class GuardHooks(AttributeRules):
         # Created armed (the class statement's sandboxed frame is below): host hooks that type.__new__
         # runs (__init_subclass__, __set_name__, Enum mixins) are reviewed first (runtime/classhooks.py).
         check_class_creation(name, bases, ns, self.owns_type)
+        if "__annotations__" in ns:
+            ns["__annotations__"] = inert_annotations(ns["__annotations__"])
         cls = meta(name, bases, ns, **kwds)
         if self._keys_become_attributes(cls):
             if not self._key_class_subclassable(cls):
