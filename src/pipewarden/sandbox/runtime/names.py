@@ -93,10 +93,10 @@ def _mapped_name(obj: Any, key: str, where: str) -> None:
         return
     target = amap[key]
     if not attribute_name_ok(target):
-        raise _violation(
-            f"{where}: attribute_map sends {key!r} to {target!r} (a name sandboxed code may not write)",
-            "argument.dunder-key" if type(target) is str and is_dunder(target) else "argument.attribute-name",
-        )
+        what = f"{where}: attribute_map sends {key!r} to {target!r} (a name sandboxed code may not write)"
+        if type(target) is str and is_dunder(target):
+            raise _violation(what, "argument.dunder-key")
+        raise _violation(what, "argument.attribute-name")
 
 
 def install_name_guards(cls: type) -> None:
