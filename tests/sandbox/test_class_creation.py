@@ -54,7 +54,13 @@ def test_host_init_subclass_registry_unchanged():
             _layer_type = "full_attention"
         RESULT = 1
         ''')
-    assert "class.init-subclass" in (_rule(info.value) + str(info.value))
+    # refused (by the transformers class list before it reaches class creation, or here)
+    assert _rule(info.value) in ("class.init-subclass", "facade.not-allowlisted"), info.value
+    assert dict(cache_utils.DYNAMIC_LAYER_TYPE_MAPPING) == before
+    # and the class-creation layer on its own, whichever base is reachable:
+    with pytest.raises(PolicyViolation) as direct:
+        check_class_creation("Hijack", (cache_utils.DynamicLayer,), {"_layer_type": "full_attention"}, lambda t: False)
+    assert direct.value.rule == "class.init-subclass"
     assert dict(cache_utils.DYNAMIC_LAYER_TYPE_MAPPING) == before
 
 
@@ -71,8 +77,29 @@ def test_enum_host_mixin_never_constructed(tmp_path):
         RESULT = repr(Leak.SECRET._entries)
         ''')
         cls()()
-    assert "class.enum-mixin" in (_rule(info.value) + str(info.value))
+    assert _rule(info.value) in ("class.enum-mixin", "facade.not-allowlisted"), info.value
     assert token not in str(info.value)
+    import enum
+
+    from transformers.pipelines.base import JsonPipelineDataFormat
+
+    with pytest.raises(PolicyViolation) as direct:
+        check_class_creation("Leak", (JsonPipelineDataFormat, enum.Enum), {"SECRET": (None, str(secret), "t")},
+                             lambda t: False)
+    assert direct.value.rule == "class.enum-mixin"
+
+
+def test_unreviewed_init_subclass_of_a_reachable_base_is_refused(tmp_path):
+    canary = tmp_path / "ran"
+    with pytest.raises(PipewardenError) as info:
+        _load(f'''
+        import transformers
+        class Evil(transformers.CLIPTextModel):
+            pwned: "(open({str(canary)!r}, 'w'), int)[1]"
+        RESULT = 1
+        ''')
+    assert _rule(info.value) in ("class.init-subclass", "facade.not-allowlisted"), info.value
+    assert not canary.exists()
 
 
 REAL_IDIOMS = '''
