@@ -178,8 +178,10 @@ def test_chmod_or_touch_means_a_rehash(weights, store, monkeypatch):
 
 def test_record_written_within_the_racy_window_is_not_trusted(weights, store, monkeypatch):
     counter = HashCounter(monkeypatch)
-    # The real clock: the file was just written, so its ctime is within the granularity of the
-    # verification time; the record is stored but must not be trusted.
+    # Verification stamped at the file's own ctime (what a real clock gives right after a write,
+    # without depending on how busy the machine is): the record is stored but must not be trusted.
+    ctime_ns = os.stat(weights / UNET).st_ctime_ns
+    monkeypatch.setattr(records, "_now_ns", lambda: ctime_ns)
     _load(weights)
     assert store.is_file()
     stored = json.loads(store.read_text())["records"]
