@@ -215,3 +215,11 @@ def test_text_lists_not_run_lines_as_ranges_and_caps_long_lists():
     ran = tuple(range(1, 201, 2))  # every other line: 100 single-line gaps
     text = _run_text(DynamicRun("not-completed", coverage=Coverage(executable, ran)))
     assert text.endswith(", 80, ... (60 more lines; --format json lists them all)")
+
+
+def test_a_scheduler_the_file_defines_is_built_for_the_vetted_class():
+    # The vetted class's sys.modules entry is an empty placeholder: the synthesiser must find the
+    # file's own scheduler through the sandbox's companion classes.
+    answer = run_here("own_scheduler.py")
+    assert answer["plan"] == {"unet": "UNet2DModel", "scheduler": "own-scheduler:TinyOwnScheduler"}
+    assert answer["completed"] is True and answer["no_components"] is None

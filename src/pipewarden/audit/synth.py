@@ -551,23 +551,32 @@ def _own_scheduler(cls: type, names: tuple[str, ...]) -> str | None:
     return None
 
 
-def _own_schedulers(cls: type) -> list[str]:
-    """Names of the scheduler classes the module of ``cls`` defines (``IADBScheduler`` in ``iadb.py``)."""
+def _own_namespace(cls: type) -> dict[str, Any]:
+    """The classes the file of ``cls`` defines, by name: its module's namespace for a plainly
+    imported class; for a class the sandbox vetted (whose ``sys.modules`` entry is an empty
+    placeholder by design), the companion classes the sandbox recorded when it ran the file."""
     import sys
 
+    from pipewarden.sandbox._load import companion_classes
+
+    vetted = companion_classes(cls)
+    if vetted:
+        return {name: value for (_stem, name), value in vetted.items()}
     module = sys.modules.get(cls.__module__)
-    names = [n for n, v in vars(module).items() if isinstance(v, type)] if module is not None else []
+    return dict(vars(module)) if module is not None else {}
+
+
+def _own_schedulers(cls: type) -> list[str]:
+    """Names of the scheduler classes the module of ``cls`` defines (``IADBScheduler`` in ``iadb.py``)."""
+    names = [n for n, v in _own_namespace(cls).items() if isinstance(v, type)]
     return [n for n in names if _own_class(cls, n) is not None]
 
 
 def _own_class(cls: type, name: str) -> type | None:
     """The scheduler class ``name`` defined in the module of ``cls`` (None if there is none)."""
-    import sys
-
     from diffusers import SchedulerMixin
 
-    module = sys.modules.get(cls.__module__)
-    found = getattr(module, name, None) if module is not None else None
+    found = _own_namespace(cls).get(name)
     if isinstance(found, type) and issubclass(found, SchedulerMixin) and found.__module__ == cls.__module__:
         return found
     return None
