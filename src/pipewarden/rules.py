@@ -179,6 +179,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("argument.component-name", "sandbox", "component names passed to the pipeline are public identifiers"),
     ("argument.config-path", "sandbox", "from_config/from_pretrained take config mappings, never a path or repo id"),
     ("argument.dunder-key", "sandbox", "mapping keys that would become attributes are not dunder names"),
+    ("argument.foreign-memory", "sandbox", "no array or tensor views memory it did not allocate: numpy.ndarray(buffer=...) is refused, read-only buffers reach torch as private copies"),
     ("argument.format-traversal", "sandbox", "format strings and mappings cannot traverse attributes"),
     ("argument.memo", "sandbox", "copy.deepcopy takes no memo dict"),
     ("argument.name-type", "sandbox", "names handed to code-generating host helpers (namedtuple) are plain str"),

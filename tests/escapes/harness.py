@@ -481,6 +481,22 @@ def _restore_config_name(original: bytes | None) -> None:
         ctypes.memmove(id(name) + sys.getsizeof(name) - len(name) - 1, original, len(original))
 
 
+def _bytes_singletons() -> bytes:
+    """The content of CPython's 256 shared one-byte ``bytes`` objects (a write through a tensor that
+    aliases ``bytes([65])`` rewrites every ``b"A"`` of the process)."""
+    return bytes(bytes([i])[0] for i in range(256))
+
+
+def _restore_bytes_singletons() -> None:
+    """Trusted test code: put the shared one-byte objects back after a memory write."""
+    import ctypes
+
+    for i in range(256):
+        one = bytes([i])
+        if one[0] != i:
+            ctypes.memmove(id(one) + sys.getsizeof(one) - 2, (ctypes.c_ubyte * 1)(i), 1)
+
+
 def _scalars() -> dict[str, Any]:
     import numpy as np
     import torch
@@ -517,6 +533,7 @@ def _scalars() -> dict[str, Any]:
         "torch.is_autocast_enabled('cpu')": torch.is_autocast_enabled("cpu"),
         "warnings.filters": tuple(warnings.filters),
         "DiffusionPipeline.config_name bytes": _config_name_bytes(),
+        "bytes singletons": _bytes_singletons(),
         "torch.backends.cudnn.enabled": torch.backends.cudnn.enabled,
         "torch.backends.cudnn.benchmark": torch.backends.cudnn.benchmark,
         "torch.backends.cudnn.deterministic": torch.backends.cudnn.deterministic,
@@ -780,6 +797,7 @@ def _restore_scalars(before: dict[str, Any], after: dict[str, Any]) -> None:
             for key in [k for k in hooks if k not in before[f"torch.nn.modules.module.{name}"]]:
                 del hooks[key]
     _restore_config_name(before["DiffusionPipeline.config_name bytes"])
+    _restore_bytes_singletons()
     torch.set_default_dtype(before["torch.get_default_dtype()"])
     torch.set_grad_enabled(before["torch.is_grad_enabled()"])
     torch.backends.cudnn.enabled = before["torch.backends.cudnn.enabled"]

@@ -2244,6 +2244,28 @@ _P[-1] = dataclasses.replace(
     _P[-1], template=_P[-1].template.replace("(self, unet, scheduler):", "(self, unet, scheduler, *download):")
 )
 
+# ---- red team round 3, F5: entry points that view memory they did not allocate ----------------
+# A tensor is always writable; over an immutable bytes object (CPython shares one per single-byte
+# value) or a read-only array it rewrites host memory. Each door is live in plain Python. (The
+# direct doors, torch.frombuffer/asarray over bytes, are not refused but given a private copy:
+# tests/sandbox/test_foreign_memory.py checks that the host bytes are unchanged.)
+_ONE_BYTE_ARRAY = "numpy.ndarray(shape=(1,), dtype=numpy.uint8, buffer=bytes([{v}]))"
+for _id, _what, _make, _value in (
+    ("ndarray_buffer_from_numpy", "numpy.ndarray(buffer=bytes) + torch.from_numpy", f"torch.from_numpy({_ONE_BYTE_ARRAY})", 0xF3),
+    ("ndarray_buffer_as_tensor", "numpy.ndarray(buffer=bytes) + torch.as_tensor", f"torch.as_tensor({_ONE_BYTE_ARRAY})", 0xF4),
+    ("ndarray_buffer_bytetensor", "numpy.ndarray(buffer=bytes) + torch.ByteTensor", f"torch.ByteTensor({_ONE_BYTE_ARRAY})", 0xF5),
+    ("ndarray_buffer_tensor_new", "numpy.ndarray(buffer=bytes) + tensor.new",
+     f"torch.zeros(1, dtype=torch.uint8).new({_ONE_BYTE_ARRAY})", 0xF6),
+):
+    add(
+        f"r3_memory_{_id}",
+        f"{_what}, then an item write: the shared one-byte bytes object is rewritten in the host",
+        STATE,
+        imports="import numpy",
+        call=f"t = {_make.format(v=_value)}\nt[0] = 1",
+    )
+
+
 ISSUE12_FAMILIES: dict[str, tuple[str, ...]] = {
     "1 ownership laundering": tuple(p.id for p in _P if p.id.startswith("r2_launder_")),
     "2 confused deputies": tuple(p.id for p in _P if p.id.startswith("r2_deputy_")),

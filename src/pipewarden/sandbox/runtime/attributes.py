@@ -27,6 +27,7 @@ from pipewarden.sandbox.runtime._common import (
 )
 from pipewarden.sandbox.runtime.argguards import _checked_super_init, _first_field_check, _reviewed_property
 from pipewarden.sandbox.runtime.facades import FacadeResolver
+from pipewarden.sandbox.runtime.memory import MemoryCheckedClass
 from pipewarden.sandbox.runtime.objects import (
     ClassRef,
     ClassView,
@@ -379,7 +380,7 @@ class AttributeRules(FacadeResolver):
             return Verdict.DENIED
         cacheable = True
         verdict: Verdict
-        if t is ClassView:
+        if t is ClassView or t is MemoryCheckedClass:
             verdict = _verdict(name in ("__name__", "__qualname__", "__module__"))
         elif t is ClassRef or t is KeyCheckedClass:
             verdict = Verdict.NOT_LISTED

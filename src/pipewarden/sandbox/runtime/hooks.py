@@ -98,6 +98,8 @@ class GuardHooks(AttributeRules):
         tensor_types = self._tensor_types()
         if isinstance(obj, tensor_types):
             return _WriteProxy(obj, self.array_arguments.check)
+        if isinstance(obj, _ClassStandIn):  # torch.Tensor, numpy.ndarray (runtime/memory.py)
+            obj = object.__getattribute__(obj, "_pw_cls")
         if isinstance(obj, type):
             raise _violation(f"writing to the host class {_tname(obj)}", "write.host-class")
         raise _violation(

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from pipewarden.sandbox import tripwire
-from pipewarden.sandbox.runtime import argguards, deputies
+from pipewarden.sandbox.runtime import argguards, deputies, memory
 from pipewarden.sandbox.runtime._common import _tname, _violation
 from pipewarden.sandbox.runtime.argguards import (
     _check_bar_format,
@@ -178,3 +178,28 @@ progress_bar_config = argguards._progress_bar_config_guard
 progress_bar = argguards._progress_bar_guard
 register_modules = argguards._register_modules_guard
 attention_processor = argguards._attention_processor_guard
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry points that would view memory they did not allocate (sandbox/runtime/memory.py)
+
+
+def private_memory(box: FacadeResolver, where: str, target: Any) -> Any:
+    """torch.frombuffer/asarray/as_tensor/from_numpy: read-only arguments reach them as private copies
+    (after the array entry-point check every torch callable gets: runtime/arrays.py)."""
+    return box.array_arguments.guard(memory.private_memory(_present(target, where), where), where)
+
+
+def private_memory_class(box: FacadeResolver, where: str, target: Any) -> Any:
+    """torch.Tensor and the legacy typed tensor classes: read-only arguments copied; not subclassable."""
+    return memory.memory_checked_class(_present(target, where), refuse_buffer=False)
+
+
+def no_foreign_buffer(box: FacadeResolver, where: str, target: Any) -> Any:
+    """numpy.ndarray: ``buffer=`` refused; not subclassable."""
+    return memory.memory_checked_class(_present(target, where), refuse_buffer=True)
+
+
+def private_memory_arguments(box: Any, method: Callable[..., Any], where: str) -> Callable[..., Any]:
+    """Argument guard (``tensor.new``): read-only arguments are copied first (after the array check)."""
+    return box.array_arguments.guard(memory.private_memory(method, where), where)
