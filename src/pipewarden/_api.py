@@ -231,6 +231,7 @@ def _run_inprocess(
     )
     built = sorted(k for k in kwargs if k not in components and kwargs[k] is not None and not isinstance(kwargs[k], (bool, int, float, str, list)))
     report("components", f"{len(digests)} files verified while loading (reverify={reverify}); safetensors only: {', '.join(built)}")
+    load_built.exclude(v for k, v in kwargs.items() if k in components)  # the caller's objects
     load_built.adopt(v for k, v in kwargs.items() if k not in components)
     pipe = cls(**kwargs)
     report("instantiate", f"{cls.__name__}({', '.join(sorted(kwargs))}) in-process")

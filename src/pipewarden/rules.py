@@ -154,6 +154,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("call.eval", "sandbox", "eval is refused"),
     ("call.exec", "sandbox", "exec is refused"),
     ("call.global-state", "sandbox", "set_grad_enabled only as a with item or decorator"),
+    ("call.pipeline-module-target", "sandbox", "methods that change a component in place (load_state_dict, enable_*/disable_*, fuse_*, set_attention_slice, add_tokens) only on components this pipeline owns"),
     ("class.enum-mixin", "sandbox", "an Enum mixes in only builtin value types or the file's own classes"),
     ("class.init-subclass", "sandbox", "host bases whose __init_subclass__ runs on the sandbox's class must be reviewed"),
     ("class.keywords", "sandbox", "class statements take no keywords (metaclass=, **kwargs)"),
@@ -223,6 +224,8 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("write.host-class", "sandbox", "host classes are never written"),
     ("write.host-object", "sandbox", "objects the sandbox did not create are never written"),
     ("write.host-state", "sandbox", "containers owned by host objects or classes are never modified"),
+    ("write.pipeline-name", "sandbox", "on components built for this load: public names or new private ones; never dunders, hook/file names, properties or private host state"),
+    ("write.pipeline-value", "sandbox", "callables set on components built for this load are the pipeline's own code, modules or diffusers attention processors"),
     ("write.tensor-attribute", "sandbox", "tensor attributes are never written"),
     # -- the worker process and its wire (isolation/)
     ("worker.callback-failed", "isolation", "a host callback raised; its exception is raised on the host and the call is abandoned"),

@@ -214,7 +214,7 @@ class SandboxPolicy:
 #: data cannot point a replacement or a guard at an arbitrary host function).
 IMPLEMENTATIONS_MODULE = "pipewarden.sandbox.runtime.implementations"
 #: Names computed from the object itself (``[types.*].dynamic``).
-DYNAMIC_RULES = frozenset({"config-keys", "submodules", "dataclass-fields", "instance-public"})
+DYNAMIC_RULES = frozenset({"config-keys", "submodules", "dataclass-fields", "instance-public", "instance-data"})
 
 
 def _fail(what: str, fix: str = "fix the policy file (see the comments in default.toml)") -> PolicyError:

@@ -267,3 +267,48 @@ def _attention_processor_guard(box: AttributeRules, fn: Callable[..., Any], wher
         return fn(*args, **kwargs)
 
     return install
+
+
+def _owned_component_guard(box: AttributeRules, fn: Callable[..., Any], where: str) -> Callable[..., Any]:
+    """Methods that change a component in place (``load_state_dict``, ``fuse_qkv_projections``,
+    ``enable_*``/``disable_*``, ``set_attention_slice``, ``add_tokens``, ...): only on components this
+    pipeline owns -- instances of classes the vetted file defines, components built for this load
+    and their submodules (in the worker: every component) -- never on an object the caller passed.
+    Called on a pipeline, every module and tokenizer it holds must be its own (the host method
+    reaches them all)."""
+    from pipewarden.sandbox.runtime.ownwrites import check_component_target
+
+    target = getattr(fn, "__self__", None)
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        check_component_target(box, target, where)
+        return fn(*args, **kwargs)
+
+    return call
+
+
+def _free_hooks_guard(box: AttributeRules, fn: Callable[..., Any], where: str) -> Callable[..., Any]:
+    """``maybe_free_model_hooks()`` (50 of 110 community files end ``__call__`` with it): diffusers'
+    version re-enables CPU offload from ``self._all_hooks``, ``self._offload_device`` and
+    ``model_cpu_offload_seq`` -- state the pipeline writes freely -- by calling the host's
+    ``enable_model_cpu_offload`` (denied to the sandbox): a confused deputy. Re-implemented: it resets
+    the stateful caches of the pipeline's components (what the rest of diffusers' version does) and
+    never installs offload hooks."""
+    target = getattr(fn, "__self__", None)
+
+    def maybe_free_model_hooks() -> None:
+        if target is None or isinstance(target, type):
+            raise _violation(f"{where} without a pipeline", "call.pipeline-module-target")
+        try:
+            own = object.__getattribute__(target, "__dict__")
+        except AttributeError:
+            return
+        import torch
+
+        for value in list(own.values()):
+            if isinstance(value, torch.nn.Module):
+                reset = getattr(type(value), "_reset_stateful_cache", None)
+                if callable(reset):
+                    reset(value)
+
+    return maybe_free_model_hooks

@@ -37,9 +37,16 @@ from pipewarden.sandbox.runtime.objects import (
     SandboxLogger,
     _checked_arguments,
 )
+from pipewarden.sandbox.runtime.ownwrites import (
+    MUTATOR_PREFIXES,
+    absent_on_host_object,
+    mutator_guard,
+    read_written,
+)
 from pipewarden.sandbox.runtime.snapshots import (
     _READONLY_TYPES,
     _SNAPSHOT_MAPPINGS,
+    _HostConfig,
     _is_frozen_config,
     _private_copy,
 )
@@ -63,6 +70,17 @@ class Verdict(enum.Enum):
     #: allowed iff the sandbox's own object does not hold the name in its ``__dict__`` (a private
     #: name nobody defines: the read finds nothing, or only a reviewed ``__getattr__``).
     IF_ABSENT = "if-absent"
+
+
+_PLAIN_DATA = (bool, int, float, str, type(None))
+
+
+def _plain_data(value: Any) -> bool:
+    """A flag, number, string or None, or a short tuple/list of them (a module's settings such as
+    ``BasicTransformerBlock.only_cross_attention``): data, never a capability."""
+    if type(value) in _PLAIN_DATA:
+        return True
+    return type(value) in (tuple, list) and len(value) <= 64 and all(type(v) in _PLAIN_DATA for v in value)
 
 
 def _verdict(ok: bool) -> Verdict:
@@ -153,6 +171,10 @@ class AttributeRules(FacadeResolver):
                 d = getattr(obj, "__dict__", None)
                 if isinstance(d, dict) and name in d:
                     return True
+            if "instance-data" in dyn:
+                d = getattr(obj, "__dict__", None)
+                if isinstance(d, dict) and name in d and _plain_data(d[name]):
+                    return True
         return False
 
     def _owned_name_verdict(self, name: str) -> Verdict | None:
@@ -239,6 +261,8 @@ class AttributeRules(FacadeResolver):
         if verdict is Verdict.IF_DYNAMIC_RULE:
             return _verdict(self._listed_dynamically(obj, t, name))
         if verdict is Verdict.IF_KEY:
+            if t is _HostConfig:  # a config's attributes that differ from its items (config.x = v)
+                return _verdict(name in obj or name in object.__getattribute__(obj, "_pw_attrs"))
             return _verdict(name in obj)
         if verdict is Verdict.IF_ABSENT:
             d = getattr(obj, "__dict__", None)
@@ -251,8 +275,14 @@ class AttributeRules(FacadeResolver):
         t = type(obj)
         if t is Facade:
             return self.facade_attr(obj, name)
+        if self.load_built.has_written:
+            written = self.load_built.written(obj)
+            if written is not None and name in written:
+                return read_written(self, obj, name)  # what the pipeline set on its own component
         verdict = self.decide_attribute(obj, name)
         if verdict is not Verdict.ALLOW:
+            if verdict is Verdict.NOT_LISTED and absent_on_host_object(self, obj, name):
+                raise AttributeError(f"{_tname(obj)!r} object has no attribute {name!r}")
             if verdict is Verdict.DENIED:
                 raise _violation(
                     f"{_tname(obj)}.{name} is refused on every object (files, network, process or hooks)",
@@ -282,11 +312,15 @@ class AttributeRules(FacadeResolver):
         if name in self.policy.string_dunders and not isinstance(value, (str, type(None))):
             raise _violation(f"{name} of a {_tname(obj)} is not a string", "attribute.dunder")
         guard = self.policy.argument_guards.get(name)
+        if guard is None and not isinstance(obj, type) and name.startswith(MUTATOR_PREFIXES):
+            value = mutator_guard(self, obj, name, value)
         if guard is not None and callable(value):
             return self.resolved.argument_guards[guard](self, value, f"{_tname(obj)}.{name}")
         if (t_value in _WRITABLE_CONTAINERS or t_value in _SNAPSHOT_MAPPINGS or _is_frozen_config(value)) and (
             t not in _WRITABLE_CONTAINERS and self._held_by_host(obj, name)
         ):
+            if name == "config" and self.owns(obj) and not isinstance(obj, type):
+                self.load_built.adopt_config(obj, value)  # a sandbox-defined model's own config
             # A list/dict/set/config held by a host object or a host class (a component's config, a
             # default argument, DiffusionPipeline._optional_components) is host state: the sandbox
             # gets a read-only snapshot, so writes cannot reach the host.

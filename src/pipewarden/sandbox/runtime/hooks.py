@@ -47,6 +47,7 @@ from pipewarden.sandbox.runtime.objects import (
     _TypeBuiltin,
     _WriteProxy,
 )
+from pipewarden.sandbox.runtime.ownwrites import writer_for
 from pipewarden.sandbox.runtime.snapshots import _READONLY_TYPES, _is_snapshot_type
 
 #: Classes ``type(x)`` returns as themselves (builtins the sandbox names anyway).
@@ -95,6 +96,9 @@ class GuardHooks(AttributeRules):
             if self._keys_become_attributes(t):
                 return _KeyCheckedWriter(obj)
             return obj
+        own = writer_for(self, obj)  # built for this load (or a config this pipeline owns)
+        if own is not None:
+            return own
         tensor_types = self._tensor_types()
         if isinstance(obj, tensor_types):
             return _WriteProxy(obj, self.array_arguments.check)

@@ -179,6 +179,9 @@ progress_bar = argguards._progress_bar_guard
 register_modules = argguards._register_modules_guard
 attention_processor = argguards._attention_processor_guard
 
+owned_component = argguards._owned_component_guard
+free_hooks_reimplemented = argguards._free_hooks_guard
+
 
 # ---------------------------------------------------------------------------------------------------
 # Entry points that would view memory they did not allocate (sandbox/runtime/memory.py)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import collections
 import copy
+import weakref
 from typing import Any
 
 from pipewarden.sandbox.runtime._common import _WRITABLE_CONTAINERS, _resolve_type_path, _violation
@@ -29,13 +30,13 @@ def _refuse_host_mutation(*_args: Any, **_kwargs: Any) -> Any:
     )
 
 
-def _readonly_type(base: type, mutators: tuple[str, ...]) -> type:
+def _readonly_type(base: type, mutators: tuple[str, ...], slots: tuple[str, ...] = (), name: str = "") -> type:
     ns: dict[str, Any] = {name: _refuse_host_mutation for name in mutators}
     ns["__reduce_ex__"] = lambda self, protocol: (base, (base(self),))
     ns["__copy__"] = lambda self: base(self)
     ns["__deepcopy__"] = lambda self, memo: copy.deepcopy(base(self), memo)
-    ns["__slots__"] = ()
-    return type(f"HostOwned{base.__name__.capitalize()}", (base,), ns)
+    ns["__slots__"] = slots
+    return type(name or f"HostOwned{base.__name__.capitalize()}", (base,), ns)
 
 
 #: Read-only snapshots of host containers: reading works as usual, any mutation is a PolicyViolation.
@@ -43,9 +44,8 @@ _HostList = _readonly_type(
     list, ("append", "extend", "insert", "remove", "pop", "clear", "sort", "reverse", "__setitem__",
            "__delitem__", "__iadd__", "__imul__")
 )
-_HostDict = _readonly_type(
-    dict, ("update", "pop", "popitem", "clear", "setdefault", "__setitem__", "__delitem__", "__ior__")
-)
+_DICT_MUTATORS = ("update", "pop", "popitem", "clear", "setdefault", "__setitem__", "__delitem__", "__ior__")
+_HostDict = _readonly_type(dict, _DICT_MUTATORS)
 
 
 def _host_dict_getattr(self: Any, name: str) -> Any:
@@ -59,12 +59,32 @@ def _host_dict_getattr(self: Any, name: str) -> Any:
 
 
 _HostDict.__getattr__ = _host_dict_getattr  # type: ignore[attr-defined]
+
+
+#: Read-only snapshot of a diffusers config (``FrozenDict``). diffusers keeps a config's values
+#: twice, as items and as attributes, and ``config.x = v`` changes only the attribute: the snapshot
+#: keeps the attributes that differ from the items (``_pw_attrs``) so that attribute reads answer
+#: what they answer on the real config, and a weak reference to the real config (``_pw_source``;
+#: underscore names are never readable by sandboxed code) so that a write to a config this
+#: pipeline owns reaches it (:mod:`pipewarden.sandbox.runtime.ownwrites`).
+_HostConfig = _readonly_type(dict, _DICT_MUTATORS, slots=("_pw_attrs", "_pw_source"), name="HostOwnedConfig")
+
+
+def _host_config_getattr(self: Any, name: str) -> Any:
+    if not name.startswith("_"):
+        attrs = object.__getattribute__(self, "_pw_attrs")
+        if name in attrs:
+            return attrs[name]
+    return _host_dict_getattr(self, name)
+
+
+_HostConfig.__getattr__ = _host_config_getattr  # type: ignore[attr-defined]
 _HostSet = _readonly_type(
     set, ("add", "discard", "remove", "pop", "clear", "update", "difference_update", "intersection_update",
           "symmetric_difference_update", "__ior__", "__iand__", "__isub__", "__ixor__")
 )
 _READONLY: dict[type, type] = {list: _HostList, dict: _HostDict, set: _HostSet}
-_READONLY_TYPES = frozenset(_READONLY.values())
+_READONLY_TYPES = frozenset((*_READONLY.values(), _HostConfig))
 
 
 def _private_copy(value: Any, depth: int = 0) -> Any:
@@ -77,10 +97,23 @@ def _private_copy(value: Any, depth: int = 0) -> Any:
         return tuple(_private_copy(v, depth + 1) if type(v) in _CONTAINER_TYPES else v for v in value)
     if t is bytearray:
         return bytes(value)
-    if t in _SNAPSHOT_MAPPINGS or _is_frozen_config(value):
+    if t in _SNAPSHOT_MAPPINGS:
         return _HostDict(
             {k: _private_copy(v, depth + 1) if _is_snapshot_type(v) else v for k, v in value.items()}
         )
+    if _is_frozen_config(value):
+        snap = _HostConfig(
+            {k: _private_copy(v, depth + 1) if _is_snapshot_type(v) else v for k, v in value.items()}
+        )
+        attrs: dict[str, Any] = {}
+        own = getattr(value, "__dict__", None)
+        if isinstance(own, dict):
+            for k, v in own.items():
+                if type(k) is str and not k.startswith("_") and (k not in value or value[k] is not v):
+                    attrs[k] = _private_copy(v, depth + 1) if _is_snapshot_type(v) else v
+        object.__setattr__(snap, "_pw_attrs", attrs)
+        object.__setattr__(snap, "_pw_source", weakref.ref(value))
+        return snap
     ro = _READONLY.get(t)
     if ro is None:
         return value

@@ -1,0 +1,144 @@
+"""Host methods that change a component in place (red team round 3: F1 maybe_free_model_hooks ->
+enable_model_cpu_offload, F2 enable_attention_slicing, F3 fuse_qkv_projections, F6 add_tokens, F10
+DebugUnderflowOverflow): in-process they run only on components this pipeline owns -- built for
+this load, or by its own classes -- never on objects the caller passed, and the caller's objects are
+unchanged afterwards. On components built for this load they run as in plain diffusers."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pytest
+
+from pipewarden.errors import PipewardenError
+from pipewarden.sandbox import load_class, tripwire
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("transformers")
+
+SOURCE = '''\
+import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel, DDIMScheduler
+from transformers import CLIPTextModel, CLIPTokenizer
+
+
+class MutPipeline(DiffusionPipeline):
+    model_cpu_offload_seq = "text_encoder->unet"
+
+    def __init__(self, unet: UNet2DConditionModel, scheduler: DDIMScheduler, text_encoder: CLIPTextModel,
+                 tokenizer: CLIPTokenizer):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+
+    def _run(self):
+        g = torch.Generator().manual_seed(0)
+        sample = torch.randn(1, 4, 8, 8, generator=g)
+        text = torch.randn(1, 5, 32, generator=g)
+        return self.unet(sample, 3, encoder_hidden_states=text).sample
+
+    def __call__(self, how="slicing"):
+        if how == "free-hooks":
+            # F1: the pipeline chooses what diffusers' maybe_free_model_hooks would re-offload, and where
+            self._all_hooks = [1]
+            self._offload_device = "meta"
+            self.maybe_free_model_hooks()
+        elif how == "slicing":
+            self.enable_attention_slicing(1)
+        elif how == "fuse":
+            self.unet.fuse_qkv_projections()
+        elif how == "tokens":
+            self.tokenizer.add_tokens(["<pw-token>"])
+            return len(self.tokenizer), self._run()
+        elif how == "debug":
+            from transformers.debug_utils import DebugUnderflowOverflow
+            DebugUnderflowOverflow(self.unet)
+        return self._run()
+'''
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    from pipewarden.audit import synth
+
+    root = tmp_path_factory.mktemp("mut")
+    (root / "mut_pipeline.py").write_text(SOURCE)
+    cls = load_class(SOURCE, filename="mut_pipeline.py")
+    synth.save_weights_dir(cls.__name__, synth.build_components(cls), root / "weights")
+    return root
+
+
+def _load(repo, isolation="inprocess", **components):
+    import pipewarden
+
+    code = repo / "mut_pipeline.py"
+    return pipewarden.load_pipeline(
+        str(repo / "weights"), custom_pipeline=str(code), trust_remote_code=True,
+        pipeline_sha256=hashlib.sha256(code.read_bytes()).hexdigest(), isolation=isolation, **components,
+    )
+
+
+def _state(module):
+    return (
+        {k: type(v).__name__ for k, v in module.attn_processors.items()} if hasattr(module, "attn_processors") else {},
+        sorted(name for name, _ in module.named_modules()),
+        float(sum(p.double().sum() for p in module.parameters())),
+        sorted(vars(module)),
+        sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in module.modules()),
+        any("_hf_hook" in vars(m) or "forward" in vars(m) for m in module.modules()),
+    )
+
+
+@pytest.mark.parametrize("how", ["slicing", "fuse", "tokens"])
+def test_mutators_on_components_built_for_this_load_run_like_plain(how, repo):
+    from diffusers import DiffusionPipeline
+
+    plain = DiffusionPipeline.from_pretrained(
+        str(repo / "weights"), custom_pipeline=str(repo / "mut_pipeline.py"), trust_remote_code=True
+    )
+    expected = plain(how=how)
+    got = _load(repo)(how=how)
+    if how == "tokens":
+        assert got[0] == expected[0] and torch.equal(got[1], expected[1])
+    else:
+        assert torch.equal(got, expected)
+    assert not tripwire.is_armed()
+
+
+def test_maybe_free_model_hooks_never_installs_offload_hooks(repo):
+    pipe = _load(repo)
+    before = {n: _state(getattr(pipe, n)) for n in ("unet", "text_encoder")}
+    pipe(how="free-hooks")  # resets caches only: no error, no hooks, nothing moved to "meta"
+    assert {n: _state(getattr(pipe, n)) for n in ("unet", "text_encoder")} == before
+    assert pipe.unet.device.type == "cpu" and pipe.text_encoder.device.type == "cpu"
+
+
+@pytest.mark.parametrize("how", ["slicing", "fuse", "tokens", "free-hooks"])
+def test_mutators_never_change_components_the_caller_passed(how, repo):
+    from diffusers import UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    unet = UNet2DConditionModel.from_pretrained(str(repo / "weights" / "unet"))
+    text_encoder = CLIPTextModel.from_pretrained(str(repo / "weights" / "text_encoder"))
+    tokenizer = CLIPTokenizer.from_pretrained(str(repo / "weights" / "tokenizer"))
+    before = (_state(unet), _state(text_encoder), len(tokenizer))
+    pipe = _load(repo, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer)
+    cls = load_class(SOURCE, filename="mut_pipeline.py")
+    for p in (pipe, cls(unet=unet, scheduler=pipe.scheduler, text_encoder=text_encoder, tokenizer=tokenizer)):
+        if how == "free-hooks":
+            p(how=how)  # allowed (re-implemented), but changes nothing
+        else:
+            with pytest.raises(PipewardenError) as info:
+                p(how=how)
+            assert info.value.rule == "call.pipeline-module-target", (info.value.rule, info.value.what)
+    assert (_state(unet), _state(text_encoder), len(tokenizer)) == before
+    assert not tripwire.is_armed()
+
+
+def test_debug_hooks_helper_is_not_constructible(repo):
+    unet = None
+    pipe = _load(repo)
+    unet = pipe.unet
+    before = _state(unet)
+    with pytest.raises(PipewardenError):
+        pipe(how="debug")
+    assert _state(unet) == before
