@@ -34,7 +34,7 @@ def test_default_policy_is_versioned_frozen_and_cached():
 
 
 @pytest.mark.parametrize(
-    "name", ["save_pretrained", "from_pretrained", "load_state_dict", "push_to_hub", "register_forward_hook",
+    "name", ["save_pretrained", "from_pretrained", "load_lora_weights", "push_to_hub", "register_forward_hook",
              "share_memory_", "untyped_storage", "storage", "data_ptr", "tofile", "to_json_file", "save_config",
              "download", "from_single_file", "register_forward_pre_hook", "save"],
 )
