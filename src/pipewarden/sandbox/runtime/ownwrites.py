@@ -330,10 +330,8 @@ def absent_on_host_object(box: AttributeRules, obj: Any, name: str) -> bool:
     set, not defined by its class, not a submodule, parameter, buffer or config key, and its class
     has no ``__getattr__`` or a reviewed one) reads as missing, as it would in plain Python. Only
     the absence is answered: nothing is looked up on the object."""
-    if name.startswith("__") or (name.startswith("_") and name.endswith("_")):
-        return False
-    if box._deny.denies(name) or box._deny.denies(name.lstrip("_")):
-        return False
+    if name.startswith("_") or box._deny.denies(name) or box.owns(obj):
+        return False  # private names and the sandbox's own objects keep their own rules
     from pipewarden.sandbox.runtime._base import _writable
 
     t = type(obj)
