@@ -249,3 +249,82 @@ def test_host_evaluating_sandbox_annotations_runs_nothing(tmp_path):
 
     assert [f.name for f in dataclasses.fields(type(out))] == ["images"]
     assert out.images == [2]
+
+
+NESTED = '''
+import typing
+from typing import Annotated, Dict, List, Optional, Union
+
+from diffusers import DiffusionPipeline
+
+
+class P(DiffusionPipeline):
+    def __init__(
+        self,
+        unet: list["{a}"] = None,
+        vae: dict[str, "{b}"] = None,
+        scheduler: Optional[list["{c}"]] = None,
+        tokenizer: Union[int, dict[str, "{d}"]] = None,
+        text_encoder: Annotated[list["{e}"], "{f}"] = None,
+        dtype_probe: list["torch.set_default_dtype(torch.float64)"] = None,
+        plain: Optional[List[int]] = None,
+    ):
+        super().__init__()
+
+    def __call__(self):
+        return 1
+'''
+
+
+def test_host_evaluating_nested_text_annotations_runs_nothing(tmp_path):
+    """N5: a str nested in list[...]/dict[...]/Optional/Union/Annotated or a ForwardRef is made inert
+    with the whole annotation; plain typing annotations stay as they are."""
+    import typing
+
+    import torch
+
+    source = NESTED
+    canaries = {}
+    for key in "abcdef":
+        canaries[key] = tmp_path / f"nested_{key}"
+        source = source.replace("{" + key + "}", _ESCAPE.format(canary=canaries[key]))
+    before = torch.get_default_dtype()
+    cls = load_class(source)
+    for call in (
+        lambda: cls._get_signature_types(),
+        lambda: typing.get_type_hints(cls.__init__),
+        lambda: typing.get_type_hints(cls.__init__, include_extras=True),
+    ):
+        try:
+            call()
+        except Exception:  # noqa: BLE001 - only the side effect matters here
+            pass
+    assert [k for k, c in canaries.items() if c.exists()] == []
+    assert torch.get_default_dtype() == before
+    hints = typing.get_type_hints(cls.__init__)
+    assert hints["plain"] == typing.Optional[typing.List[int]]  # noqa: UP006 - typing forms on purpose
+    assert hints["unet"] is typing.Any
+
+
+def test_inert_annotations_walks_typing_forms():
+    """typing's own ForwardRef (Optional["x"], List["x"], TypeVar bounds) anywhere makes the whole
+    annotation inert; the inert form is stable and plain annotations are returned as they are."""
+    import typing
+
+    from pipewarden.sandbox.runtime.classhooks import inert_annotations
+
+    text = "__import__('os').system('true')"
+    holding = {
+        "a": typing.Optional[typing.List[text]],  # noqa: UP006
+        "b": typing.ForwardRef(text),
+        "c": typing.Union[int, typing.Dict[str, text]],  # noqa: UP006
+        "d": typing.TypeVar("T", bound=text),
+        "e": typing.Annotated[int, text],
+        "f": list[list[list[text]]],
+    }
+    inert = inert_annotations(holding)
+    for key, value in inert.items():
+        assert value == typing.Annotated[typing.Any, "<annotation holding text>"], key
+    assert inert_annotations(inert) is inert
+    plain = {"a": typing.Optional[typing.List[int]], "b": int | None, "c": typing.Literal[1]}  # noqa: UP006
+    assert inert_annotations(plain) is plain

@@ -126,14 +126,70 @@ def _check_set_name(name: str, key: str, value: Any, owns: Callable[[type], bool
 _DATACLASS_MARKER = re.compile(r"^\s*(?:\w+\s*\.\s*)?(ClassVar|InitVar)\b")
 
 
+_PLAIN_ANNOTATION_DEPTH = 8
+
+
+def _plain_annotation(value: Any, depth: int = 0) -> bool:
+    """True if ``value`` is an annotation host code can evaluate without running text: a class,
+    None/Ellipsis, or a typing form whose every argument (``__origin__``, ``__args__``,
+    ``__metadata__``, TypeVar bounds) is one too -- no str and no ForwardRef anywhere, up to a
+    bounded depth. Anything else (an unknown object, a string anywhere inside) is not."""
+    import dataclasses
+    import types
+    import typing
+
+    if depth > _PLAIN_ANNOTATION_DEPTH:
+        return False
+    if value is None or value is Ellipsis or value is typing.Any:
+        return True
+    t = type(value)
+    if t in (str, typing.ForwardRef) or isinstance(value, (str, typing.ForwardRef)):
+        return False
+    if t in (bool, int):  # Literal[...] values
+        return True
+    if isinstance(value, type) and t is not types.GenericAlias:
+        return True  # a class: get_type_hints returns it as it is
+    if t is typing.TypeVar:
+        parts: tuple = (*value.__constraints__, value.__bound__)
+        return all(_plain_annotation(p, depth + 1) for p in parts)
+    if issubclass(t, typing._SpecialForm):  # type: ignore[attr-defined]
+        return True
+    if t is dataclasses.InitVar:
+        return _plain_annotation(object.__getattribute__(value, "type"), depth + 1)
+    if t is types.GenericAlias or t is types.UnionType or issubclass(t, typing._BaseGenericAlias):  # type: ignore[attr-defined]
+        if t is types.GenericAlias:
+            origin, args, metadata = value.__origin__, value.__args__, ()
+        elif t is types.UnionType:
+            origin, args, metadata = None, value.__args__, ()
+        else:
+            d = object.__getattribute__(value, "__dict__")
+            origin, args, metadata = d.get("__origin__"), d.get("__args__", ()), d.get("__metadata__", ())
+        if type(args) is not tuple or type(metadata) is not tuple:
+            return False
+        if origin is typing.Any and metadata and all(type(m) is str for m in metadata):
+            return not args or args == (typing.Any,)  # the inert form below: metadata is never evaluated
+        return all(_plain_annotation(p, depth + 1) for p in (origin, *args, *metadata))
+    return False
+
+
 def inert_annotation(value: Any) -> Any:
-    if type(value) is not str and not isinstance(value, str):
+    """``value`` if it is a plain annotation (see above); else the whole annotation replaced by an
+    inert one (the text kept for a str; dataclass ClassVar/InitVar meaning kept)."""
+    if _plain_annotation(value):
         return value
     import dataclasses
     import typing
 
-    text = str(value)
-    marker = _DATACLASS_MARKER.match(text)
+    if type(value) is str or isinstance(value, str):
+        text = str(value)
+        marker = _DATACLASS_MARKER.match(text)
+    else:
+        text = "<annotation holding text>"
+        marker = None
+        if isinstance(value, typing._GenericAlias) and value.__origin__ is typing.ClassVar:  # type: ignore[attr-defined]
+            return typing.ClassVar[typing.Any]
+        if type(value) is dataclasses.InitVar:
+            return dataclasses.InitVar(typing.Any)  # type: ignore[arg-type]
     if marker is not None and marker.group(1) == "ClassVar":
         return typing.ClassVar[typing.Any]
     if marker is not None:
@@ -142,7 +198,9 @@ def inert_annotation(value: Any) -> Any:
 
 
 def inert_annotations(annotations: Any) -> Any:
-    """A copy of an ``__annotations__`` dict with every str value made inert (other values as they are)."""
-    if type(annotations) is not dict or not any(isinstance(v, str) for v in annotations.values()):
+    """A copy of an ``__annotations__`` dict with every annotation that holds text anywhere (a str,
+    a ForwardRef, nested in ``list[...]``/``Optional[...]``/``Annotated[...]``) made inert as a
+    whole; plain annotations as they are."""
+    if type(annotations) is not dict or all(_plain_annotation(v) for v in annotations.values()):
         return annotations
     return {k: inert_annotation(v) for k, v in annotations.items()}
