@@ -321,6 +321,7 @@ def test_inert_annotations_walks_typing_forms():
         "d": typing.TypeVar("T", bound=text),
         "e": typing.Annotated[int, text],
         "f": list[list[list[text]]],
+        "g": list[object(), text],
     }
     inert = inert_annotations(holding)
     for key, value in inert.items():

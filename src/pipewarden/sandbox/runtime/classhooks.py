@@ -133,7 +133,7 @@ def _plain_annotation(value: Any, depth: int = 0) -> bool:
     """True if ``value`` is an annotation host code can evaluate without running text: a class,
     None/Ellipsis, or a typing form whose every argument (``__origin__``, ``__args__``,
     ``__metadata__``, TypeVar bounds) is one too -- no str and no ForwardRef anywhere, up to a
-    bounded depth. Anything else (an unknown object, a string anywhere inside) is not."""
+    bounded depth. A string anywhere inside, or too deep, is not."""
     import dataclasses
     import types
     import typing
@@ -169,7 +169,9 @@ def _plain_annotation(value: Any, depth: int = 0) -> bool:
         if origin is typing.Any and metadata and all(type(m) is str for m in metadata):
             return not args or args == (typing.Any,)  # the inert form below: metadata is never evaluated
         return all(_plain_annotation(p, depth + 1) for p in (origin, *args, *metadata))
-    return False
+    # any other object (a facade class, a marker instance) is returned as it is by get_type_hints,
+    # which recurses only into str, ForwardRef and the typing forms above (a subclass of one: inert)
+    return not isinstance(value, (types.GenericAlias, types.UnionType, typing._BaseGenericAlias))  # type: ignore[attr-defined]
 
 
 def inert_annotation(value: Any) -> Any:
