@@ -121,6 +121,16 @@ class PatchPipeline(DiffusionPipeline):
             self.unet.load_state_dict({k: v * 0 for k, v in self.unet.state_dict().items()})
         elif how == "delete-host":
             del blocks[0].norm1
+        elif how == "scheduler-config-name":
+            self.scheduler.config_name = "../pw_escaped_config.json"
+        elif how == "unet-config-name":
+            self.unet.config_name = "../pw_escaped_config.json"
+        elif how == "ignore-for-config":
+            self.scheduler.ignore_for_config = ["num_train_timesteps"]
+        elif how == "class-none-data":
+            self.unet._auto_class = "AutoModel"
+        elif how == "method-to-data":
+            blocks[0].forward = None
         return None
 '''
 
@@ -138,6 +148,13 @@ ESCAPES = [
     ("config-item", "write.host-object"),
     ("config-method", "write.pipeline-name"),
     ("delete-host", "write.pipeline-name"),
+    # class-level data host code reads (save_pretrained/save_config join config_name onto the
+    # save directory): never shadowed on a load-built object
+    ("scheduler-config-name", "write.pipeline-name"),
+    ("unet-config-name", "write.pipeline-name"),
+    ("ignore-for-config", "write.pipeline-name"),
+    ("class-none-data", "write.pipeline-name"),
+    ("method-to-data", "write.pipeline-name"),
 ]
 
 
@@ -229,9 +246,14 @@ def test_writes_to_components_built_for_this_load_stay_inside_the_allowance(how,
     config_items = dict(pipe.unet.config)
     config_attrs = dict(vars(pipe.unet.config))
     step = type(pipe.scheduler).step
+    scheduler_vars, unet_vars = dict(vars(pipe.scheduler)), dict(vars(pipe.unet))
     with pytest.raises(PipewardenError) as info:
         pipe(how=how)
     assert info.value.rule == rule, (info.value.rule, info.value.what)
+    assert dict(vars(pipe.scheduler)) == scheduler_vars
+    assert dict(vars(pipe.unet)) == unet_vars
+    assert pipe.scheduler.config_name == "scheduler_config.json"
+    assert pipe.unet.config_name == "config.json"
     assert BasicTransformerBlock.forward is cls_forward
     assert dict(vars(block)) == before_dict
     assert dict(pipe.unet.config) == config_items
@@ -239,6 +261,18 @@ def test_writes_to_components_built_for_this_load_stay_inside_the_allowance(how,
     assert "step" not in vars(pipe.scheduler) and type(pipe.scheduler).step is step
     assert pipe.unet.dtype == torch.float32
     assert not tripwire.is_armed()
+
+
+def test_class_data_write_reaches_no_saved_file(repo, tmp_path):
+    """N4: ``scheduler.config_name = "../x.json"`` is refused, so save_config writes inside the
+    save directory only."""
+    pipe = _load(repo)
+    with pytest.raises(PipewardenError):
+        pipe(how="scheduler-config-name")
+    save = tmp_path / "save"
+    pipe.scheduler.save_config(str(save))
+    assert (save / "scheduler_config.json").exists()
+    assert not (tmp_path / "pw_escaped_config.json").exists()
 
 
 @pytest.mark.parametrize("how, rule", [

@@ -20,7 +20,8 @@ later calls (``forward``) is sandboxed code, whose frames arm the tripwire by co
 whose every attribute access runs through this sandbox's guards, whoever calls it -- torch, or the
 caller using ``pipe.unet`` after the pipeline returned (SECURITY.md, "Pipelines patching their own
 components"). A diffusers config's attributes never reach a saved config (``_internal_dict``
-items do), so nothing set here persists to disk.
+items do); names the object's class defines are never shadowed by data (``config_name``, which
+save_pretrained/save_config join onto the save directory), only methods by callables.
 
 Trusts: the policy's deny list and the identity record ``LoadBuilt`` the loader filled.
 """
@@ -79,6 +80,24 @@ def check_name(box: GuardHooks, obj: Any, name: Any) -> None:
     if not _is_module(obj) and raw is not None and callable(raw):
         # a config's or scheduler's methods are called by host code: never shadowed
         raise _violation(f"{where} (it would shadow a method of its class)", "write.pipeline-name", _FIX)
+
+
+def check_class_level(obj: Any, name: str, value: Any) -> None:
+    """A name the object's class defines (anywhere in its MRO) may be set only to a callable
+    replacing a method (``module.forward = fn``): class-level data (``config_name``,
+    ``ignore_for_config``, ``_auto_class = None``) is what host code reads as file names and save
+    rules, so it is never shadowed on the instance."""
+    for klass in type(obj).__mro__:
+        if name in klass.__dict__:
+            raw = klass.__dict__[name]
+            if isinstance(raw, types.FunctionType) and callable(value):
+                return
+            raise _violation(
+                f"setting {name!r} on a {_tname(obj)} built for this load (class-level data of its class,"
+                " which host code reads: file names, save rules)",
+                "write.pipeline-name",
+                "keep the pipeline's own settings on the pipeline (or in new attribute names)",
+            )
 
 
 def _allowed_callable(box: GuardHooks, value: Any, depth: int = 0) -> bool:
@@ -141,6 +160,7 @@ class PipelineWriter:
         box = object.__getattribute__(self, "_pw_box")
         obj = object.__getattribute__(self, "_pw_obj")
         check_name(box, obj, name)
+        check_class_level(obj, name, value)
         check_value(box, obj, name, value)
         setattr(obj, name, value)
         box.load_built.record_write(obj, name)
@@ -184,6 +204,7 @@ class ConfigWriter:
         if type(name) is str and name.startswith("_"):
             raise _violation(f"setting {name!r} on a config", "write.pipeline-name", _FIX)
         check_name(box, source, name)
+        check_class_level(source, name, value)
         check_value(box, source, name, value)
         setattr(source, name, value)
         box.load_built.record_write(source, name)
