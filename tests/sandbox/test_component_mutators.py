@@ -49,6 +49,12 @@ class MutPipeline(DiffusionPipeline):
         elif how == "tokens":
             self.tokenizer.add_tokens(["<pw-token>"])
             return len(self.tokenizer), self._run()
+        elif how == "super-xformers":
+            super(MutPipeline, self).disable_xformers_memory_efficient_attention()
+        elif how == "class-xformers":
+            MutPipeline.disable_xformers_memory_efficient_attention(self)
+        elif how == "host-class-xformers":
+            DiffusionPipeline.disable_xformers_memory_efficient_attention(self)
         elif how == "debug":
             from transformers.debug_utils import DebugUnderflowOverflow
             DebugUnderflowOverflow(self.unet)
@@ -132,6 +138,27 @@ def test_mutators_never_change_components_the_caller_passed(how, repo):
             assert info.value.rule == "call.pipeline-module-target", (info.value.rule, info.value.what)
     assert (_state(unet), _state(text_encoder), len(tokenizer)) == before
     assert not tripwire.is_armed()
+
+
+@pytest.mark.parametrize("how", ["super-xformers", "class-xformers", "host-class-xformers"])
+def test_mutators_read_through_super_or_the_class_check_the_self_they_get(how, repo):
+    """N3: a mutator-family host method read through ``super(C, self)`` or from the class is
+    checked against the ``self`` it runs on: the caller's UNet keeps its processor objects."""
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_pretrained(str(repo / "weights" / "unet"))
+    processors = {k: id(v) for k, v in unet.attn_processors.items()}
+    pipe = _load(repo, unet=unet)
+    with pytest.raises(PipewardenError) as info:
+        pipe(how=how)
+    assert info.value.rule == "call.pipeline-module-target", (info.value.rule, info.value.what)
+    assert {k: id(v) for k, v in unet.attn_processors.items()} == processors
+    assert not tripwire.is_armed()
+    # on the pipeline's own components it runs (as in plain diffusers)
+    own = _load(repo)
+    before = {k: id(v) for k, v in own.unet.attn_processors.items()}
+    assert torch.is_tensor(own(how=how))
+    assert {k: id(v) for k, v in own.unet.attn_processors.items()} != before
 
 
 def test_debug_hooks_helper_is_not_constructible(repo):

@@ -312,7 +312,7 @@ class AttributeRules(FacadeResolver):
         if name in self.policy.string_dunders and not isinstance(value, (str, type(None))):
             raise _violation(f"{name} of a {_tname(obj)} is not a string", "attribute.dunder")
         guard = self.policy.argument_guards.get(name)
-        if guard is None and not isinstance(obj, type) and name.startswith(MUTATOR_PREFIXES):
+        if guard is None and name.startswith(MUTATOR_PREFIXES):
             value = mutator_guard(self, obj, name, value)
         if guard is not None and callable(value):
             return self.resolved.argument_guards[guard](self, value, f"{_tname(obj)}.{name}")

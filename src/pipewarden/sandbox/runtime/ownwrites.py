@@ -297,19 +297,42 @@ def check_component_target(box: AttributeRules, target: Any, where: str) -> None
 
 def mutator_guard(box: AttributeRules, obj: Any, name: str, value: Any) -> Any:
     """``value`` (``obj.name``, just read) wrapped in the component check if it is a host method of a
-    component whose name is in a mutator family; else ``value`` unchanged."""
-    if not name.startswith(MUTATOR_PREFIXES) or isinstance(obj, type) or not callable(value):
+    component whose name is in a mutator family; else ``value`` unchanged. Whatever the receiver of
+    the read: an instance, ``super(C, self)`` (the instance it is bound to is checked) or the class
+    (``Pipeline.enable_x(self)``: the ``self`` it is called with is checked)."""
+    if not name.startswith(MUTATOR_PREFIXES) or not callable(value):
         return value
-    if not isinstance(obj, _kinds_tuple()):
+    kinds = _kinds_tuple()
+    receiver, after = obj, None
+    if type(obj) is super:
+        receiver, after = obj.__self__, obj.__thisclass__  # type: ignore[attr-defined]
+    is_class = isinstance(receiver, type)
+    if is_class and not issubclass(receiver, kinds):
         return value
-    for klass in type(obj).__mro__:
+    if not is_class and not isinstance(receiver, kinds):
+        return value
+    mro = receiver.__mro__ if is_class else type(receiver).__mro__
+    if after is not None:
+        mro = mro[mro.index(after) + 1 :] if after in mro else ()
+    raw = None
+    for klass in mro:
         if name in klass.__dict__:
             if klass in box._classes:
                 return value  # the pipeline's own method: sandboxed code, checked where it acts
+            raw = klass.__dict__[name]
             break
     from pipewarden.sandbox.runtime.argguards import _owned_component_guard
 
-    return _owned_component_guard(box, value, f"{_tname(obj)}.{name}")
+    where = f"{_tname(receiver)}.{name}"
+    if is_class and isinstance(raw, types.FunctionType) and isinstance(value, types.FunctionType):
+        fn = value
+
+        def call_with_self(*args: Any, **kwargs: Any) -> Any:
+            check_component_target(box, args[0] if args else None, where)
+            return fn(*args, **kwargs)
+
+        return call_with_self
+    return _owned_component_guard(box, value, where)
 
 
 def _writable_kind(obj: Any) -> bool:
