@@ -216,6 +216,11 @@ def _run_inprocess(
         load_built=load_built,
     )
     report("sandbox", f"vetted class {cls.__name__}: scanned, restricted-compiled, executed with facades")
+    # The caller's objects are never handed to the pipeline: each passed component is a private
+    # deep copy (as in process mode, where it crosses to the worker as data), so nothing the
+    # pipeline does -- in-place weight writes, fused or checkpointed modules, installed
+    # processors, added tokens -- reaches an object the caller holds (issue 12, N1/N2/N7).
+    components = _private_copies(components)
     digests: dict[str, str] = {}
     kwargs = load_components(
         weights.snapshot,
@@ -231,11 +236,42 @@ def _run_inprocess(
     )
     built = sorted(k for k in kwargs if k not in components and kwargs[k] is not None and not isinstance(kwargs[k], (bool, int, float, str, list)))
     report("components", f"{len(digests)} files verified while loading (reverify={reverify}); safetensors only: {', '.join(built)}")
-    load_built.exclude(v for k, v in kwargs.items() if k in components)  # the caller's objects
-    load_built.adopt(v for k, v in kwargs.items() if k not in components)
+    load_built.adopt(kwargs.values())  # built from verified bytes, or private copies of the caller's
     pipe = cls(**kwargs)
     report("instantiate", f"{cls.__name__}({', '.join(sorted(kwargs))}) in-process")
     return pipe
+
+
+#: values a pipeline's ``__init__`` takes as options, not components: immutable, passed as they are
+_PLAIN_OPTION_TYPES = (bool, int, float, complex, str, bytes, type(None))
+
+
+def _private_copies(components: Mapping[str, Any]) -> dict[str, Any]:
+    """A deep copy of every component the caller passed to an in-process load.
+
+    The copy runs here, on the host, before any sandboxed code sees the objects (the caller's own
+    objects, the caller's own ``__deepcopy__``). Options such as ``requires_safety_checker`` are
+    immutable and passed as they are. An object that cannot be copied is refused by name."""
+    import copy
+
+    from pipewarden.errors import InputError
+
+    out: dict[str, Any] = {}
+    for name, obj in components.items():
+        if isinstance(obj, _PLAIN_OPTION_TYPES):
+            out[name] = obj
+            continue
+        try:
+            out[name] = copy.deepcopy(obj)
+        except Exception as exc:  # the caller's object decides how it copies; any failure refuses
+            raise InputError(
+                f"component {name}={type(obj).__module__}.{type(obj).__qualname__}: in-process loads give the pipeline "
+                f"a private copy of each component you pass, and this one cannot be copied ({type(exc).__name__}: {exc})",
+                rule="load.component-not-copyable",
+                fix=f"leave {name}= out so pipewarden builds it from the weights directory, or pass a diffusers/transformers "
+                "component object that copy.deepcopy accepts",
+            ) from None
+    return out
 
 
 def _run_in_worker(

@@ -94,6 +94,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("file.unreadable", "files", "the file or directory must exist and be readable"),
     ("file.unwritable", "files", "the output must be writable"),
     # -- pipeline code (loader/local.py, loader/hub.py)
+    ("load.component-not-copyable", "loader", "in-process, the pipeline gets a private copy of each component the caller passes; one that cannot be copied is refused"),
     ("load.run-extra-missing", "loader", "loading pipelines needs torch and diffusers: the `run` extra (pip install 'pipewarden[run]')"),
     ("load.unsupported-keyword", "loader", "load_pipeline refuses from_pretrained keywords it does not support; none is silently ignored"),
     ("code.module-missing", "loader", "a pipeline directory or code repo holds its code in pipeline.py at its root"),

@@ -120,22 +120,49 @@ def test_maybe_free_model_hooks_never_installs_offload_hooks(repo):
 
 @pytest.mark.parametrize("how", ["slicing", "fuse", "tokens", "free-hooks"])
 def test_mutators_never_change_components_the_caller_passed(how, repo):
-    from diffusers import UNet2DConditionModel
+    """Through ``load_pipeline`` the pipeline gets private copies of what the caller passed: the
+    mutator runs (on the copy, as in plain diffusers) and the caller's objects are unchanged.
+    Through ``load_class`` (objects handed straight to the class) it is refused."""
+    from diffusers import DiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
-    unet = UNet2DConditionModel.from_pretrained(str(repo / "weights" / "unet"))
-    text_encoder = CLIPTextModel.from_pretrained(str(repo / "weights" / "text_encoder"))
-    tokenizer = CLIPTokenizer.from_pretrained(str(repo / "weights" / "tokenizer"))
+    def passed():
+        return dict(
+            unet=UNet2DConditionModel.from_pretrained(str(repo / "weights" / "unet")),
+            text_encoder=CLIPTextModel.from_pretrained(str(repo / "weights" / "text_encoder")),
+            tokenizer=CLIPTokenizer.from_pretrained(str(repo / "weights" / "tokenizer")),
+        )
+
+    mine = passed()
+    unet, text_encoder, tokenizer = mine["unet"], mine["text_encoder"], mine["tokenizer"]
     before = (_state(unet), _state(text_encoder), len(tokenizer))
-    pipe = _load(repo, unet=unet, text_encoder=text_encoder, tokenizer=tokenizer)
+    pipe = _load(repo, **mine)
+    assert pipe.unet is not unet and pipe.text_encoder is not text_encoder and pipe.tokenizer is not tokenizer
+    if how == "free-hooks":  # re-implemented: runs, installs no offload hooks (plain diffusers would fail here)
+        assert torch.is_tensor(pipe(how=how))
+        expected = got = None
+    else:
+        plain = DiffusionPipeline.from_pretrained(
+            str(repo / "weights"), custom_pipeline=str(repo / "mut_pipeline.py"), trust_remote_code=True, **passed()
+        )
+        expected, got = plain(how=how), pipe(how=how)
+    if how == "free-hooks":
+        pass
+    elif how == "tokens":
+        assert got[0] == expected[0] and torch.equal(got[1], expected[1])
+        assert len(pipe.tokenizer) == len(tokenizer) + 1  # it ran, on the pipeline's copy
+    else:
+        assert torch.equal(got, expected)
+    if how in ("slicing", "fuse"):
+        assert _state(pipe.unet) != before[0]  # it ran, on the pipeline's copy
     cls = load_class(SOURCE, filename="mut_pipeline.py")
-    for p in (pipe, cls(unet=unet, scheduler=pipe.scheduler, text_encoder=text_encoder, tokenizer=tokenizer)):
-        if how == "free-hooks":
-            p(how=how)  # allowed (re-implemented), but changes nothing
-        else:
-            with pytest.raises(PipewardenError) as info:
-                p(how=how)
-            assert info.value.rule == "call.pipeline-module-target", (info.value.rule, info.value.what)
+    direct = cls(unet=unet, scheduler=pipe.scheduler, text_encoder=text_encoder, tokenizer=tokenizer)
+    if how == "free-hooks":
+        direct(how=how)  # allowed (re-implemented), but changes nothing
+    else:
+        with pytest.raises(PipewardenError) as info:
+            direct(how=how)
+        assert info.value.rule == "call.pipeline-module-target", (info.value.rule, info.value.what)
     assert (_state(unet), _state(text_encoder), len(tokenizer)) == before
     assert not tripwire.is_armed()
 
@@ -148,10 +175,16 @@ def test_mutators_read_through_super_or_the_class_check_the_self_they_get(how, r
 
     unet = UNet2DConditionModel.from_pretrained(str(repo / "weights" / "unet"))
     processors = {k: id(v) for k, v in unet.attn_processors.items()}
-    pipe = _load(repo, unet=unet)
+    pipe = _load(repo)
+    cls = load_class(SOURCE, filename="mut_pipeline.py")
+    direct = cls(unet=unet, scheduler=pipe.scheduler, text_encoder=pipe.text_encoder, tokenizer=pipe.tokenizer)
     with pytest.raises(PipewardenError) as info:
-        pipe(how=how)
+        direct(how=how)
     assert info.value.rule == "call.pipeline-module-target", (info.value.rule, info.value.what)
+    assert {k: id(v) for k, v in unet.attn_processors.items()} == processors
+    # through load_pipeline the caller's UNet is copied: the method runs on the copy only
+    copied = _load(repo, unet=unet)
+    assert torch.is_tensor(copied(how=how))
     assert {k: id(v) for k, v in unet.attn_processors.items()} == processors
     assert not tripwire.is_armed()
     # on the pipeline's own components it runs (as in plain diffusers)

@@ -289,11 +289,12 @@ def test_components_the_caller_passed_are_never_written(how, rule, repo):
     weights = {k: v.clone() for k, v in unet.state_dict().items()}
     config_attrs = dict(vars(unet.config))
     pipe = _load(repo, unet=unet)
+    assert pipe.unet is not unet  # in-process loads give the pipeline a private copy
+    pipe(how=how)  # so the write lands on the copy, as plain diffusers would write its UNet
     cls = load_class(SOURCE, filename="patch_pipeline.py")
-    for p in (pipe, cls(unet=unet, scheduler=pipe.scheduler)):
-        with pytest.raises(PipewardenError) as info:
-            p(how=how)
-        assert info.value.rule == rule, (info.value.rule, info.value.what)
+    with pytest.raises(PipewardenError) as info:  # objects handed straight to the class stay the caller's
+        cls(unet=unet, scheduler=pipe.scheduler)(how=how)
+    assert info.value.rule == rule, (info.value.rule, info.value.what)
     assert [dict(vars(b)) for b in blocks] == dicts
     assert all(torch.equal(v, weights[k]) for k, v in unet.state_dict().items())
     assert dict(vars(unet.config)) == config_attrs

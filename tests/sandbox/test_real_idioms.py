@@ -205,6 +205,12 @@ class ScaledProcessor:
         return out * self.scale
 
 
+class LyingDict(dict):
+    # what a guard that checks values() would see; diffusers' set_attn_processor pops the real items
+    def values(self):
+        return [AttnProcessor() for _ in range(len(self))]
+
+
 class AttnPipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DConditionModel, scheduler: DDIMScheduler):
         super().__init__()
@@ -228,6 +234,11 @@ class AttnPipeline(DiffusionPipeline):
             self.unet.set_attn_processor(torch.nn.Identity())
         elif how == "lambda":
             self.unet.set_attn_processor(lambda *a, **k: a[1])
+        elif how == "lying-dict":
+            procs = LyingDict()
+            for name in self.unet.attn_processors.keys():
+                procs[name] = torch.nn.Identity()
+            self.unet.set_attn_processor(procs)
         g = torch.Generator().manual_seed(0)
         sample = torch.randn(1, 4, 8, 8, generator=g)
         text = torch.randn(1, 5, 32, generator=g)
@@ -276,7 +287,12 @@ def test_attention_processors_on_components_this_load_built(how, attn_repo):
 
 @pytest.mark.parametrize(
     "how, rule",
-    [("not-a-processor", "argument.attention-processor"), ("lambda", "argument.attention-processor")],
+    [
+        ("not-a-processor", "argument.attention-processor"),
+        ("lambda", "argument.attention-processor"),
+        # F13: the dict's values() differ from what diffusers pops; the items themselves are checked
+        ("lying-dict", "argument.attention-processor"),
+    ],
 )
 def test_attention_processors_must_be_diffusers_or_the_files_classes(how, rule, attn_repo):
     inproc = _pw_load(attn_repo, "inprocess")
@@ -303,11 +319,12 @@ def test_attention_processors_never_on_objects_the_caller_passed(how, attn_repo)
         str(attn_repo / "weights"), custom_pipeline=str(code), trust_remote_code=True,
         pipeline_sha256=hashlib.sha256(code.read_bytes()).hexdigest(), isolation="inprocess", unet=unet,
     )
+    assert pipe.unet is not unet  # a private copy: the processors are installed there, as in plain
+    pipe(how=how)
     cls = load_class(ATTN_SOURCE, filename="attn_pipeline.py")
-    for p in (pipe, cls(unet=unet, scheduler=pipe.scheduler)):
-        with pytest.raises(PipewardenError) as info:
-            p(how=how)
-        assert info.value.rule == "call.attention-processor-target"
+    with pytest.raises(PipewardenError) as info:  # objects handed straight to the class stay the caller's
+        cls(unet=unet, scheduler=pipe.scheduler)(how=how)
+    assert info.value.rule == "call.attention-processor-target"
     assert {k: type(v) for k, v in unet.attn_processors.items()} == before
     assert not tripwire.is_armed()
 

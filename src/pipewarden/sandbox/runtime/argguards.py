@@ -260,10 +260,20 @@ def _attention_processor_guard(box: AttributeRules, fn: Callable[..., Any], wher
                 "call.attention-processor-target",
                 "let pipewarden build the component from the weights directory (or use isolation=\"process\")",
             )
-        procs = list(args[:1]) + [v for k, v in kwargs.items() if k == "processor"]
-        for proc in procs:
-            for one in (proc.values() if isinstance(proc, dict) else (proc,)):
-                check(one)
+        # What is checked is what is passed on: a dict (or a subclass whose ``values()`` could
+        # differ from what diffusers' ``pop`` returns) is copied into a plain dict through the
+        # base class's own method, and the copy's values are checked and installed (F13).
+        def materialised(proc: Any) -> Any:
+            if isinstance(proc, dict):
+                plain = dict(dict.items(proc))
+                for one in plain.values():
+                    check(one)
+                return plain
+            check(proc)
+            return proc
+
+        args = tuple(materialised(a) if i == 0 else a for i, a in enumerate(args))
+        kwargs = {k: materialised(v) if k == "processor" else v for k, v in kwargs.items()}
         return fn(*args, **kwargs)
 
     return install
