@@ -405,22 +405,38 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         )
         spec.done()
     types: list[TypeRule] = []
+    by_path: dict[str, TypeRule] = {}
     for path, spec in top.tables("types").items():
         dynamic = spec.strs("dynamic")
         unknown = sorted(set(dynamic) - DYNAMIC_RULES)
         if unknown:
             raise _fail(f"policy: types.{path}.dynamic has unknown rule(s) {unknown}; known: {sorted(DYNAMIC_RULES)}")
-        types.append(
-            TypeRule(
-                type_path=_dotted(path, "type"),
-                attrs=frozenset(spec.strs("attrs")),
-                dynamic=frozenset(dynamic),
-                class_methods_from=tuple(
-                    _dotted(p, f"types.{path}.class_methods_from") for p in spec.strs("class_methods_from")
-                ),
-                tensor_ops=spec.flag("tensor_ops"),
-            )
+        rule = TypeRule(
+            type_path=_dotted(path, "type"),
+            attrs=frozenset(spec.strs("attrs")),
+            dynamic=frozenset(dynamic),
+            class_methods_from=tuple(
+                _dotted(p, f"types.{path}.class_methods_from") for p in spec.strs("class_methods_from")
+            ),
+            tensor_ops=spec.flag("tensor_ops"),
         )
+        # `extends`: a rule for a subclass adds names to the rule of a base type written ABOVE it
+        # (only the most specific matching rule applies to an object, so it repeats the base's)
+        base_paths = spec.strs("extends")
+        for base_path in base_paths:
+            base = by_path.get(base_path)
+            if base is None:
+                raise _fail(f"policy: types.{path}.extends names {base_path!r}, which is not a [types] table above it")
+            rule = replace(
+                rule,
+                attrs=rule.attrs | base.attrs,
+                dynamic=rule.dynamic | base.dynamic,
+                class_methods_from=rule.class_methods_from
+                + tuple(p for p in base.class_methods_from if p not in rule.class_methods_from),
+                tensor_ops=rule.tensor_ops or base.tensor_ops,
+            )
+        types.append(rule)
+        by_path[path] = rule
         spec.done()
     top.done()
     return SandboxPolicy(

@@ -297,6 +297,36 @@ def _owned_component_guard(box: AttributeRules, fn: Callable[..., Any], where: s
     return call
 
 
+def _own_module_buffer_guard(box: AttributeRules, fn: Callable[..., Any], where: str) -> Callable[..., Any]:
+    """``self.register_buffer(name, tensor, persistent=...)`` inside a module class the vetted file
+    defines (pipeline_stable_diffusion_boxdiff.py's GaussianSmoothing keeps its kernel as a buffer).
+    Only on an instance of the file's own classes (never a component, a host module or a class),
+    with a public identifier that is not a [deny] name, a tensor or None, and a bool: it then adds
+    one entry to that object's own buffer registry, nothing else."""
+    target = getattr(fn, "__self__", None)
+
+    def register_buffer(name: Any, tensor: Any, persistent: Any = True) -> Any:
+        import torch
+
+        if target is None or isinstance(target, type) or not box.owns(target):
+            raise _violation(
+                f"{where} on an object the vetted file's classes did not create", "call.modifies-host-object"
+            )
+        if type(name) is not str or not name.isidentifier() or name.startswith("_") or box._deny.denies(name):
+            raise _violation(
+                f"{where} with the name {name!r} (a buffer name becomes an attribute)",
+                "argument.attribute-name",
+                "use a public identifier (letters, digits, underscores; not starting with '_')",
+            )
+        if tensor is not None and not isinstance(tensor, torch.Tensor):
+            raise _violation(f"{where} with a {_tname(tensor)}, not a tensor", "argument.array-like")
+        if type(persistent) is not bool:
+            raise _violation(f"{where}: persistent= is a {_tname(persistent)}, not a bool", "argument.array-like")
+        return fn(name, tensor, persistent=persistent)
+
+    return register_buffer
+
+
 def _free_hooks_guard(box: AttributeRules, fn: Callable[..., Any], where: str) -> Callable[..., Any]:
     """``maybe_free_model_hooks()`` (50 of 110 community files end ``__call__`` with it): diffusers'
     version re-enables CPU offload from ``self._all_hooks``, ``self._offload_device`` and

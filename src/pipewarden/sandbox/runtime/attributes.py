@@ -49,6 +49,7 @@ from pipewarden.sandbox.runtime.snapshots import (
     _HostConfig,
     _is_frozen_config,
     _private_copy,
+    absent_on_snapshot,
 )
 
 
@@ -281,7 +282,9 @@ class AttributeRules(FacadeResolver):
                 return read_written(self, obj, name)  # what the pipeline set on its own component
         verdict = self.decide_attribute(obj, name)
         if verdict is not Verdict.ALLOW:
-            if verdict is Verdict.NOT_LISTED and absent_on_host_object(self, obj, name):
+            if verdict is Verdict.NOT_LISTED and (
+                absent_on_host_object(self, obj, name) or absent_on_snapshot(obj, name)
+            ):
                 raise AttributeError(f"{_tname(obj)!r} object has no attribute {name!r}")
             if verdict is Verdict.DENIED:
                 raise _violation(
@@ -410,6 +413,8 @@ class AttributeRules(FacadeResolver):
         """The part of :meth:`decide_attribute` that depends on the type and name; cached when it
         depends on nothing else. May answer IF_OWN_ATTRIBUTE or IF_DYNAMIC_RULE."""
         if self._deny.denies(name):
+            if self.owns(obj):
+                return self._own_denied_name(obj, t, name)  # not cached: the object decides too
             self._decisions[(t, name)] = Verdict.DENIED
             return Verdict.DENIED
         cacheable = True
@@ -514,6 +519,38 @@ class AttributeRules(FacadeResolver):
                     or any(name in rule.attrs for rule in self.rules_for(owner_t))
                 )
         return Verdict.NOT_LISTED
+
+    def _own_denied_name(self, obj: Any, t: type, name: str) -> Verdict:
+        """A name [deny] matches, read on the sandbox's own object or class: readable only where what
+        it reads is the file's own code or data, never a host capability. ALLOW for a function the
+        vetted file defines (prompt2prompt's ``register_attention_control``; not shadowed by the
+        instance's ``__dict__``) and for plain data the object itself holds under a name no class
+        defines (boxdiff's ``AttentionStore.save_global_store`` flag); DENIED otherwise (the host
+        methods of that name, e.g. ``self.save_pretrained``, and anything else stored under it)."""
+        if isinstance(obj, type):
+            return Verdict.ALLOW if self._own_function(obj, name) else Verdict.DENIED
+        d = getattr(obj, "__dict__", None)
+        own: dict[str, Any] = d if type(d) is dict else {}
+        if self._own_function(t, name):
+            return Verdict.DENIED if name in own else Verdict.ALLOW
+        if name in own and _plain_data(own[name]) and not any(name in klass.__dict__ for klass in t.__mro__):
+            return Verdict.ALLOW
+        return Verdict.DENIED
+
+    def _own_function(self, klass_t: type, name: str) -> bool:
+        """Is ``name`` found first (in the MRO) on a class of the vetted file, as a function that file
+        defines (a plain, static or class method)? Only then may a name [deny] matches be read on the
+        sandbox's own objects: what it reads is sandboxed code, never a host method (the [deny] list
+        keeps guarding every host object, and every host class's method of that name)."""
+        for klass in klass_t.__mro__:
+            if name in klass.__dict__:
+                if klass not in self._classes:
+                    return False
+                value = klass.__dict__[name]
+                if type(value) in (staticmethod, classmethod):
+                    value = value.__func__
+                return type(value) is types.FunctionType and value in self._functions
+        return False
 
     @staticmethod
     def _instance_name_ok(name: str) -> bool:

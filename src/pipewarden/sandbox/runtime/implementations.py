@@ -180,6 +180,7 @@ register_modules = argguards._register_modules_guard
 attention_processor = argguards._attention_processor_guard
 
 owned_component = argguards._owned_component_guard
+own_module_buffer = argguards._own_module_buffer_guard
 free_hooks_reimplemented = argguards._free_hooks_guard
 
 

@@ -87,6 +87,22 @@ _READONLY: dict[type, type] = {list: _HostList, dict: _HostDict, set: _HostSet}
 _READONLY_TYPES = frozenset((*_READONLY.values(), _HostConfig))
 
 
+def absent_on_snapshot(obj: Any, name: str) -> bool:
+    """``getattr(scheduler.config, "steps_offset", 1)`` on a read-only snapshot of a host dict or
+    config: a public name that is not one of its keys, not an attribute the real config had
+    (``_pw_attrs``) and not defined by the snapshot's class (dict methods keep their per-type
+    rules) reads as missing (AttributeError), as on diffusers' FrozenDict in plain Python. Only the
+    absence is answered, which ``name in obj`` answers anyway; nothing is read from the snapshot."""
+    t = type(obj)
+    if t not in _READONLY_TYPES or not issubclass(t, dict) or type(name) is not str or name.startswith("_"):
+        return False
+    if dict.__contains__(obj, name):
+        return False
+    if t is _HostConfig and name in object.__getattribute__(obj, "_pw_attrs"):
+        return False
+    return not any(name in klass.__dict__ for klass in t.__mro__)
+
+
 def _private_copy(value: Any, depth: int = 0) -> Any:
     """A read-only snapshot of host state: lists/dicts/sets (nested ones too) become read-only
     copies, tuples are rebuilt around them; other objects (tensors, ...) are shared, not copied."""
