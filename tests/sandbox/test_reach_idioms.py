@@ -46,6 +46,13 @@ class Smoothing(nn.Module):
         return torch.nn.functional.conv2d(x, self.weight, padding=1)
 
 
+class Embedder(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.add_embedding = nn.Linear(2, 3)
+        self.set_scale = nn.Identity()
+
+
 class Store:
     def __init__(self, save_global_store=False):
         self.save_global_store = save_global_store
@@ -151,6 +158,9 @@ ACCEPTED = [
      "m = Smoothing()\nx = torch.arange(16.0).reshape(1, 1, 4, 4)\n"
      "n = Smoothing('kernel', persistent=False)\n"
      "return m(x), sorted(m.state_dict().keys()), sorted(n.state_dict().keys()), n.kernel"),
+    # --- a submodule whose name starts like a mutator family (SDXL's unet.add_embedding.linear_1)
+    ("submodule-mutator-like-name",
+     "e = Embedder()\nreturn e.add_embedding.in_features, e.add_embedding(torch.ones(1, 2)).shape, e.set_scale(3)"),
     # --- torch.autograd.grad (boxdiff's gradient guidance)
     ("autograd-grad",
      "g = torch.Generator().manual_seed(0)\n"
@@ -207,6 +217,8 @@ ESCAPES = [
     ("buffer-denied-name", "Smoothing('save_pretrained')", "argument.attribute-name"),
     ("buffer-not-a-tensor", "Smoothing('weight', value=self.unet)", "argument.array-like"),
     ("buffer-persistent-object", "Smoothing('weight', persistent=self.unet)", "argument.array-like"),
+    # --- mutator-family host METHODS stay guarded (only submodules of such names are plain reads)
+    ("mutator-method-caller-unet", "self.unet.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)", "call.pipeline-module-target"),
     # --- torch.autograd: grad only
     ("autograd-function", "torch.autograd.Function", "facade.not-allowlisted"),
     ("autograd-graph", "torch.autograd.graph.saved_tensors_hooks", "facade.not-allowlisted"),
@@ -217,6 +229,8 @@ ESCAPES = [
 
 def _unet_state(unet):
     return (
+        unet.config.get("freeu") if hasattr(unet.config, "get") else None,
+        [getattr(b, "s1", None) for b in unet.up_blocks],
         sorted(unet._buffers), len(unet._forward_hooks), len(unet._forward_pre_hooks),
         {k: type(v).__name__ for k, v in unet.attn_processors.items()},
         sorted(k for k in unet.state_dict() if "to_qkv" in k or "pw_canary" in k),
@@ -275,3 +289,57 @@ def test_type_rule_extends_must_name_a_table_above():
     assert rules["torch.nn.Module"].attrs <= attn.attrs
     assert rules["torch.nn.Module"].dynamic <= attn.dynamic
     assert "prepare_attention_mask" not in rules["torch.nn.Module"].attrs
+
+
+SEGMENTS = """
+from ligo.segments import segment
+from diffusers import DiffusionPipeline
+
+
+class P(DiffusionPipeline):
+    def __init__(self):
+        super().__init__()
+
+    def __call__(self):
+        BODY
+"""
+
+
+def _segments_source(body: str) -> str:
+    return SEGMENTS.replace("BODY", body)
+
+
+def test_ligo_segment_values_like_plain_python(tmp_path):
+    """mixture_tiling_sdxl.py: tile overlaps with ligo.segments.segment (values only)."""
+    pytest.importorskip("ligo.segments")
+    body = ("a = segment(0, 10) - segment(5, 20)\n        b = segment(3, 8)\n"
+            "        return (a[0], a[1], a.intersects(b), b.shift(2), abs(b), segment(1, 2) in b, b & segment(4, 12),"
+            " b.contract(1), b.protract(1), a.connects(segment(5, 9)), a.disjoint(b))")
+    source = _segments_source(body)
+    ours = load_class(source)()()
+    path = tmp_path / "seg_plain.py"
+    path.write_text(source)
+    spec = importlib.util.spec_from_file_location("plain_reach_segments", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert ours == module.P()()
+    assert not tripwire.is_armed()
+
+
+@pytest.mark.parametrize(
+    "body, rule",
+    [
+        ("from ligo.segments import segmentlist\n        return segmentlist([segment(0, 1)])", "facade.not-allowlisted"),
+        ("import ligo\n        return ligo", "import.not-allowlisted"),
+        ("segment.intersects = None", "write.host-class"),
+        ("return getattr(segment(0, 1), '_' + '_reduce_ex__')", "attribute.not-allowlisted"),
+    ],
+)
+def test_ligo_segment_is_values_only(body, rule):
+    segments = pytest.importorskip("ligo.segments")
+    before = segments.segment.intersects
+    with pytest.raises(PipewardenError) as info:
+        load_class(_segments_source(body))()()
+    assert info.value.rule.endswith(rule), (info.value.rule, info.value.what)
+    assert segments.segment.intersects is before
+    assert not tripwire.is_armed()

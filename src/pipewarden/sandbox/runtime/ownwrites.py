@@ -323,6 +323,10 @@ def mutator_guard(box: AttributeRules, obj: Any, name: str, value: Any) -> Any:
             break
     from pipewarden.sandbox.runtime.argguards import _owned_component_guard
 
+    if raw is None and isinstance(value, kinds[0]):
+        # no class defines the name: a submodule whose name starts like a mutator family (the SDXL
+        # UNet's add_embedding), not a method; calling it runs its forward, changing nothing
+        return value
     where = f"{_tname(receiver)}.{name}"
     if is_class and isinstance(raw, types.FunctionType) and isinstance(value, types.FunctionType):
         fn = value
