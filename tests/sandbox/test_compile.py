@@ -218,3 +218,65 @@ def test_restricted_code_still_runs_after_the_faster_traversal():
     # built); an augmented attribute assignment and a lambda exercise the rewritten nodes.
     code = compile_restricted_module("def f(o):\n    o.n += 1\n    return (lambda: o.n)()\n")
     assert code.co_filename == "pipeline.py"
+
+
+# -- the check (no code object) decides as the load path's compile does ----------------------------
+
+
+def _check_and_load_sources() -> list[str]:
+    from pathlib import Path
+
+    from tests.escapes.payloads import BENIGN_SOURCE, PAYLOADS
+
+    fixtures = sorted(Path(__file__).parents[1].joinpath("fixtures", "pipelines").glob("*.py"))
+    return [
+        *ACCEPTED.values(),
+        *(s for s, _ in REFUSED.values()),
+        *(s for s, _ in PARENT_DEPENDENT),
+        BENIGN_SOURCE,
+        *(p.template for p in PAYLOADS),
+        *(f.read_text("utf-8") for f in fixtures),
+    ]
+
+
+def test_the_check_and_the_load_compile_find_the_same_issues():
+    """check_compile_tree runs RestrictedPython's methods without filling in the locations of
+    nodes only a code object needs (see _CheckingTransformer); the issues are the same as when
+    the load path's compile_restricted_module transforms the tree for code."""
+    import ast
+
+    from pipewarden.sandbox.compile import _transform, check_compile_tree
+    from pipewarden.sandbox.policy import default_policy
+
+    policy = default_policy()
+    checked = 0
+    for src in _check_and_load_sources():
+        src = textwrap.dedent(src)
+        try:
+            tree = ast.parse(src)
+        except SyntaxError:
+            continue
+        _, for_load = _transform(ast.parse(src), policy, for_code=True)
+        assert check_compile_tree(tree, policy=policy) == for_load, src[:200]
+        checked += 1
+    assert checked > 250
+
+
+def test_the_check_runs_restrictedpythons_own_code():
+    """The check-only transformer's RestrictedPython methods are RestrictedPython's code objects
+    (only the globals they see differ: copy_locations), and nothing else is replaced."""
+    import types
+
+    from RestrictedPython.transformer import RestrictingNodeTransformer
+
+    from pipewarden.sandbox.compile import PipewardenTransformer, _CheckingTransformer
+
+    mro = _CheckingTransformer.__mro__
+    assert mro[1] is PipewardenTransformer and mro[3] is RestrictingNodeTransformer
+    rebound = vars(mro[2])
+    originals = {k: v for k, v in vars(RestrictingNodeTransformer).items() if isinstance(v, types.FunctionType)}
+    assert set(originals) <= set(rebound)
+    for name, original in originals.items():
+        assert rebound[name].__code__ is original.__code__, name
+        changed = {k for k, v in rebound[name].__globals__.items() if original.__globals__.get(k, object()) is not v}
+        assert changed == {"copy_locations"}, name

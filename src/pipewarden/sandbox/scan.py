@@ -246,13 +246,18 @@ def _is_pipeline_name(name: str) -> bool:
 _CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
 
 
-def _walk_bfs(tree: ast.AST) -> list[ast.AST]:
-    """The nodes of ``tree`` in ``ast.walk``'s order (breadth first, fields in order), without a
-    generator per node (about 3x faster); expression contexts (Load/Store/Del) are left out."""
+def _statements_bfs(tree: ast.AST) -> list[ast.AST]:
+    """The nodes of ``tree`` that are not inside an expression, in ``ast.walk``'s order (breadth
+    first, fields in order), without a generator per node.
+
+    Statements (so imports) are never inside an expression, so every ancestor of an import is
+    here, at its depth in the whole tree: the imports come in the order ``ast.walk`` gives them.
+    Expressions (most of the nodes) are not entered."""
     nodes: list[ast.AST] = [tree]
     append = nodes.append
     fields_of = _CHILD_FIELDS
     node_type = ast.AST
+    expr_type = ast.expr
     i = 0
     while i < len(nodes):
         node = nodes[i]
@@ -264,10 +269,11 @@ def _walk_bfs(tree: ast.AST) -> list[ast.AST]:
         for name in fields:
             value = getattr(node, name, None)
             if isinstance(value, node_type):
-                append(value)
+                if not isinstance(value, expr_type):
+                    append(value)
             elif isinstance(value, list):
                 for item in value:
-                    if isinstance(item, node_type):
+                    if isinstance(item, node_type) and not isinstance(item, expr_type):
                         append(item)
     return nodes
 
@@ -275,7 +281,7 @@ def _walk_bfs(tree: ast.AST) -> list[ast.AST]:
 def scan_tree(tree: ast.Module, *, import_aliases: Mapping[str, str] | None = None) -> ScanResult:
     aliases = dict(import_aliases or {})
     imports: list[ImportRef] = []
-    for node in _walk_bfs(tree):
+    for node in _statements_bfs(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 imports.append(ImportRef(alias.name, None, node.lineno, node.col_offset))
