@@ -139,7 +139,9 @@ class PipewardenTransformer(RestrictingNodeTransformer):
                 new_values = []
                 for value in old_value:
                     if isinstance(value, ast.AST):
-                        if value.__class__ in _PASSTHROUGH_CONTEXTS:
+                        if value.__class__ in _PASSTHROUGH_CONTEXTS or (
+                            value.__class__ is _CONSTANT and _inert_constant(value)
+                        ):
                             new_values.append(value)  # visiting it would return it unchanged
                             continue
                         value = visit(value)
@@ -151,7 +153,9 @@ class PipewardenTransformer(RestrictingNodeTransformer):
                     new_values.append(value)
                 old_value[:] = new_values
             elif isinstance(old_value, ast.AST):
-                if old_value.__class__ in _PASSTHROUGH_CONTEXTS:
+                if old_value.__class__ in _PASSTHROUGH_CONTEXTS or (
+                    old_value.__class__ is _CONSTANT and _inert_constant(old_value)
+                ):
                     continue  # visiting it would return it unchanged, with no other effect
                 new_node = visit(old_value)
                 if new_node is None:
@@ -228,13 +232,16 @@ class PipewardenTransformer(RestrictingNodeTransformer):
     def visit_Name(self, node: ast.Name) -> Any:
         if node.ctx.__class__ not in _PASSTHROUGH_CONTEXTS:  # else node_contents_visit does nothing
             node = self.node_contents_visit(node)
+        name = node.id
         if isinstance(node.ctx, ast.Load):
-            self.used_names[node.id] = True
-            if node.id in self.policy.readable_dunder_names:
+            self.used_names[name] = True
+            if name in self.policy.readable_dunder_names:
                 return node
-            if node.id in ("print", "printed"):
+            if name in ("print", "printed"):
                 return node  # plain name: the sandbox's logger-backed print (``printed`` is undefined)
-        self.check_name(node, node.id)
+        if name[:1] != "_" and not name.endswith("__roles__") and name not in FORBIDDEN_FUNC_NAMES:
+            return node  # check_name records nothing for it
+        self.check_name(node, name)
         return node
 
     # -- attributes -------------------------------------------------------------------------------
@@ -515,6 +522,19 @@ def _leaf_classes() -> Iterator[type[ast.AST]]:
         cls = getattr(ast, name)
         if isinstance(cls, type) and issubclass(cls, ast.AST) and not cls._fields and not cls.__subclasses__():
             yield cls
+
+
+def _inert_constant(node: Any) -> bool:
+    """A Constant whose fields hold no node: its (passthrough) visit would change nothing."""
+    for field in node._fields:
+        value = getattr(node, field, None)
+        if isinstance(value, (list, ast.AST)):
+            return False
+    return True
+
+
+#: ``ast.Constant`` when its visitor is RestrictedPython's passthrough (checked), else None.
+_CONSTANT = ast.Constant if _is_passthrough_method(getattr(PipewardenTransformer, "visit_Constant", None)) else None
 
 
 #: Node classes without fields (expression contexts Load/Store/Del, operators) whose visit is a
