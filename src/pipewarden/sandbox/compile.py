@@ -100,7 +100,9 @@ class PipewardenTransformer(RestrictingNodeTransformer):
         self.policy = policy
         self.issues: list[CompileIssue] = []
         #: False when only the issues are wanted: the locations of the nodes the transformer adds
-        #: (needed only to build a code object) are then not filled in. Decisions do not change.
+        #: (needed only to build a code object) are then not filled in, and the ``_getattr_`` /
+        #: ``_write_`` calls that route attribute access are not built. Decisions do not change
+        #: (tests/sandbox/test_compile.py checks both modes find the same issues).
         self._for_code = for_code
         #: The nodes being visited, outermost first: each entry's parent in the parsed tree is the
         #: entry before it (the parent relation of the tree as parsed, kept without a separate pass).
@@ -275,6 +277,10 @@ class PipewardenTransformer(RestrictingNodeTransformer):
         return self._route_attribute(node)
 
     def _route_attribute(self, node: ast.Attribute) -> Any:
+        if not self._for_code:
+            # Only the issues are wanted: the guard call that replaces the node is built only for
+            # a code object (no decision reads it: parents decide on the tree as parsed).
+            return self.node_contents_visit(node)
         if isinstance(node.ctx, ast.Load):
             node = self.node_contents_visit(node)
             new_node = ast.Call(
@@ -501,10 +507,19 @@ def _passthrough(self: Any, node: Any) -> Any:
 def _is_passthrough_method(method: Any) -> bool:
     """Whether a (bound) visitor is exactly ``return self.node_contents_visit(node)``, as most of
     RestrictedPython's are (checked on the installed RestrictedPython's code, not assumed)."""
-    code, ref = getattr(getattr(method, "__func__", method), "__code__", None), _passthrough.__code__
-    return code is not None and (code.co_code, code.co_names, code.co_argcount, code.co_varnames) == (
-        ref.co_code, ref.co_names, ref.co_argcount, ref.co_varnames
-    )
+    code = getattr(getattr(method, "__func__", method), "__code__", None)
+    if code is None:
+        return False
+    known = _PASSTHROUGH_CODE.get(code)
+    if known is None:
+        ref = _passthrough.__code__
+        known = _PASSTHROUGH_CODE[code] = (code.co_code, code.co_names, code.co_argcount, code.co_varnames) == (
+            ref.co_code, ref.co_names, ref.co_argcount, ref.co_varnames
+        )
+    return known
+
+
+_PASSTHROUGH_CODE: dict[types.CodeType, bool] = {}
 
 
 def _is_passthrough(cls: type[ast.AST]) -> bool:
