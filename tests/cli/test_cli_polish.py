@@ -173,3 +173,36 @@ def test_old_absolute_lock_entries_are_still_read(tmp_path):
     lock = Lockfile.load(lock_path)
     assert lock.entry_for(f"local:{tmp_path}/w", "weights") is not None
     assert lock.to_toml().encode() == data  # and written back unchanged
+
+
+def test_a_named_command_builds_only_its_own_parser_with_the_same_help():
+    """``pipewarden audit ...`` imports only the audit command's module (start-up time counts in
+    the audit's throughput); the parser it gets is the one the full parser holds for that name."""
+    from pipewarden.cli import _COMMAND_MODULES, _COMMAND_OF
+
+    full = dict(_walk(build_parser()))
+    for command, module in _COMMAND_OF.items():
+        assert module in _COMMAND_MODULES
+        only = dict(_walk(build_parser(command)))
+        assert f"pipewarden {command}" in only
+        for path, parser in only.items():
+            if path != "pipewarden":
+                assert path in full
+                assert parser.format_help() == full[path].format_help(), path
+        # the module really registers that command (a renamed command cannot go stale here)
+        sub = argparse.ArgumentParser(prog="pipewarden").add_subparsers()
+        __import__(module, fromlist=["add_parsers"]).add_parsers(sub)
+        assert command in sub.choices
+    # anything else (a typo, --help) gets every command, so its errors list them all
+    assert dict(_walk(build_parser("audt"))).keys() == full.keys()
+    assert dict(_walk(build_parser(None))).keys() == full.keys()
+
+
+def test_audit_usage_errors_are_unchanged_by_the_short_parser(capsys):
+    assert main(["audit", "--format", "xml", "x.py"]) == 2
+    short = capsys.readouterr().err
+    parser = build_parser()
+    with pytest.raises(SystemExit):
+        parser.parse_args(["audit", "--format", "xml", "x.py"])
+    assert capsys.readouterr().err == short
+    assert "usage: pipewarden audit" in short

@@ -419,9 +419,8 @@ class _Columns:
         if self._ascii or col_offset <= 0:
             return max(0, col_offset) + 1
         if self._lines is None:
-            import re
-
-            self._lines = re.split(r"\r\n|\r|\n", self._text)
+            # Lines as Python numbers them (\r\n, \r, \n); the same as re.split(r"\r\n|\r|\n").
+            self._lines = self._text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
         if not 1 <= lineno <= len(self._lines):
             return col_offset + 1
         encoded = self._lines[lineno - 1].encode("utf-8", "surrogatepass")

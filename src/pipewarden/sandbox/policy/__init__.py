@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import fnmatch
 import functools
+import os
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from importlib import resources
 from types import MappingProxyType
 
 from pipewarden.errors import PolicyError
@@ -477,13 +477,24 @@ def _strs(value: object, where: str) -> tuple[str, ...]:
 @functools.lru_cache(maxsize=1)
 def default_policy() -> SandboxPolicy:
     """The shipped default policy (``default.toml``), parsed once."""
-    data = resources.files(__name__).joinpath("default.toml").read_bytes()
+    data = _read_data("default.toml")
     return load_policy_bytes(data)
+
+
+def _read_data(name: str) -> bytes:
+    """A data file shipped in this package, read through the package's own loader (what
+    ``importlib.resources`` does for it, without importing that and what it pulls in: start-up
+    time counts in ``pipewarden audit``'s throughput)."""
+    loader = __spec__.loader
+    if loader is None or not hasattr(loader, "get_data"):  # pragma: no cover - not a file-backed package
+        raise _fail(f"cannot read the shipped policy file {name}: the package has no data loader")
+    data: bytes = loader.get_data(os.path.join(os.path.dirname(__file__), name))
+    return data
 
 
 @functools.lru_cache(maxsize=1)
 def _pipeline_data() -> tuple[str, frozenset[str], frozenset[str], frozenset[str]]:
-    data = resources.files(__name__).joinpath("diffusers_pipelines.toml").read_bytes()
+    data = _read_data("diffusers_pipelines.toml")
     doc = tomllib.loads(data.decode("utf-8"))
     return (
         str(doc["diffusers_version"]),
@@ -497,7 +508,7 @@ def _pipeline_data() -> tuple[str, frozenset[str], frozenset[str], frozenset[str
 @functools.lru_cache(maxsize=1)
 def torch_operator_data() -> tuple[str, frozenset[str]]:
     """(torch version, operator names) from the generated ``torch_ops.toml`` (see _gen_torch_ops)."""
-    data = resources.files(__name__).joinpath("torch_ops.toml").read_bytes()
+    data = _read_data("torch_ops.toml")
     top = _Table(tomllib.loads(data.decode("utf-8")), "")
     if top._get("version", True) != 1:
         raise _fail("torch_ops.toml: unknown `version`")
@@ -534,7 +545,7 @@ class GeneratedNames:
 @functools.lru_cache(maxsize=1)
 def diffusers_name_data() -> GeneratedNames:
     """The generated ``diffusers_names.toml``, parsed strictly."""
-    data = resources.files(__name__).joinpath("diffusers_names.toml").read_bytes()
+    data = _read_data("diffusers_names.toml")
     top = _Table(tomllib.loads(data.decode("utf-8")), "")
     if top._get("version", True) != 1:
         raise _fail("diffusers_names.toml: unknown `version`")
@@ -572,7 +583,7 @@ def parse_transformers_names(data: bytes) -> GeneratedNames:
 @functools.lru_cache(maxsize=1)
 def transformers_name_data() -> GeneratedNames:
     """The generated ``transformers_names.toml``, parsed strictly."""
-    return parse_transformers_names(resources.files(__name__).joinpath("transformers_names.toml").read_bytes())
+    return parse_transformers_names(_read_data("transformers_names.toml"))
 
 
 def diffusers_pipeline_names() -> frozenset[str]:
