@@ -6,7 +6,7 @@ from importlib import resources
 
 import pytest
 
-from pipewarden.errors import PolicyError
+from pipewarden.errors import PipewardenError, PolicyError
 from pipewarden.sandbox import load_class
 from pipewarden.sandbox.policy import DYNAMIC_RULES, default_policy, load_policy_bytes
 from pipewarden.sandbox.policy.resolve import _lookup, resolve_policy
@@ -442,3 +442,113 @@ def test_plain_value_types_admit_only_listed_attributes():
     assert box.decide_attribute("text", "upper") is Verdict.NOT_LISTED
     assert box.decide_attribute(str, "upper") is Verdict.NOT_LISTED
     assert box.decide_attribute("text", "lower") is Verdict.ALLOW
+
+
+# ---------------------------------------------------------------------------------------------------
+# [class_creation]: the reviewed host hooks a class statement may run are policy data, resolved at load
+
+_BASE_OUTPUT_HOOK = '"diffusers.utils.outputs.BaseOutput.__init_subclass__" = '
+_CACHED_PROPERTY = '"functools.cached_property" = '
+
+
+@pytest.mark.parametrize(
+    "old, new, named",
+    [
+        # a hook whose class was renamed away (as after a library upgrade)
+        (_BASE_OUTPUT_HOOK, '"diffusers.utils.outputs.BaseOutputV2.__init_subclass__" = ',
+         "diffusers.utils.outputs.BaseOutputV2.__init_subclass__"),
+        # a class that exists but defines no __init_subclass__ of its own (an inherited one is not reviewed)
+        (_BASE_OUTPUT_HOOK, '"diffusers.DDIMScheduler.__init_subclass__" = ', "diffusers.DDIMScheduler.__init_subclass__"),
+        # the same hook under a path it is not defined at (a re-export): the review names the definition
+        (_BASE_OUTPUT_HOOK, '"diffusers.utils.BaseOutput.__init_subclass__" = ', "now defined as"),
+        (_CACHED_PROPERTY, '"functools.cached_propertee" = ', "functools.cached_propertee"),
+        (_CACHED_PROPERTY, '"functools.partial" = ', "functools.partial (defines no __set_name__)"),
+        ('\ncomplex = "pure constructor', '\ncomplexx = "pure constructor', "class_creation.enum_mixins: complexx"),
+        # a key in a reviewed table is an entry: a misspelt option is an entry that does not resolve
+        ("[class_creation.set_name]\n", "[class_creation.set_name]\nreviewed_by = \"me\"\n",
+         "class_creation.set_name: reviewed_by"),
+    ],
+)
+def test_renamed_class_creation_entry_refuses_to_load(old, new, named):
+    policy = load_policy_bytes(_copy(old, new))
+    with pytest.raises(PolicyError) as info:
+        resolve_policy(policy)
+    assert info.value.rule == "policy.unresolved"
+    assert named in info.value.what
+    with pytest.raises(PolicyError):
+        load_class(PIPELINE, policy=policy)
+
+
+@pytest.mark.parametrize(
+    "old, new, named",
+    [
+        ("[class_creation.init_subclass]\n", "[class_creation]\nstrict = false\n[class_creation.init_subclass]\n", "strict"),
+        ("[class_creation.set_name]\n", "[class_creation.get_name]\n[class_creation.set_name]\n", "get_name"),
+        ('since_python = "3.11" }', 'since_python = "3.11", scope = "all" }', "scope"),
+        # every entry needs a reason
+        (_CACHED_PROPERTY + '"records', _CACHED_PROPERTY + '"" # "records', "needs a reason"),
+        ('since_python = "3.11" }', 'since_python = "3.x" }', "since_python"),
+        # init_subclass entries name the hook itself
+        (_BASE_OUTPUT_HOOK, '"diffusers.utils.outputs.BaseOutput" = ', "must name an __init_subclass__"),
+    ],
+)
+def test_malformed_class_creation_entry_refuses_to_parse(old, new, named):
+    with pytest.raises(PolicyError) as info:
+        load_policy_bytes(_copy(old, new))
+    assert info.value.rule == "policy.malformed"
+    assert named in info.value.what
+
+
+def test_missing_class_creation_section_refuses_to_load():
+    start = SHIPPED.index("[class_creation.enum_mixins]\n")
+    end = SHIPPED.index("\n\n", start)
+    with pytest.raises(PolicyError, match="enum_mixins"):
+        load_policy_bytes((SHIPPED[:start] + SHIPPED[end:]).encode())
+
+
+CLASS_IDIOMS = PIPELINE + '''
+import dataclasses
+import enum
+import functools
+from diffusers.utils import BaseOutput
+
+
+@dataclasses.dataclass
+class Out(BaseOutput):
+    images: list = None
+
+
+class Level(int, enum.Enum):
+    LOW = 1
+
+
+class Box:
+    @functools.cached_property
+    def doubled(self):
+        return 2
+'''
+
+
+@pytest.mark.parametrize(
+    "old, rule",
+    [
+        ('"diffusers.utils.outputs.BaseOutput.__init_subclass__" = "registers', "class.init-subclass"),
+        ('"functools.cached_property" = "records', "class.set-name"),
+        ('int = "pure constructor', "class.enum-mixin"),
+    ],
+)
+def test_class_creation_follows_the_policy_data(old, rule):
+    """The shipped entries are what admit these idioms: a copy of the policy without one refuses the
+    class statement that needs it (and the shipped policy builds all three)."""
+    from pipewarden.errors import PolicyViolation
+
+    assert load_class(CLASS_IDIOMS) is not None
+    line_start = SHIPPED.index(old)
+    line_end = SHIPPED.index("\n", line_start)
+    policy = load_policy_bytes((SHIPPED[:line_start] + SHIPPED[line_end + 1:]).encode())
+    with pytest.raises(PipewardenError) as info:
+        load_class(CLASS_IDIOMS, policy=policy)
+    exc: BaseException | None = info.value
+    while exc is not None and not isinstance(exc, PolicyViolation):
+        exc = exc.__cause__ or exc.__context__
+    assert exc is not None and exc.rule == rule, info.value

@@ -35,6 +35,7 @@ __all__ = [
     "TypeRule",
     "DenyRule",
     "TripwireRule",
+    "ReviewedEntry",
     "default_policy",
     "diffusers_pipeline_names",
     "load_policy_bytes",
@@ -98,6 +99,15 @@ class TripwireRule:
 
 
 @dataclass(frozen=True)
+class ReviewedEntry:
+    """One reviewed host class or function of ``[class_creation]``: why it may run, and the first
+    Python version that has it (``since_python``; on an older interpreter it cannot be reached)."""
+
+    reason: str
+    since_python: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
 class SandboxPolicy:
     """A parsed, frozen sandbox policy. Build with :func:`default_policy` or :func:`load_policy_bytes`."""
 
@@ -130,6 +140,10 @@ class SandboxPolicy:
     replacement_impls: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: ``[implementations.argument_guards]``: guard name -> dotted path of the guard
     argument_guard_impls: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    #: ``[class_creation.*]``: the reviewed host code a class statement may run, path -> entry
+    init_subclass_hooks: Mapping[str, ReviewedEntry] = field(default_factory=lambda: MappingProxyType({}))
+    set_name_types: Mapping[str, ReviewedEntry] = field(default_factory=lambda: MappingProxyType({}))
+    enum_mixin_types: Mapping[str, ReviewedEntry] = field(default_factory=lambda: MappingProxyType({}))
     extras: tuple[str, ...] = ()
 
     @property
@@ -312,6 +326,41 @@ def _impl_table(impls: _Table, key: str) -> dict[str, str]:
     return table
 
 
+#: ``[class_creation]`` sub-tables: the host hooks ``type.__new__`` may run on a sandbox class.
+CLASS_CREATION_TABLES = ("init_subclass", "set_name", "enum_mixins")
+
+
+def _reviewed_table(parent: _Table, key: str) -> dict[str, ReviewedEntry]:
+    """``[class_creation.<key>]``: dotted path -> a non-empty reason, or
+    ``{ reason = "...", since_python = "3.N" }``."""
+    where = f"class_creation.{key}"
+    table = parent.table(key, required=True)
+    found: dict[str, ReviewedEntry] = {}
+    for path in list(table._d):
+        _dotted(path, where)
+        if key == "init_subclass" and not path.endswith(".__init_subclass__"):
+            raise _fail(f"policy: {where} {path!r} must name an __init_subclass__ (Class.__init_subclass__)")
+        value = table._get(path, True)
+        since: tuple[int, int] | None = None
+        if isinstance(value, dict):
+            entry = _Table(value, f"{where}.{path}")
+            reason = entry._get("reason", True)
+            version = entry._get("since_python", False)
+            entry.done()
+            if version is not None:
+                major, dot, minor = str(version).partition(".")
+                if type(version) is not str or not dot or not major.isdigit() or not minor.isdigit():
+                    raise _fail(f"policy: {where}.{path}.since_python must be a \"3.N\" string")
+                since = (int(major), int(minor))
+        else:
+            reason = value
+        if type(reason) is not str or not reason.strip():
+            raise _fail(f"policy: {where}.{path} needs a reason (a non-empty string): why may it run?")
+        found[path] = ReviewedEntry(reason, since)
+    table.done()
+    return found
+
+
 def load_policy_bytes(data: bytes) -> SandboxPolicy:
     """Parse policy TOML bytes into a frozen :class:`SandboxPolicy`.
 
@@ -361,6 +410,11 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
     argument_guard_impls = _impl_table(impls, "argument_guards")
     impls.done()
     argument_guards = top.str_map("argument_guards", frozenset(argument_guard_impls))
+    creation = top.table("class_creation", required=True)
+    init_subclass_hooks, set_name_types, enum_mixin_types = (
+        _reviewed_table(creation, key) for key in CLASS_CREATION_TABLES
+    )
+    creation.done()
     builtins_ = top.table("builtins", required=True)
     builtin_names = frozenset(builtins_.strs("names", required=True))
     refused_builtins = frozenset(builtins_.strs("refused"))
@@ -465,6 +519,9 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         call_dunders=call_dunders,
         replacement_impls=MappingProxyType(replacement_impls),
         argument_guard_impls=MappingProxyType(argument_guard_impls),
+        init_subclass_hooks=MappingProxyType(init_subclass_hooks),
+        set_name_types=MappingProxyType(set_name_types),
+        enum_mixin_types=MappingProxyType(enum_mixin_types),
     )
 
 

@@ -1,14 +1,15 @@
 """Resolve a parsed policy against the installed libraries, failing closed.
 
 Every class path the policy names (``[types.*]``, ``[no_construct]``, ``[attribute_keys]``,
-``[values]``, ``[classes]``, ``[getattr]``), every implementation (``[implementations.*]``) and every
-module table must resolve, or
+``[values]``, ``[classes]``, ``[getattr]``, ``[class_creation.*]``), every implementation
+(``[implementations.*]``), every reviewed ``__init_subclass__`` and every module table must resolve, or
 :func:`resolve_policy` raises :class:`~pipewarden.errors.PolicyError` naming each one that did not.
 A protection can therefore not vanish silently after a library upgrade renames a class.
 
 One exception, stated here and in default.toml: entries under a top-level package that is not
 installed at all (``transformers`` is optional) are skipped -- nothing from an absent package can
-reach sandboxed code, so there is nothing for them to allow or deny.
+reach sandboxed code, so there is nothing for them to allow or deny. Likewise a ``[class_creation]``
+entry marked ``since_python`` newer than the running interpreter.
 
 Trusted code: imports the host libraries the policy names (tripwire suspended). Run before any
 sandboxed code (every :class:`~pipewarden.sandbox.runtime.Sandbox` does on construction).
@@ -21,6 +22,7 @@ import functools
 import importlib
 import importlib.util
 import logging
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -29,6 +31,7 @@ from typing import Any
 from pipewarden.errors import PolicyError
 from pipewarden.sandbox.policy import (
     GeneratedNames,
+    ReviewedEntry,
     SandboxPolicy,
     TypeRule,
     diffusers_name_data,
@@ -39,7 +42,7 @@ from pipewarden.sandbox.policy._gen_torch_ops import base_version
 
 _LOG = logging.getLogger("pipewarden.sandbox")
 
-__all__ = ["ResolvedPolicy", "resolve_class_path", "resolve_optional_class_path", "resolve_policy"]
+__all__ = ["ResolvedPolicy", "ReviewedClassHooks", "resolve_class_path", "resolve_optional_class_path", "resolve_policy"]
 
 
 class _Unresolved(Exception):
@@ -116,6 +119,18 @@ def resolve_optional_class_path(path: str) -> type | None:
 
 
 @dataclass(frozen=True)
+class ReviewedClassHooks:
+    """``[class_creation]`` resolved: the host code a sandbox class statement may run."""
+
+    #: the reviewed ``__init_subclass__`` functions (the function objects their classes define)
+    init_subclass: frozenset[Any]
+    #: types whose ``__set_name__`` may run (the class in the value's MRO that defines it)
+    set_name: frozenset[type]
+    #: types an Enum may mix in
+    enum_mixins: frozenset[type]
+
+
+@dataclass(frozen=True)
 class ResolvedPolicy:
     """The classes a policy names, resolved. Built only by :func:`resolve_policy`."""
 
@@ -137,6 +152,8 @@ class ResolvedPolicy:
     replacements: Mapping[str, Callable[..., Any]]
     #: ``[implementations.argument_guards]`` resolved: guard name -> guard
     argument_guards: Mapping[str, Callable[..., Any]]
+    #: ``[class_creation.*]`` resolved
+    class_hooks: ReviewedClassHooks
 
 
 def _classes(paths: tuple[str, ...], where: str, missing: list[str]) -> tuple[type, ...]:
@@ -163,6 +180,56 @@ def _functions(table: Mapping[str, str], where: str, missing: list[str]) -> dict
         else:
             found[name] = obj
     return found
+
+
+def _applies(path: str, entry: ReviewedEntry) -> bool:
+    if entry.since_python is not None and sys.version_info[:2] < entry.since_python:
+        return False
+    return not _optional_absent(path)
+
+
+def _defined_at(obj: Any) -> str:
+    return f"{getattr(obj, '__module__', '')}.{getattr(obj, '__qualname__', '')}".removeprefix("builtins.")
+
+
+def _class_hooks(policy: SandboxPolicy, missing: list[str]) -> ReviewedClassHooks:
+    """Resolve ``[class_creation]``: each __init_subclass__ to the Python function its class defines
+    (not one inherited), each set_name type to a class that defines __set_name__, each at the path it
+    is defined at (the old review does not silently carry over to something else)."""
+    init_subclass: set[Any] = set()
+    for path, entry in policy.init_subclass_hooks.items():
+        if not _applies(path, entry):
+            continue
+        owner_path = path.rpartition(".")[0]
+        try:
+            owner = _lookup(owner_path)
+        except _Unresolved:
+            owner = None
+        hook = owner.__dict__.get("__init_subclass__") if isinstance(owner, type) else None
+        fn = getattr(hook, "__func__", hook)
+        if not hasattr(fn, "__code__"):
+            missing.append(f"class_creation.init_subclass: {path}")
+        elif _defined_at(fn) != path:
+            missing.append(f"class_creation.init_subclass: {path} (now defined as {_defined_at(fn)})")
+        else:
+            init_subclass.add(fn)
+    found: dict[str, set[type]] = {"set_name": set(), "enum_mixins": set()}
+    for key, table in (("set_name", policy.set_name_types), ("enum_mixins", policy.enum_mixin_types)):
+        for path, entry in table.items():
+            if not _applies(path, entry):
+                continue
+            try:
+                cls = resolve_class_path(path)
+            except PolicyError:
+                missing.append(f"class_creation.{key}: {path}")
+                continue
+            if _defined_at(cls) != path:
+                missing.append(f"class_creation.{key}: {path} (now defined as {_defined_at(cls)})")
+            elif key == "set_name" and "__set_name__" not in cls.__dict__:
+                missing.append(f"class_creation.set_name: {path} (defines no __set_name__)")
+            else:
+                found[key].add(cls)
+    return ReviewedClassHooks(frozenset(init_subclass), frozenset(found["set_name"]), frozenset(found["enum_mixins"]))
 
 
 def _check_modules(policy: SandboxPolicy, missing: list[str]) -> None:
@@ -274,6 +341,7 @@ def resolve_policy(policy: SandboxPolicy) -> ResolvedPolicy:
     reviewed_getattr = _classes(policy.reviewed_getattr, "getattr.reviewed", missing)
     replacements = _functions(policy.replacement_impls, "implementations.replace", missing)
     argument_guards = _functions(policy.argument_guard_impls, "implementations.argument_guards", missing)
+    class_hooks = _class_hooks(policy, missing)
     _check_modules(policy, missing)
     generated = _generated_names(policy, missing)
     if missing:
@@ -297,6 +365,7 @@ def resolve_policy(policy: SandboxPolicy) -> ResolvedPolicy:
         generated=MappingProxyType(generated),
         replacements=MappingProxyType(replacements),
         argument_guards=MappingProxyType(argument_guards),
+        class_hooks=class_hooks,
     )
     if len(_CACHE) > 16:
         _CACHE.clear()

@@ -9,13 +9,14 @@ armed (the tripwire applies: the class statement's sandboxed frame is on the sta
 reviewed host hooks may run at all:
 
 * ``__init_subclass__``: every Python-level one among the host bases must be reviewed
-  (:data:`REVIEWED_INIT_SUBCLASS`: pytree registration of output classes, ``typing.Generic``);
+  (``[class_creation.init_subclass]``: pytree registration of output classes, ``typing.Generic``);
 * ``__set_name__``: namespace values whose class (not the sandbox's own) defines one must be of a
-  reviewed type (:data:`REVIEWED_SET_NAME`), a ``dataclasses.field`` checked through its default;
-* Enum mixins: only builtin value types, enum classes and the sandbox's own classes.
+  reviewed type (``[class_creation.set_name]``), a ``dataclasses.field`` checked through its default;
+* Enum mixins: only the reviewed value types (``[class_creation.enum_mixins]``), enum classes and the
+  sandbox's own classes.
 
 Decides: whether a class statement's bases and namespace may reach ``type.__new__``. Trusts: the
-reviewed hooks listed here.
+reviewed hooks the policy data lists (default.toml ``[class_creation]``, resolved when it loads).
 """
 
 from __future__ import annotations
@@ -25,38 +26,28 @@ import re
 from collections.abc import Callable
 from typing import Any
 
+from pipewarden.sandbox.policy.resolve import ReviewedClassHooks
 from pipewarden.sandbox.runtime._common import _tname, _violation
 
-#: Host ``__init_subclass__`` implementations allowed to run on a sandbox class, by qualified name
-#: (module, qualname). What each does with the class: registers it as a pytree node (the
-#: flatten/unflatten functions are the library's own; the class's __init__ is sandboxed code),
-#: records generic parameters.
-REVIEWED_INIT_SUBCLASS: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("diffusers.utils.outputs", "BaseOutput.__init_subclass__"),
-        ("transformers.utils.generic", "ModelOutput.__init_subclass__"),
-        ("typing", "Generic.__init_subclass__"),
-    }
-)
-#: Types whose ``__set_name__`` may run on a sandbox class (they record the attribute name only).
-REVIEWED_SET_NAME: frozenset[tuple[str, str]] = frozenset(
-    {
-        ("functools", "cached_property"),
-        ("enum", "property"),
-        ("types", "DynamicClassAttribute"),
-    }
-)
-#: Builtin value types an Enum may mix in (their constructors are pure).
-ENUM_DATA_TYPES: frozenset[type] = frozenset({str, int, float, bytes, complex, object})
+
+def _default_hooks() -> ReviewedClassHooks:
+    from pipewarden.sandbox.policy import default_policy
+    from pipewarden.sandbox.policy.resolve import resolve_policy
+
+    return resolve_policy(default_policy()).class_hooks
 
 
-def _qual(fn: Any) -> tuple[str, str]:
-    fn = getattr(fn, "__func__", fn)
-    return (str(getattr(fn, "__module__", "")), str(getattr(fn, "__qualname__", "")))
-
-
-def check_class_creation(name: str, bases: tuple[Any, ...], ns: dict[str, Any], owns: Callable[[type], bool]) -> None:
-    """Refuse a class statement whose creation would run unreviewed host code."""
+def check_class_creation(
+    name: str,
+    bases: tuple[Any, ...],
+    ns: dict[str, Any],
+    owns: Callable[[type], bool],
+    reviewed: ReviewedClassHooks | None = None,
+) -> None:
+    """Refuse a class statement whose creation would run unreviewed host code (``reviewed``: the
+    policy's resolved ``[class_creation]``; the default policy's when None)."""
+    if reviewed is None:
+        reviewed = _default_hooks()
     for base in bases:
         if not isinstance(base, type):
             continue
@@ -69,19 +60,19 @@ def check_class_creation(name: str, bases: tuple[Any, ...], ns: dict[str, Any], 
             fn = getattr(hook, "__func__", hook)
             if not hasattr(fn, "__code__"):
                 continue  # a C implementation (object's, builtin types')
-            if _qual(fn) not in REVIEWED_INIT_SUBCLASS:
+            if fn not in reviewed.init_subclass:
                 raise _violation(
                     f"class {name} derives from {_tname(klass)}, whose __init_subclass__ would run host code on it",
                     "class.init-subclass",
                     "derive from the diffusers/torch base classes pipelines use, or wrap the host object instead",
                 )
     for key, value in ns.items():
-        _check_set_name(name, key, value, owns, 0)
+        _check_set_name(name, key, value, owns, reviewed.set_name, 0)
     if any(isinstance(b, type) and issubclass(b, enum.Enum) for b in bases):
         for base in bases:
             if not isinstance(base, type) or issubclass(base, enum.Enum) or owns(base):
                 continue
-            if base not in ENUM_DATA_TYPES:
+            if base not in reviewed.enum_mixins:
                 raise _violation(
                     f"enum {name} mixes in {_tname(base)} (its constructor would run with each member's value)",
                     "class.enum-mixin",
@@ -89,7 +80,9 @@ def check_class_creation(name: str, bases: tuple[Any, ...], ns: dict[str, Any], 
                 )
 
 
-def _check_set_name(name: str, key: str, value: Any, owns: Callable[[type], bool], depth: int) -> None:
+def _check_set_name(
+    name: str, key: str, value: Any, owns: Callable[[type], bool], reviewed: frozenset[type], depth: int
+) -> None:
     t = type(value)
     if owns(t) or depth > 4:
         return
@@ -104,9 +97,9 @@ def _check_set_name(name: str, key: str, value: Any, owns: Callable[[type], bool
 
     if t is dataclasses.Field:
         # Field.__set_name__ forwards to its default's __set_name__
-        _check_set_name(name, key, value.default, owns, depth + 1)
+        _check_set_name(name, key, value.default, owns, reviewed, depth + 1)
         return
-    if (str(hook.__module__), hook.__qualname__) not in REVIEWED_SET_NAME:
+    if hook not in reviewed:
         raise _violation(
             f"class {name} attribute {key!r} is a {_tname(value)}, whose __set_name__ would run host code on the class",
             "class.set-name",

@@ -316,7 +316,7 @@ class GuardHooks(AttributeRules):
                 raise _violation(f"class {name} passes keyword {kw!r}", "class.keywords")
         # Created armed (the class statement's sandboxed frame is below): host hooks that type.__new__
         # runs (__init_subclass__, __set_name__, Enum mixins) are reviewed first (runtime/classhooks.py).
-        check_class_creation(name, bases, ns, self.owns_type)
+        check_class_creation(name, bases, ns, self.owns_type, self.resolved.class_hooks)
         if "__annotations__" in ns:
             ns["__annotations__"] = inert_annotations(ns["__annotations__"])
         cls = meta(name, bases, ns, **kwds)
