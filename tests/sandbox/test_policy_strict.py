@@ -552,3 +552,127 @@ def test_class_creation_follows_the_policy_data(old, rule):
     while exc is not None and not isinstance(exc, PolicyViolation):
         exc = exc.__cause__ or exc.__context__
     assert exc is not None and exc.rule == rule, info.value
+
+
+# ---------------------------------------------------------------------------------------------------
+# The other host-name tables the runtime used to hold in code: [dunders] instance,
+# [component_mutators], [writes], [tripwire] readable_paths
+
+
+@pytest.mark.parametrize(
+    "old, new, named",
+    [
+        ("[component_mutators]\n", "[component_mutators]\nsuffixes = [\"_x\"]\n", "suffixes"),
+        ('prefixes = ["enable_", ', 'prefixes = ["enable", ', "component_mutators.prefixes"),
+        ("[writes]\n", "[writes]\narray_attributes = []\n", "array_attributes"),
+        ('tensor_attributes = ["requires_grad", ', 'tensor_attributes = ["_version", ', "_version"),
+        ('instance = ["__orig_class__", ', 'instance = ["orig_class", ', "orig_class"),
+        ('readable_paths = ["/dev/null", ', 'readable_paths = ["dev/null", ', "dev/null"),
+        ('readable_paths = ["/dev/null", ', 'readable_paths = ["/sys/../home", ', "/sys/../home"),
+    ],
+)
+def test_runtime_name_tables_are_strict(old, new, named):
+    with pytest.raises(PolicyError) as info:
+        load_policy_bytes(_copy(old, new))
+    assert info.value.rule == "policy.malformed"
+    assert named in info.value.what
+
+
+def test_component_mutator_prefixes_follow_the_policy_data():
+    """A host method in a mutator family runs only on owned components; the families are data."""
+    from pipewarden.errors import PolicyViolation
+    from pipewarden.sandbox.runtime import Sandbox
+    from pipewarden.sandbox.runtime.ownwrites import mutator_guard
+
+    torch = pytest.importorskip("torch")
+
+    class HostModule(torch.nn.Module):  # stands for a host component class with a mutator method
+        def __init__(self):
+            super().__init__()
+            self.flag = False
+
+        def enable_thing(self):
+            self.flag = True
+
+    foreign = HostModule()  # a caller's object: the sandbox does not own it
+    box = Sandbox(default_policy(), "mutators_shipped")
+    guarded = mutator_guard(box, foreign, "enable_thing", foreign.enable_thing)
+    with pytest.raises(PolicyViolation):
+        guarded()
+    assert foreign.flag is False
+    policy = load_policy_bytes(_copy('prefixes = ["enable_", ', 'prefixes = ['))
+    box = Sandbox(policy, "mutators_trimmed")
+    assert mutator_guard(box, foreign, "enable_thing", foreign.enable_thing) == foreign.enable_thing
+
+
+def test_tensor_write_attributes_follow_the_policy_data():
+    from pipewarden.errors import PolicyViolation
+    from pipewarden.sandbox.runtime import Sandbox
+
+    torch = pytest.importorskip("torch")
+    x = torch.zeros(2)
+    Sandbox(default_policy(), "writes_shipped").guarded_write(x).requires_grad = True
+    assert x.requires_grad
+    policy = load_policy_bytes(_copy('tensor_attributes = ["requires_grad", ', 'tensor_attributes = ['))
+    y = torch.zeros(2)
+    with pytest.raises(PolicyViolation):
+        Sandbox(policy, "writes_trimmed").guarded_write(y).requires_grad = True
+    assert not y.requires_grad
+
+
+def test_tripwire_readable_paths_follow_the_policy_data():
+    from pipewarden.sandbox import tripwire
+
+    assert tripwire._readable("/proc/cpuinfo", default_policy().tripwire)
+    assert not tripwire._readable("/proc/self/environ", default_policy().tripwire)
+    policy = load_policy_bytes(_copy('"/proc/cpuinfo", ', ""))
+    assert not tripwire._readable("/proc/cpuinfo", policy.tripwire)
+
+
+@pytest.mark.parametrize(
+    "old, new, named",
+    [
+        ("[arrays]\n", "[arrays]\nmodules = []\n", "modules"),
+        ('libraries = ["numpy", "torch", "PIL"]', 'libraries = ["numpy", "torch.nn", "PIL"]', "torch.nn"),
+        ('protocols = [\n  "__array_interface__",', 'protocols = [\n  "array_interface",', "array_interface"),
+        ('preload = ["PIL.ImageFile"]\nattrs = ["Image", "fromarray"', 'preload = ["PIL..ImageFile"]\nattrs = ["Image", "fromarray"',
+         "PIL..ImageFile"),
+    ],
+)
+def test_array_and_preload_tables_are_strict(old, new, named):
+    with pytest.raises(PolicyError) as info:
+        load_policy_bytes(_copy(old, new))
+    assert info.value.rule == "policy.malformed"
+    assert named in info.value.what
+
+
+def test_renamed_preload_module_refuses_to_load():
+    policy = load_policy_bytes(_copy('preload = ["PIL.ImageFile"]\nattrs = ["Image", "fromarray"',
+                                     'preload = ["PIL.ImageFyle"]\nattrs = ["Image", "fromarray"'))
+    with pytest.raises(PolicyError) as info:
+        resolve_policy(policy)
+    assert "modules.PIL.Image.preload: PIL.ImageFyle" in info.value.what
+
+
+def test_array_protocols_follow_the_policy_data():
+    """A class defining an array protocol is refused as an argument of an array entry point; the
+    protocol names and the libraries whose own classes implement them are policy data."""
+    from pipewarden.errors import PolicyViolation
+    from pipewarden.sandbox.runtime import Sandbox
+
+    np = pytest.importorskip("numpy")
+
+    class Steered:  # a host-looking class (not the sandbox's) whose __array__ numpy would call
+        def __array__(self, dtype=None, copy=None):
+            return np.zeros(1)
+
+    box = Sandbox(default_policy(), "arrays_shipped")
+    with pytest.raises(PolicyViolation):
+        box.array_arguments.check("an argument", Steered())
+    box.array_arguments.check("an argument", np.float32(1.0))  # numpy's own class: the implementation
+    policy = load_policy_bytes(_copy('"__array_interface__", "__array_struct__", "__array__", ',
+                                     '"__array_interface__", "__array_struct__", '))
+    Sandbox(policy, "arrays_trimmed").array_arguments.check("an argument", Steered())
+    policy = load_policy_bytes(_copy('libraries = ["numpy", "torch", "PIL"]', 'libraries = ["torch", "PIL"]'))
+    with pytest.raises(PolicyViolation):
+        Sandbox(policy, "arrays_no_numpy").array_arguments.check("an argument", np.float32(1.0))

@@ -128,10 +128,6 @@ def _library_roots() -> tuple[str, ...]:
 _LIB_ROOTS: tuple[str, ...] = ()
 
 
-#: Non-library paths host code may read while sandboxed code runs (no secrets there).
-_READABLE_PREFIXES = ("/dev/null", "/dev/urandom", "/dev/random", "/sys/", "/proc/cpuinfo", "/proc/meminfo")
-
-
 def _fspath(path: object) -> str | None:
     try:
         value = _os.fspath(path)  # type: ignore[call-overload]
@@ -156,12 +152,13 @@ def _under_library_roots(path: object) -> bool:
     return (real + _os.sep).startswith(_LIB_ROOTS) or real.startswith(_LIB_ROOTS)
 
 
-def _readable(path: object) -> bool:
+def _readable(path: object, rule: TripwireRule) -> bool:
+    """Inside the installed libraries, or under the policy's ``[tripwire] readable_paths``."""
     text = _fspath(path)
     if text is None:
         return False
     real = _os.path.realpath(text)
-    return real.startswith(_READABLE_PREFIXES) or _under_library_roots(real)
+    return real.startswith(rule.readable_paths) or _under_library_roots(real)
 
 
 def _in_pycache(path: object) -> bool:
@@ -218,7 +215,7 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
             if _in_pycache(path):
                 return  # the import system caching bytecode of an installed library
             raise _refuse("open-write", f"opening {path!r} for writing") from None
-        if isinstance(path, int) or _readable(path):
+        if isinstance(path, int) or _readable(path, rule):
             return
         raise _refuse("open-read", f"opening {path!r} for reading (outside the installed libraries)") from None
     if event in ("os.listdir", "os.scandir"):

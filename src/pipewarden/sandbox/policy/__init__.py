@@ -73,6 +73,7 @@ class ModuleRule:
     stub_denied: bool = False
     variable_functions: bool = False
     suspend_tripwire: frozenset[str] = frozenset()
+    preload: tuple[str, ...] = ()
     replace: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     def matches_function_pattern(self, name: str) -> bool:
@@ -96,6 +97,8 @@ class TripwireRule:
     event_prefixes: tuple[str, ...]
     host_import_top_levels: frozenset[str]
     deny_imports: frozenset[str]
+    #: non-library path prefixes host code may read while armed
+    readable_paths: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -136,6 +139,16 @@ class SandboxPolicy:
     #: ``[dunders]``: dunder attributes readable at run time (strings / host initialisers and call)
     string_dunders: frozenset[str] = frozenset()
     call_dunders: frozenset[str] = frozenset()
+    #: ``[dunders] instance``: instance ``__dict__`` dunders host code itself stores
+    instance_dunders: frozenset[str] = frozenset()
+    #: ``[component_mutators] prefixes``: host method name families run only on owned components
+    mutator_prefixes: tuple[str, ...] = ()
+    #: ``[writes] tensor_attributes``: attributes sandboxed code may set on a tensor/array
+    tensor_write_attributes: frozenset[str] = frozenset()
+    #: ``[arrays]``: top-level packages whose callables are array entry points (and whose own
+    #: classes implement the protocols), and the attribute protocols they read from arguments
+    array_libraries: frozenset[str] = frozenset()
+    array_protocols: frozenset[str] = frozenset()
     #: ``[implementations.replace]``: replacement name -> dotted path of its factory
     replacement_impls: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: ``[implementations.argument_guards]``: guard name -> dotted path of the guard
@@ -423,8 +436,31 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
     dunders = top.table("dunders", required=True)
     string_dunders = frozenset(dunders.strs("strings", required=True))
     call_dunders = frozenset(dunders.strs("calls", required=True))
+    instance_dunders = frozenset(dunders.strs("instance", required=True))
     dunders.done()
-    for name in string_dunders | call_dunders:
+    mutators = top.table("component_mutators", required=True)
+    mutator_prefixes = mutators.strs("prefixes", required=True)
+    mutators.done()
+    if not mutator_prefixes or not all(p.endswith("_") and p[:-1].isidentifier() and not p.startswith("_") for p in mutator_prefixes):
+        raise _fail("policy: component_mutators.prefixes must list public name prefixes ending in '_' (e.g. 'enable_')")
+    arrays = top.table("arrays", required=True)
+    array_libraries = frozenset(arrays.strs("libraries", required=True))
+    array_protocols = frozenset(arrays.strs("protocols", required=True))
+    arrays.done()
+    for name in array_libraries:
+        _dotted(name, "arrays.libraries")
+        if "." in name:
+            raise _fail(f"policy: arrays.libraries: {name!r} is not a top-level package")
+    for name in array_protocols:
+        if not (name.startswith("__") and name.endswith("__") and name[2:-2].isidentifier()):
+            raise _fail(f"policy: arrays.protocols: {name!r} is not a dunder name")
+    writes = top.table("writes", required=True)
+    tensor_write_attributes = frozenset(writes.strs("tensor_attributes", required=True))
+    writes.done()
+    for name in tensor_write_attributes:
+        if not name.isidentifier() or name.startswith("_"):
+            raise _fail(f"policy: writes.tensor_attributes: {name!r} is not a public attribute name")
+    for name in string_dunders | call_dunders | instance_dunders:
         if not (name.startswith("__") and name.endswith("__") and name[2:-2].isidentifier()):
             raise _fail(f"policy: dunders: {name!r} is not a dunder name")
     comp = top.table("compile", required=True)
@@ -440,7 +476,11 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         event_prefixes=trip.strs("event_prefixes", required=True),
         host_import_top_levels=frozenset(trip.strs("host_import_top_levels", required=True)),
         deny_imports=frozenset(trip.strs("deny_imports", required=True)),
+        readable_paths=trip.strs("readable_paths", required=True),
     )
+    for prefix in tripwire.readable_paths:
+        if not prefix.startswith("/") or ".." in prefix.split("/"):
+            raise _fail(f"policy: tripwire.readable_paths: {prefix!r} is not an absolute path")
     trip.done()
     modules: dict[str, ModuleRule] = {}
     for name, spec in top.tables("modules").items():
@@ -455,6 +495,7 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
             stub_denied=spec.flag("stub_denied"),
             variable_functions=spec.flag("variable_functions"),
             suspend_tripwire=frozenset(spec.strs("suspend_tripwire")),
+            preload=tuple(_dotted(p, f"modules.{name}.preload") for p in spec.strs("preload")),
             replace=MappingProxyType(spec.str_map("replace", frozenset(replacement_impls))),
         )
         spec.done()
@@ -517,6 +558,11 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         argument_guards=MappingProxyType(argument_guards),
         string_dunders=string_dunders,
         call_dunders=call_dunders,
+        instance_dunders=instance_dunders,
+        mutator_prefixes=mutator_prefixes,
+        tensor_write_attributes=tensor_write_attributes,
+        array_libraries=array_libraries,
+        array_protocols=array_protocols,
         replacement_impls=MappingProxyType(replacement_impls),
         argument_guard_impls=MappingProxyType(argument_guard_impls),
         init_subclass_hooks=MappingProxyType(init_subclass_hooks),

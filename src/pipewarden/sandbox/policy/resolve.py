@@ -233,14 +233,15 @@ def _class_hooks(policy: SandboxPolicy, missing: list[str]) -> ReviewedClassHook
 
 
 def _check_modules(policy: SandboxPolicy, missing: list[str]) -> None:
-    for name in policy.modules:
+    for name, rule in policy.modules.items():
         if _optional_absent(name) or (not _installed(name.split(".")[0])):
             continue
-        try:
-            with _suspended():
-                importlib.import_module(name)
-        except Exception:  # noqa: BLE001 - any failure to import: the table names nothing
-            missing.append(f"modules: {name}")
+        for what, module in (("modules", name), *((f"modules.{name}.preload", p) for p in rule.preload)):
+            try:
+                with _suspended():
+                    importlib.import_module(module)
+            except Exception:  # noqa: BLE001 - any failure to import: the table names nothing
+                missing.append(f"{what}: {module}")
 
 
 @functools.lru_cache(maxsize=1)

@@ -208,7 +208,7 @@ class SandboxBase:
         """The argument check of the numpy/torch/PIL entry points (built on first use, once the
         libraries are imported)."""
         if self._array_arguments is None:
-            self._array_arguments = ArrayArguments(self.owns_type)
+            self._array_arguments = ArrayArguments(self.owns_type, self.policy)
         return self._array_arguments
 
     # ------------------------------------------------------------------ ownership

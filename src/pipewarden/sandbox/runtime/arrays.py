@@ -34,20 +34,8 @@ import types
 from collections.abc import Callable
 from typing import Any
 
+from pipewarden.sandbox.policy import SandboxPolicy
 from pipewarden.sandbox.runtime._common import _tname, _violation
-from pipewarden.sandbox.runtime.names import REVIEWED_INSTANCE_DUNDERS
-
-#: The attribute protocols numpy, torch and PIL read from arguments.
-PROTOCOL_NAMES = frozenset(
-    {
-        "__array_interface__", "__array_struct__", "__array__", "__array_priority__", "__array_wrap__",
-        "__array_finalize__", "__array_ufunc__", "__array_function__", "__array_namespace__",
-        "__dlpack__", "__dlpack_device__", "__cuda_array_interface__", "__torch_function__",
-        "__torch_dispatch__",
-    }
-)
-#: Facades (top-level package) whose callables are array entry points.
-ARRAY_LIBRARIES = frozenset({"numpy", "torch", "PIL"})
 
 _SCALARS: frozenset[type] = frozenset(
     {type(None), bool, int, float, complex, str, bytes, bytearray, slice, range, type(Ellipsis), type(NotImplemented)}
@@ -56,9 +44,9 @@ _MAX_ELEMENTS = 10_000_000
 _MAX_DEPTH = 64
 
 
-def _library_class(klass: type) -> bool:
+def _library_class(klass: type, libraries: frozenset[str]) -> bool:
     mod = getattr(klass, "__module__", None)
-    return isinstance(mod, str) and str.partition(mod, ".")[0] in ARRAY_LIBRARIES
+    return isinstance(mod, str) and str.partition(mod, ".")[0] in libraries
 
 
 def _reviewed_getattr_hooks() -> tuple[Any, ...]:
@@ -72,8 +60,11 @@ class ArrayArguments:
     """The argument check, with the per-type answers cached (types are never sandbox-mutable in the
     parts checked here: class dunders cannot be written by sandboxed code)."""
 
-    def __init__(self, owns_type: Callable[[type], bool]) -> None:
+    def __init__(self, owns_type: Callable[[type], bool], policy: SandboxPolicy) -> None:
         self._owns_type = owns_type
+        self._instance_dunders = policy.instance_dunders  # [dunders] instance
+        self._libraries = policy.array_libraries  # [arrays] libraries
+        self._protocols = policy.array_protocols  # [arrays] protocols
         self._fast: set[type] = set(_SCALARS)
         self._type_ok: dict[type, bool] = {}
         self._array_value: dict[type, bool] = {}
@@ -107,7 +98,9 @@ class ArrayArguments:
             hook = ns.get("__getattr__")
             if hook is not None and hook not in self._hooks:
                 return False
-            if any(name in ns for name in PROTOCOL_NAMES) and not (_library_class(klass) and not self._owns_type(klass)):
+            if any(name in ns for name in self._protocols) and not (
+                _library_class(klass, self._libraries) and not self._owns_type(klass)
+            ):
                 return False
         return True
 
@@ -171,14 +164,14 @@ class ArrayArguments:
             return
         if type(d) is dict:
             for key in d:
-                if type(key) is not str or (str.startswith(key, "__") and key not in REVIEWED_INSTANCE_DUNDERS):
+                if type(key) is not str or (str.startswith(key, "__") and key not in self._instance_dunders):
                     raise self._refuse(where, value, f"it carries the attribute {key!r}")
 
     def _class_ok(self, cls: type) -> bool:
         for klass in cls.__mro__:
-            if klass is object or (_library_class(klass) and not self._owns_type(klass)):
+            if klass is object or (_library_class(klass, self._libraries) and not self._owns_type(klass)):
                 continue
-            if any(name in klass.__dict__ for name in PROTOCOL_NAMES):
+            if any(name in klass.__dict__ for name in self._protocols):
                 return False
         return True
 

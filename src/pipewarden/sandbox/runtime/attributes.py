@@ -38,7 +38,6 @@ from pipewarden.sandbox.runtime.objects import (
     _checked_arguments,
 )
 from pipewarden.sandbox.runtime.ownwrites import (
-    MUTATOR_PREFIXES,
     absent_on_host_object,
     mutator_guard,
     read_written,
@@ -315,7 +314,7 @@ class AttributeRules(FacadeResolver):
         if name in self.policy.string_dunders and not isinstance(value, (str, type(None))):
             raise _violation(f"{name} of a {_tname(obj)} is not a string", "attribute.dunder")
         guard = self.policy.argument_guards.get(name)
-        if guard is None and name.startswith(MUTATOR_PREFIXES):
+        if guard is None and name.startswith(self.policy.mutator_prefixes):
             value = mutator_guard(self, obj, name, value)
         if guard is not None and callable(value):
             return self.resolved.argument_guards[guard](self, value, f"{_tname(obj)}.{name}")

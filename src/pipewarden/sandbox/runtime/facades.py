@@ -24,7 +24,6 @@ from pipewarden.sandbox.runtime._common import (
     _tname,
     _violation,
 )
-from pipewarden.sandbox.runtime.arrays import ARRAY_LIBRARIES
 from pipewarden.sandbox.runtime.objects import (
     ClassRef,
     DeniedName,
@@ -33,11 +32,6 @@ from pipewarden.sandbox.runtime.objects import (
     SandboxLogger,
 )
 from pipewarden.sandbox.runtime.snapshots import _CONTAINER_TYPES, _private_copy
-
-#: Submodules a library imports lazily from inside calls the sandbox makes, whose module bodies do
-#: what the armed tripwire refuses (PIL.ImageFile compiles NamedTuple forward references on first
-#: Image.tobytes()): imported with the library, while the tripwire is suspended (trusted code).
-_LAZY_SUBMODULES: dict[str, tuple[str, ...]] = {"PIL.Image": ("PIL.ImageFile",), "PIL": ("PIL.ImageFile",)}
 
 
 def _is_c_level_import(fromlist: Any) -> bool:
@@ -55,7 +49,8 @@ class FacadeResolver(SandboxBase):
         if mod is None:
             with tripwire.suspended():
                 mod = importlib.import_module(name)
-                for lazy in _LAZY_SUBMODULES.get(name, ()):
+                rule = self.policy.modules.get(name)  # [modules.*] preload: imported with it, unarmed
+                for lazy in rule.preload if rule is not None else ():
                     try:
                         importlib.import_module(lazy)
                     except ImportError:  # pragma: no cover - optional parts of a library
@@ -276,7 +271,7 @@ class FacadeResolver(SandboxBase):
             return KeyCheckedClass(value, self._key_class_subclassable(value))
         if name in rule.suspend_tripwire and callable(value):
             return _suspending(value)
-        if callable(value) and not isinstance(value, type) and mod_name.partition(".")[0] in ARRAY_LIBRARIES:
+        if callable(value) and not isinstance(value, type) and mod_name.partition(".")[0] in self.policy.array_libraries:
             # numpy/torch/PIL functions and ufuncs: array entry points (runtime/arrays.py)
             return self.array_arguments.guard(value, f"{mod_name}.{name}")
         return value

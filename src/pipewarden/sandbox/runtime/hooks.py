@@ -101,7 +101,7 @@ class GuardHooks(AttributeRules):
             return own
         tensor_types = self._tensor_types()
         if isinstance(obj, tensor_types):
-            return _WriteProxy(obj, self.array_arguments.check)
+            return _WriteProxy(obj, self.array_arguments.check, self.policy.tensor_write_attributes)
         if isinstance(obj, _ClassStandIn):  # torch.Tensor, numpy.ndarray (runtime/memory.py)
             obj = object.__getattribute__(obj, "_pw_cls")
         if isinstance(obj, type):
@@ -331,7 +331,7 @@ class GuardHooks(AttributeRules):
             if not isinstance(cls, enum.EnumMeta) and not _is_module_class(cls):
                 _install_checked_post_init(cls)
         if not isinstance(cls, enum.EnumMeta):
-            install_name_guards(cls)  # host __getattribute__/__setattr__: names checked on what is stored
+            install_name_guards(cls, self.policy.instance_dunders)  # host __getattribute__/__setattr__: names checked on what is stored
         self._classes.add(cls)
         self._owned_type_cache.clear()
         self._decisions.clear()

@@ -21,9 +21,6 @@ from typing import Any
 
 from pipewarden.sandbox.runtime._common import _tname, _violation
 
-#: Instance ``__dict__`` dunders that host code itself stores (typing generics, functools.wraps).
-REVIEWED_INSTANCE_DUNDERS = frozenset({"__orig_class__", "__wrapped__"})
-
 
 def is_dunder(name: str) -> bool:
     return str.startswith(name, "__")
@@ -99,7 +96,7 @@ def _mapped_name(obj: Any, key: str, where: str) -> None:
         raise _violation(what, "argument.attribute-name")
 
 
-def install_name_guards(cls: type) -> None:
+def install_name_guards(cls: type, instance_dunders: frozenset[str]) -> None:
     """Guards on a sandbox class whose host bases hook attribute access.
 
     * A host ``__getattribute__`` (PretrainedConfig: ``attribute_map`` redirection): private and
@@ -108,7 +105,7 @@ def install_name_guards(cls: type) -> None:
     * A host ``__setattr__`` (nn.Module, DiffusionPipeline, PretrainedConfig): every write that
       host code performs on the sandbox's object (``ParameterDict.__setitem__``, a config's
       keyword loop, ``update``) is checked like a direct write: no dunder name (except the few
-      host code itself stores), and no ``attribute_map`` target that is not a plain name.
+      host code itself stores: the policy's ``[dunders] instance``), and no ``attribute_map`` target that is not a plain name.
     """
     where = cls.__name__
     if _host_defines(cls, "__getattribute__"):
@@ -124,7 +121,7 @@ def install_name_guards(cls: type) -> None:
         def __setattr__(self: Any, key: Any, value: Any) -> None:
             if type(key) is not str:
                 raise _violation(f"setting an attribute of {where} with a {_tname(key)} name", "attribute.name-type")
-            if is_dunder(key) and key not in REVIEWED_INSTANCE_DUNDERS:
+            if is_dunder(key) and key not in instance_dunders:
                 raise _violation(
                     f"setting {key!r} on a {where} (it would become an attribute that host protocols read)",
                     "argument.dunder-key",

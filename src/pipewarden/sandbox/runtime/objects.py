@@ -393,12 +393,12 @@ class SandboxLogger:
 class _WriteProxy:
     """``_write_`` result for tensors/arrays: item assignment and a few tensor attributes only."""
 
-    __slots__ = ("_pw_obj", "_pw_check")
-    _ATTRS = frozenset({"requires_grad", "grad", "data"})
+    __slots__ = ("_pw_obj", "_pw_check", "_pw_attrs")
 
-    def __init__(self, obj: Any, check: Any) -> None:
+    def __init__(self, obj: Any, check: Any, attrs: frozenset[str]) -> None:
         object.__setattr__(self, "_pw_obj", obj)
         object.__setattr__(self, "_pw_check", check)  # ArrayArguments.check: the value becomes array data
+        object.__setattr__(self, "_pw_attrs", attrs)  # the policy's [writes] tensor_attributes
 
     def __setitem__(self, key: Any, value: Any) -> None:
         check = object.__getattribute__(self, "_pw_check")
@@ -410,7 +410,7 @@ class _WriteProxy:
         del object.__getattribute__(self, "_pw_obj")[key]
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if type(name) is not str or name not in _WriteProxy._ATTRS:
+        if type(name) is not str or name not in object.__getattribute__(self, "_pw_attrs"):
             raise _violation(f"writing attribute {name!r} of a tensor", "write.tensor-attribute")
         setattr(object.__getattribute__(self, "_pw_obj"), name, value)
 

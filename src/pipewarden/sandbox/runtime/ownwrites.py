@@ -220,14 +220,6 @@ class ConfigWriter:
         raise _violation(f"deleting {name!r} of a config", "write.host-object", _FIX)
 
 
-#: Name families of host methods that change a component (hooks, processors, module tree, weights,
-#: flags, vocabulary): on a pipeline, module or tokenizer, a public host method read by sandboxed
-#: code whose name starts with one of these runs only on what the pipeline owns, listed in
-#: [argument_guards] or not (diffusers' pipeline classes define more than any list: upcast_vae,
-#: set_pag_applied_layers, enable_fuser, ...).
-MUTATOR_PREFIXES = ("enable_", "disable_", "fuse_", "unfuse_", "set_", "upcast_", "add_", "load_", "maybe_free_")
-
-
 def _component_kinds() -> tuple[type, type | None, type | None]:
     """(nn.Module, DiffusionPipeline, PreTrainedTokenizerBase); None where not installed."""
     import torch
@@ -300,7 +292,7 @@ def mutator_guard(box: AttributeRules, obj: Any, name: str, value: Any) -> Any:
     component whose name is in a mutator family; else ``value`` unchanged. Whatever the receiver of
     the read: an instance, ``super(C, self)`` (the instance it is bound to is checked) or the class
     (``Pipeline.enable_x(self)``: the ``self`` it is called with is checked)."""
-    if not name.startswith(MUTATOR_PREFIXES) or not callable(value):
+    if not name.startswith(box.policy.mutator_prefixes) or not callable(value):
         return value
     kinds = _kinds_tuple()
     receiver, after = obj, None
