@@ -693,7 +693,8 @@ def test_generators_render_the_shipped_files_byte_for_byte(generator, data, args
     """The one shared renderer (_gen_common) reproduces each shipped name list exactly from its own
     data: regenerating after an upgrade diffs only in the names, never in the file's shape."""
     import importlib
-    import tomllib
+
+    from pipewarden.sandbox.policy import tomllib  # tomli on Python 3.10
 
     shipped = resources.files("pipewarden.sandbox.policy").joinpath(data).read_bytes()
     doc = tomllib.loads(shipped.decode())
