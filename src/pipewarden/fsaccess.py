@@ -29,7 +29,7 @@ import errno
 import os
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -203,16 +203,46 @@ def resolve_in(
         return "/".join(_resolve_parts(bfd, b, parts + _split(relpath), links=links, shown=relpath))
 
 
-def _open_parts(bfd: int, parts: list[str], *, shown: str, where: str | os.PathLike[str]) -> int:
-    """Open ``parts`` below ``bfd`` with O_NOFOLLOW on every component; a regular file, never blocking."""
+@contextmanager
+def _descend(bfd: int, dirs: list[str]) -> Iterator[int]:
+    """The descriptor of the directory ``dirs`` below ``bfd``, each component opened with
+    O_NOFOLLOW (a component that is a link fails: ELOOP/ENOTDIR); closed on exit (``bfd`` is not)."""
     cur = bfd
     try:
-        for comp in parts[:-1]:
+        for comp in dirs:
             nxt = os.open(comp, _PASS_FLAGS, dir_fd=cur)
             if cur != bfd:
                 os.close(cur)
             cur = nxt
-        fd = os.open(parts[-1] if parts else ".", _FILE_FLAGS, dir_fd=cur)
+        yield cur
+    finally:
+        if cur != bfd:
+            os.close(cur)
+
+
+def _blocking_regular(
+    fd: int, refuse: Callable[[], InputError], check: Callable[[os.stat_result], None] | None = None
+) -> int:
+    """``fd`` (opened non-blocking) switched to blocking once it is known to be a regular file
+    (``refuse()`` raised otherwise) that ``check`` accepts; closed if anything raises."""
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise refuse()
+        if check is not None:
+            check(st)
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _open_parts(bfd: int, parts: list[str], *, shown: str, where: str | os.PathLike[str]) -> int:
+    """Open ``parts`` below ``bfd`` with O_NOFOLLOW on every component; a regular file, never blocking."""
+    try:
+        with _descend(bfd, parts[:-1]) as cur:
+            fd = os.open(parts[-1] if parts else ".", _FILE_FLAGS, dir_fd=cur)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENOTDIR, errno.EMLINK):
             raise InputError(
@@ -223,17 +253,7 @@ def _open_parts(bfd: int, parts: list[str], *, shown: str, where: str | os.PathL
         if exc.errno == errno.ENOENT:
             raise _missing(shown, where) from None
         raise InputError(f"cannot read {shown}: {exc.strerror}", rule="file.unreadable") from None
-    finally:
-        if cur != bfd:
-            os.close(cur)
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise _not_regular(shown)
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
-    return fd
+    return _blocking_regular(fd, lambda: _not_regular(shown))
 
 
 def open_in(
@@ -248,13 +268,7 @@ def open_in(
     ``root`` (default: the boundary) is a directory inside the boundary, e.g. a snapshot folder
     of the HF cache whose entries link into the cache's ``blobs/``.
     """
-    b = Path(boundary)
-    parts = _relative_parts(b, Path(root)) if root is not None else []
-    with _dir_fd(b) as bfd:
-        resolved = _resolve_parts(bfd, b, parts + _split(relpath), links=links, shown=relpath)
-        if not resolved:
-            raise _not_regular(relpath)
-        fd = _open_parts(bfd, resolved, shown=relpath, where=root if root is not None else b)
+    fd = open_fd_in(boundary, relpath, root=root, links=links)
     return os.fdopen(fd, "rb", buffering=0)  # type: ignore[return-value]
 
 
@@ -313,22 +327,21 @@ def open_user_file(path: str | os.PathLike[str], *, what: str = "file", private_
         raise InputError(
             f"cannot read {what} {shown}: {exc.strerror}", rule="file.unreadable", fix="check the path"
         ) from None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise InputError(
-                f"{what} {shown} is not a regular file", rule=_REGULAR_RULE, fix="pass the path of a regular file"
-            )
+
+    def writable_by_others(st: os.stat_result) -> None:
         if private_writes and st.st_mode & 0o022:
             raise InputError(
                 f"{what} {shown} may be written by others (mode {stat.S_IMODE(st.st_mode):04o})",
                 rule="allowlist.writable",
                 fix=f"chmod go-w {shown}",
             )
-        os.set_blocking(fd, True)
-    except BaseException:
-        os.close(fd)
-        raise
+
+    def not_regular() -> InputError:
+        return InputError(
+            f"{what} {shown} is not a regular file", rule=_REGULAR_RULE, fix="pass the path of a regular file"
+        )
+
+    fd = _blocking_regular(fd, not_regular, writable_by_others)
     return os.fdopen(fd, "rb", buffering=0)  # type: ignore[return-value]
 
 
@@ -502,24 +515,15 @@ def remove_in(boundary: str | os.PathLike[str], relpath: str) -> bool:
         bfd = os.open(boundary, (_O_PATH | _O_DIRECTORY | _O_CLOEXEC) if _O_PATH else (os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC))
     except OSError:
         return False
-    cur = bfd
     try:
-        for comp in parts[:-1]:
-            if comp == "..":
-                return False
-            nxt = os.open(comp, _PASS_FLAGS, dir_fd=cur)
-            if cur != bfd:
-                os.close(cur)
-            cur = nxt
-        if parts[-1] == "..":
+        if ".." in parts:
             return False
-        os.unlink(parts[-1], dir_fd=cur)
+        with _descend(bfd, parts[:-1]) as cur:
+            os.unlink(parts[-1], dir_fd=cur)
         return True
     except OSError:
         return False
     finally:
-        if cur != bfd:
-            os.close(cur)
         os.close(bfd)
 
 
