@@ -6,12 +6,11 @@ unchanged afterwards. On components built for this load they run as in plain dif
 
 from __future__ import annotations
 
-import hashlib
-
 import pytest
 
 from pipewarden.errors import PipewardenError
 from pipewarden.sandbox import load_class, tripwire
+from tests.sandbox.conftest import load_from_repo
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -62,25 +61,12 @@ class MutPipeline(DiffusionPipeline):
 '''
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    from pipewarden.audit import synth
-
-    root = tmp_path_factory.mktemp("mut")
-    (root / "mut_pipeline.py").write_text(SOURCE)
-    cls = load_class(SOURCE, filename="mut_pipeline.py")
-    synth.save_weights_dir(cls.__name__, synth.build_components(cls), root / "weights")
-    return root
+#: the ``repo`` fixture (tests/sandbox/conftest.py) saves SOURCE under this name, with weights for it
+PIPELINE_FILE = "mut_pipeline.py"
 
 
 def _load(repo, isolation="inprocess", **components):
-    import pipewarden
-
-    code = repo / "mut_pipeline.py"
-    return pipewarden.load_pipeline(
-        str(repo / "weights"), custom_pipeline=str(code), trust_remote_code=True,
-        pipeline_sha256=hashlib.sha256(code.read_bytes()).hexdigest(), isolation=isolation, **components,
-    )
+    return load_from_repo(repo, PIPELINE_FILE, isolation, **components)
 
 
 def _state(module):

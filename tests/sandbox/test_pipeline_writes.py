@@ -7,13 +7,13 @@ sandboxed when the caller later calls it outside pipewarden.
 
 from __future__ import annotations
 
-import hashlib
 import os
 
 import pytest
 
 from pipewarden.errors import PipewardenError
 from pipewarden.sandbox import load_class, tripwire
+from tests.sandbox.conftest import load_from_repo
 
 torch = pytest.importorskip("torch")
 
@@ -158,25 +158,12 @@ ESCAPES = [
 ]
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    from pipewarden.audit import synth
-
-    root = tmp_path_factory.mktemp("patch")
-    (root / "patch_pipeline.py").write_text(SOURCE)
-    cls = load_class(SOURCE, filename="patch_pipeline.py")
-    synth.save_weights_dir(cls.__name__, synth.build_components(cls), root / "weights")
-    return root
+#: the ``repo`` fixture (tests/sandbox/conftest.py) saves SOURCE under this name, with weights for it
+PIPELINE_FILE = "patch_pipeline.py"
 
 
 def _load(repo, isolation="inprocess", **components):
-    import pipewarden
-
-    code = repo / "patch_pipeline.py"
-    return pipewarden.load_pipeline(
-        str(repo / "weights"), custom_pipeline=str(code), trust_remote_code=True,
-        pipeline_sha256=hashlib.sha256(code.read_bytes()).hexdigest(), isolation=isolation, **components,
-    )
+    return load_from_repo(repo, PIPELINE_FILE, isolation, **components)
 
 
 def _plain(repo):
