@@ -77,21 +77,11 @@ _SPECIAL = ["<|startoftext|>", "<|endoftext|>"]
 _WORDS = ["a", "cat", "dog", "photo", "of", "the", "an", "astronaut", "riding", "horse"]
 
 
-def _bytes_to_unicode() -> dict[int, str]:
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(256):
-        if b not in bs:
-            bs.append(b)
-            cs.append(256 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs], strict=True))
-
-
 def clip_tokenizer_files() -> dict[str, bytes]:
     """vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json of a tiny CLIP tokenizer."""
-    chars = list(_bytes_to_unicode().values())
+    from pipewarden.audit.synth import byte_level_alphabet  # the synthesiser's alphabet: the same recipe
+
+    chars = byte_level_alphabet()
     vocab_list = chars + [c + "</w>" for c in chars]
     merges: list[str] = []
     for word in _WORDS:  # merge each word left to right: "c a" -> "ca", "ca t</w>" -> "cat</w>"

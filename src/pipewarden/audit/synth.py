@@ -328,7 +328,8 @@ def _t5_tokenizer(shape: Shape) -> Any:
     return t5_tokenizer()
 
 
-def _bytes_to_unicode() -> list[str]:
+def byte_level_alphabet() -> list[str]:
+    """The 256 characters of the CLIP/GPT-2 byte-level BPE alphabet, in byte order of that scheme."""
     printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
     cs = printable[:]
     extra = 0
@@ -349,7 +350,7 @@ def clip_tokenizer(model_max_length: int = 77) -> Any:
     from transformers import CLIPTokenizer
 
     vocab: dict[str, int] = {}
-    chars = _bytes_to_unicode()
+    chars = byte_level_alphabet()
     for c in chars:
         vocab[c] = len(vocab)
     for c in chars:
