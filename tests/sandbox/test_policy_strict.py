@@ -96,6 +96,7 @@ def test_class_deleted_from_the_library_refuses_to_load(monkeypatch):
         ("[no_construct]\n", "[no_construct]\nbase = []\n", "base"),
         ("[dunders]\n", "[dunders]\nattributes = [\"__dict__\"]\n", "attributes"),
         ("[implementations.replace]\n", "[implementations.guards]\n[implementations.replace]\n", "guards"),
+        ("[file_names]\n", "[file_names]\nnamez = {}\n", "namez"),
     ],
 )
 def test_unknown_key_refuses_to_load(old, new, key):
@@ -113,6 +114,8 @@ def test_unknown_key_refuses_to_load(old, new, key):
         ('deepcopy = "deepcopy-reviewed" }', 'deepcopy = "deepcopy" }', "deepcopy"),
         ('from_config = "config-dict-only"', 'from_config = "config-dict"', "config-dict"),
         ("[modules.gc]\n", "[modules.gc]\nconstants = 1\n", "constants"),
+        ("maps = { vocab_files_names", "maps = { config_name = \"twice\", vocab_files_names", "config_name"),
+        ("names = { config_name", "names = { \"a/b\" = \"not a name\", config_name", "a/b"),
         ('calls = ["__init__", "__call__", "__post_init__"]', 'calls = ["__init__", "__call__", "_post_init"]', "_post_init"),
         ("str = [", "str = 5\nstr_ = [", "values.str"),
         ('[types."torch.device"]\n', '[types."torch.device ; x"]\n', "torch.device ; x"),

@@ -158,6 +158,10 @@ class SandboxPolicy:
     set_name_types: Mapping[str, ReviewedEntry] = field(default_factory=lambda: MappingProxyType({}))
     enum_mixin_types: Mapping[str, ReviewedEntry] = field(default_factory=lambda: MappingProxyType({}))
     extras: tuple[str, ...] = ()
+    #: ``[file_names]``: attribute -> reason, for class data host code joins onto a directory as
+    #: one file name (``names``) or as a dict of file names (``maps``)
+    file_name_attrs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    file_name_map_attrs: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
 
     @property
     def allowed_modules(self) -> frozenset[str]:
@@ -463,6 +467,16 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
     for name in string_dunders | call_dunders | instance_dunders:
         if not (name.startswith("__") and name.endswith("__") and name[2:-2].isidentifier()):
             raise _fail(f"policy: dunders: {name!r} is not a dunder name")
+    fnames = top.table("file_names", required=True)
+    file_name_attrs = fnames.str_map("names")
+    file_name_map_attrs = fnames.str_map("maps")
+    fnames.done()
+    for name in (*file_name_attrs, *file_name_map_attrs):
+        if not name.isidentifier() or name.startswith("__"):
+            raise _fail(f"policy: file_names: {name!r} is not an attribute name")
+    both = sorted(set(file_name_attrs) & set(file_name_map_attrs))
+    if both:
+        raise _fail(f"policy: file_names: {both} listed under both `names` and `maps`")
     comp = top.table("compile", required=True)
     allowed_def_names = frozenset(comp.strs("allowed_def_names", required=True))
     allowed_dunder_attrs = frozenset(comp.strs("allowed_dunder_attrs", required=True))
@@ -568,6 +582,8 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         init_subclass_hooks=MappingProxyType(init_subclass_hooks),
         set_name_types=MappingProxyType(set_name_types),
         enum_mixin_types=MappingProxyType(enum_mixin_types),
+        file_name_attrs=MappingProxyType(file_name_attrs),
+        file_name_map_attrs=MappingProxyType(file_name_map_attrs),
     )
 
 

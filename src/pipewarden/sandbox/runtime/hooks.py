@@ -32,6 +32,7 @@ from pipewarden.sandbox.runtime._common import (
 from pipewarden.sandbox.runtime.argguards import _install_checked_post_init
 from pipewarden.sandbox.runtime.attributes import AttributeRules
 from pipewarden.sandbox.runtime.classhooks import check_class_creation, inert_annotations
+from pipewarden.sandbox.runtime.filenames import ClassWriter, check_class_namespace, install_file_name_guard
 from pipewarden.sandbox.runtime.names import install_name_guards
 from pipewarden.sandbox.runtime.objects import (
     ClassRef,
@@ -95,6 +96,8 @@ class GuardHooks(AttributeRules):
         if self.owns(obj):
             if self._keys_become_attributes(t):
                 return _KeyCheckedWriter(obj)
+            if isinstance(obj, type):
+                return ClassWriter(obj, self.policy)  # its file-name data is checked (filenames.py)
             return obj
         own = writer_for(self, obj)  # built for this load (or a config this pipeline owns)
         if own is not None:
@@ -317,6 +320,7 @@ class GuardHooks(AttributeRules):
         # Created armed (the class statement's sandboxed frame is below): host hooks that type.__new__
         # runs (__init_subclass__, __set_name__, Enum mixins) are reviewed first (runtime/classhooks.py).
         check_class_creation(name, bases, ns, self.owns_type, self.resolved.class_hooks)
+        check_class_namespace(self.policy, name, ns)  # file names host save code uses (filenames.py)
         if "__annotations__" in ns:
             ns["__annotations__"] = inert_annotations(ns["__annotations__"])
         cls = meta(name, bases, ns, **kwds)
@@ -332,6 +336,7 @@ class GuardHooks(AttributeRules):
                 _install_checked_post_init(cls)
         if not isinstance(cls, enum.EnumMeta):
             install_name_guards(cls, self.policy.instance_dunders)  # host __getattribute__/__setattr__: names checked on what is stored
+            install_file_name_guard(self.policy, cls)  # after: it calls the guard installed above
         self._classes.add(cls)
         self._owned_type_cache.clear()
         self._decisions.clear()
