@@ -161,6 +161,45 @@ def _readable(path: object, rule: TripwireRule) -> bool:
     return real.startswith(rule.readable_paths) or _under_library_roots(real)
 
 
+def _linecache_frame_code() -> Any:
+    import linecache
+
+    return linecache.updatecache.__code__
+
+
+_LINECACHE_CODE = _linecache_frame_code()
+
+
+def _source_of_running_code(path: object, frame: Any) -> bool:
+    """``linecache`` reading the source file of code running on this stack, for a traceback or a
+    warning that host code formats (``torch.manual_seed`` stores ``traceback.format_stack()`` for
+    CUDA's lazy seeding, even on a CPU-only machine). The file is named by a frame's code object --
+    host code (the caller's script, pipewarden, a library) or the vetted module, whose name the
+    sandbox cannot choose -- and the lines go into ``linecache``, which the sandbox cannot reach.
+    Any other file, or a read by anything but ``linecache``, is still refused."""
+    text = _fspath(path)
+    if text is None:
+        return False
+    f = frame
+    while f is not None and f.f_code is not _LINECACHE_CODE:
+        f = f.f_back
+    if f is None:
+        return False
+    real = _os.path.realpath(text)
+    f = frame
+    while f is not None:
+        name = f.f_code.co_filename
+        if name == text:
+            return True
+        if _os.path.isabs(name):
+            if _os.path.realpath(name) == real:
+                return True
+        elif name and not name.startswith("<") and real.endswith(_os.sep + name.lstrip("./")):
+            return True  # linecache found a relative name on a sys.path entry
+        f = f.f_back
+    return False
+
+
 def _in_pycache(path: object) -> bool:
     text = _fspath(path)
     return text is not None and f"{_os.sep}__pycache__{_os.sep}" in text and _under_library_roots(text)
@@ -215,7 +254,7 @@ def _hook(event: str, args: tuple[Any, ...]) -> None:
             if _in_pycache(path):
                 return  # the import system caching bytecode of an installed library
             raise _refuse("open-write", f"opening {path!r} for writing") from None
-        if isinstance(path, int) or _readable(path, rule):
+        if isinstance(path, int) or _readable(path, rule) or _source_of_running_code(path, sys._getframe(1)):
             return
         raise _refuse("open-read", f"opening {path!r} for reading (outside the installed libraries)") from None
     if event in ("os.listdir", "os.scandir"):
