@@ -157,6 +157,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("call.global-state", "sandbox", "set_grad_enabled only as a with item or decorator"),
     ("call.pipeline-module-target", "sandbox", "methods that change a component in place (load_state_dict, enable_*/disable_*, fuse_*, set_attention_slice, add_tokens) only on components this pipeline owns"),
     ("class.enum-mixin", "sandbox", "an Enum mixes in only builtin value types or the file's own classes"),
+    ("class.host-protocol", "sandbox", "a sandbox class may not derive from a host class that exports memory to native code or changes process-wide state as a context manager"),
     ("class.init-subclass", "sandbox", "host bases whose __init_subclass__ runs on the sandbox's class must be reviewed"),
     ("class.keywords", "sandbox", "class statements take no keywords (metaclass=, **kwargs)"),
     ("class.metaclass", "sandbox", "metaclasses are refused"),

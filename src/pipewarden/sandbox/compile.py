@@ -57,6 +57,7 @@ __all__ = [
 FUNCTION_WRAPPER_NAME = "_pw_fn_"
 CLASS_OF_NAME = "_pw_class_"
 BIND_NAME = "_pw_bind_"
+CALL_RESULT_NAME = "_pw_result_"
 
 _ONLY_UNDERSCORES = re.compile(r"^_+$")  # throwaway names: _, __, ____
 _RESERVED = re.compile(r"^(_print|_tmp\d+|_pw.*|_apply|_getiter|_getattr|_getitem|_write|_inplacevar)$")
@@ -379,7 +380,15 @@ class PipewardenTransformer(RestrictingNodeTransformer):
                     "call.global-state",
                     f"{name}(...) outside a with statement or decorator would change a process-wide mode",
                 )
-        return super().visit_Call(node)
+        new = super().visit_Call(node)
+        if isinstance(new, ast.Call):
+            # Call results are checked like attribute values (provenance travels with values): a
+            # host call cannot hand sandboxed code a raw module, frame, builtin or class that the
+            # attribute, item and iteration guards would not (``list.pop``, ``dict.get``, ``next``).
+            # The call itself is unchanged (``super()`` still runs in its own frame).
+            wrapped = ast.Call(func=ast.Name(CALL_RESULT_NAME, ast.Load()), args=[new], keywords=[])
+            return ast.copy_location(wrapped, new)
+        return new
 
     def visit_keyword(self, node: ast.keyword) -> Any:
         # f(__array_interface__=...): host constructors turn keywords into attributes that host

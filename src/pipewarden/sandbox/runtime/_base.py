@@ -193,7 +193,8 @@ class SandboxBase:
         self._owned_type_cache: dict[type, bool] = {}
         self._functions: weakref.WeakSet[Any] = weakref.WeakSet()
         self._snapshot_cache: dict[int, tuple[Any, Any]] = {}
-        self._type_results: dict[type, Any] = {}  # one-argument type(): see GuardHooks.type_of
+        self._type_results: dict[type, Any] = {}  # class values: see FacadeResolver.class_as_seen
+        self._stand_ins: dict[tuple[type, type], Any] = {}  # one facade stand-in per class
         self.load_built = LoadBuilt()  # replaced by load_class(load_built=...) for a load
         self._formatter = _SafeFormatter(cast("GuardHooks", self))  # SandboxBase is only ever a Sandbox's first layer
         self._deny = policy.deny

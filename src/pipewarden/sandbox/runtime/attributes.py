@@ -311,6 +311,9 @@ class AttributeRules(FacadeResolver):
         t_value = type(value)
         if t_value in _FORBIDDEN_VALUE_TYPES or t_value is types.BuiltinFunctionType:
             self.check_value(value, f"{_tname(obj)}.{name}")
+        if isinstance(value, type):  # an annotation, Parameter.default, compatibles, config_class ...
+            self.check_value(value, f"{_tname(obj)}.{name}")  # a metaclass is refused
+            value = self.class_as_seen(value)
         if name in self.policy.string_dunders and not isinstance(value, (str, type(None))):
             raise _violation(f"{name} of a {_tname(obj)} is not a string", "attribute.dunder")
         guard = self.policy.argument_guards.get(name)

@@ -14,6 +14,7 @@ import importlib.util
 import types
 from typing import Any
 
+from pipewarden.errors import PolicyViolation
 from pipewarden.sandbox import tripwire
 from pipewarden.sandbox.policy import ModuleRule
 from pipewarden.sandbox.runtime._base import SandboxBase
@@ -26,10 +27,12 @@ from pipewarden.sandbox.runtime._common import (
 )
 from pipewarden.sandbox.runtime.objects import (
     ClassRef,
+    ClassView,
     DeniedName,
     Facade,
     KeyCheckedClass,
     SandboxLogger,
+    _ClassStandIn,
 )
 from pipewarden.sandbox.runtime.snapshots import _CONTAINER_TYPES, _private_copy
 
@@ -39,6 +42,13 @@ def _is_c_level_import(fromlist: Any) -> bool:
     sandboxed import statements pass None or a tuple of names (and importing ``__doc__`` by name
     is refused when the file is compiled)."""
     return type(fromlist) is list and (fromlist == [] or fromlist == ["__doc__"])
+
+
+#: Classes ``type(x)`` (and any class value reaching sandboxed code) gives as themselves: builtins
+#: the sandbox names anyway.
+TYPE_AS_IS = frozenset(
+    {str, bytes, int, float, bool, complex, list, tuple, dict, set, frozenset, range, slice, type(None), bytearray}
+)
 
 
 class FacadeResolver(SandboxBase):
@@ -190,6 +200,11 @@ class FacadeResolver(SandboxBase):
         hit = self._facade_cache.get(key, _MISSING)
         if hit is _MISSING:
             hit = self._resolve_facade_attr(mod_name, name, for_import)
+            if isinstance(hit, _ClassStandIn):
+                # one stand-in per class, whichever module path names it (identity holds across
+                # `transformers.CLIPTokenizer` and an annotation's `...tokenization_clip.CLIPTokenizer`)
+                cls = object.__getattribute__(hit, "_pw_cls")
+                hit = self._stand_ins.setdefault((cls, type(hit)), hit)
             self._facade_cache[key] = hit
         if type(hit) in _CONTAINER_TYPES:
             return _private_copy(hit)  # module constants are shared host state: hand out a copy
@@ -203,6 +218,32 @@ class FacadeResolver(SandboxBase):
             "facade.not-allowlisted",
             f"the sandbox's {mod_name} exposes only the names its policy lists",
         )
+
+    def class_as_seen(self, t: type) -> Any:
+        """What a class is to sandboxed code, however it arrives (``type(x)``, an attribute or item
+        holding a class -- an annotation, ``Parameter.default``, ``scheduler.compatibles``,
+        ``typing.get_args`` --, iteration, a parameter): the class itself where the sandbox could
+        name it anyway (its own classes, builtin value types, a class a module facade hands out as
+        is), the facade's stand-in where the facade wraps it ([no_construct], private memory,
+        attribute keys), else one ``ClassView`` per class (identity and name only). A raw host
+        class never becomes constructible by another door than its module's facade."""
+        if t in self._classes or t in TYPE_AS_IS:
+            return t
+        hit = self._type_results.get(t)
+        if hit is None:
+            hit = ClassView(t)
+            mod, name = getattr(t, "__module__", None), getattr(t, "__name__", None)
+            if isinstance(mod, str) and isinstance(name, str) and self.policy.module_rule(mod) is not None:
+                try:
+                    value = self._resolve_facade_attr(mod, name, False)
+                except (PolicyViolation, AttributeError, ImportError):
+                    value = None
+                if isinstance(value, _ClassStandIn) and object.__getattribute__(value, "_pw_cls") is t:
+                    hit = self._stand_ins.setdefault((t, type(value)), value)
+                elif value is t:
+                    hit = value
+            self._type_results[t] = hit
+        return hit
 
     def _resolve_facade_attr(self, mod_name: str, name: str, for_import: bool) -> Any:
         rule = self.policy.module_rule(mod_name)

@@ -51,10 +51,18 @@ from pipewarden.sandbox.runtime.objects import (
 from pipewarden.sandbox.runtime.ownwrites import writer_for
 from pipewarden.sandbox.runtime.snapshots import _READONLY_TYPES, _is_snapshot_type
 
-#: Classes ``type(x)`` returns as themselves (builtins the sandbox names anyway).
-_TYPE_AS_IS = frozenset(
-    {str, bytes, int, float, bool, complex, list, tuple, dict, set, frozenset, range, slice, type(None), bytearray}
-)
+#: Protocol methods through which a host class hands its instance to native code (buffer and array
+#: export) or changes process-wide state on entry (context managers): a sandbox class may not derive
+#: from a host class that defines one (see GuardHooks._check_host_protocols).
+HOST_PROTOCOL_NAMES = frozenset({
+    "__array_interface__", "__array_struct__", "__array__", "__array_wrap__", "__array_ufunc__",
+    "__array_function__", "__dlpack__", "__dlpack_device__", "__cuda_array_interface__", "__buffer__",
+    "__release_buffer__", "__enter__", "__exit__", "__aenter__", "__aexit__",
+})
+
+
+def _tname_class(c: type) -> str:
+    return f"{getattr(c, '__module__', '?')}.{getattr(c, '__qualname__', '?')}"
 
 
 class GuardHooks(AttributeRules):
@@ -72,6 +80,8 @@ class GuardHooks(AttributeRules):
             isinstance(value, type) and issubclass(value, type)
         ):
             self.check_value(value, f"an item of a {_tname(obj)}")
+        if isinstance(value, type):
+            value = self.class_as_seen(value)
         if _is_snapshot_type(value) and t not in _WRITABLE_CONTAINERS and t not in _READONLY_TYPES and not self.owns(obj):
             return self._snapshot(value)  # e.g. a list inside a host FrozenDict config
         return value
@@ -159,7 +169,7 @@ class GuardHooks(AttributeRules):
 
             @functools.wraps(fn)
             def gen_wrapper(*args: Any, **kwargs: Any) -> Any:
-                check_arguments(args, kwargs)
+                args, kwargs = check_arguments(args, kwargs)
                 gen = fn(*args, **kwargs)
                 to_send: Any = None
                 while True:
@@ -191,7 +201,7 @@ class GuardHooks(AttributeRules):
 
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
-            check_arguments(args, kwargs)
+            args, kwargs = check_arguments(args, kwargs)
             t1 = armed_var.set(True)
             t2 = suspended_var.set(False)
             try:
@@ -203,23 +213,34 @@ class GuardHooks(AttributeRules):
         self._functions.add(wrapper)
         return wrapper
 
-    def _check_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    def _check_parameters(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
         """Parameters of a sandboxed function, whoever calls it (host callbacks, key= functions,
         hooks, the host calling a pipeline method): checked like attribute values (provenance
         travels with values: a module, frame, code object, raw builtin or metaclass never becomes
         a sandbox variable through a parameter)."""
+        classes = False
         for value in args:
             t = type(value)
             if t in _FORBIDDEN_VALUE_TYPES or t is types.BuiltinFunctionType or (
                 isinstance(value, type) and issubclass(value, type)
             ):
                 self.check_value(value, "a parameter of a sandboxed function")
+            classes = classes or isinstance(value, type)
         for value in kwargs.values():
             t = type(value)
             if t in _FORBIDDEN_VALUE_TYPES or t is types.BuiltinFunctionType or (
                 isinstance(value, type) and issubclass(value, type)
             ):
                 self.check_value(value, "a parameter of a sandboxed function")
+            classes = classes or isinstance(value, type)
+        if not classes:
+            return args, kwargs
+        # a class the host passes in is what the sandbox would see of it anyway (class_as_seen)
+        seen = self.class_as_seen
+        return (
+            tuple(seen(v) if isinstance(v, type) else v for v in args),
+            {k: seen(v) if isinstance(v, type) else v for k, v in kwargs.items()},
+        )
 
     def class_of(self, obj: Any) -> Any:
         t = type(obj)
@@ -229,26 +250,20 @@ class GuardHooks(AttributeRules):
             raise _violation("__class__ of a module facade", "attribute.dunder-class")
         return ClassView(t)
 
+    def call_result(self, value: Any) -> Any:
+        """What a call returns to sandboxed code, checked like an attribute value."""
+        t = type(value)
+        if t in _FORBIDDEN_VALUE_TYPES or t is types.BuiltinFunctionType:
+            self.check_value(value, "the result of a call")
+        elif isinstance(value, type):
+            self.check_value(value, "the result of a call")  # a metaclass is refused
+            return self.class_as_seen(value)
+        return value
+
     def type_of(self, obj: Any) -> Any:
-        """One-argument ``type(x)``: the class itself where the sandbox could name it anyway (its
-        own classes, value types, a class a module facade hands out, wrapped the same way), else
-        one ``ClassView`` per class (so ``type(a) is type(b)`` holds, and nothing else is readable)."""
-        t = type(obj)
-        if t in self._classes or t in _TYPE_AS_IS:
-            return t
-        hit = self._type_results.get(t)
-        if hit is None:
-            hit = ClassView(t)
-            mod, name = getattr(t, "__module__", None), getattr(t, "__name__", None)
-            if isinstance(mod, str) and isinstance(name, str) and self.policy.module_rule(mod) is not None:
-                try:
-                    value = self._resolve_facade_attr(mod, name, False)
-                except (PolicyViolation, AttributeError, ImportError):
-                    value = None
-                if value is t or (isinstance(value, _ClassStandIn) and object.__getattribute__(value, "_pw_cls") is t):
-                    hit = value
-            self._type_results[t] = hit
-        return hit
+        """One-argument ``type(x)``: :meth:`class_as_seen` of its class (so ``type(a) is type(b)``
+        holds, and a host class is no more than its module's facade makes it)."""
+        return self.class_as_seen(type(obj))
 
     def bind(self, fn: Any) -> Callable[..., Any]:
         if fn not in self._functions:
@@ -260,6 +275,25 @@ class GuardHooks(AttributeRules):
             return types.MethodType(fn, obj)
 
         return binder
+
+    def _check_host_protocols(self, name: str, base: type) -> None:
+        """A host class whose protocol methods hand the object to native code or change
+        process-wide state must not be subclassed: its host method would run with host powers on
+        what the subclass overrides (PIL's ``__array_interface__`` takes its data pointer from
+        ``tobytes()``; ``torch.no_grad.__enter__`` switches grad mode off and a sandbox ``__exit__``
+        never restores it). Refused: a base whose host classes define a memory-export protocol or
+        the context-manager protocol (``class.host-protocol``)."""
+        for c in base.__mro__:
+            if c is object or c in self._classes:
+                continue
+            names = HOST_PROTOCOL_NAMES.intersection(vars(c))
+            if names:
+                raise _violation(
+                    f"class {name} derives from {_tname_class(c)}, which defines {', '.join(sorted(names))} "
+                    "(host code that hands the object to native code or changes process-wide state)",
+                    "class.host-protocol",
+                    "use the host class as it is (an instance, a `with` block) instead of subclassing it",
+                )
 
     def _check_bases(self, name: str, bases: tuple[Any, ...]) -> type:
         """Refuse dangerous bases; return the most derived metaclass."""
@@ -274,6 +308,7 @@ class GuardHooks(AttributeRules):
                 issubclass(base, BaseException)
             ):
                 raise _violation(f"class {name} derives from the builtin {base.__name__}", "class.bases")
+            self._check_host_protocols(name, base)
             if issubclass(base, BaseException) and not issubclass(base, Exception):
                 raise _violation(
                     f"class {name} derives from {base.__name__} (it would escape the host's `except Exception`)",
@@ -421,7 +456,12 @@ class GuardHooks(AttributeRules):
         return result
 
     def make_globals(self) -> dict[str, Any]:
-        from pipewarden.sandbox.compile import BIND_NAME, CLASS_OF_NAME, FUNCTION_WRAPPER_NAME
+        from pipewarden.sandbox.compile import (
+            BIND_NAME,
+            CALL_RESULT_NAME,
+            CLASS_OF_NAME,
+            FUNCTION_WRAPPER_NAME,
+        )
 
         return {
             "__builtins__": self.make_builtins(),
@@ -439,6 +479,7 @@ class GuardHooks(AttributeRules):
             FUNCTION_WRAPPER_NAME: self.wrap_function,
             CLASS_OF_NAME: self.class_of,
             BIND_NAME: self.bind,
+            CALL_RESULT_NAME: self.call_result,
         }
 
 
@@ -454,4 +495,6 @@ def _checked_elements(box: Any, it: Any) -> Any:
             isinstance(value, type) and issubclass(value, type)
         ):
             check(value, "an element reached by iteration")
+        if isinstance(value, type):
+            value = box.class_as_seen(value)
         yield value
