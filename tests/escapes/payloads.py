@@ -1069,7 +1069,9 @@ add(
     "threading (a thread left running)",
     STATE,
     imports="import threading",
-    call="threading.Timer(1.5, print).start()",
+    # a daemon thread that outlives the call by far (a 1.5 s timer had already finished on a loaded
+    # machine when the state was compared, so the live check saw nothing left running)
+    call="threading.Thread(target=threading.Event().wait, args=(60.0,), daemon=True).start()",
 )
 
 # ---- second round: attacks aimed at the sandbox's own design (host code doing the work) ------
