@@ -703,3 +703,47 @@ def test_generators_render_the_shipped_files_byte_for_byte(generator, data, args
     doc = tomllib.loads(shipped.decode())
     module = importlib.import_module(f"pipewarden.sandbox.policy.{generator}")
     assert module.render(*(doc[key] for key in args)).encode() == shipped
+
+
+# ---------------------------------------------------------------------------------------------------
+# [bases] refused_protocols (red team round 5): host classes a sandbox class may not derive from
+
+
+@pytest.mark.parametrize(
+    "old, new, named",
+    [
+        ("[bases]\n", "[bases]\nallowed_protocols = []\n", "allowed_protocols"),
+        ('refused_protocols = [\n  "__array_interface__", ', 'refused_protocols = [\n  "array_interface", ', "array_interface"),
+        ("[bases]\nrefused_protocols", "[bases_x]\nrefused_protocols", "bases"),
+    ],
+)
+def test_base_protocol_table_is_strict(old, new, named):
+    with pytest.raises(PolicyError) as info:
+        load_policy_bytes(_copy(old, new))
+    assert info.value.rule in ("policy.malformed", "policy.unknown-key", "policy.missing-key"), info.value.rule
+    assert named in info.value.what
+
+
+NO_GRAD_SUBCLASS = '''
+import torch
+from diffusers import DiffusionPipeline
+
+
+class Forever(torch.no_grad):
+    def __exit__(self, *args):
+        return False
+
+
+class P(DiffusionPipeline):
+    def __init__(self):
+        super().__init__()
+'''
+
+
+def test_base_protocols_follow_the_policy_data():
+    with pytest.raises(PipewardenError) as info:
+        load_class(NO_GRAD_SUBCLASS, filename="bases_shipped.py")
+    assert info.value.rule == "class.host-protocol"
+    trimmed = load_policy_bytes(_copy('"__enter__", "__exit__", "__aenter__", "__aexit__",', ""))
+    assert "__enter__" not in trimmed.base_protocols
+    load_class(NO_GRAD_SUBCLASS, filename="bases_trimmed.py", policy=trimmed)  # the data decides

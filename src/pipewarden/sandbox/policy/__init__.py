@@ -149,6 +149,8 @@ class SandboxPolicy:
     #: classes implement the protocols), and the attribute protocols they read from arguments
     array_libraries: frozenset[str] = frozenset()
     array_protocols: frozenset[str] = frozenset()
+    #: ``[bases] refused_protocols``: a sandbox class may not derive from a host class defining one
+    base_protocols: frozenset[str] = frozenset()
     #: ``[implementations.replace]``: replacement name -> dotted path of its factory
     replacement_impls: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     #: ``[implementations.argument_guards]``: guard name -> dotted path of the guard
@@ -458,6 +460,12 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
     for name in array_protocols:
         if not (name.startswith("__") and name.endswith("__") and name[2:-2].isidentifier()):
             raise _fail(f"policy: arrays.protocols: {name!r} is not a dunder name")
+    bases = top.table("bases", required=True)
+    base_protocols = frozenset(bases.strs("refused_protocols", required=True))
+    bases.done()
+    for name in base_protocols:
+        if not (name.startswith("__") and name.endswith("__") and name[2:-2].isidentifier()):
+            raise _fail(f"policy: bases.refused_protocols: {name!r} is not a dunder name")
     writes = top.table("writes", required=True)
     tensor_write_attributes = frozenset(writes.strs("tensor_attributes", required=True))
     writes.done()
@@ -577,6 +585,7 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         tensor_write_attributes=tensor_write_attributes,
         array_libraries=array_libraries,
         array_protocols=array_protocols,
+        base_protocols=base_protocols,
         replacement_impls=MappingProxyType(replacement_impls),
         argument_guard_impls=MappingProxyType(argument_guard_impls),
         init_subclass_hooks=MappingProxyType(init_subclass_hooks),

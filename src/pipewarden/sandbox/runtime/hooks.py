@@ -51,16 +51,6 @@ from pipewarden.sandbox.runtime.objects import (
 from pipewarden.sandbox.runtime.ownwrites import writer_for
 from pipewarden.sandbox.runtime.snapshots import _READONLY_TYPES, _is_snapshot_type
 
-#: Protocol methods through which a host class hands its instance to native code (buffer and array
-#: export) or changes process-wide state on entry (context managers): a sandbox class may not derive
-#: from a host class that defines one (see GuardHooks._check_host_protocols).
-HOST_PROTOCOL_NAMES = frozenset({
-    "__array_interface__", "__array_struct__", "__array__", "__array_wrap__", "__array_ufunc__",
-    "__array_function__", "__dlpack__", "__dlpack_device__", "__cuda_array_interface__", "__buffer__",
-    "__release_buffer__", "__enter__", "__exit__", "__aenter__", "__aexit__",
-})
-
-
 def _tname_class(c: type) -> str:
     return f"{getattr(c, '__module__', '?')}.{getattr(c, '__qualname__', '?')}"
 
@@ -281,12 +271,12 @@ class GuardHooks(AttributeRules):
         process-wide state must not be subclassed: its host method would run with host powers on
         what the subclass overrides (PIL's ``__array_interface__`` takes its data pointer from
         ``tobytes()``; ``torch.no_grad.__enter__`` switches grad mode off and a sandbox ``__exit__``
-        never restores it). Refused: a base whose host classes define a memory-export protocol or
-        the context-manager protocol (``class.host-protocol``)."""
+        never restores it). Refused: a base whose host classes define a protocol listed in the
+        policy's ``[bases] refused_protocols`` (``class.host-protocol``)."""
         for c in base.__mro__:
             if c is object or c in self._classes:
                 continue
-            names = HOST_PROTOCOL_NAMES.intersection(vars(c))
+            names = self.policy.base_protocols.intersection(vars(c))
             if names:
                 raise _violation(
                     f"class {name} derives from {_tname_class(c)}, which defines {', '.join(sorted(names))} "
