@@ -51,6 +51,7 @@ from pipewarden.sandbox.runtime.objects import (
 from pipewarden.sandbox.runtime.ownwrites import writer_for
 from pipewarden.sandbox.runtime.snapshots import _READONLY_TYPES, _is_snapshot_type
 
+
 def _tname_class(c: type) -> str:
     return f"{getattr(c, '__module__', '?')}.{getattr(c, '__qualname__', '?')}"
 
