@@ -250,6 +250,13 @@ IMPLEMENTATIONS_MODULE = "pipewarden.sandbox.runtime.implementations"
 DYNAMIC_RULES = frozenset({"config-keys", "submodules", "dataclass-fields", "instance-public", "instance-data"})
 
 
+def _dunder_names(names: frozenset[str], where: str) -> None:
+    """Every name of a policy list that names protocol methods is a ``__dunder__`` name."""
+    for name in names:
+        if not (name.startswith("__") and name.endswith("__") and name[2:-2].isidentifier()):
+            raise _fail(f"policy: {where}: {name!r} is not a dunder name")
+
+
 def _fail(what: str, fix: str = "fix the policy file (see the comments in default.toml)") -> PolicyError:
     return PolicyError(what, rule="policy.malformed", fix=fix)
 
@@ -457,24 +464,18 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         _dotted(name, "arrays.libraries")
         if "." in name:
             raise _fail(f"policy: arrays.libraries: {name!r} is not a top-level package")
-    for name in array_protocols:
-        if not (name.startswith("__") and name.endswith("__") and name[2:-2].isidentifier()):
-            raise _fail(f"policy: arrays.protocols: {name!r} is not a dunder name")
+    _dunder_names(array_protocols, "arrays.protocols")
     bases = top.table("bases", required=True)
     base_protocols = frozenset(bases.strs("refused_protocols", required=True))
     bases.done()
-    for name in base_protocols:
-        if not (name.startswith("__") and name.endswith("__") and name[2:-2].isidentifier()):
-            raise _fail(f"policy: bases.refused_protocols: {name!r} is not a dunder name")
+    _dunder_names(base_protocols, "bases.refused_protocols")
     writes = top.table("writes", required=True)
     tensor_write_attributes = frozenset(writes.strs("tensor_attributes", required=True))
     writes.done()
     for name in tensor_write_attributes:
         if not name.isidentifier() or name.startswith("_"):
             raise _fail(f"policy: writes.tensor_attributes: {name!r} is not a public attribute name")
-    for name in string_dunders | call_dunders | instance_dunders:
-        if not (name.startswith("__") and name.endswith("__") and name[2:-2].isidentifier()):
-            raise _fail(f"policy: dunders: {name!r} is not a dunder name")
+    _dunder_names(string_dunders | call_dunders | instance_dunders, "dunders")
     fnames = top.table("file_names", required=True)
     file_name_attrs = fnames.str_map("names")
     file_name_map_attrs = fnames.str_map("maps")
