@@ -192,3 +192,81 @@ def test_the_context_manager_door_is_live_in_plain_python():
         assert not torch.is_grad_enabled()  # the host's grad mode stays off
     finally:
         torch.set_grad_enabled(True)
+
+
+# ---- red team round 6: classes inside containers, and the doors that consume them ----------------
+
+UNION_DOORS = {
+    # a decorator's application is not a Call node: its result used to go unchecked
+    "decorator": "@functools.partial(next, itertools.chain(typing.get_args(cls)))\n"
+                 "    def tok():\n        pass\n    t = tok(vocab, merges)",
+    # a class statement's bases
+    "class-base": "class Tok(*typing.get_args(cls)[:1]):\n        pass\n    t = Tok(vocab, merges)",
+    # a host callable wrapping the class
+    "partial": "t = functools.partial(*typing.get_args(cls)[:1])(vocab, merges)",
+}
+
+
+@pytest.mark.parametrize("door", sorted(UNION_DOORS))
+def test_classes_inside_containers_are_what_the_facade_makes_them(door, tmp_path):
+    from transformers import CLIPTokenizer
+
+    vocab, merges = _secret_files(tmp_path)
+    src = HEAD + f'''
+import functools
+import itertools
+
+
+def run(vocab, merges, scheduler, cls):
+    {UNION_DOORS[door]}
+    return [k for k in t.get_vocab() if k.startswith("pwsecret")]
+''' + PIPE
+    pipe = load_class(src, filename="union_door.py")()
+    with pytest.raises(PipewardenError):
+        pipe(vocab, merges, cls=CLIPTokenizer | None)  # (the secret would come back as the result)
+    assert not tripwire.is_armed()
+
+
+REENTRANT = HEAD + '''
+
+def run():
+    cm = torch.no_grad()
+    with cm:
+        with cm:
+            pass
+    ac = torch.autocast("cpu", dtype=torch.bfloat16)
+    with ac:
+        with ac:
+            pass
+    return torch.is_grad_enabled()
+
+
+class P(DiffusionPipeline):
+    def __init__(self):
+        super().__init__()
+
+    @torch.no_grad()
+    def __call__(self):
+        inside = torch.is_grad_enabled()
+        return inside, run()
+'''
+
+
+def _modes():
+    return torch.is_grad_enabled(), torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")
+
+
+def test_reentered_context_managers_leave_the_hosts_modes_as_they_were():
+    # live in plain Python: the outer exit restores what the inner entry saw
+    before = _modes()
+    try:
+        cm = torch.no_grad()
+        with cm, cm:
+            pass
+        assert not torch.is_grad_enabled()
+    finally:
+        torch.set_grad_enabled(before[0])
+    pipe = load_class(REENTRANT, filename="reentrant.py")()
+    assert pipe() == (False, False)  # the pipeline's own no_grad holds for its call, as in plain
+    assert _modes() == before
+    assert not tripwire.is_armed()

@@ -58,6 +58,7 @@ FUNCTION_WRAPPER_NAME = "_pw_fn_"
 CLASS_OF_NAME = "_pw_class_"
 BIND_NAME = "_pw_bind_"
 CALL_RESULT_NAME = "_pw_result_"
+DECORATE_NAME = "_pw_decorate_"
 
 _ONLY_UNDERSCORES = re.compile(r"^_+$")  # throwaway names: _, __, ____
 _RESERVED = re.compile(r"^(_print|_tmp\d+|_pw.*|_apply|_getiter|_getattr|_getitem|_write|_inplacevar)$")
@@ -347,8 +348,20 @@ class PipewardenTransformer(RestrictingNodeTransformer):
         self._copy_locations(deco, node)
         return deco
 
+    def _checked_decorators(self, new: Any) -> None:
+        # ``@d`` is not a Call node: its application's result is checked like a call result
+        # (``@functools.partial(next, iter(classes))`` would otherwise bind a raw host class).
+        checked = []
+        for deco in new.decorator_list:
+            call = ast.Call(func=ast.Name(DECORATE_NAME, ast.Load()), args=[deco], keywords=[])
+            self._copy_locations(call, deco)
+            self._copy_locations(call.func, deco)
+            checked.append(call)
+        new.decorator_list = checked
+
     def visit_FunctionDef(self, node: ast.FunctionDef) -> Any:
         new: Any = super().visit_FunctionDef(node)
+        self._checked_decorators(new)
         new.decorator_list.append(self._wrap_decorator(new))  # innermost: wraps the raw function
         return new
 
@@ -365,7 +378,10 @@ class PipewardenTransformer(RestrictingNodeTransformer):
         for kw in node.keywords:
             if kw.arg is None:
                 self._record(node, "class.keywords", "**kwargs in a class statement is not allowed")
-        return super().visit_ClassDef(node)
+        new: Any = super().visit_ClassDef(node)
+        if isinstance(new, ast.ClassDef):
+            self._checked_decorators(new)
+        return new
 
     def visit_Call(self, node: ast.Call) -> Any:
         func = node.func

@@ -52,6 +52,39 @@ from pipewarden.sandbox.runtime.ownwrites import writer_for
 from pipewarden.sandbox.runtime.snapshots import _READONLY_TYPES, _is_snapshot_type
 
 
+def _global_modes() -> Any:
+    """The thread's autograd and autocast modes, as host code left them before sandboxed code ran."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    return (
+        torch.is_grad_enabled(),
+        tuple((dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)) for dev in ("cpu", "cuda")),
+    )
+
+
+def _restore_global_modes(modes: Any) -> None:
+    """Back to what the host had when the outermost sandboxed call began (red team round 6: the
+    same ``torch.no_grad()``/``autocast`` object entered twice, or an ``@autocast`` function that
+    recurses, restores the inner entry's mode on the outer exit and leaves it switched for the
+    host). A pipeline's own ``with``/decorator modes end with its call, as in plain diffusers."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    if torch is None or modes is None:
+        return
+    grad, autocast = modes
+    if torch.is_grad_enabled() != grad:
+        torch.set_grad_enabled(grad)
+    for dev, enabled, dtype in autocast:
+        if torch.is_autocast_enabled(dev) != enabled:
+            torch.set_autocast_enabled(dev, enabled)
+        if torch.get_autocast_dtype(dev) != dtype:
+            torch.set_autocast_dtype(dev, dtype)
+
+
 def _tname_class(c: type) -> str:
     return f"{getattr(c, '__module__', '?')}.{getattr(c, '__qualname__', '?')}"
 
@@ -73,6 +106,8 @@ class GuardHooks(AttributeRules):
             self.check_value(value, f"an item of a {_tname(obj)}")
         if isinstance(value, type):
             value = self.class_as_seen(value)
+        elif type(value) in _CLASS_CONTAINERS and type(key) is slice:
+            value = self._classes_seen(value, 0)  # parts[:1] of a tuple of classes
         if _is_snapshot_type(value) and t not in _WRITABLE_CONTAINERS and t not in _READONLY_TYPES and not self.owns(obj):
             return self._snapshot(value)  # e.g. a list inside a host FrozenDict config
         return value
@@ -193,6 +228,8 @@ class GuardHooks(AttributeRules):
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             args, kwargs = check_arguments(args, kwargs)
+            outermost = not armed_var.get()
+            modes = _global_modes() if outermost else None
             t1 = armed_var.set(True)
             t2 = suspended_var.set(False)
             try:
@@ -200,6 +237,8 @@ class GuardHooks(AttributeRules):
             finally:
                 suspended_var.reset(t2)
                 armed_var.reset(t1)
+                if modes is not None:
+                    _restore_global_modes(modes)
 
         self._functions.add(wrapper)
         return wrapper
@@ -242,14 +281,42 @@ class GuardHooks(AttributeRules):
         return ClassView(t)
 
     def call_result(self, value: Any) -> Any:
-        """What a call returns to sandboxed code, checked like an attribute value."""
+        """What a call returns to sandboxed code, checked like an attribute value; a builtin
+        container holding classes (``typing.get_args`` of an ``X | Y`` annotation) is returned
+        with each class as :meth:`class_as_seen` makes it."""
         t = type(value)
         if t in _FORBIDDEN_VALUE_TYPES or t is types.BuiltinFunctionType:
             self.check_value(value, "the result of a call")
         elif isinstance(value, type):
             self.check_value(value, "the result of a call")  # a metaclass is refused
             return self.class_as_seen(value)
+        elif t in _CLASS_CONTAINERS:
+            return self._classes_seen(value, 0)
         return value
+
+    def _classes_seen(self, value: Any, depth: int) -> Any:
+        t = type(value)
+        if isinstance(value, type):
+            self.check_value(value, "a class inside a container")
+            return self.class_as_seen(value)
+        if t not in _CLASS_CONTAINERS or depth > 8:
+            return value
+        if t is dict:
+            if not any(isinstance(v, type) or type(v) in _CLASS_CONTAINERS for v in value.values()):
+                return value
+            return {k: self._classes_seen(v, depth + 1) for k, v in value.items()}
+        if not any(isinstance(v, type) or type(v) in _CLASS_CONTAINERS for v in value):
+            return value
+        return t(self._classes_seen(v, depth + 1) for v in value)
+
+    def decorate(self, deco: Any) -> Any:
+        """A decorator's application (``@d``): its result is checked like a call result."""
+        check = self.call_result
+
+        def apply(fn: Any) -> Any:
+            return check(deco(fn))
+
+        return apply
 
     def type_of(self, obj: Any) -> Any:
         """One-argument ``type(x)``: :meth:`class_as_seen` of its class (so ``type(a) is type(b)``
@@ -300,6 +367,14 @@ class GuardHooks(AttributeRules):
             ):
                 raise _violation(f"class {name} derives from the builtin {base.__name__}", "class.bases")
             self._check_host_protocols(name, base)
+            seen = self.class_as_seen(base)
+            if isinstance(seen, ClassView) or (seen is not base and isinstance(seen, ClassRef)):
+                # a host class the facades hand out only as a view or a no-construct reference
+                # (however the class statement got hold of it: get_args, a slice, a star-unpack)
+                raise _violation(
+                    f"class {name} derives from {_tname_class(base)}, which the sandbox may not construct or subclass",
+                    "class.bases",
+                )
             if issubclass(base, BaseException) and not issubclass(base, Exception):
                 raise _violation(
                     f"class {name} derives from {base.__name__} (it would escape the host's `except Exception`)",
@@ -451,6 +526,7 @@ class GuardHooks(AttributeRules):
             BIND_NAME,
             CALL_RESULT_NAME,
             CLASS_OF_NAME,
+            DECORATE_NAME,
             FUNCTION_WRAPPER_NAME,
         )
 
@@ -471,8 +547,12 @@ class GuardHooks(AttributeRules):
             CLASS_OF_NAME: self.class_of,
             BIND_NAME: self.bind,
             CALL_RESULT_NAME: self.call_result,
+            DECORATE_NAME: self.decorate,
         }
 
+
+#: Builtin containers whose classes are mapped through class_as_seen (call results, slices).
+_CLASS_CONTAINERS: frozenset[type] = frozenset({tuple, list, set, frozenset, dict})
 
 #: Iterables whose elements are plain values by construction.
 _PLAIN_ITERABLES: frozenset[type] = frozenset({range, str, bytes, bytearray})
