@@ -368,9 +368,9 @@ class GuardHooks(AttributeRules):
                 raise _violation(f"class {name} derives from the builtin {base.__name__}", "class.bases")
             self._check_host_protocols(name, base)
             seen = self.class_as_seen(base)
-            if isinstance(seen, ClassView) or (seen is not base and isinstance(seen, ClassRef)):
-                # a host class the facades hand out only as a view or a no-construct reference
-                # (however the class statement got hold of it: get_args, a slice, a star-unpack)
+            if seen is not base and isinstance(seen, ClassRef):
+                # a host class the facades hand out only as a no-construct reference (its
+                # constructor reads files), however the class statement got hold of it
                 raise _violation(
                     f"class {name} derives from {_tname_class(base)}, which the sandbox may not construct or subclass",
                     "class.bases",
