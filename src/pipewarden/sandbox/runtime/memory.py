@@ -33,7 +33,7 @@ from collections.abc import Callable
 from typing import Any
 
 from pipewarden.sandbox.runtime._common import _tname, _violation
-from pipewarden.sandbox.runtime.objects import ClassView, _ClassStandIn
+from pipewarden.sandbox.runtime.objects import SameClassComparisons, _ClassStandIn
 
 #: Argument types that never carry a buffer (checked first, cheaply).
 _NOT_BUFFERS: frozenset[type] = frozenset(
@@ -95,7 +95,7 @@ def private_memory(target: Callable[..., Any], where: str) -> Callable[..., Any]
     return private_memory_call
 
 
-class MemoryCheckedClass(_ClassStandIn):
+class MemoryCheckedClass(SameClassComparisons, _ClassStandIn):
     """A tensor or array class whose constructor views the memory of its argument (``torch.Tensor``,
     the legacy ``torch.FloatTensor``... classes, ``numpy.ndarray``): constructing copies read-only
     arguments (torch) or refuses ``buffer=`` (numpy); subclassing is refused; isinstance,
@@ -133,18 +133,6 @@ class MemoryCheckedClass(_ClassStandIn):
         if name in ("__name__", "__qualname__", "__module__"):
             return getattr(object.__getattribute__(self, "_pw_cls"), name)
         raise AttributeError(name)
-
-    def __eq__(self, other: object) -> bool:
-        cls = object.__getattribute__(self, "_pw_cls")
-        if isinstance(other, (_ClassStandIn, ClassView)):
-            return cls is object.__getattribute__(other, "_pw_cls")
-        return cls is other
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    def __hash__(self) -> int:
-        return hash(object.__getattribute__(self, "_pw_cls"))
 
 
 _STAND_INS: dict[tuple[type, bool], MemoryCheckedClass] = {}

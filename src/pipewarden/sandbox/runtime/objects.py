@@ -86,7 +86,26 @@ class DeniedName:
         return f"<refused {object.__getattribute__(self, '_pw_qualname')}>"
 
 
-class ClassView:
+class SameClassComparisons:
+    """Equality and hash by the wrapped class (``_pw_cls``): a view or stand-in equals the class
+    itself and any other view or stand-in of it (``x.__class__ == torch.Tensor``)."""
+
+    __slots__ = ()
+
+    def __eq__(self, other: object) -> bool:
+        cls = object.__getattribute__(self, "_pw_cls")
+        if isinstance(other, (ClassView, _ClassStandIn)):
+            return cls is object.__getattribute__(other, "_pw_cls")
+        return cls is other
+
+    def __ne__(self, other: object) -> bool:
+        return not self.__eq__(other)
+
+    def __hash__(self) -> int:
+        return hash(object.__getattribute__(self, "_pw_cls"))
+
+
+class ClassView(SameClassComparisons):
     """What ``x.__class__`` gives sandboxed code for a host object: name, repr and comparisons."""
 
     __slots__ = ("_pw_cls",)
@@ -96,18 +115,6 @@ class ClassView:
 
     def __repr__(self) -> str:
         return repr(object.__getattribute__(self, "_pw_cls"))
-
-    def __eq__(self, other: object) -> bool:
-        cls = object.__getattribute__(self, "_pw_cls")
-        if isinstance(other, (ClassView, _ClassStandIn)):  # x.__class__ == torch.Tensor (a stand-in)
-            return cls is object.__getattribute__(other, "_pw_cls")
-        return cls is other
-
-    def __ne__(self, other: object) -> bool:
-        return not self.__eq__(other)
-
-    def __hash__(self) -> int:
-        return hash(object.__getattribute__(self, "_pw_cls"))
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise _violation("writing to a class view", "write.host-object")
