@@ -175,7 +175,10 @@ class P(DiffusionPipeline):
 '''
     with pytest.raises(PipewardenError) as info:
         load_class(src, filename="protocol.py")
-    assert info.value.rule == "class.host-protocol", (info.value.rule, info.value.what)
+    # torch's mode context managers reach the sandbox as factories of fresh instances (red team
+    # round 7, test_host_modes.py): not a class, so not a base at all
+    expected = "class.bases" if name in ("no-grad-exit", "inference-mode-exit") else "class.host-protocol"
+    assert info.value.rule == expected, (info.value.rule, info.value.what)
     assert _host_state() == before
     assert not tripwire.is_armed()
 

@@ -69,6 +69,7 @@ def load_class(
     from diffusers import DiffusionPipeline
 
     from pipewarden.sandbox.runtime import Sandbox
+    from pipewarden.sandbox.runtime.hooks import host_modes_kept
 
     tripwire.install(policy.tripwire)
     module_name = _module_name(filename)
@@ -81,7 +82,7 @@ def load_class(
 
     # 4. Restricted exec of the module body, tripwire armed.
     try:
-        with tripwire.armed(), tripwire.permit_exec(code):
+        with host_modes_kept(), tripwire.armed(), tripwire.permit_exec(code):
             exec(code, glb)  # noqa: S102 - the restricted, vetted code object
     except PipewardenError:
         raise

@@ -7,11 +7,13 @@ and class-namespace dunders a sandboxed class may use, which builtins exist. Tru
 from __future__ import annotations
 
 import builtins as _builtins
+import contextlib
 import enum
 import functools
 import inspect
+import sys
 import types
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from RestrictedPython.Guards import guarded_iter_unpack_sequence, guarded_unpack_sequence
@@ -51,38 +53,83 @@ from pipewarden.sandbox.runtime.objects import (
 from pipewarden.sandbox.runtime.ownwrites import writer_for
 from pipewarden.sandbox.runtime.snapshots import _READONLY_TYPES, _is_snapshot_type
 
+#: Device types whose autocast state the host's modes include (those this torch knows).
+_AUTOCAST_DEVICE_CANDIDATES = ("cpu", "cuda", "xpu", "mps", "hpu", "xla", "ipu", "mtia", "maia")
+_autocast_devices: tuple[str, ...] | None = None
+#: Inference-mode guards entered to put the host's mode back after sandboxed code broke it (a
+#: re-entered ``inference_mode`` object whose first guard was dropped): torch has no setter, only
+#: guards, and dropping one would undo it. Only ever filled when sandboxed code changed the mode.
+_MODE_GUARDS: list[Any] = []
+
+
+def _devices(torch: Any) -> tuple[str, ...]:
+    global _autocast_devices
+    if _autocast_devices is None:
+        names = list(_AUTOCAST_DEVICE_CANDIDATES)
+        private = getattr(torch._C, "_get_privateuse1_backend_name", None)
+        if private is not None:
+            names.append(private())
+        found = []
+        for dev in dict.fromkeys(names):
+            try:
+                torch.is_autocast_enabled(dev)
+                torch.get_autocast_dtype(dev)
+            except (RuntimeError, ValueError, TypeError):
+                continue
+            found.append(dev)
+        _autocast_devices = tuple(found)
+    return _autocast_devices
+
 
 def _global_modes() -> Any:
-    """The thread's autograd and autocast modes, as host code left them before sandboxed code ran."""
-    import sys
-
+    """The thread's inference, autograd and autocast modes (every device type, and the autocast
+    weight cache), as host code left them before sandboxed code ran."""
     torch = sys.modules.get("torch")
     if torch is None:
         return None
     return (
+        torch.is_inference_mode_enabled(),
         torch.is_grad_enabled(),
-        tuple((dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)) for dev in ("cpu", "cuda")),
+        torch.is_autocast_cache_enabled(),
+        tuple((dev, torch.is_autocast_enabled(dev), torch.get_autocast_dtype(dev)) for dev in _devices(torch)),
     )
 
 
 def _restore_global_modes(modes: Any) -> None:
-    """Back to what the host had when the outermost sandboxed call began (red team round 6: the
-    same ``torch.no_grad()``/``autocast`` object entered twice, or an ``@autocast`` function that
-    recurses, restores the inner entry's mode on the outer exit and leaves it switched for the
-    host). A pipeline's own ``with``/decorator modes end with its call, as in plain diffusers."""
-    import sys
-
+    """Back to what the host had when sandboxed code began to run (red team rounds 6 and 7: the
+    same ``torch.no_grad()``/``inference_mode()``/``autocast`` object entered twice, an
+    ``@autocast`` function that recurses, restore the inner entry's mode on the outer exit and
+    leave it switched for the host). Called wherever sandboxed code hands control back to host
+    code: the outermost sandboxed call, every step of a sandboxed generator the host drives, the
+    module body. A pipeline's own ``with``/decorator modes end with its call, as in plain diffusers."""
     torch = sys.modules.get("torch")
     if torch is None or modes is None:
         return
-    grad, autocast = modes
+    inference, grad, cache, autocast = modes
+    if torch.is_inference_mode_enabled() != inference:
+        guard = torch._C._InferenceMode(inference)
+        guard.__enter__()  # sets grad mode too; grad is put back below
+        _MODE_GUARDS.append(guard)
     if torch.is_grad_enabled() != grad:
         torch.set_grad_enabled(grad)
+    if torch.is_autocast_cache_enabled() != cache:
+        torch.set_autocast_cache_enabled(cache)
     for dev, enabled, dtype in autocast:
         if torch.is_autocast_enabled(dev) != enabled:
             torch.set_autocast_enabled(dev, enabled)
         if torch.get_autocast_dtype(dev) != dtype:
             torch.set_autocast_dtype(dev, dtype)
+
+
+@contextlib.contextmanager
+def host_modes_kept() -> Iterator[None]:
+    """Run sandboxed code entered from host code (the module body): the host's modes afterwards
+    are what they were before, whatever it did."""
+    modes = _global_modes()
+    try:
+        yield
+    finally:
+        _restore_global_modes(modes)
 
 
 def _tname_class(c: type) -> str:
@@ -199,6 +246,9 @@ class GuardHooks(AttributeRules):
                 gen = fn(*args, **kwargs)
                 to_send: Any = None
                 while True:
+                    # each step is entered from whoever resumes the generator: from host code (the
+                    # host drives the stream), the host's modes are put back when the step ends
+                    modes = None if armed_var.get() else _global_modes()
                     t1 = armed_var.set(True)
                     t2 = suspended_var.set(False)
                     try:
@@ -208,11 +258,14 @@ class GuardHooks(AttributeRules):
                     finally:
                         suspended_var.reset(t2)
                         armed_var.reset(t1)
+                        if modes is not None:
+                            _restore_global_modes(modes)
                     try:
                         to_send = yield value
                     except GeneratorExit:
                         # the host closes or drops the stream: the pipeline's finally blocks run now,
                         # armed (by code origin, and here), and a refusal there reaches the closer
+                        modes = None if armed_var.get() else _global_modes()
                         t1 = armed_var.set(True)
                         t2 = suspended_var.set(False)
                         try:
@@ -220,6 +273,8 @@ class GuardHooks(AttributeRules):
                         finally:
                             suspended_var.reset(t2)
                             armed_var.reset(t1)
+                            if modes is not None:
+                                _restore_global_modes(modes)
                         raise
 
             self._functions.add(gen_wrapper)

@@ -16,6 +16,7 @@ once the arguments passed.
 
 from __future__ import annotations
 
+import copy
 import functools
 import inspect
 from collections.abc import Callable
@@ -29,7 +30,7 @@ from pipewarden.sandbox.runtime.argguards import (
     _no_custom_attribute_lists,
     _signature_naming,
 )
-from pipewarden.sandbox.runtime.objects import _GradMode
+from pipewarden.sandbox.runtime.objects import _FreshModeContext, _GradMode
 
 if TYPE_CHECKING:
     from pipewarden.sandbox.runtime.facades import FacadeResolver
@@ -111,6 +112,21 @@ def grad_mode(box: FacadeResolver, where: str, target: Any) -> Any:
     """torch.set_grad_enabled: changes the mode only inside ``with`` / around a decorated function."""
     _present(target, where)
     return _GradMode
+
+
+def mode_context(box: FacadeResolver, where: str, target: Any) -> Any:
+    """torch.no_grad / enable_grad / inference_mode / autocast: the same arguments, but every entry
+    (and every call of a decorated function) uses a new host instance (``_FreshModeContext``), so
+    no object the sandbox holds can be entered twice."""
+    target = _present(target, where)
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        if len(args) == 1 and not kwargs and (inspect.isfunction(args[0]) or inspect.ismethod(args[0])):
+            return _FreshModeContext(lambda: target())(args[0])  # the bare decorator: @torch.no_grad
+        proto = target(*args, **kwargs)  # the host's own argument checks (and warnings), once, as in torch
+        return _FreshModeContext(lambda: copy.copy(proto))  # a never-entered copy per entry
+
+    return functools.update_wrapper(make, target, assigned=("__name__", "__qualname__", "__doc__"), updated=())
 
 
 def deprecate_checked(box: FacadeResolver, where: str, target: Any) -> Any:

@@ -12,7 +12,7 @@ import functools
 import logging
 import string
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from pipewarden.errors import PolicyViolation
@@ -533,6 +533,39 @@ class _GradMode:
                 return fn(*args, **kwargs)
 
         return run
+
+
+class _FreshModeContext:
+    """A host mode context manager (``torch.no_grad``, ``enable_grad``, ``inference_mode``,
+    ``autocast``) that may be entered again while it is entered (red team rounds 6 and 7).
+
+    The host classes keep the previous mode on the instance: the same object entered twice
+    (``with cm: with cm:``), or torch's ``@autocast`` decorator on a function that recurses (it
+    reuses one instance), restores the inner entry's mode on the outer exit and leaves it switched
+    for the host. Here every entry, and every call of a decorated function (every step of a
+    decorated generator), uses a new host instance built with the same arguments."""
+
+    __slots__ = ("_pw_make", "_pw_entered")
+
+    def __init__(self, make: Callable[[], Any]) -> None:
+        self._pw_make = make
+        self._pw_entered: list[Any] = []
+
+    def __enter__(self) -> Any:
+        cm = self._pw_make()
+        result = cm.__enter__()
+        self._pw_entered.append(cm)
+        return self if result is cm else None  # autocast returns itself; never the host instance
+
+    def __exit__(self, *exc: Any) -> Any:
+        if not self._pw_entered:
+            raise RuntimeError("exited a mode context that was not entered")
+        return self._pw_entered.pop().__exit__(*exc)
+
+    def __call__(self, fn: Any) -> Any:
+        from torch.utils._contextlib import context_decorator
+
+        return context_decorator(self._pw_make, fn)  # a new instance per call (per generator step)
 
 
 class _MetaclassHook:
