@@ -348,12 +348,17 @@ class WorkerProcess:
         )
 
     def _log_tail(self) -> str:
+        # The worker owns everything in its scratch directory (red team round 7): the log may have
+        # been replaced by a link to a host file or by a FIFO. Read it like any hostile path:
+        # no link followed, never blocking, a regular file only, at most its last 400 bytes.
+        from pipewarden import fsaccess
+
         try:
-            with open(os.path.join(self.scratch, "worker.log"), "rb") as fh:
+            with fsaccess.open_in(self.scratch, "worker.log", links=False) as fh:
                 fh.seek(0, os.SEEK_END)
                 fh.seek(max(0, fh.tell() - 400))
-                text = fh.read().decode("utf-8", "replace")
-        except OSError:
+                text = fh.read(400).decode("utf-8", "replace")
+        except (OSError, PipewardenError):
             return ""
         return _PRINTABLE.sub("?", text.strip())[-300:]
 
