@@ -34,6 +34,7 @@ from pipewarden.sandbox.runtime._common import (
 from pipewarden.sandbox.runtime.argguards import _install_checked_post_init
 from pipewarden.sandbox.runtime.attributes import AttributeRules
 from pipewarden.sandbox.runtime.classhooks import check_class_creation, inert_annotations
+from pipewarden.sandbox.runtime.facades import TYPE_AS_IS
 from pipewarden.sandbox.runtime.filenames import ClassWriter, check_class_namespace, install_file_name_guard
 from pipewarden.sandbox.runtime.names import install_name_guards
 from pipewarden.sandbox.runtime.objects import (
@@ -223,7 +224,43 @@ class GuardHooks(AttributeRules):
         for key in kwargs:
             if type(key) is not str or key.startswith("__"):
                 raise _violation(f"a call with keyword {key!r}", "call.dunder-keyword")
-        return f(*args, **kwargs)
+        # ``f(*host_iterable)``: the elements were never read by sandboxed code (red team round 7:
+        # ``chain(*map(typing.get_args, [annotation]))`` handed raw classes to host code)
+        seen = self.seen_value
+        return f(*[seen(a) for a in args], **{k: seen(v) for k, v in kwargs.items()})
+
+    def seen_value(self, value: Any) -> Any:
+        """A value host code passes on for sandboxed code: checked like a call result (a class is
+        :meth:`class_as_seen`, a builtin container of classes holds them as seen)."""
+        t = type(value)
+        if isinstance(value, type) or t in _CLASS_CONTAINERS or t in _FORBIDDEN_VALUE_TYPES or t is types.BuiltinFunctionType:
+            return self.call_result(value)
+        return value
+
+    def checked_callable(self, fn: Any) -> Any:
+        """A callable that host code will call on the sandbox's behalf (``map``, ``filter``,
+        ``sorted(key=)``, ``functools.partial``, ``itertools.starmap``, ``defaultdict``, ...).
+
+        Red team round 7: host higher-order functions composed with each other call what they
+        got from other host calls, which sandboxed code never saw (``map(map, chain(*map(
+        typing.get_args, ...)), ...)`` constructed a raw tokenizer class from a file path). Every
+        such call now goes through the same checks as a call sandboxed code makes: a class is what
+        its module's facade makes it (:meth:`class_as_seen`), each argument and the result are
+        checked like call results. The sandbox's own functions and methods (their parameters are
+        checked by their wrapper) and builtin value types are called as they are."""
+        if fn is None:
+            return None
+        if isinstance(fn, type):
+            if fn in self._classes or fn in TYPE_AS_IS:
+                return fn
+            fn = self.call_result(fn)  # the facade's stand-in or an inert ClassView
+        elif type(fn) is types.FunctionType and fn in self._functions:
+            return fn
+        elif type(fn) is types.MethodType and type(fn.__func__) is types.FunctionType and fn.__func__ in self._functions:
+            return fn
+        elif type(fn) is _CheckedCall:
+            return fn
+        return _CheckedCall(self, fn)
 
     # ------------------------------------------------------------------ classes and functions
 
@@ -534,7 +571,7 @@ class GuardHooks(AttributeRules):
 
         def guarded_iter(obj: Any, *sentinel: Any) -> Any:
             if sentinel:
-                return iter(obj, *sentinel)
+                return iter(box.checked_callable(obj), *sentinel)
             return box.guarded_getiter(obj)
 
         def bounded_range(*args: Any) -> range:
@@ -553,7 +590,29 @@ class GuardHooks(AttributeRules):
         def sandbox_format(value: Any, spec: Any = "") -> str:
             return format(value, str(spec))
 
+        checked = box.checked_callable
+
+        def checked_map(fn: Any, *iterables: Any) -> Any:
+            return map(checked(fn), *iterables)
+
+        def checked_filter(fn: Any, iterable: Any) -> Any:
+            return filter(checked(fn), iterable)
+
+        def checked_sorted(iterable: Any, /, *, key: Any = None, reverse: Any = False) -> Any:
+            return sorted(iterable, key=checked(key), reverse=reverse)
+
+        def checked_min(*args: Any, key: Any = None, **kwargs: Any) -> Any:
+            return min(*args, key=checked(key), **kwargs)
+
+        def checked_max(*args: Any, key: Any = None, **kwargs: Any) -> Any:
+            return max(*args, key=checked(key), **kwargs)
+
         impl: dict[str, Any] = {
+            "map": checked_map,
+            "filter": checked_filter,
+            "sorted": checked_sorted,
+            "min": checked_min,
+            "max": checked_max,
             "type": _TypeBuiltin(box),
             "getattr": guarded_getattr_builtin,
             "hasattr": guarded_hasattr,
@@ -604,6 +663,23 @@ class GuardHooks(AttributeRules):
             CALL_RESULT_NAME: self.call_result,
             DECORATE_NAME: self.decorate,
         }
+
+
+class _CheckedCall:
+    """A host callable as host code calls it for sandboxed code (``GuardHooks.checked_callable``):
+    arguments and result pass the sandbox's call checks. Not a function: no attributes of the
+    wrapped object are reachable through it."""
+
+    __slots__ = ("_pw_box", "_pw_fn")
+
+    def __init__(self, box: Any, fn: Any) -> None:
+        self._pw_box = box
+        self._pw_fn = fn
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        box = self._pw_box
+        seen = box.seen_value
+        return box.call_result(self._pw_fn(*[seen(a) for a in args], **{k: seen(v) for k, v in kwargs.items()}))
 
 
 #: Builtin containers whose classes are mapped through class_as_seen (call results, slices).

@@ -129,6 +129,43 @@ def mode_context(box: FacadeResolver, where: str, target: Any) -> Any:
     return functools.update_wrapper(make, target, assigned=("__name__", "__qualname__", "__doc__"), updated=())
 
 
+#: Host functions that call a callable argument with values they take from an iterable (red team
+#: round 7: host ``map`` calling what host ``chain`` yielded): where that argument is, as
+#: (position, keyword). Functions that call it only with what their caller passes (``partial``,
+#: ``lru_cache``) need no entry: their caller is sandboxed code (a checked call) or one of these. The replacement passes it through ``GuardHooks.checked_callable``, so host
+#: code calls it with the sandbox's call checks. A name replaced by ``callable-arguments`` without
+#: an entry here refuses to load.
+CALLABLE_ARGUMENTS: dict[str, tuple[int, str]] = {
+    "functools.reduce": (0, "function"),
+    "itertools.starmap": (0, "function"),
+    "itertools.accumulate": (1, "func"),
+    "itertools.groupby": (1, "key"),
+    "itertools.takewhile": (0, "predicate"),
+    "itertools.dropwhile": (0, "predicate"),
+    "itertools.filterfalse": (0, "function"),
+}
+
+
+def callable_arguments(box: FacadeResolver, where: str, target: Any) -> Any:
+    """Host functions that call a callable they are given (``CALLABLE_ARGUMENTS``): the callable
+    is called with the sandbox's call checks (``checked_callable``), whoever calls it."""
+    target = _present(target, where)
+    spec = CALLABLE_ARGUMENTS.get(where)
+    if spec is None:
+        raise _violation(f"{where} has no callable-argument entry", "policy.invalid", "add it to CALLABLE_ARGUMENTS")
+    position, keyword = spec
+    check = box.checked_callable  # type: ignore[attr-defined]
+
+    def guarded(*args: Any, **kwargs: Any) -> Any:
+        if len(args) > position and callable(args[position]):
+            args = (*args[:position], check(args[position]), *args[position + 1 :])
+        elif keyword in kwargs and callable(kwargs[keyword]):
+            kwargs[keyword] = check(kwargs[keyword])
+        return target(*args, **kwargs)
+
+    return functools.update_wrapper(guarded, target, assigned=("__name__", "__qualname__", "__doc__"), updated=())
+
+
 def deprecate_checked(box: FacadeResolver, where: str, target: Any) -> Any:
     """diffusers.utils.deprecate(take_from=x) does getattr(x, name) / x.pop(name) with names the
     caller chooses: only a plain dict (the pipeline's own kwargs) may be given."""

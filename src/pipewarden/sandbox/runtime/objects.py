@@ -113,6 +113,20 @@ class ClassView(SameClassComparisons):
     def __init__(self, cls: type) -> None:
         object.__setattr__(self, "_pw_cls", cls)
 
+    # the names the attribute rules allow on a view (``type(exc).__name__``): str values only
+    @property
+    def __name__(self) -> str:  # type: ignore[override]
+        return str(object.__getattribute__(self, "_pw_cls").__name__)
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "__qualname__":  # a class body cannot define it as a property
+            return str(object.__getattribute__(self, "_pw_cls").__qualname__)
+        raise AttributeError(name)
+
+    @property
+    def __module__(self) -> str:  # type: ignore[override]
+        return str(object.__getattribute__(self, "_pw_cls").__module__)
+
     def __repr__(self) -> str:
         return repr(object.__getattribute__(self, "_pw_cls"))
 
