@@ -22,6 +22,7 @@ import json
 
 import pytest
 
+from pipewarden.errors import PipewardenError
 from pipewarden.sandbox import load_class, tripwire
 
 pytest.importorskip("torch")
@@ -76,6 +77,26 @@ DOORS = {
     ),
     # host filter calls host partial(map) whose element is the raw class
     "filter-map": "return next(next(filter(None, map(map, classes(), [[vocab]], [[merges]]))))",
+    # a partial's args: a host tuple of raw classes read back as an attribute
+    "partial-args": (
+        "p = next(map(functools.partial, [print], *map(typing.get_args, [annotation()])))\n"
+        "    return next(map(functools.partial, p.args))(vocab=vocab, merges=merges)"
+    ),
+    # a sandboxed function host map calls with a raw tuple as its parameter
+    "parameter-tuple": (
+        "def take(parts):\n        return next(map(functools.partial, parts))\n"
+        "    return next(map(take, map(typing.get_args, [annotation()])))(vocab=vocab, merges=merges)"
+    ),
+    # the keys of a dict built from expanded arguments
+    "dict-keys": (
+        "d = dict.fromkeys(*map(typing.get_args, [annotation()]))\n"
+        "    return next(map(functools.partial, d))(vocab=vocab, merges=merges)"
+    ),
+    # types.MethodType as the wrapper around the raw class
+    "method-type": (
+        "import types\n"
+        "    return next(map(types.MethodType, *map(typing.get_args, [annotation()]), [vocab]))(merges=merges)"
+    ),
     # expanded arguments of a plain call
     "star-args": "return functools.partial(*list(map(typing.get_args, [annotation()]))[0][:1])(vocab=vocab, merges=merges)",
 }
@@ -139,3 +160,27 @@ def test_higher_order_idioms_keep_their_meaning():
     xs = [3, 1, 4, 1, 5, 2]
     expected = namespace["P"]()(xs)
     assert load_class(IDIOMS, filename="hof_idioms.py")()(xs) == expected
+
+
+METACLASS = HEAD + '''
+
+class P(DiffusionPipeline):
+    def __init__(self):
+        super().__init__()
+
+    def __call__(self):
+        # typing.get_origin(typing.Type[int]) is the raw metaclass `type`: a class with any dunder
+        # (e.g. __array_interface__ -> arbitrary memory) would follow
+        make = next(map(functools.partial, map(typing.get_origin, [typing.Type[int]])))
+        return make("Evil", (object,), {"__array_interface__": {"shape": (1,)}})
+'''
+
+
+def test_the_raw_metaclass_never_comes_out_of_a_composition():
+    namespace: dict = {}
+    exec(compile(METACLASS, "plain.py", "exec"), namespace)  # noqa: S102 - the live proof
+    evil = namespace["P"]()()
+    assert isinstance(evil, type) and "__array_interface__" in vars(evil)
+    with pytest.raises(PipewardenError):
+        load_class(METACLASS, filename="composition_metaclass.py")()()
+    assert not tripwire.is_armed()
