@@ -166,6 +166,50 @@ def callable_arguments(box: FacadeResolver, where: str, target: Any) -> Any:
     return functools.update_wrapper(guarded, target, assigned=("__name__", "__qualname__", "__doc__"), updated=())
 
 
+def sandbox_warn(box: FacadeResolver, where: str, target: Any) -> Any:
+    """``warnings.warn``: ``stacklevel`` counts the pipeline's own frames only (red team round 8).
+
+    The host's ``warn`` walks ``stacklevel`` frames up whatever they are: past the sandbox into
+    pipewarden's wrapper, the caller and ``sys``, writing ``__warningregistry__`` into those host
+    modules (a later host warning with the same text is silenced) and attributing the warning to
+    a host file. Here the warning is attributed to the ``stacklevel``-th sandboxed frame (the
+    outermost one if there are fewer) and issued with ``warn_explicit`` in that frame's module."""
+    import sys
+    import warnings
+
+    _present(target, where)
+
+    def warn(message: Any, category: Any = None, stacklevel: Any = 1, source: Any = None, **kwargs: Any) -> None:
+        if kwargs:  # skip_file_prefixes (3.12+): frames are chosen here
+            raise TypeError(f"warn() got unexpected keyword arguments {sorted(kwargs)}")
+        if isinstance(message, Warning):
+            category = message.__class__
+        if category is None:
+            category = UserWarning
+        if not (isinstance(category, type) and issubclass(category, Warning)):
+            raise TypeError(f"category must be a Warning subclass, not '{type(category).__name__}'")
+        wanted = stacklevel if type(stacklevel) is int and stacklevel > 1 else 1
+        codes = tripwire._SANDBOX_CODE
+        frame: Any = sys._getframe(1)
+        chosen = None
+        seen = 0
+        while frame is not None and seen < wanted:
+            if frame.f_code in codes:
+                chosen = frame
+                seen += 1
+            frame = frame.f_back
+        if chosen is None:  # called from host code on the sandbox's behalf: attribute it here
+            chosen = sys._getframe(1)
+        globs = chosen.f_globals
+        registry = globs.setdefault("__warningregistry__", {}) if chosen.f_code in codes else {}
+        warnings.warn_explicit(
+            message, category, chosen.f_code.co_filename, chosen.f_lineno,
+            registry=registry, module_globals=globs if chosen.f_code in codes else None, source=source,
+        )
+
+    return warn
+
+
 def deprecate_checked(box: FacadeResolver, where: str, target: Any) -> Any:
     """diffusers.utils.deprecate(take_from=x) does getattr(x, name) / x.pop(name) with names the
     caller chooses: only a plain dict (the pipeline's own kwargs) may be given."""
@@ -181,6 +225,9 @@ def deprecate_checked(box: FacadeResolver, where: str, target: Any) -> Any:
         for item in args:
             if isinstance(item, tuple) and item and (type(item[0]) is not str or item[0].startswith("_")):
                 raise _violation(f"{where} with attribute name {item[0]!r}", "argument.take-from")
+        # deprecate warns with stacklevel frames up from itself: 3 is the pipeline's call, the
+        # deepest it may reach (a larger one wrote __warningregistry__ into host modules)
+        kwargs["stacklevel"] = 3
         return target(*args, take_from=take_from, **kwargs)
 
     return deprecate
