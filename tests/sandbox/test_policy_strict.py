@@ -747,3 +747,12 @@ def test_base_protocols_follow_the_policy_data():
     trimmed = load_policy_bytes(_copy('  "__enter__", "__exit__", "__aenter__", "__aexit__",\n', ""))
     assert "__enter__" not in trimmed.base_protocols
     load_class(NO_GRAD_SUBCLASS, filename="bases_trimmed.py", policy=trimmed)  # the data decides
+
+
+def test_a_callable_arguments_replacement_needs_its_callable_position():
+    # reduce's callable position is known; partial's is not listed: the policy refuses to load
+    old = 'wraps = "wraps", reduce = "callable-arguments" }'
+    assert load_policy_bytes(_copy(old, old)).modules["functools"].replace["reduce"] == "callable-arguments"
+    with pytest.raises(PolicyError) as info:
+        load_policy_bytes(_copy(old, 'wraps = "wraps", reduce = "callable-arguments", partial = "callable-arguments" }'))
+    assert info.value.rule == "policy.malformed" and "partial" in info.value.what

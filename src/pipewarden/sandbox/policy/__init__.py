@@ -522,6 +522,7 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
             replace=MappingProxyType(spec.str_map("replace", frozenset(replacement_impls))),
         )
         spec.done()
+        _check_callable_arguments(name, modules[name].replace)
     types: list[TypeRule] = []
     by_path: dict[str, TypeRule] = {}
     for path, spec in top.tables("types").items():
@@ -595,6 +596,19 @@ def load_policy_bytes(data: bytes) -> SandboxPolicy:
         file_name_attrs=MappingProxyType(file_name_attrs),
         file_name_map_attrs=MappingProxyType(file_name_map_attrs),
     )
+
+
+def _check_callable_arguments(module: str, replace: Mapping[str, str]) -> None:
+    """A ``callable-arguments`` replacement needs the position of the callable it checks
+    (``implementations.CALLABLE_ARGUMENTS``): without one the policy refuses to load."""
+    from pipewarden.sandbox.runtime.implementations import CALLABLE_ARGUMENTS
+
+    for attr, impl in replace.items():
+        if impl == "callable-arguments" and f"{module}.{attr}" not in CALLABLE_ARGUMENTS:
+            raise _fail(
+                f"[modules.{module}].replace: {attr} = \"callable-arguments\" names no callable argument",
+                "add the function's callable parameter to CALLABLE_ARGUMENTS (sandbox/runtime/implementations.py)",
+            )
 
 
 def _strs(value: object, where: str) -> tuple[str, ...]:

@@ -131,10 +131,11 @@ def mode_context(box: FacadeResolver, where: str, target: Any) -> Any:
 
 #: Host functions that call a callable argument with values they take from an iterable (red team
 #: round 7: host ``map`` calling what host ``chain`` yielded): where that argument is, as
-#: (position, keyword). Functions that call it only with what their caller passes (``partial``,
-#: ``lru_cache``) need no entry: their caller is sandboxed code (a checked call) or one of these. The replacement passes it through ``GuardHooks.checked_callable``, so host
-#: code calls it with the sandbox's call checks. A name replaced by ``callable-arguments`` without
-#: an entry here refuses to load.
+#: (position, keyword). The replacement passes it through ``GuardHooks.checked_callable``, so host
+#: code calls it with the sandbox's call checks. Functions that call it only with what their
+#: caller passes (``partial``, ``lru_cache``) need no entry: their caller is sandboxed code (a
+#: checked call) or one of these. A name replaced by ``callable-arguments`` without an entry here
+#: refuses to load (``_check_callable_arguments`` in sandbox/policy/__init__.py).
 CALLABLE_ARGUMENTS: dict[str, tuple[int, str]] = {
     "functools.reduce": (0, "function"),
     "itertools.starmap": (0, "function"),
