@@ -226,16 +226,14 @@ class GuardHooks(AttributeRules):
                 raise _violation(f"a call with keyword {key!r}", "call.dunder-keyword")
         # ``f(*host_iterable)``: the elements were never read by sandboxed code (red team round 7:
         # ``chain(*map(typing.get_args, [annotation]))`` handed raw classes to host code)
-        seen = self.seen_value
-        return f(*[seen(a) for a in args], **{k: seen(v) for k, v in kwargs.items()})
+        checked_args, checked_kwargs = self.checked_arguments(args, kwargs)
+        return f(*checked_args, **checked_kwargs)
 
-    def seen_value(self, value: Any) -> Any:
-        """A value host code passes on for sandboxed code: checked like a call result (a class is
-        :meth:`class_as_seen`, a builtin container of classes holds them as seen)."""
-        t = type(value)
-        if isinstance(value, type) or t in _CLASS_CONTAINERS or t in _FORBIDDEN_VALUE_TYPES or t is types.BuiltinFunctionType:
-            return self.call_result(value)
-        return value
+    def checked_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[list[Any], dict[str, Any]]:
+        """Arguments host code passes on for sandboxed code, each checked like a call result (a
+        class is :meth:`class_as_seen`, a builtin container of classes holds them as seen)."""
+        check = self.call_result
+        return [check(a) for a in args], {k: check(v) for k, v in kwargs.items()}
 
     def checked_callable(self, fn: Any) -> Any:
         """A callable that host code will call on the sandbox's behalf (``map``, ``filter``,
@@ -678,8 +676,8 @@ class _CheckedCall:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         box = self._pw_box
-        seen = box.seen_value
-        return box.call_result(self._pw_fn(*[seen(a) for a in args], **{k: seen(v) for k, v in kwargs.items()}))
+        checked_args, checked_kwargs = box.checked_arguments(args, kwargs)
+        return box.call_result(self._pw_fn(*checked_args, **checked_kwargs))
 
 
 #: Builtin containers whose classes are mapped through class_as_seen (call results, slices).
