@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from pipewarden.audit import rules as _rules
+from pipewarden.audit.reach import PolicyView
 
 _BUILTIN_NAMES = frozenset(dir(builtins))
 _HEX40 = re.compile(r"[0-9a-f]{40}")
@@ -27,6 +28,14 @@ _BUILTINS_WITH_CALL_RULES = frozenset(
     if name.startswith("builtins.") and any(p.rule for p in patterns)
 )
 _DEFINITIONS = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)
+# Builtins whose call has a rule (exec -> PW045, globals -> PW031, open -> PW042, ...): a reference
+# to one of them that is not a call (``np.frompyfunc(exec, 2, 0)``, ``map(eval, ...)``, ``f = eval``)
+# is reported with the same rule.
+_BUILTIN_VALUE_RULES: dict[str, _rules.CallPattern] = {
+    name.split(".", 1)[1]: next(p for p in patterns if p.rule)
+    for name, patterns in _rules.EXACT_CALLS.items()
+    if name.startswith("builtins.") and any(p.rule for p in patterns)
+}
 
 
 @dataclass(frozen=True)
@@ -43,11 +52,13 @@ def check_tree(
     tree: ast.Module,
     benign_dunders: frozenset[str] | None = None,
     sandbox_builtins: frozenset[str] | None = None,
+    view: PolicyView | None = None,
 ) -> list[RawFinding]:
-    """All call/attribute/builtin findings of ``tree`` in source order (line, column, rule).
+    """All call/attribute/builtin/annotation findings of ``tree`` in source order (line, column, rule).
 
     ``benign_dunders``: dunder attributes not reported (the policy's reviewed idioms);
-    ``sandbox_builtins``: builtin names the sandbox provides (None: PW021 is not checked).
+    ``sandbox_builtins``: builtin names the sandbox provides (None: PW021 is not checked);
+    ``view``: the sandbox policy's module facades (None: PW023/PW024 are not checked).
     """
     benign = _rules.BENIGN_DUNDERS if benign_dunders is None else benign_dunders
     imports: list[ast.Import | ast.ImportFrom] = []
@@ -56,6 +67,9 @@ def check_tree(
     names: list[ast.Name] = []
     builtin_uses: list[ast.Name] = []
     bound: set[str] = set()
+    loaded: dict[str, int] = {}
+    annotations: list[ast.expr] = []
+    assigns: list[ast.Assign] = []
     load = ast.Load
     name_type, constant_type = ast.Name, ast.Constant
     builtin_names = _BUILTIN_NAMES
@@ -71,8 +85,10 @@ def check_tree(
             ident = node.id  # type: ignore[attr-defined]
             if type(node.ctx) is not load:  # type: ignore[attr-defined]
                 bound.add(ident)
-            elif ident in builtin_names:
-                builtin_uses.append(node)  # type: ignore[arg-type]
+            else:
+                loaded[ident] = loaded.get(ident, 0) + 1
+                if ident in builtin_names:
+                    builtin_uses.append(node)  # type: ignore[arg-type]
             if ident[:2] == "__":
                 names.append(node)  # type: ignore[arg-type]
             continue
@@ -95,8 +111,16 @@ def check_tree(
             attributes.append(node)  # type: ignore[arg-type]
         elif kind is ast.arg:
             bound.add(node.arg)  # type: ignore[attr-defined]
+            if node.annotation is not None:  # type: ignore[attr-defined]
+                annotations.append(node.annotation)  # type: ignore[attr-defined]
         elif kind in _DEFINITIONS:
             bound.add(node.name)  # type: ignore[attr-defined]
+            if kind is not ast.ClassDef and node.returns is not None:  # type: ignore[attr-defined]
+                annotations.append(node.returns)  # type: ignore[attr-defined]
+        elif kind is ast.AnnAssign:
+            annotations.append(node.annotation)  # type: ignore[attr-defined]
+        elif kind is ast.Assign:
+            assigns.append(node)  # type: ignore[arg-type]
         elif kind is ast.ExceptHandler or kind is ast.MatchAs or kind is ast.MatchStar:
             if node.name:  # type: ignore[attr-defined]
                 bound.add(node.name)  # type: ignore[attr-defined]
@@ -141,6 +165,12 @@ def check_tree(
             out.append(RawFinding("PW031", name.lineno, name.col_offset, f"use of {name.id}"))
     for call in calls:
         out.extend(_call_findings(call, bindings, shadowed, benign))
+    if any(use.id in _BUILTIN_VALUE_RULES for use in builtin_uses):
+        out.extend(_builtin_value_findings(tree, calls))
+    if view is not None:
+        out.extend(_reach_findings(imports, attributes, calls, assigns, loaded, annotations, view))
+    if annotations:
+        out.extend(_annotation_findings(annotations, _future_annotations(tree)))
     out.sort(key=lambda f: (f.lineno, f.col_offset, f.rule, f.message))
     return out
 
@@ -295,10 +325,35 @@ def _call_findings(
     return found
 
 
+_UNKNOWN = ast.Constant(value=Ellipsis)  # a value the call's ``*``/``**`` arguments may supply
+
+
 def _keyword(call: ast.Call, name: str) -> ast.keyword | None:
+    """The keyword ``name`` of ``call``: given by name, read from a literal ``**{...}``, or, when a
+    ``**mapping`` the audit cannot read could carry it, a keyword whose value is unknown."""
+    unknown = False
     for kw in call.keywords:
         if kw.arg == name:
             return kw
+        if kw.arg is None:
+            if isinstance(kw.value, ast.Dict) and all(k is not None for k in kw.value.keys):
+                for key, value in zip(kw.value.keys, kw.value.values, strict=True):
+                    if isinstance(key, ast.Constant) and key.value == name:
+                        return ast.keyword(arg=name, value=value)
+                    if not isinstance(key, ast.Constant):
+                        unknown = True
+            else:
+                unknown = True  # **opts (may hold name=...), or a literal dict with a **spread
+    return ast.keyword(arg=name, value=_UNKNOWN) if unknown else None
+
+
+def _positional(call: ast.Call, index: int) -> ast.expr | None:
+    """The ``index``-th positional argument, ``_UNKNOWN`` when a ``*args`` at or before it may supply it."""
+    for position, arg in enumerate(call.args):
+        if isinstance(arg, ast.Starred):
+            return _UNKNOWN
+        if position == index:
+            return arg
     return None
 
 
@@ -309,10 +364,10 @@ def _no_weights_only(call: ast.Call) -> bool:
 
 def _allow_pickle(call: ast.Call) -> bool:
     kw = _keyword(call, "allow_pickle")
-    value = kw.value if kw is not None else (call.args[2] if len(call.args) > 2 else None)
+    value = kw.value if kw is not None else _positional(call, 2)
     if value is None:
         return False
-    return not (isinstance(value, ast.Constant) and value.value in (False, None, 0))
+    return value is _UNKNOWN or not (isinstance(value, ast.Constant) and value.value in (False, None, 0))
 
 
 def _unpinned(call: ast.Call) -> bool:
@@ -381,3 +436,329 @@ def _catches_import_error(node: ast.expr | None) -> bool:
         if ident in _IMPORT_ERROR_HANDLERS:
             return True
     return False
+
+
+# --- builtins used as values ------------------------------------------------------------------------
+
+_COMPREHENSIONS = (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)
+_FUNCTIONS = (ast.FunctionDef, ast.AsyncFunctionDef)
+
+
+def _function_bindings(node: ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda) -> frozenset[str]:
+    """Names a function binds in its own scope (parameters, assignments, imports, nested defs, ...),
+    less those it declares ``global``. Nested functions, lambdas and comprehensions are not entered
+    (a walrus inside a comprehension is missed: the name then counts as unbound, i.e. reported)."""
+    args = node.args
+    names = {a.arg for a in (*args.posonlyargs, *args.args, *args.kwonlyargs)}
+    names.update(a.arg for a in (args.vararg, args.kwarg) if a is not None)
+    declared_global: set[str] = set()
+    stack: list[ast.AST] = [node.body] if isinstance(node, ast.Lambda) else list(node.body)
+    while stack:
+        item = stack.pop()
+        kind = type(item)
+        if kind is ast.Name:
+            if type(item.ctx) is not ast.Load:  # type: ignore[attr-defined]
+                names.add(item.id)  # type: ignore[attr-defined]
+            continue
+        if kind in _DEFINITIONS:
+            names.add(item.name)  # type: ignore[attr-defined]
+            continue
+        if kind is ast.Lambda or kind in _COMPREHENSIONS:
+            continue
+        if kind is ast.Global:
+            declared_global.update(item.names)  # type: ignore[attr-defined]
+        elif kind is ast.Nonlocal:
+            names.update(item.names)  # type: ignore[attr-defined]
+        elif kind is ast.Import or kind is ast.ImportFrom:
+            for alias in item.names:  # type: ignore[attr-defined]
+                names.add(alias.asname or alias.name.split(".", 1)[0])
+        elif kind is ast.ExceptHandler or kind is ast.MatchAs or kind is ast.MatchStar:
+            if item.name:  # type: ignore[attr-defined]
+                names.add(item.name)  # type: ignore[attr-defined]
+        elif kind is ast.MatchMapping and item.rest:  # type: ignore[attr-defined]
+            names.add(item.rest)  # type: ignore[attr-defined]
+        stack.extend(ast.iter_child_nodes(item))
+    return frozenset(names - declared_global)
+
+
+def _builtin_value_findings(tree: ast.Module, calls: list[ast.Call]) -> list[RawFinding]:
+    """References (not calls) to the builtins of ``_BUILTIN_VALUE_RULES`` that reach the builtin:
+    no enclosing function scope binds the name. Module and class scopes never count as binding it
+    (``exec = exec`` reads the builtin), so the check fails closed there."""
+    called = {id(c.func) for c in calls if type(c.func) is ast.Name}
+    out: list[RawFinding] = []
+    scopes: dict[int, frozenset[str]] = {}
+    stack: list[tuple[ast.AST, tuple[ast.AST, ...]]] = [(tree, ())]
+    while stack:
+        node, chain = stack.pop()
+        kind = type(node)
+        if kind is ast.Name:
+            ident = node.id  # type: ignore[attr-defined]
+            if ident in _BUILTIN_VALUE_RULES and type(node.ctx) is ast.Load and id(node) not in called:  # type: ignore[attr-defined]
+                if not any(ident in _scope_names(fn, scopes) for fn in chain):
+                    pattern = _BUILTIN_VALUE_RULES[ident]
+                    out.append(RawFinding(
+                        pattern.rule or "PW045", node.lineno, node.col_offset,  # type: ignore[attr-defined]
+                        f"{ident} used as a value (passed, stored or returned, then called out of sight): "
+                        f"{pattern.what}",
+                    ))
+            continue
+        if kind in _FUNCTIONS or kind is ast.Lambda:
+            args = node.args  # type: ignore[attr-defined]
+            outer: list[ast.AST] = [*args.defaults, *(d for d in args.kw_defaults if d is not None)]
+            if kind is not ast.Lambda:
+                outer.extend(node.decorator_list)  # type: ignore[attr-defined]
+                outer.extend(a.annotation for a in (*args.posonlyargs, *args.args, *args.kwonlyargs,
+                                                    args.vararg, args.kwarg) if a is not None and a.annotation)
+                if node.returns is not None:  # type: ignore[attr-defined]
+                    outer.append(node.returns)  # type: ignore[attr-defined]
+                body = list(node.body)  # type: ignore[attr-defined]
+            else:
+                body = [node.body]  # type: ignore[attr-defined]
+            stack.extend((n, chain) for n in outer)
+            inner = (*chain, node)
+            stack.extend((n, inner) for n in body)
+            continue
+        if kind in _COMPREHENSIONS:
+            generators = node.generators  # type: ignore[attr-defined]
+            stack.append((generators[0].iter, chain))  # the first iterable is evaluated outside
+            inner = (*chain, node)
+            parts: list[ast.AST] = [generators[0].target, *generators[0].ifs]
+            for gen in generators[1:]:
+                parts.extend((gen.target, gen.iter, *gen.ifs))
+            parts.extend(getattr(node, f) for f in ("elt", "key", "value") if hasattr(node, f))
+            stack.extend((n, inner) for n in parts)
+            continue
+        stack.extend((child, chain) for child in ast.iter_child_nodes(node))
+    return out
+
+
+def _scope_names(node: ast.AST, cache: dict[int, frozenset[str]]) -> frozenset[str]:
+    hit = cache.get(id(node))
+    if hit is None:
+        if isinstance(node, _COMPREHENSIONS):
+            hit = frozenset(
+                n.id for gen in node.generators for n in ast.walk(gen.target) if isinstance(n, ast.Name)
+            )
+        else:
+            hit = _function_bindings(node)  # type: ignore[arg-type]
+        cache[id(node)] = hit
+    return hit
+
+
+# --- names and attributes of modules, against the sandbox policy ------------------------------------
+
+
+def _reach_findings(
+    imports: list[ast.Import | ast.ImportFrom],
+    attributes: list[ast.Attribute],
+    calls: list[ast.Call],
+    assigns: list[ast.Assign],
+    loaded: dict[str, int],
+    annotations: list[ast.expr],
+    view: PolicyView,
+) -> list[RawFinding]:
+    """PW023/PW024: names taken from allowed modules (``from M import n``, ``alias.a.b``,
+    ``getattr(alias, "a")``, ``x = alias.a`` then ``x.b``) that the policy's facades refuse."""
+    policy = view.policy
+    out: list[RawFinding] = []
+    modules: dict[str, set[str]] = {}  # local name -> the modules it may hold
+    used_in: list[set[str]] = []  # lazily: names loaded outside annotations
+    for node in imports:
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                name = alias.name if alias.asname else alias.name.split(".", 1)[0]
+                if policy.is_module_allowed(alias.name):
+                    modules.setdefault(alias.asname or name, set()).add(policy.canonical_module(name))
+            continue
+        if node.level or not node.module or not policy.is_module_allowed(node.module):
+            continue  # relative imports and modules outside the policy: the sandbox's scan and PW020
+        module = policy.canonical_module(node.module)
+        for alias in node.names:
+            if alias.name == "*":
+                continue
+            local = alias.asname or alias.name
+            reach = view.attribute(module, alias.name)
+            line, col = getattr(alias, "lineno", node.lineno), getattr(alias, "col_offset", node.col_offset)
+            if reach.kind == "module":
+                modules.setdefault(local, set()).add(reach.path)
+            elif reach.kind == "refused":
+                shown = f"from {node.module} import {alias.name}"
+                if reach.stub and (local not in loaded or local not in _used_outside(annotations, loaded, used_in)):
+                    out.append(RawFinding("PW024", line, col, (
+                        f"{shown}: {reach.path} is outside the sandbox policy ({reach.why}); the file uses the "
+                        "name in annotations only, if at all, so under pipewarden it binds a refusing stand-in")))
+                else:
+                    out.append(RawFinding("PW023", line, col,
+                                          f"{shown}: {reach.path} is outside the sandbox policy ({reach.why})"))
+    if not modules:
+        return out
+    # ``x = alias.a`` (a module) makes ``x`` an alias too; two rounds cover ``y = x.b``.
+    for _ in range(2):
+        for assign in assigns:
+            targets = [t.id for t in assign.targets if type(t) is ast.Name]
+            if targets and type(assign.value) in (ast.Attribute, ast.Name):
+                for module in _chain_modules(assign.value, modules, view):
+                    for target in targets:
+                        modules.setdefault(target, set()).add(module)
+    seen: set[tuple[int, int, str]] = set()
+
+    def report(node: ast.AST, root: str, parts: list[str], store: bool) -> None:
+        for module in sorted(modules[root]):
+            reach, used = view.chain(module, parts[:-1] if store else parts)
+            if reach.kind == "refused":
+                what = ".".join([root, *parts[:used]])
+                message = f"{what}: {reach.path} is outside the sandbox policy ({reach.why})"
+            elif store and reach.kind == "module" and used == len(parts) - 1:
+                what = ".".join([root, *parts])
+                message = f"{what}: assigns or deletes an attribute of the module {reach.path} (module facades are read-only)"
+            else:
+                continue
+            key = (node.lineno, node.col_offset, message)  # type: ignore[attr-defined]
+            if key not in seen:
+                seen.add(key)
+                out.append(RawFinding("PW023", node.lineno, node.col_offset, message))  # type: ignore[attr-defined]
+
+    for attr in attributes:
+        parts, rooted = _target(attr)
+        if rooted and parts[0] in modules:
+            report(attr, parts[0], parts[1:], type(attr.ctx) is not ast.Load)
+    for call in calls:
+        func = call.func
+        if (type(func) is ast.Name and func.id in _rules.ATTRIBUTE_BUILTINS and len(call.args) >= 2
+                and type(call.args[0]) is ast.Name and call.args[0].id in modules):
+            name_arg = call.args[1]
+            if isinstance(name_arg, ast.Constant) and isinstance(name_arg.value, str):
+                report(call, call.args[0].id, [name_arg.value], func.id in ("setattr", "delattr"))
+    return out
+
+
+def _used_outside(annotations: list[ast.expr], loaded: dict[str, int], cache: list[set[str]]) -> set[str]:
+    """Names with a load outside every annotation: a name read only in annotations is evaluated as a
+    type (or not at all), never called."""
+    if not cache:
+        inside: dict[str, int] = {}
+        for annotation in annotations:
+            for node in ast.walk(annotation):
+                if type(node) is ast.Name:
+                    inside[node.id] = inside.get(node.id, 0) + 1
+        cache.append({name for name, count in loaded.items() if count > inside.get(name, 0)})
+    return cache[0]
+
+
+def _chain_modules(node: ast.expr, modules: dict[str, set[str]], view: PolicyView) -> set[str]:
+    parts, rooted = _target(node)
+    if not rooted or parts[0] not in modules:
+        return set()
+    found = set()
+    for module in modules[parts[0]]:
+        reach, used = view.chain(module, parts[1:])
+        if reach.kind == "module" and used == len(parts) - 1:
+            found.add(reach.path)
+    return found
+
+
+# --- annotations evaluated at load ------------------------------------------------------------------
+
+
+def _future_annotations(tree: ast.Module) -> bool:
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module == "__future__" and any(
+            a.name == "annotations" for a in node.names
+        ):
+            return True
+    return False
+
+
+def _annotation_findings(annotations: list[ast.expr], future: bool) -> list[RawFinding]:
+    """PW047: annotations that ``typing.get_type_hints`` would evaluate as code. diffusers calls it on
+    the pipeline's ``__init__`` while it loads the pipeline (``_get_signature_types``): a string
+    annotation (every annotation under ``from __future__ import annotations``), and each string in a
+    type position of an annotation (a forward reference), must be a plain type expression."""
+    out: list[RawFinding] = []
+    for annotation in annotations:
+        problem = _annotation_problem(annotation, evaluated=future)
+        if problem is not None:
+            out.append(RawFinding("PW047", annotation.lineno, annotation.col_offset, (
+                f"annotation {_short(annotation)} is not a plain type expression ({problem}): "
+                "typing.get_type_hints evaluates it, and diffusers calls that on __init__ while it loads "
+                "the pipeline")))
+    return out
+
+
+def _short(node: ast.expr) -> str:
+    try:
+        text = ast.unparse(node)
+    except Exception:  # noqa: BLE001 - a description only
+        text = type(node).__name__
+    text = " ".join(text.split())
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
+def _annotation_problem(node: ast.expr, *, evaluated: bool) -> str | None:
+    """Why ``node`` is not a plain type expression, or None. ``evaluated``: the expression itself is
+    evaluated by get_type_hints (a string's content, or any annotation under the future import);
+    otherwise Python already ran it as code (other rules see its calls) and only its strings in type
+    positions (forward references) are evaluated later."""
+    kind = type(node)
+    if kind is ast.Constant:
+        value = node.value  # type: ignore[attr-defined]
+        if isinstance(value, str):
+            try:
+                inner = ast.parse(value.strip(), mode="eval").body
+            except (SyntaxError, ValueError):
+                return "a string that is not a Python expression"
+            return _annotation_problem(inner, evaluated=True)
+        return None if value is None or value is Ellipsis or isinstance(value, (int, float, bool, bytes)) else "a constant"
+    if kind is ast.Name:
+        return None
+    if kind is ast.Attribute:
+        base = node
+        while type(base) is ast.Attribute:
+            base = base.value  # type: ignore[attr-defined]
+        return None if type(base) is ast.Name else (f"an attribute of {type(base).__name__}" if evaluated else None)
+    if kind is ast.Subscript:
+        head = _annotation_problem(node.value, evaluated=evaluated)  # type: ignore[attr-defined]
+        if head is not None:
+            return head
+        items = node.slice  # type: ignore[attr-defined]
+        elements = list(items.elts) if type(items) is ast.Tuple else [items]
+        last = node.value.attr if type(node.value) is ast.Attribute else getattr(node.value, "id", "")  # type: ignore[attr-defined]
+        if last == "Literal":  # Literal["a", 1]: values, never evaluated as types
+            bad = [e for e in elements if not _literal_value(e)]
+            return "a Literal of something other than constants" if bad and evaluated else None
+        if last == "Annotated" and elements:  # Annotated[T, meta...]: metadata is not a type
+            meta = [e for e in elements[1:] if type(e) is not ast.Constant]
+            elements = elements[:1] + meta
+        for element in elements:
+            if type(element) is ast.List:  # Callable[[int], str]
+                for item in element.elts:
+                    problem = _annotation_problem(item, evaluated=evaluated)
+                    if problem is not None:
+                        return problem
+                continue
+            problem = _annotation_problem(element, evaluated=evaluated)
+            if problem is not None:
+                return problem
+        return None
+    if kind is ast.BinOp and type(node.op) is ast.BitOr:  # type: ignore[attr-defined]
+        return _annotation_problem(node.left, evaluated=evaluated) or _annotation_problem(node.right, evaluated=evaluated)  # type: ignore[attr-defined]
+    if kind is ast.Tuple or kind is ast.List:  # tuple[()] and lists of types evaluate no code
+        for item in node.elts:  # type: ignore[attr-defined]
+            problem = _annotation_problem(item, evaluated=evaluated)
+            if problem is not None:
+                return problem
+        return None
+    if kind is ast.Starred:  # *Ts (TypeVarTuple)
+        return _annotation_problem(node.value, evaluated=evaluated)  # type: ignore[attr-defined]
+    if not evaluated:
+        return None  # ordinary code Python already ran; the call rules see inside it
+    return f"a {kind.__name__} expression"
+
+
+def _literal_value(node: ast.expr) -> bool:
+    if type(node) is ast.Constant:
+        return True
+    if type(node) is ast.UnaryOp and type(node.op) in (ast.USub, ast.UAdd):  # type: ignore[attr-defined]
+        return type(node.operand) is ast.Constant  # type: ignore[attr-defined]
+    return type(node) in (ast.Name, ast.Attribute) and _annotation_problem(node, evaluated=True) is None  # enum members

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -51,14 +52,43 @@ def summary_line(report: AuditReport) -> str:
     )
 
 
+def text_safe(text: str) -> str:
+    """``text`` (a file name, a message: untrusted) as one inert line: control characters (C0, DEL,
+    C1), line and paragraph separators and format characters (bidi overrides) become ``\\xNN`` /
+    ``\\uNNNN`` escapes, and the backslash itself is escaped so an escape cannot be forged."""
+    if text.isascii() and text.isprintable() and "\\" not in text:
+        return text
+    out = []
+    for ch in text:
+        code = ord(ch)
+        if ch == "\\":
+            out.append("\\\\")
+        elif code < 0x20 or 0x7F <= code < 0xA0:
+            out.append(f"\\x{code:02x}")
+        elif code > 0x7F and unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def _text_path(path: str) -> str:
+    """A display path for a line start: escaped, and never beginning with ``::`` (a CI log would
+    read ``::notice::...`` at the start of a line as a workflow command)."""
+    safe = text_safe(path)
+    return "./" + safe if safe.startswith(":") or safe[:1].isspace() else safe
+
+
 def render_text(report: AuditReport) -> str:
-    """``path:line:column: RULE severity: message`` per finding, then one summary line."""
+    """``path:line:column: RULE severity: message`` per finding, then one summary line. Paths and
+    messages are escaped (:func:`text_safe`): a file name cannot add or rewrite lines."""
     lines = []
     for file in report.files:
+        path = _text_path(file.path)
         for f in file.findings:
-            lines.append(f"{file.path}:{f.line}:{f.column}: {f.rule} {f.severity}: {f.message}")
+            lines.append(f"{path}:{f.line}:{f.column}: {f.rule} {f.severity}: {text_safe(f.message)}")
         if file.dynamic is not None:
-            lines.append(f"{file.path}: run: {_run_text(file.dynamic)}")
+            lines.append(f"{path}: run: {text_safe(_run_text(file.dynamic))}")
     lines.append(summary_line(report))
     return "\n".join(lines) + "\n"
 

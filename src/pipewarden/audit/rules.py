@@ -76,6 +76,19 @@ RULES: tuple[Rule, ...] = (
          "sits under an if, in a function, or in a try whose except catches ImportError), so loading "
          "succeeds and the code fails only if that path runs. Typical: optional accelerators "
          "(torch_xla, xformers). Remove it, or have your organisation allowlist the module."),
+    Rule("PW023", "name-outside-policy", "error",
+         "Name taken from a module that the sandbox policy does not expose (import or attribute)",
+         "Sandboxed pipelines reach a module only through its facade, which answers only the names the "
+         "sandbox policy lists (sandbox/policy/default.toml and the generated name lists): `from M import "
+         "name`, `alias.name.attr` (np.lib.npyio.DataSource, torch.utils.collect_env.run) and "
+         "getattr(alias, \"name\") are checked against the same policy. Under plain diffusers the name is "
+         "whatever the library holds (file, process and network helpers included). Use a listed name, or "
+         "have your organisation add the module's name to its allowlist (extra_modules)."),
+    Rule("PW024", "unused-name-outside-policy", "warning",
+         "Imported name outside the sandbox policy that the file never uses",
+         "`from M import name` where M is allowed but the policy does not expose the name; M's rule binds "
+         "a refusing stand-in instead, and the file never refers to the name, so nothing runs. Remove the "
+         "import (any use of the name is PW023, an error)."),
     Rule("PW030", "dunder-access", "warning",
          "Access to a dunder attribute or namespace introspection",
          "Attributes such as __class__ or __dict__ and vars() are the first step of most Python sandbox "
@@ -117,6 +130,12 @@ RULES: tuple[Rule, ...] = (
          "A pipeline that loads another custom pipeline or remote code (custom_pipeline=..., "
          "trust_remote_code=True, get_class_from_dynamic_module) runs code that was never reviewed or "
          "pinned. Load the code you need through pipewarden itself, with its own pin."),
+    Rule("PW047", "annotation-code", "error",
+         "Annotation evaluated at load that is not a plain type expression",
+         "diffusers calls typing.get_type_hints on the pipeline's __init__ while it loads the pipeline, "
+         "which evaluates string annotations (all annotations under `from __future__ import annotations`, "
+         "and strings inside annotations such as Optional[\"X\"]) as code. An annotation must be a plain "
+         "type expression: names, dotted names, subscripts, `|`, None and constants. Write the type, not code."),
     Rule("PW050", "restricted-compile", "error",
          "File would not compile under the sandbox's restricted policy",
          "The sandbox compiles pipelines with a RestrictedPython transformer; the reported construct is "
@@ -170,6 +189,8 @@ RULES_BY_ID: Mapping[str, Rule] = MappingProxyType({r.id: r for r in RULES})
 # Conditions (evaluated in sandbox/audit.py):
 #   "no_weights_only"  -> matches unless weights_only=True is passed as a literal
 #   "allow_pickle"     -> matches when allow_pickle is passed and is not the literal False
+# A condition the call's ``*args``/``**mapping`` could decide (not a literal dict the audit can
+# read) counts as the unsafe case: fail closed.
 #   "unpinned"         -> matches unless revision="<40 hex>" is passed as a literal
 
 @dataclass(frozen=True)
@@ -224,6 +245,7 @@ EXACT_CALLS: Mapping[str, tuple[CallPattern, ...]] = MappingProxyType({
     "builtins.compile": (CallPattern("PW045", "compile() builds code at run time"),),
     "builtins.__import__": (CallPattern("PW045", "__import__() imports a module chosen at run time"),),
     "builtins.breakpoint": (CallPattern("PW045", "breakpoint() starts a debugger"),),
+    "builtins.help": (CallPattern("PW045", "help() imports modules named by a string (pydoc)"),),
     "builtins.input": (CallPattern("PW042", "input() reads from the terminal"),),
     "builtins.globals": (CallPattern("PW031", "globals() exposes the module namespace and its builtins"),),
     "builtins.vars": (CallPattern("PW030", "vars() exposes an object's __dict__"),),

@@ -115,6 +115,15 @@ class AuditOptions:
             self._policy_cache.append(policy)
         return self._policy_cache[0]
 
+    def view(self) -> Any:
+        """The static view of :meth:`policy`'s module facades (``audit.reach.PolicyView``), made once."""
+        policy = self.policy()
+        if len(self._policy_cache) < 2:
+            from pipewarden.audit.reach import PolicyView
+
+            self._policy_cache.append(PolicyView(policy))
+        return self._policy_cache[1]
+
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
         state["_policy_cache"] = []
@@ -279,9 +288,9 @@ def _audit_bytes(raw: bytes, path: str, digest: str, options: AuditOptions) -> F
     policy = options.policy()
 
     # 3. The audit's own call/attribute rules, parametrised by the policy's reviewed dunder idioms
-    #    and builtins.
+    #    and builtins, and the names the policy's module facades expose (PW023/PW024).
     provided = policy.builtin_names | policy.readable_dunder_names
-    for raw_finding in check_tree(tree, policy.allowed_dunder_attrs, provided):
+    for raw_finding in check_tree(tree, policy.allowed_dunder_attrs, provided, options.view()):
         findings.append(_convert(raw_finding, columns))
 
     # 4. Class detection and imports: the sandbox's scanner and policy.
