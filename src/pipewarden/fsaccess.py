@@ -6,9 +6,10 @@ path into bytes, a directory listing, a written file or a removed file, and it k
 
 * **Within a root.** A path inside a directory (weights dir, HF cache, code dir) is resolved
   component by component from a directory descriptor. A symlink is followed only when the caller
-  allows links *and* the link stays inside the boundary (e.g. the HF cache's
-  ``snapshots/<commit>/x -> ../../blobs/<sha>``); a link that leaves it, dangles or loops is
-  refused with a clean error. The file is then opened with ``O_NOFOLLOW`` on every component
+  allows links *and* the link stays inside the root; a link that leaves it, dangles or loops is
+  refused with a clean error. The one exception is the HF cache layout, and then only the exact
+  hops huggingface_hub makes (``snapshots/<commit>/x -> ../../blobs/<etag>``, and a blob into
+  the cache-wide Xet store), never "anywhere in the folder that looks like a cache". The file is then opened with ``O_NOFOLLOW`` on every component
   (``openat``), so a link swapped in after the check is refused, never followed.
 * **Never block.** Every open uses ``O_NONBLOCK`` and checks ``S_ISREG`` on the descriptor before
   reading: a FIFO, socket or device named as an allowlist, key, lock file or weight is refused.
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
 import tempfile
 from collections.abc import Callable, Iterator
@@ -89,6 +91,14 @@ def _link_error(shown: str, boundary: str | os.PathLike[str], why: str) -> Input
     )
 
 
+def _cache_link_error(shown: str, why: str) -> InputError:
+    return InputError(
+        f"{shown} {why}: in an HF cache snapshot, links may lead only to the repo's own blobs/",
+        rule=_LINK_RULE,
+        fix="replace the link with the file it points to, or download the snapshot again with huggingface_hub",
+    )
+
+
 def _not_regular(shown: str) -> InputError:
     return InputError(
         f"{shown} is not a regular file",
@@ -145,8 +155,18 @@ def _relative_parts(boundary: Path, root: Path) -> list[str]:
     return _split(rel)
 
 
-def _resolve_parts(bfd: int, boundary: Path, parts: list[str], *, links: bool, shown: str) -> list[str]:
-    """Resolve ``parts`` from the boundary's descriptor: the link-free components inside it."""
+def _resolve_parts(
+    bfd: int, boundary: Path, parts: list[str], *, links: bool, shown: str, root_len: int = 0
+) -> list[str]:
+    """Resolve ``parts`` from the boundary's descriptor: the link-free components inside it.
+
+    ``root_len``: the first ``root_len`` parts name the root the caller reads from, below the
+    boundary. That is only ever an HF cache snapshot, and its links follow the cache layout
+    (:func:`_resolve_snapshot`), not the boundary: the boundary is where the descriptors start,
+    never a widening of what a link may reach.
+    """
+    if root_len:
+        return _resolve_snapshot(bfd, boundary, parts[:root_len], parts[root_len:], links=links, shown=shown)
     real_boundary: str | None = None
     out: list[str] = []
     todo = list(reversed(parts))
@@ -193,6 +213,144 @@ def _resolve_parts(bfd: int, boundary: Path, parts: list[str], *, links: bool, s
     return out
 
 
+# The HF cache layout (huggingface_hub's file_download / utils/_shared_blobs):
+#   <cache>/<type>s--<owner>--<name>/snapshots/<commit>/<relpath>  ->  ../../(../)*blobs/<etag>
+#   <cache>/<type>s--<owner>--<name>/blobs/<etag>                 ->  ../../blobs/<xx>/<xet hash>
+# (the second hop only for Xet files in the cache-wide shared store; <xx> = the hash's first two
+# hex digits). Nothing else in a snapshot is a link: its folders are real folders.
+_REPO_FOLDER = re.compile(r"(?:models|datasets|spaces)--.+")
+_XET_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+def _snapshot_storage(root_parts: list[str]) -> list[str] | None:
+    """The storage folder (relative to the boundary) of a snapshot root: ``<repo>/snapshots/<c>``
+    below the cache folder, or ``snapshots/<c>`` below the storage folder itself."""
+    if len(root_parts) == 3 and root_parts[1] == "snapshots" and _REPO_FOLDER.fullmatch(root_parts[0]):
+        return root_parts[:1]
+    if len(root_parts) == 2 and root_parts[0] == "snapshots":
+        return []
+    return None
+
+
+def _lstat_in(bfd: int, parts: list[str], shown: str, boundary: Path) -> os.stat_result:
+    try:
+        return os.stat("/".join(parts) or ".", dir_fd=bfd, follow_symlinks=False)
+    except FileNotFoundError:
+        raise _missing(shown, boundary) from None
+    except NotADirectoryError:
+        raise InputError(f"{shown}: a component of the path is not a directory", rule="file.unreadable") from None
+    except OSError as exc:
+        raise InputError(f"cannot read {shown}: {exc.strerror}", rule="file.unreadable") from None
+
+
+def _real_folders(bfd: int, parts: list[str], shown: str, boundary: Path) -> None:
+    """Every prefix of ``parts`` is a real folder below the boundary (no link, nothing else)."""
+    for i in range(1, len(parts) + 1):
+        st = _lstat_in(bfd, parts[:i], shown, boundary)
+        if stat.S_ISLNK(st.st_mode):
+            raise _cache_link_error(shown, f"lies below a symlinked folder ({'/'.join(parts[:i])})")
+        if not stat.S_ISDIR(st.st_mode):
+            raise InputError(f"{shown}: a component of the path is not a directory", rule="file.unreadable")
+
+
+def _link_parts(bfd: int, at: list[str], boundary: Path, shown: str) -> list[str] | None:
+    """Where the link ``at`` (parts below the boundary) points, as parts below the boundary, or None.
+
+    A relative target may only climb (``..``) before it names anything: ``../../blobs/x`` is the
+    cache's own spelling, ``x/../y`` is not (``..`` after a name would be resolved lexically
+    here but physically by the kernel, through whatever ``x`` is). An absolute target must name
+    the boundary (as given or fully resolved) and is read the same way below it.
+    """
+    try:
+        target = os.readlink("/".join(at), dir_fd=bfd)
+    except OSError as exc:  # pragma: no cover - raced away
+        raise InputError(f"cannot read link {shown}: {exc.strerror}", rule="file.unreadable") from None
+    if "\x00" in target or not target:
+        return None
+    if target.startswith("/"):
+        norm = os.path.normpath(target)
+        for base in dict.fromkeys((os.path.abspath(boundary), os.path.realpath(boundary))):
+            prefix = base.rstrip("/") + "/"
+            if norm.startswith(prefix):
+                return [p for p in norm[len(prefix):].split("/") if p not in ("", ".")]
+        return None
+    out = at[:-1]
+    named = False
+    for comp in target.split("/"):
+        if comp in ("", "."):
+            continue
+        if comp == "..":
+            if named or not out:
+                return None
+            out = out[:-1]
+            continue
+        named = True
+        out = [*out, comp]
+    return out
+
+
+def _resolve_snapshot(
+    bfd: int, boundary: Path, root_parts: list[str], rel_parts: list[str], *, links: bool, shown: str
+) -> list[str]:
+    """Resolve ``rel_parts`` inside an HF cache snapshot ``root_parts`` (below the boundary).
+
+    The snapshot's folders, and the folders down to it, must be real folders. A file may be a
+    link, and then it must lead to this repo's own ``blobs/<name>``; that blob may in turn be a
+    link only into the cache-wide shared store (``<cache>/blobs/<xx>/<64 hex>``, and only when
+    the boundary is the cache folder above the repo). Any other link -- to a sibling repo, the
+    cache folder, another snapshot, a folder, anything outside -- is refused, whatever the
+    folders are named: the names are chosen by whoever shipped the folder.
+    """
+    storage = _snapshot_storage(root_parts)
+    if storage is None:
+        raise _cache_link_error(shown, "is not inside a cache snapshot folder")
+    _real_folders(bfd, root_parts, shown, boundary)
+    rel = [p for p in rel_parts if p not in ("", ".")]
+    out = list(root_parts)
+    for i, comp in enumerate(rel):
+        if comp == "..":
+            if len(out) <= len(root_parts):
+                raise _cache_link_error(shown, "leads above its directory")
+            out.pop()
+            continue
+        cur = [*out, comp]
+        st = _lstat_in(bfd, cur, shown, boundary)
+        if not stat.S_ISLNK(st.st_mode):
+            out = cur
+            continue
+        if not links:
+            raise _cache_link_error(shown, "is a symlink")
+        if i != len(rel) - 1:
+            raise _cache_link_error(shown, f"lies below a symlinked folder ({'/'.join(rel[: i + 1])})")
+        return _snapshot_blob(bfd, boundary, storage, cur, shown)
+    return out
+
+
+def _snapshot_blob(bfd: int, boundary: Path, storage: list[str], link: list[str], shown: str) -> list[str]:
+    """The link-free blob a snapshot entry ``link`` leads to (see :func:`_resolve_snapshot`)."""
+    blobs = [*storage, "blobs"]
+    blob = _link_parts(bfd, link, boundary, shown)
+    if blob is None or len(blob) != len(blobs) + 1 or blob[:-1] != blobs or blob[-1] == "..":
+        raise _cache_link_error(shown, "is a symlink that does not lead to its repo's blobs/ folder")
+    _real_folders(bfd, blobs, shown, boundary)
+    st = _lstat_in(bfd, blob, shown, boundary)
+    if not stat.S_ISLNK(st.st_mode):
+        return blob
+    store = _link_parts(bfd, blob, boundary, shown) if storage else None
+    if (
+        store is None
+        or len(store) != 3
+        or store[0] != "blobs"
+        or _XET_HASH.fullmatch(store[2]) is None
+        or store[1] != store[2][:2]
+    ):
+        raise _cache_link_error(shown, "leads to a blob that is a symlink out of the cache's shared blob store")
+    _real_folders(bfd, store[:2], shown, boundary)
+    if stat.S_ISLNK(_lstat_in(bfd, store, shown, boundary).st_mode):
+        raise _cache_link_error(shown, "leads to a shared store blob that is itself a symlink")
+    return store
+
+
 def resolve_in(
     boundary: str | os.PathLike[str], relpath: str, *, root: str | os.PathLike[str] | None = None, links: bool = True
 ) -> str:
@@ -200,7 +358,9 @@ def resolve_in(
     b = Path(boundary)
     parts = _relative_parts(b, Path(root)) if root is not None else []
     with _dir_fd(b) as bfd:
-        return "/".join(_resolve_parts(bfd, b, parts + _split(relpath), links=links, shown=relpath))
+        return "/".join(
+            _resolve_parts(bfd, b, parts + _split(relpath), links=links, shown=relpath, root_len=len(parts))
+        )
 
 
 @contextmanager
@@ -283,7 +443,7 @@ def open_fd_in(
     b = Path(boundary)
     parts = _relative_parts(b, Path(root)) if root is not None else []
     with _dir_fd(b) as bfd:
-        resolved = _resolve_parts(bfd, b, parts + _split(relpath), links=links, shown=relpath)
+        resolved = _resolve_parts(bfd, b, parts + _split(relpath), links=links, shown=relpath, root_len=len(parts))
         if not resolved:
             raise _not_regular(relpath)
         return _open_parts(bfd, resolved, shown=relpath, where=root if root is not None else b)
@@ -449,7 +609,9 @@ def walk(
                             rule="file.link-outside",
                             fix="replace the link with the file it points to",
                         )
-                    real = _resolve_parts(bfd, b, [*base_parts, *rel.split("/")], links=True, shown=f"{base}/{rel}")
+                    real = _resolve_parts(
+                        bfd, b, [*base_parts, *rel.split("/")], links=True, shown=f"{base}/{rel}", root_len=len(base_parts)
+                    )
                     try:
                         rst = os.stat("/".join(real), dir_fd=bfd, follow_symlinks=False)
                     except OSError as exc:  # pragma: no cover - raced away
@@ -485,16 +647,21 @@ def hash_in(boundary: str | os.PathLike[str], real: str) -> str:
 
 
 def hf_cache_boundary(path: str | os.PathLike[str]) -> Path | None:
-    """The HF cache folder when ``path`` is a snapshot folder ``<cache>/<repo>/snapshots/<commit>``.
+    """The folder reads of ``path`` start from when it is laid out like an HF cache snapshot.
 
-    Its entries are links into ``<cache>/<repo>/blobs`` (and, for Xet files, the cache-wide
-    ``<cache>/blobs``), so reads may follow links that stay inside the cache folder.
+    For ``<cache>/<repo>/snapshots/<commit>`` (``<repo>`` = ``models--owner--name`` and the like,
+    next to a real ``blobs/`` folder) that is ``<cache>``; for ``<storage>/snapshots/<commit>``
+    under any other name, ``<storage>``. The layout is only a *shape*, chosen by whoever made the
+    folder, so it widens nothing by itself: with a root below the boundary, the readers here
+    (:func:`open_in`, :func:`resolve_in`, :func:`walk`) follow a snapshot entry's link only to
+    that repo's own ``blobs/<name>``, and a blob's link only into the cache-wide shared store
+    ``<cache>/blobs/<xx>/<64 hex>`` (huggingface_hub's Xet store), see :func:`_resolve_snapshot`.
     """
     p = Path(os.path.abspath(path))
     storage = p.parent.parent
     if p.parent.name != "snapshots" or not os.path.isdir(storage / "blobs") or os.path.islink(storage / "blobs"):
         return None
-    if storage.name.startswith(("models--", "datasets--", "spaces--")):
+    if _REPO_FOLDER.fullmatch(storage.name):
         return storage.parent
     return storage
 

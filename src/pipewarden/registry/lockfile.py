@@ -315,17 +315,18 @@ def entry_for_local_code(path: str | os.PathLike[str]) -> LockEntry:
 
 
 def entry_for_local_weights(path: str | os.PathLike[str]) -> LockEntry:
-    """Lock entry for a local weights directory: sha256 of every file the loader considers."""
-    from pipewarden.loader.digests import sha256_file
+    """Lock entry for a local weights directory: sha256 of every file the loader considers.
+
+    Each file is hashed as the loader reads it (``fsaccess.open_in`` from the snapshot's link
+    boundary: links only where the loader follows them, never a FIFO), not through ``open()``.
+    """
+    from pipewarden import fsaccess
+    from pipewarden.loader.digests import sha256_stream
     from pipewarden.loader.local import resolve_local_weights
 
     snap = resolve_local_weights(path)
     files = {}
     for rel in snap.files:
-        try:
-            files[rel] = sha256_file(snap.path(rel))
-        except OSError as exc:
-            raise InputError(
-                f"cannot read {snap.path(rel)}: {exc.strerror}", rule="file.unreadable"
-            ) from None
+        with fsaccess.open_in(snap.link_boundary, rel, root=snap.root) as fh:
+            files[rel] = sha256_stream(fh)
     return LockEntry(source=snap.source, role="weights", files=files, commit=snap.commit)
