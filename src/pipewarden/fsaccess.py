@@ -750,38 +750,135 @@ def write_through(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o64
     return target
 
 
+def _dir_key(fd: int) -> tuple[int, int]:
+    st = os.fstat(fd)
+    return (st.st_dev, st.st_ino)
+
+
+def _cwd_chain() -> tuple[tuple[int, int] | None, frozenset[tuple[int, int]]]:
+    """(device, inode) of the current directory, and of every folder strictly above it (empty if
+    the current directory cannot be read: then no link is followed at all)."""
+    flags = (_O_PATH or os.O_RDONLY) | _O_DIRECTORY | _O_CLOEXEC
+    out: set[tuple[int, int]] = set()
+    try:
+        fd = os.open(".", flags)
+    except OSError:
+        return None, frozenset()
+    try:
+        here = prev = _dir_key(fd)
+        for _ in range(4096):
+            up = os.open("..", flags, dir_fd=fd)
+            os.close(fd)
+            fd = up
+            key = _dir_key(fd)
+            if key == prev:  # "/": its ".." is itself
+                break
+            out.add(key)
+            prev = key
+    except OSError:
+        return None, frozenset()
+    finally:
+        os.close(fd)
+    return here, frozenset(out)
+
+
+def _output_folder(path: str, shown: str) -> tuple[int, str]:
+    """A descriptor of the folder a report named ``path`` goes into (caller closes it), and the name.
+
+    The rule, the same for every spelling of the path (relative, absolute, ``$PWD/...``, with
+    ``..``): a symlinked folder is followed only on the way *down to* the current directory,
+    i.e. a link in a folder above the current directory that leads to the current directory or
+    another folder above it (``/home -> /usr/home`` when you work under ``/usr/home/you``). Every
+    other folder on the path must be a real folder: the current directory and everything below it
+    (the tree under audit, which whoever wrote it controls) and every folder off the way to it.
+    Each folder is opened from its parent's descriptor, so a link swapped in meanwhile is refused.
+    """
+    if "\x00" in path:
+        raise InputError(f"{shown!r} holds a NUL byte", rule="cli.output-unwritable", fix="choose another output path")
+    comps = path.split("/")
+    name = comps[-1]
+    if name in ("", ".", ".."):
+        raise InputError(
+            f"{shown} names a folder, not a file", rule="cli.output-unwritable", fix="add a file name to the path"
+        )
+    here, above = _cwd_chain()
+    pass_flags = (_O_PATH or os.O_RDONLY) | _O_DIRECTORY | _O_CLOEXEC
+    try:
+        fd = os.open("/" if path.startswith("/") else ".", pass_flags)
+    except OSError as exc:
+        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="file.unwritable") from None
+    walked: list[str] = ["/"] if path.startswith("/") else []
+    try:
+        for comp in comps[:-1]:
+            if comp in ("", "."):
+                continue
+            walked.append(comp)
+            folder = os.path.join(*walked)
+            try:
+                st = os.stat(comp, dir_fd=fd, follow_symlinks=False)
+                if stat.S_ISLNK(st.st_mode):
+                    if _dir_key(fd) not in above:
+                        raise _output_link(shown, folder)
+                    nxt = os.open(comp, pass_flags, dir_fd=fd)  # follows the link: checked next
+                    if here is None or (_dir_key(nxt) not in above and _dir_key(nxt) != here):
+                        os.close(nxt)
+                        raise _output_link(shown, folder)
+                else:
+                    nxt = os.open(comp, pass_flags | _O_NOFOLLOW, dir_fd=fd)
+                    if not stat.S_ISDIR(os.fstat(nxt).st_mode):  # pragma: no cover - O_DIRECTORY
+                        os.close(nxt)
+                        raise InputError(f"cannot write {shown}: {folder} is not a folder", rule="file.unwritable")
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.EMLINK):
+                    raise _output_link(shown, folder) from None
+                raise InputError(f"cannot write {shown}: {folder}: {exc.strerror}", rule="file.unwritable") from None
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, name
+
+
+def _output_link(shown: str, folder: str) -> InputError:
+    return InputError(
+        f"{shown}: the folder {folder} is a symlink (to {os.path.realpath(folder)})",
+        rule="cli.output-unwritable",
+        fix="choose an output path whose folders below the current directory are real folders, "
+        "or a path outside the tree under audit",
+    )
+
+
 def write_new_or_regular(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:
     """Write a report (e.g. ``audit --output``) to a path inside a possibly hostile tree.
 
-    The file is created, or an existing *regular* file is overwritten; a symlink (final component,
-    or any folder of a relative path) is refused, never followed, and a FIFO never blocks.
+    The file is created, or an existing *regular* file is overwritten; a symlink is refused, never
+    followed, and a FIFO never blocks. Folders: the same rule for a relative and an absolute
+    spelling of the same place (:func:`_output_folder`): no symlinked folder in or below the
+    current directory, nor anywhere off the way down to it.
     """
     shown = os.fspath(path)
-    p = Path(path)
-    if not p.is_absolute():
-        parts = [c for c in p.parts[:-1] if c not in ("", ".")]
-        cur = Path(".")
-        for comp in parts:
-            cur = cur / comp
-            if os.path.islink(cur):
-                raise InputError(
-                    f"{shown}: the folder {cur} is a symlink",
-                    rule="cli.output-unwritable",
-                    fix="write the report to a path without symlinks",
-                )
+    dfd, name = _output_folder(shown, shown)
     flags = os.O_WRONLY | os.O_CREAT | _O_NOFOLLOW | _O_NONBLOCK | _O_CLOEXEC
     try:
-        fd = os.open(path, flags, mode)
-    except OSError as exc:
-        if exc.errno in (errno.ELOOP, errno.EMLINK) or os.path.islink(path):
-            raise InputError(
-                f"{shown} is a symlink",
-                rule="cli.output-unwritable",
-                fix="remove the link or choose another output path",
-            ) from None
-        if exc.errno == errno.ENXIO:
-            raise _not_regular(shown) from None
-        raise InputError(f"cannot write {shown}: {exc.strerror}", rule="file.unwritable") from None
+        try:
+            fd = os.open(name, flags, mode, dir_fd=dfd)
+        except OSError as exc:
+            try:
+                is_link = stat.S_ISLNK(os.stat(name, dir_fd=dfd, follow_symlinks=False).st_mode)
+            except OSError:
+                is_link = False
+            if exc.errno in (errno.ELOOP, errno.EMLINK) or is_link:
+                raise InputError(
+                    f"{shown} is a symlink",
+                    rule="cli.output-unwritable",
+                    fix="remove the link or choose another output path",
+                ) from None
+            if exc.errno == errno.ENXIO:
+                raise _not_regular(shown) from None
+            raise InputError(f"cannot write {shown}: {exc.strerror}", rule="file.unwritable") from None
+    finally:
+        os.close(dfd)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise _not_regular(shown)
