@@ -255,3 +255,28 @@ def test_text_report_escapes_file_names(name):
     import json
 
     assert json.loads(render_json(AuditReport((report,), "1")))["files"][0]["path"] == name  # JSON keeps it
+
+
+# A module facade used as a value: what is reached through it later cannot be checked (fail closed).
+MODULE_VALUE_DOORS = [
+    'import torch\ndef f():\n    return vars(torch)["utils"].collect_env.run("id")',
+    'import torch\nclass Helper:\n    utils = torch.utils\n    def f(self):\n        return self.utils.collect_env.run("id")',
+    'import torch\ndef f(t=torch):\n    return t.utils.collect_env.run("id")',
+    'import torch\nMODS = [torch]\ndef f():\n    return MODS[0].utils.collect_env.run("id")',
+    'import torch\ndef f():\n    return getattr(torch, "ut" + "ils").collect_env.run("id")',
+]
+
+
+@pytest.mark.parametrize("body", MODULE_VALUE_DOORS, ids=range(len(MODULE_VALUE_DOORS)))
+def test_modules_used_as_values_are_errors(body):
+    found = findings(module(body))
+    assert any(rule == "PW032" and severity == "error" for rule, severity, _ in found), found
+
+
+@pytest.mark.parametrize("body", [
+    "from PIL import Image\ndef f(x):\n    return type(x) is Image",
+    'import torch.nn.functional as F\nHAS_SDPA = hasattr(F, "scaled_dot_product_attention")',
+    "import torch\nT = torch.nn\nclass M(T.Module):\n    pass",
+])
+def test_modules_compared_or_aliased_are_not_values(body):
+    assert "PW032" not in {rule for rule, _, _ in findings(module(body))}

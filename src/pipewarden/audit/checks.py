@@ -70,6 +70,9 @@ def check_tree(
     loaded: dict[str, int] = {}
     annotations: list[ast.expr] = []
     assigns: list[ast.Assign] = []
+    compares: list[ast.Compare] = []
+    classes: list[ast.ClassDef] = []
+    all_names: list[ast.Name] = []
     load = ast.Load
     name_type, constant_type = ast.Name, ast.Constant
     builtin_names = _BUILTIN_NAMES
@@ -87,6 +90,7 @@ def check_tree(
                 bound.add(ident)
             else:
                 loaded[ident] = loaded.get(ident, 0) + 1
+                all_names.append(node)  # type: ignore[arg-type]
                 if ident in builtin_names:
                     builtin_uses.append(node)  # type: ignore[arg-type]
             if ident[:2] == "__":
@@ -115,12 +119,16 @@ def check_tree(
                 annotations.append(node.annotation)  # type: ignore[attr-defined]
         elif kind in _DEFINITIONS:
             bound.add(node.name)  # type: ignore[attr-defined]
-            if kind is not ast.ClassDef and node.returns is not None:  # type: ignore[attr-defined]
+            if kind is ast.ClassDef:
+                classes.append(node)  # type: ignore[arg-type]
+            elif node.returns is not None:  # type: ignore[attr-defined]
                 annotations.append(node.returns)  # type: ignore[attr-defined]
         elif kind is ast.AnnAssign:
             annotations.append(node.annotation)  # type: ignore[attr-defined]
         elif kind is ast.Assign:
             assigns.append(node)  # type: ignore[arg-type]
+        elif kind is ast.Compare:
+            compares.append(node)  # type: ignore[arg-type]
         elif kind is ast.ExceptHandler or kind is ast.MatchAs or kind is ast.MatchStar:
             if node.name:  # type: ignore[attr-defined]
                 bound.add(node.name)  # type: ignore[attr-defined]
@@ -168,7 +176,8 @@ def check_tree(
     if any(use.id in _BUILTIN_VALUE_RULES for use in builtin_uses):
         out.extend(_builtin_value_findings(tree, calls))
     if view is not None:
-        out.extend(_reach_findings(imports, attributes, calls, assigns, loaded, annotations, view))
+        out.extend(_reach_findings(imports, attributes, calls, assigns, loaded, annotations, view,
+                                   compares=compares, classes=classes, names=all_names))
     if annotations:
         out.extend(_annotation_findings(annotations, _future_annotations(tree)))
     out.sort(key=lambda f: (f.lineno, f.col_offset, f.rule, f.message))
@@ -557,6 +566,10 @@ def _reach_findings(
     loaded: dict[str, int],
     annotations: list[ast.expr],
     view: PolicyView,
+    *,
+    compares: list[ast.Compare] = (),  # type: ignore[assignment]
+    classes: list[ast.ClassDef] = (),  # type: ignore[assignment]
+    names: list[ast.Name] = (),  # type: ignore[assignment]
 ) -> list[RawFinding]:
     """PW023/PW024: names taken from allowed modules (``from M import n``, ``alias.a.b``,
     ``getattr(alias, "a")``, ``x = alias.a`` then ``x.b``) that the policy's facades refuse."""
@@ -587,17 +600,23 @@ def _reach_findings(
                 if reach.stub and (local not in loaded or local not in _used_outside(annotations, loaded, used_in)):
                     out.append(RawFinding("PW024", line, col, (
                         f"{shown}: {reach.path} is outside the sandbox policy ({reach.why}); the file uses the "
-                        "name in annotations only, if at all, so under pipewarden it binds a refusing stand-in")))
+                        "name in annotations only, if at all (under pipewarden it binds a refusing stand-in)")))
                 else:
                     out.append(RawFinding("PW023", line, col,
-                                          f"{shown}: {reach.path} is outside the sandbox policy ({reach.why})"))
+                                          f"{shown}: {reach.path} is outside the sandbox policy: {reach.why}"))
     if not modules:
         return out
-    # ``x = alias.a`` (a module) makes ``x`` an alias too; two rounds cover ``y = x.b``.
+    # ``x = alias.a`` (a module) makes ``x`` an alias too; two rounds cover ``y = x.b``. Not in a
+    # class body: there the name becomes a class attribute, read as ``self.x`` (a module value).
+    in_class = {id(stmt) for cls in classes for stmt in cls.body}
+    aliasing: set[int] = set()
     for _ in range(2):
         for assign in assigns:
+            if id(assign) in in_class or not all(type(t) is ast.Name for t in assign.targets):
+                continue
             targets = [t.id for t in assign.targets if type(t) is ast.Name]
             if targets and type(assign.value) in (ast.Attribute, ast.Name):
+                aliasing.add(id(assign.value))
                 for module in _chain_modules(assign.value, modules, view):
                     for target in targets:
                         modules.setdefault(target, set()).add(module)
@@ -608,10 +627,11 @@ def _reach_findings(
             reach, used = view.chain(module, parts[:-1] if store else parts)
             if reach.kind == "refused":
                 what = ".".join([root, *parts[:used]])
-                message = f"{what}: {reach.path} is outside the sandbox policy ({reach.why})"
+                shown = what if what == reach.path else f"{what} ({reach.path})"
+                message = f"{shown} is outside the sandbox policy: {reach.why}"
             elif store and reach.kind == "module" and used == len(parts) - 1:
                 what = ".".join([root, *parts])
-                message = f"{what}: assigns or deletes an attribute of the module {reach.path} (module facades are read-only)"
+                message = f"{what} = ...: writes an attribute of the module {reach.path} (module facades are read-only)"
             else:
                 continue
             key = (node.lineno, node.col_offset, message)  # type: ignore[attr-defined]
@@ -623,13 +643,52 @@ def _reach_findings(
         parts, rooted = _target(attr)
         if rooted and parts[0] in modules:
             report(attr, parts[0], parts[1:], type(attr.ctx) is not ast.Load)
+    followed = {id(a.value) for a in attributes} | aliasing  # a module as the prefix of a name, or aliased
     for call in calls:
         func = call.func
-        if (type(func) is ast.Name and func.id in _rules.ATTRIBUTE_BUILTINS and len(call.args) >= 2
-                and type(call.args[0]) is ast.Name and call.args[0].id in modules):
-            name_arg = call.args[1]
-            if isinstance(name_arg, ast.Constant) and isinstance(name_arg.value, str):
-                report(call, call.args[0].id, [name_arg.value], func.id in ("setattr", "delattr"))
+        if type(func) is ast.Name and func.id in _rules.ATTRIBUTE_BUILTINS and call.args:
+            followed.add(id(call.args[0]))  # a literal name is checked here, a computed one is PW032
+            if len(call.args) >= 2 and type(call.args[0]) is ast.Name and call.args[0].id in modules:
+                name_arg = call.args[1]
+                if isinstance(name_arg, ast.Constant) and isinstance(name_arg.value, str):
+                    report(call, call.args[0].id, [name_arg.value], func.id in ("setattr", "delattr"))
+    out.extend(_module_values(attributes, names, modules, followed, compares, annotations, view))
+    return out
+
+
+def _module_values(
+    attributes: list[ast.Attribute],
+    names: list[ast.Name],
+    modules: dict[str, set[str]],
+    followed: set[int],
+    compares: list[ast.Compare],
+    annotations: list[ast.expr],
+    view: PolicyView,
+) -> list[RawFinding]:
+    """PW032: a module facade used as a value (passed, stored, returned, put in a container): what is
+    reached through it later (``vars(torch)["utils"]``, ``self.helper.collect_env``) cannot be
+    checked here, so it fails closed. Compared (``type(x) is Image``) or annotated is no use."""
+    candidates: list[tuple[ast.expr, str]] = [(n, n.id) for n in names if n.id in modules and id(n) not in followed]
+    for attr in attributes:
+        if type(attr.ctx) is ast.Load and id(attr) not in followed:
+            parts, rooted = _target(attr)
+            if rooted and parts[0] in modules:
+                for module in modules[parts[0]]:
+                    reach, used = view.chain(module, parts[1:])
+                    if reach.kind == "module" and used == len(parts) - 1:
+                        candidates.append((attr, ".".join(parts)))
+                        break
+    if not candidates:
+        return []
+    harmless = {id(operand) for c in compares for operand in (c.left, *c.comparators)}
+    for annotation in annotations:
+        harmless.update(id(n) for n in ast.walk(annotation))
+    out = []
+    for node, shown in candidates:
+        if id(node) not in harmless:
+            out.append(RawFinding("PW032", node.lineno, node.col_offset, (  # type: ignore[attr-defined]
+                f"the module {shown} is used as a value (passed, stored, returned or put in a container): "
+                "what is reached through it later cannot be checked against the sandbox policy")))
     return out
 
 

@@ -98,10 +98,12 @@ RULES: tuple[Rule, ...] = (
          "Frame, code, traceback and generator internals, __globals__/__builtins__/__subclasses__, "
          "globals(), sys._getframe and inspect's frame functions reach objects outside the sandbox. "
          "Pipelines have no legitimate need for them; remove the access."),
-    Rule("PW032", "computed-module-attribute", "warning",
-         "Attribute of a module chosen at run time (getattr/setattr with a computed name)",
+    Rule("PW032", "computed-module-attribute", "error",
+         "Attribute of a module chosen at run time, or a module used as a value",
          "getattr(module, name) with a name built at run time hides which function is used from "
-         "review and from this audit (getattr(os, 'sys' + 'tem')). Use the attribute by its name."),
+         "review and from this audit (getattr(os, 'sys' + 'tem')); so does a module passed, stored or "
+         "returned as a value (vars(torch), self.helper = torch.utils), through which any of its names "
+         "is reached later. Use the attribute by its name: `torch.nn.functional.silu`."),
     Rule("PW040", "unsafe-deserialization", "error",
          "Call that can unpickle data (torch.load without weights_only=True, np.load(allow_pickle=True), pickle)",
          "Unpickling runs arbitrary code from the data file. Use safetensors, pass weights_only=True to "
