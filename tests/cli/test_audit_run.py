@@ -49,15 +49,21 @@ def by_name(report, name: str):
     return file
 
 
-def test_the_static_audit_of_the_computed_name_pipeline_is_clean(run_dir, capsys):
-    assert main(["audit", str(run_dir / "computed_name_load.py")]) == 0
-    assert "0 errors, 0 warnings, 0 notes" in capsys.readouterr().out
+def test_the_static_audit_of_the_computed_name_pipeline_sees_only_the_module_passed_on(run_dir, capsys):
+    # Statically, only that the module is handed to a helper (PW032, red team 9H): which name the
+    # helper builds from it is for --run to find.
+    assert main(["audit", str(run_dir / "computed_name_load.py")]) == 1
+    out = capsys.readouterr().out
+    line = marked_line("computed_name_load.py", "return _lookup(torch, _PARTS)")
+    assert f"computed_name_load.py:{line}:" in out and "PW032 error" in out
+    assert "1 errors, 0 warnings, 0 notes" in out and "torch.load" not in out
 
 
 def test_run_reports_the_computed_name_load_at_its_line(report):
     file = by_name(report, "computed_name_load.py")
-    assert [f.kind for f in file.findings] == ["dynamic"]  # nothing static, one dynamic refusal
-    [f] = file.findings
+    # statically only the module passed on (PW032); the name built at run time is the dynamic refusal
+    assert [(f.kind, f.rule) for f in file.findings if f.kind == "static"] == [("static", "PW032")]
+    [f] = [f for f in file.findings if f.kind == "dynamic"]
     assert (f.rule, f.severity, f.sandbox_rule) == ("PW060", "error", "facade.not-allowlisted")
     assert f.line == marked_line("computed_name_load.py", "REFUSED-HERE")
     assert "torch.load" in f.message and "ended the run" in f.message
@@ -68,7 +74,7 @@ def test_run_reports_the_computed_name_load_at_its_line(report):
 
 def test_run_reports_a_swallowed_refusal_and_the_uncovered_branch(report):
     file = by_name(report, "swallowed_refusal.py")
-    rules = sorted((f.rule, f.line) for f in file.findings)
+    rules = sorted((f.rule, f.line) for f in file.findings if f.kind == "dynamic")
     assert rules == [("PW060", marked_line("swallowed_refusal.py", "REFUSED-HERE")), ("PW064", 1)]
     assert file.dynamic.completed
     assert file.dynamic.coverage.not_run == (marked_line("swallowed_refusal.py", "NEVER-RUN"),)
@@ -94,7 +100,9 @@ def test_files_keep_the_static_order_and_the_exit_code_counts_dynamic_errors(rep
 
     static = audit_paths([run_dir])
     assert [f.path for f in report.files] == [f.path for f in static.files]
-    assert static.exit_code == 0 and report.exit_code == 1
+    assert report.exit_code == 1 and report.count("error") == static.count("error") + 2  # + the 2 dynamic ones
+    static_errors = {(f.rule, f.line) for file in static.files for f in file.findings if f.severity == "error"}
+    assert {rule for rule, _ in static_errors} == {"PW032"}  # the two modules passed to helpers (red team 9H)
 
 
 def test_json_shape(report):
@@ -111,7 +119,7 @@ def test_json_shape(report):
     assert cov["not_run"] == [marked_line("swallowed_refusal.py", "NEVER-RUN")]
     assert cov["lines_run"] == cov["executable_lines"] - 1
     assert files["no_components.py"]["dynamic"]["coverage"] is not None  # the module body ran
-    assert data["summary"]["errors"] == 2 and data["summary"]["warnings"] == 1
+    assert data["summary"]["errors"] == 4 and data["summary"]["warnings"] == 1  # 2 dynamic, 2 static PW032
 
 
 def test_text_shape(report):
@@ -126,7 +134,7 @@ def test_text_shape(report):
                           f"{via[0]}, {via[1]}); this ended the run") for x in lines)
     never = marked_line("swallowed_refusal.py", "NEVER-RUN")
     assert any("swallowed_refusal.py: run: completed; coverage " in x and x.endswith(f"; not run: {never}") for x in lines)
-    assert lines[-1] == "Audited 4 files: 2 errors, 1 warnings, 2 notes."
+    assert lines[-1] == "Audited 4 files: 4 errors, 1 warnings, 2 notes."  # 2 dynamic, 2 static PW032
 
 
 def test_sarif_validates_and_carries_kind_and_coverage(report, run_dir):
