@@ -54,6 +54,7 @@ __all__ = [
     "resolve_in",
     "remove_in",
     "walk",
+    "write_in",
     "write_new_or_regular",
     "write_through",
 ]
@@ -549,6 +550,7 @@ def walk(
     *,
     boundary: str | os.PathLike[str] | None = None,
     links: bool = False,
+    list_links: bool = False,
     exclude: frozenset[str] = frozenset(),
     ignored_dirs: frozenset[str] = IGNORED_DIRS,
     max_files: int = MAX_FILES,
@@ -561,6 +563,9 @@ def walk(
     FIFOs are refused. Symlinks are refused unless ``links`` is true, and then must resolve to a
     regular file inside ``boundary`` (default: ``root``); directories reached through a link are
     not descended. Names must be UTF-8; at most ``max_files`` files and ``MAX_DEPTH`` levels.
+    ``list_links``: a link is listed by name, unresolved (``real`` empty, ``size`` 0), for a caller
+    that opens and checks every entry itself (HF cache snapshots: each entry is verified, and a
+    bad one evicted, by ``loader._hf.verify_entry``).
     """
     base = Path(root)
     b = Path(boundary) if boundary is not None else base
@@ -602,6 +607,8 @@ def walk(
                     continue
                 if stat.S_ISREG(est.st_mode):
                     out[rel] = WalkEntry(relpath=rel, real="/".join([*base_parts, rel]), size=est.st_size)
+                elif stat.S_ISLNK(est.st_mode) and list_links:
+                    out[rel] = WalkEntry(relpath=rel, real="", size=0)
                 elif stat.S_ISLNK(est.st_mode):
                     if not links:
                         raise InputError(
@@ -890,6 +897,57 @@ def write_new_or_regular(path: str | os.PathLike[str], data: bytes, *, mode: int
             view = view[n:]
     except OSError as exc:
         raise InputError(f"cannot write {shown}: {exc.strerror}", rule="file.unwritable") from None
+    finally:
+        os.close(fd)
+
+
+def write_in(boundary: str | os.PathLike[str], relpath: str, data: bytes, *, mode: int = 0o644) -> None:
+    """Atomically write ``boundary/relpath`` (a file pipewarden owns, e.g. an HF cache ref).
+
+    Missing folders are created; every folder is opened from its parent's descriptor with
+    ``O_NOFOLLOW`` (a symlinked folder is refused, never followed), the temp file is created
+    ``O_EXCL|O_NOFOLLOW`` beside the target and renamed over it by name inside that folder, so a
+    link at the target is replaced, never written through.
+    """
+    parts = _split(relpath)
+    if not parts or ".." in parts:
+        raise InputError(f"cannot write {relpath!r} inside {os.fspath(boundary)}", rule="file.unwritable")
+    flags = os.O_RDONLY | _O_DIRECTORY | _O_NOFOLLOW | _O_CLOEXEC
+    try:
+        fd = os.open(boundary, os.O_RDONLY | _O_DIRECTORY | _O_CLOEXEC)
+    except OSError as exc:
+        raise InputError(f"cannot write {relpath}: {exc.strerror}", rule="file.unwritable") from None
+    try:
+        for comp in parts[:-1]:
+            try:
+                os.mkdir(comp, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                nxt = os.open(comp, flags, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise _link_error(relpath, boundary, f"lies below a symlinked folder ({comp})") from None
+                raise
+            os.close(fd)
+            fd = nxt
+        name = parts[-1]
+        tmp = f".{name}.{os.urandom(6).hex()}.tmp"
+        tfd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _O_NOFOLLOW | _O_CLOEXEC, mode, dir_fd=fd)
+        try:
+            with os.fdopen(tfd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, name, src_dir_fd=fd, dst_dir_fd=fd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=fd)
+            except OSError:
+                pass
+            raise
+    except OSError as exc:
+        raise InputError(f"cannot write {relpath}: {exc.strerror}", rule="file.unwritable") from None
     finally:
         os.close(fd)
 

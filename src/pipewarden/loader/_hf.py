@@ -31,7 +31,6 @@ import hashlib
 import os
 import re
 import stat
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +46,8 @@ HASH_PROGRESS_MIN_BYTES = 32 * 1024 * 1024
 API_TIMEOUT_S = 30.0
 #: Bytes kept in memory when the caller asks for them (code files); bigger files are refused.
 MAX_KEPT_BYTES = 4 * 1024 * 1024
+#: A ref file holds one 40-hex commit id.
+MAX_REF_BYTES = 1024
 
 _TRUE = {"1", "ON", "YES", "TRUE"}
 _SHARED_NAME = re.compile(r"[0-9a-f]{64}")
@@ -332,37 +333,58 @@ def snapshot_dir(storage: Path, commit: str) -> Path:
 
 
 def write_ref(storage: Path, revision: str | None, commit: str) -> None:
-    """Record ``revision -> commit`` in ``refs/`` atomically (what offline mode resolves from)."""
+    """Record ``revision -> commit`` in ``refs/`` atomically (what offline mode resolves from).
+
+    Read and written through ``fsaccess`` (red team 9H F16): a ``refs`` folder or ref that is a
+    link, a FIFO or a huge file is never followed, blocked on or read whole.
+    """
+    from pipewarden import fsaccess
+
     rev = "main" if revision is None else revision
     if is_commit_hex(rev):
         return
-    ref = storage / "refs" / check_revision(rev)
+    rel = f"refs/{check_revision(rev)}"
     try:
-        if ref.is_file() and ref.read_text().strip() == commit:
+        if fsaccess.read_in(storage, rel, links=False, max_bytes=MAX_REF_BYTES).decode("ascii").strip() == commit:
             return
-        ref.parent.mkdir(parents=True, exist_ok=True)
-        tmp = ref.with_name(f"{ref.name}.{uuid.uuid4().hex[:8]}.tmp")
-        tmp.write_text(commit)
-        os.replace(tmp, ref)
-    except OSError:
+    except (PipewardenError, UnicodeDecodeError):
+        pass
+    try:
+        fsaccess.write_in(storage, rel, commit.encode("ascii"))
+    except PipewardenError:
         pass  # a read-only cache still loads; offline mode then needs a commit pin
 
 
 def cached_commit(storage: Path, revision: str | None, *, repo_id: str) -> str:
-    """Offline: the commit ``revision`` pointed to when it was last resolved online."""
+    """Offline: the commit ``revision`` pointed to when it was last resolved online.
+
+    The ref is read through ``fsaccess`` (no link, never blocking on a FIFO, bounded).
+    """
+    from pipewarden import fsaccess
+
     rev = "main" if revision is None else check_revision(revision)
     if is_commit_hex(rev):
         commit = rev.lower()
     else:
         ref = storage / "refs" / rev
         try:
-            commit = ref.read_text().strip()
-        except OSError:
+            raw = fsaccess.read_in(storage, f"refs/{rev}", links=False, max_bytes=MAX_REF_BYTES)
+        except PipewardenError as exc:
+            if "is missing from" not in exc.what and "cannot open directory" not in exc.what:
+                raise IntegrityError(
+                    f"cache ref {ref} cannot be read ({exc.what})",
+                    rule="hub.bad-commit",
+                    fix=f"remove {ref} and load once online, or pass the 40-hex commit as revision",
+                ) from None
             raise FetchError(
                 f"offline and {repo_id}@{rev} was never resolved in the cache ({ref})",
                 rule="hub.offline-not-cached",
                 fix="load it once online, or pass the 40-hex commit as revision",
             ) from None
+        try:
+            commit = raw.decode("ascii").strip()
+        except UnicodeDecodeError:
+            commit = ""
         if not is_commit_hex(commit):
             raise IntegrityError(
                 f"cache ref {ref} does not hold a commit id", rule="hub.bad-commit"
@@ -377,16 +399,20 @@ def cached_commit(storage: Path, revision: str | None, *, repo_id: str) -> str:
 
 
 def list_snapshot(storage: Path, commit: str, *, patterns: tuple[str, ...] | None) -> list[str]:
-    """Relpaths present in a cached snapshot (optionally filtered by fnmatch patterns)."""
+    """Relpaths present in a cached snapshot (optionally filtered by fnmatch patterns).
+
+    Listed with ``fsaccess.walk`` (red team 9H F15: bounded depth and count, never a traceback);
+    links are listed by name, unresolved: ``verify_entry`` checks (and evicts) each one.
+    """
+    from pipewarden import fsaccess
+
     root = snapshot_dir(storage, commit)
-    out: list[str] = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames.sort()
-        for name in sorted(filenames):
-            rel = (Path(dirpath) / name).relative_to(root).as_posix()
-            if patterns is None or any(fnmatch.fnmatch(rel, p) for p in patterns):
-                out.append(check_relpath(rel))
-    return out
+    entries = fsaccess.walk(root, list_links=True, ignored_dirs=frozenset(), what="cache snapshot")
+    return [
+        check_relpath(rel)
+        for rel in entries
+        if patterns is None or any(fnmatch.fnmatch(rel, p) for p in patterns)
+    ]
 
 
 # ---------------------------------------------------------------------------------------------
