@@ -476,8 +476,12 @@ def open_user_file(path: str | os.PathLike[str], *, what: str = "file", private_
     """Open a file the user named (allowlist, key, lock file): links the user made are followed,
     but the open never blocks and the result must be a regular file.
 
-    ``private_writes``: refuse a file that its group or everyone may write (a trust file anyone
-    on the machine can edit is no trust file), as a readable private key is refused.
+    ``private_writes``: refuse a file that another (non-root) user may change -- its group or
+    everyone may write it, another user owns it (the owner can chmod and rewrite it at will,
+    red team 9H F11), or it sits in a folder another user may write without the sticky bit
+    (they can rename a file of their own over it), or in a folder another user owns -- a trust file anyone on the machine can edit
+    is no trust file, as a readable private key is refused. The same rule as the digest store's
+    (``loader.records.writable_by_others``); root-owned files (mounted ConfigMaps) are fine.
     """
     shown = os.fspath(path)
     try:
@@ -490,11 +494,34 @@ def open_user_file(path: str | os.PathLike[str], *, what: str = "file", private_
         ) from None
 
     def writable_by_others(st: os.stat_result) -> None:
-        if private_writes and st.st_mode & 0o022:
+        if not private_writes:
+            return
+        if st.st_mode & 0o022:
             raise InputError(
                 f"{what} {shown} may be written by others (mode {stat.S_IMODE(st.st_mode):04o})",
                 rule="allowlist.writable",
                 fix=f"chmod go-w {shown}",
+            )
+        me = os.geteuid()
+        if st.st_uid not in (me, 0):
+            raise InputError(
+                f"{what} {shown} may be written by others (owned by uid {st.st_uid}, not by you or root)",
+                rule="allowlist.writable",
+                fix=f"review it, copy it into a folder only you may write (e.g. cp {shown} "
+                f"~/{os.path.basename(shown)}) and pass the copy, or have root own it",
+            )
+        folder = os.path.dirname(os.path.realpath(shown))
+        try:
+            dst = os.stat(folder)
+        except OSError as exc:
+            raise InputError(f"cannot read the folder of {what} {shown}: {exc.strerror}", rule="file.unreadable") from None
+        sticky = bool(dst.st_mode & stat.S_ISVTX)
+        if dst.st_uid not in (me, 0) or (dst.st_mode & 0o022 and not sticky):
+            raise InputError(
+                f"{what} {shown} may be replaced by others: its folder {folder} "
+                f"(mode {stat.S_IMODE(dst.st_mode):04o}, uid {dst.st_uid}) lets another user rename a file over it",
+                rule="allowlist.writable",
+                fix=f"keep it in a folder only you (or root) may write, e.g. chmod go-w {folder}",
             )
 
     def not_regular() -> InputError:

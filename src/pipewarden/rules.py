@@ -59,7 +59,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("allowlist.threshold", "registry", "a source rule's threshold k can be met by its signers"),
     ("allowlist.unknown-key", "registry", "allowlists are strict: unknown keys are refused, never ignored"),
     ("allowlist.unknown-signer", "registry", "rules name listed, unrevoked signers"),
-    ("allowlist.writable", "registry", "an allowlist is a trust file: writable by its owner only (no group or world write)"),
+    ("allowlist.writable", "registry", "an allowlist is a trust file: owned by you or root, writable by its owner only, in a folder no other user may write"),
     # -- signatures and keys (registry/signatures.py, registry/keys.py)
     ("sig.expiry-past", "registry", "signatures are made to expire in the future"),
     ("sig.files-mismatch", "registry", "signers sign exactly the files present: no missing, unsigned or changed file"),
