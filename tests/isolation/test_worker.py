@@ -8,6 +8,7 @@ where it is active (every layer on the reference machine), the side effect must 
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import json
 import os
@@ -111,7 +112,7 @@ def test_doctor_cli_prints_the_table(capsys, doctor):
         assert name in out
 
 
-@pytest.mark.parametrize("skip", ["seccomp", "landlock-fs", "netns", "uid", "rlimits", "env"])
+@pytest.mark.parametrize("skip", ["seccomp", "landlock-fs", "netns", "ipcns", "uid", "rlimits", "env"])
 def test_a_disabled_layer_is_reported_inactive_and_the_others_still_active(skip, doctor):
     with worker(skip=frozenset({skip})) as w:
         reported = {s.name: s for s in w.layers}
@@ -239,6 +240,70 @@ def test_tcp_to_the_host_is_refused_by_each_network_layer_alone(only, skip):
             listener.accept()  # nobody connected
     finally:
         listener.close()
+
+
+def _sysv_table(kind: str) -> list[dict[str, str]]:
+    with open(f"/proc/sysvipc/{kind}") as fh:
+        head, *rows = fh.read().splitlines()
+    return [dict(zip(head.split(), row.split(), strict=False)) for row in rows]
+
+
+@contextmanager
+def _host_segment(data: bytes):
+    """A SysV shared memory segment of the host's, readable by every uid (mode 0644)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.shmat.restype = ctypes.c_void_p
+    libc.shmat.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_int]
+    sid = libc.shmget(0, 4096, 0o1000 | 0o644)
+    assert sid >= 0, ctypes.get_errno()
+    try:
+        addr = libc.shmat(sid, None, 0)
+        ctypes.memmove(addr, data, len(data))
+        libc.shmdt(ctypes.c_void_p(addr))
+        yield sid
+    finally:
+        libc.shmctl(sid, 0, None)  # IPC_RMID
+
+
+@pytest.mark.parametrize(
+    ("only", "skip"),
+    [("both", frozenset()), ("ipcns", frozenset({"seccomp"})), ("seccomp", frozenset({"ipcns"}))],
+)
+def test_sysv_ipc_of_the_host_is_out_of_reach_and_nothing_outlives_the_worker(only, skip):
+    """Red team 9 W4: a worker read a host's 0644 segment and left 256 MiB of segments behind."""
+    with _host_segment(b"host-shm-secret!") as host_id:
+        with worker(skip=skip) as w:
+            pid = w.pid
+            uid = str(hook(w, "identity")["uid"])
+            res = hook(w, "sysv_ipc", host_id)
+            assert res["shmat"]["ok"] is False  # the host's segment cannot be attached
+            if only != "seccomp":
+                assert active(w, "ipcns")
+                assert res["ipc_ns"] != os.readlink("/proc/self/ns/ipc")
+                assert res["uts_ns"] != os.readlink("/proc/self/ns/uts")
+            if only != "ipcns":
+                assert active(w, "seccomp")
+                assert res["shmat"]["errno"] == errno.EPERM
+                assert res["shmget"]["errno"] == errno.EPERM and res["msgget"]["errno"] == errno.EPERM
+            else:
+                assert res["shmat"]["errno"] == errno.EINVAL  # no such segment in the worker's namespace
+                assert res["shmget"]["ret"] >= 0 and res["msgget"]["ret"] >= 0  # created there, not here
+            # nothing in the host's tables, while the worker lives or after it
+            assert not [seg for seg in _sysv_table("shm") if seg["cpid"] == str(pid)]
+            assert not [q for q in _sysv_table("msg") if q["uid"] == uid and uid != "0"]
+        assert not [seg for seg in _sysv_table("shm") if seg["cpid"] == str(pid)]
+        assert not [q for q in _sysv_table("msg") if q["uid"] == uid and uid != "0"]
+
+
+def test_file_watches_are_refused():
+    """Red team 9 W5: an inotify watch on a host folder showed the worker which files the host read."""
+    with worker() as w:
+        assert active(w, "seccomp")
+        res = hook(w, "watch")
+        assert res["inotify_init1"] == {"ret": -1, "errno": errno.EPERM}
+        assert res["fanotify_init"] == {"ret": -1, "errno": errno.EPERM}
+    with worker(skip=frozenset({"seccomp"})) as w:  # the hook itself works: the layer is what refuses
+        assert hook(w, "watch")["inotify_init1"]["errno"] == 0
 
 
 # ----------------------------------------------------------------------------- resources

@@ -5,7 +5,7 @@ verified snapshot, scratch dir, limits). Every layer reports a ``LayerStatus`` (
 and why); a layer that cannot be applied on this kernel/user degrades to "inactive" instead of
 failing, and the host decides (``required_layers``) whether that is acceptable.
 
-Order: environment -> network namespace -> capabilities + unprivileged uid -> rlimits ->
+Order: environment -> network + IPC/UTS namespaces -> capabilities + unprivileged uid -> rlimits ->
 no_new_privs -> Landlock -> seccomp (last, so the earlier steps may still use the calls it
 denies). The tripwire is armed by the worker after this, and the wall clock is the host's.
 """
@@ -27,6 +27,7 @@ from pipewarden.isolation.layers import syscalls as sc
 LAYER_NAMES: tuple[str, ...] = (
     "env",
     "netns",
+    "ipcns",
     "uid",
     "rlimits",
     "landlock-fs",
@@ -41,12 +42,13 @@ LAYER_NAMES: tuple[str, ...] = (
 LAYER_PURPOSE: Mapping[str, str] = {
     "env": "secrets in the environment (HF_TOKEN, cloud keys); forces HF_HUB_OFFLINE=1",
     "netns": "all network access (own namespace with only a down loopback)",
+    "ipcns": "SysV IPC and POSIX message queues shared with the host (own IPC + UTS namespaces)",
     "uid": "acting as root: writing root-owned files, signalling host processes, NPROC bypass",
     "rlimits": "memory (address space / data), CPU time, file size, open files, processes",
     "landlock-fs": "reading outside Python + the verified snapshot, writing outside scratch",
     "landlock-net": "TCP bind/connect (even without netns)",
     "landlock-scope": "signals to and abstract unix sockets of processes outside the worker",
-    "seccomp": "new sockets, exec, fork, ptrace, mount/namespace/privilege syscalls, io_uring, bpf",
+    "seccomp": "new sockets, exec, fork, ptrace, mount/namespace/privilege syscalls, SysV/POSIX IPC, io_uring, bpf",
     "tripwire": "Python-level audited events (open, import, exec, subprocess...) from any thread",
     "wall-clock": "hangs and sleeps: the host kills the worker after Limits.wall_s per request",
 }
@@ -92,6 +94,11 @@ _GPU_READ = (
     "/usr/share/nvidia",
 )
 _WORKER_UID_BASE = 1_000_000
+#: The namespace layers and the namespaces each unshares (all in one ``unshare`` call).
+_NAMESPACE_FLAGS: Mapping[str, int] = {
+    "netns": sc.CLONE_NEWNET,
+    "ipcns": sc.CLONE_NEWIPC | sc.CLONE_NEWUTS,
+}
 #: Never granted as a whole even if they are on sys.path (e.g. a cwd of "/").
 _TOO_BROAD = frozenset({"/", "/tmp", "/var/tmp", "/home", "/root", "/etc", "/var", "/proc", "/sys", "/dev", "/run"})
 
@@ -226,21 +233,41 @@ def _apply_env(plan: LayerPlan) -> LayerStatus:
     return LayerStatus("env", True, f"{len(env)} variables kept, HF_HUB_OFFLINE=1")
 
 
-def _apply_netns() -> LayerStatus:
+def _ns_inode(kind: str) -> str:
     try:
-        if os.geteuid() == 0:
-            sc.unshare(sc.CLONE_NEWNET)
-        else:
-            sc.unshare(sc.CLONE_NEWUSER | sc.CLONE_NEWNET)
-    except OSError as exc:
-        return LayerStatus("netns", False, f"unshare failed: {exc.strerror or exc}")
-    try:
-        import socket
-
-        ifaces = sorted(name for _i, name in socket.if_nameindex())
+        return os.readlink(f"/proc/self/ns/{kind}")
     except OSError:
-        ifaces = []
-    return LayerStatus("netns", True, f"own network namespace, interfaces: {', '.join(ifaces) or 'none'} (down)")
+        return "?"
+
+
+def _apply_namespaces(wanted: Iterable[str]) -> dict[str, LayerStatus]:
+    """Unshare the namespaces of the ``wanted`` layers (``netns``, ``ipcns``) in one call.
+
+    As root the namespaces are unshared directly; otherwise inside a new user namespace (which
+    gives the calls the privilege they need there and nowhere else).
+    """
+    wanted = [n for n in wanted if n in _NAMESPACE_FLAGS]
+    if not wanted:
+        return {}
+    flags = 0
+    for name in wanted:
+        flags |= _NAMESPACE_FLAGS[name]
+    try:
+        sc.unshare(flags if os.geteuid() == 0 else flags | sc.CLONE_NEWUSER)
+    except OSError as exc:
+        return {n: LayerStatus(n, False, f"unshare failed: {exc.strerror or exc}") for n in wanted}
+    out: dict[str, LayerStatus] = {}
+    if "netns" in wanted:
+        try:
+            import socket
+
+            ifaces = sorted(name for _i, name in socket.if_nameindex())
+        except OSError:
+            ifaces = []
+        out["netns"] = LayerStatus("netns", True, f"own network namespace, interfaces: {', '.join(ifaces) or 'none'} (down)")
+    if "ipcns" in wanted:
+        out["ipcns"] = LayerStatus("ipcns", True, f"own IPC and UTS namespaces ({_ns_inode('ipc')})")
+    return out
 
 
 def _apply_uid(plan: LayerPlan) -> LayerStatus:
@@ -382,8 +409,10 @@ def apply_all(plan: LayerPlan) -> tuple[LayerStatus, ...]:
 
     if not skipped("env"):
         out.append(_apply_env(plan))
-    if not skipped("netns"):
-        out.append(_apply_netns())
+    namespaces = _apply_namespaces(n for n in _NAMESPACE_FLAGS if n not in plan.skip)
+    for name in _NAMESPACE_FLAGS:
+        if not skipped(name):
+            out.append(namespaces[name])
     if not skipped("uid"):
         out.append(_apply_uid(plan))
     if not skipped("rlimits"):

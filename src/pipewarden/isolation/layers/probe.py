@@ -26,13 +26,22 @@ def _errno_of(fn) -> int:
     return 0
 
 
-def _child_checks(statuses: list[_layers.LayerStatus], canary_dir: str) -> list[_layers.LayerStatus]:
+def _ns(kind: str) -> str:
+    try:
+        return os.readlink(f"/proc/self/ns/{kind}")
+    except OSError:
+        return "?"
+
+
+def _child_checks(statuses: list[_layers.LayerStatus], canary_dir: str, host_ipc: str) -> list[_layers.LayerStatus]:
     libc = ctypes.CDLL(None, use_errno=True)
     active = {s.name: s for s in statuses}
     checks: dict[str, tuple[bool, str]] = {}
     token_free = not any(k in os.environ for k in ("HF_TOKEN", "PIPEWARDEN_PROBE_SECRET"))
     checks["env"] = (token_free and os.environ.get("HF_HUB_OFFLINE") == "1", "no token variables, HF_HUB_OFFLINE=1")
     checks["uid"] = (os.getuid() != 0 and os.geteuid() != 0, f"running as uid {os.getuid()}")
+    own_ipc = _ns("ipc")
+    checks["ipcns"] = (own_ipc not in ("?", host_ipc), f"IPC namespace {own_ipc}, host's {host_ipc}")
     soft, _hard = resource.getrlimit(resource.RLIMIT_DATA)
     checks["rlimits"] = (soft != resource.RLIM_INFINITY, "RLIMIT_DATA set")
     write_err = _errno_of(lambda: open(os.path.join(canary_dir, "written"), "wb").close())
@@ -100,8 +109,9 @@ def probe() -> tuple[_layers.LayerStatus, ...]:
             code = 1
             try:
                 os.close(r)
+                host_ipc = _ns("ipc")
                 statuses = list(_layers.apply_all(plan))
-                statuses = _child_checks(statuses, canary)
+                statuses = _child_checks(statuses, canary, host_ipc)
                 os.write(w, json.dumps([s.to_json() for s in statuses]).encode())
                 code = 0
             finally:

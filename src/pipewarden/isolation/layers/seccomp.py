@@ -1,4 +1,4 @@
-"""A seccomp BPF filter for the worker: deny new sockets, exec, ptrace, fork and privilege calls.
+"""A seccomp BPF filter for the worker: deny new sockets, exec, ptrace, fork, IPC and privilege calls.
 
 Decides the deny list per architecture (x86_64, aarch64); everything else is allowed so that
 torch, its thread pools and CUDA keep working. Threads are allowed (``clone`` with CLONE_THREAD);
@@ -27,6 +27,13 @@ _COMMON_DENY = (
     "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
     "personality", "acct", "swapon", "swapoff", "reboot", "quotactl", "syslog", "pidfd_getfd",
     "kcmp", "clock_settime", "settimeofday", "adjtimex", "sethostname", "setdomainname",
+    # SysV IPC and POSIX message queues (red team 9 W4): kernel objects that outlive the worker
+    # and sit outside its memory limit; the worker also has its own IPC namespace.
+    "shmget", "shmat", "shmctl", "shmdt", "msgget", "msgsnd", "msgrcv", "msgctl", "semget", "semop",
+    "semtimedop", "semctl", "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
+    "mq_getsetattr",
+    # File system watches (red team 9 W5): would tell the worker which host files the host reads.
+    "inotify_init1", "fanotify_init",
 )
 
 _NUMBERS = {
@@ -45,8 +52,12 @@ _NUMBERS = {
         "reboot": 169, "quotactl": 179, "syslog": 103, "pidfd_getfd": 438, "kcmp": 312,
         "clock_settime": 227, "settimeofday": 164, "adjtimex": 159, "sethostname": 170,
         "setdomainname": 171,
+        "shmget": 29, "shmat": 30, "shmctl": 31, "shmdt": 67, "msgget": 68, "msgsnd": 69, "msgrcv": 70,
+        "msgctl": 71, "semget": 64, "semop": 65, "semtimedop": 220, "semctl": 66, "mq_open": 240,
+        "mq_unlink": 241, "mq_timedsend": 242, "mq_timedreceive": 243, "mq_notify": 244, "mq_getsetattr": 245,
+        "inotify_init1": 294, "fanotify_init": 300,
         # x86_64 only
-        "fork": 57, "vfork": 58, "iopl": 172, "ioperm": 173, "modify_ldt": 154, "uselib": 134,
+        "fork": 57, "vfork": 58, "inotify_init": 253, "iopl": 172, "ioperm": 173, "modify_ldt": 154, "uselib": 134,
         "clone": 56, "clone3": 435,
     },
     "aarch64": {
@@ -64,10 +75,14 @@ _NUMBERS = {
         "reboot": 142, "quotactl": 60, "syslog": 116, "pidfd_getfd": 438, "kcmp": 272,
         "clock_settime": 112, "settimeofday": 170, "adjtimex": 171, "sethostname": 161,
         "setdomainname": 162,
+        "shmget": 194, "shmctl": 195, "shmat": 196, "shmdt": 197, "msgget": 186, "msgctl": 187, "msgrcv": 188,
+        "msgsnd": 189, "semget": 190, "semctl": 191, "semtimedop": 192, "semop": 193, "mq_open": 180,
+        "mq_unlink": 181, "mq_timedsend": 182, "mq_timedreceive": 183, "mq_notify": 184, "mq_getsetattr": 185,
+        "inotify_init1": 26, "fanotify_init": 262,
         "clone": 220, "clone3": 435,
     },
 }
-_ARCH_ONLY_DENY = {"x86_64": ("fork", "vfork", "iopl", "ioperm", "modify_ldt", "uselib"), "aarch64": ()}
+_ARCH_ONLY_DENY = {"x86_64": ("fork", "vfork", "inotify_init", "iopl", "ioperm", "modify_ldt", "uselib"), "aarch64": ()}
 
 # BPF opcodes
 _LD_W_ABS = 0x20
