@@ -266,3 +266,28 @@ def test_a_worker_sending_mid_call_messages_outside_a_call_is_stopped(handle, ti
     pipe.reload()
     assert not pipe.closed and pipe(num_inference_steps=1).shape == (1, 3, 8, 8)
     pipe.close()
+
+
+def test_a_progress_report_the_host_cannot_draw_is_a_worker_error(tiny_weights, source, monkeypatch):
+    """Whatever goes wrong drawing what the worker reported is a WorkerError (the worker is
+    stopped), never a library's own exception out of the call (red team round 9)."""
+    from pipewarden.errors import WorkerError
+    from pipewarden.isolation import _handle
+
+    pipe = pipewarden.load_pipeline(
+        str(tiny_weights), custom_pipeline=str(source), trust_remote_code=True,
+        pipeline_sha256=sha256_file(source), isolation="process",
+    )
+
+    def overflow(self, msg):
+        raise OverflowError("int too large to convert to float")
+
+    monkeypatch.setattr(_handle._HostBars, "update", overflow)
+    with pytest.raises(WorkerError) as info:
+        pipe(num_inference_steps=2)
+    assert info.value.rule == "worker.protocol"
+    assert pipe.closed
+    monkeypatch.undo()
+    pipe.reload()
+    assert pipe(num_inference_steps=1).shape == (1, 3, 8, 8)
+    pipe.close()

@@ -170,3 +170,18 @@ def test_any_message_header_is_a_message_or_a_worker_error(header, kind):
         parse(Frame(json.loads(json.dumps(header)), b""))
     except PipewardenError:
         pass
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [{"n": 10**4000}, {"n": 2**53 + 1}, {"n": 1, "total": 10**4000}, {"n": 1, "total": 2**53 + 1}, {"n": -1}],
+)
+def test_progress_counts_a_host_bar_cannot_draw_are_clean_errors(fields):
+    # red team round 9: n=10**4000 raised OverflowError inside tqdm on the host
+    with pytest.raises(WorkerError):
+        parse(Frame({"kind": "progress", "bar": 0, **fields}, b""))
+
+
+def test_progress_counts_up_to_what_a_float_holds_exactly_are_accepted():
+    msg = parse(Frame({"kind": "progress", "bar": 0, "n": 2**53, "total": 2**53}, b""))
+    assert (msg.n, msg.total) == (2**53, 2**53)  # type: ignore[attr-defined]

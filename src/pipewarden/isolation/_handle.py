@@ -253,7 +253,15 @@ class PipelineHandle:
 
         def on_event(event: _messages.WorkerMessage) -> tuple[dict, bytes] | None:
             if isinstance(event, _messages.Progress):
-                bars.update(event)
+                try:
+                    bars.update(event)
+                except Exception as exc:  # pipewarden's own drawing of what the worker reported
+                    self._worker.kill()
+                    raise WorkerError(
+                        f"the worker's progress report could not be drawn ({type(exc).__name__}); the worker was stopped",
+                        rule="worker.protocol",
+                        fix="the worker is broken or compromised; reload the pipeline",
+                    ) from None
                 return None
             if not isinstance(event, _messages.CallbackRequest) or callback is None or failed:
                 return {"op": "callback_abort"}, b""

@@ -59,6 +59,8 @@ CLASS_OF_NAME = "_pw_class_"
 BIND_NAME = "_pw_bind_"
 CALL_RESULT_NAME = "_pw_result_"
 DECORATE_NAME = "_pw_decorate_"
+ENTER_NAME = "_pw_enter_"
+VALUE_NAME = "_pw_value_"
 
 _ONLY_UNDERSCORES = re.compile(r"^_+$")  # throwaway names: _, __, ____
 _RESERVED = re.compile(r"^(_print|_tmp\d+|_pw.*|_apply|_getiter|_getattr|_getitem|_write|_inplacevar)$")
@@ -406,6 +408,71 @@ class PipewardenTransformer(RestrictingNodeTransformer):
             return ast.copy_location(wrapped, new)
         return new
 
+    # -- values host code computes without a call expression ---------------------------------------
+    #
+    # Provenance travels with values: every value host code hands to sandboxed code is checked at
+    # the point it arrives (attribute, item, iteration, unpacking, parameter, call result). Red team
+    # round 9: ``with cm as v`` bound the value of ``cm.__enter__()`` with no check
+    # (``contextlib.contextmanager(itertools.islice)(host_values, 0, 1)`` handed out any element of
+    # any host iterable raw: the metaclass ``type``, then memory and ``os.system``). Every node
+    # whose value host code computes is listed in ``VALUE_NODES`` (tests/sandbox/test_value_doors.py
+    # fails on an expression node class nobody classified).
+
+    def _checked(self, name: str, node: ast.expr, old: ast.AST) -> ast.expr:
+        if not self._for_code:
+            return node
+        call = ast.Call(func=ast.Name(name, ast.Load()), args=[node], keywords=[])
+        return ast.copy_location(call, old)
+
+    def visit_withitem(self, node: ast.withitem) -> Any:
+        new: Any = super().visit_withitem(node)
+        if isinstance(new, ast.withitem) and new.optional_vars is not None:
+            # ``with E as T``: T gets ``E.__enter__()`` checked like a call result
+            new.context_expr = self._checked(ENTER_NAME, new.context_expr, node.context_expr)
+        return new
+
+    def visit_ExceptHandler(self, node: ast.ExceptHandler) -> Any:
+        new: Any = super().visit_ExceptHandler(node)
+        if isinstance(new, ast.ExceptHandler) and new.name and self._for_code:
+            check = ast.Assign(
+                targets=[ast.Name(new.name, ast.Store())],
+                value=ast.Call(func=ast.Name(VALUE_NAME, ast.Load()), args=[ast.Name(new.name, ast.Load())], keywords=[]),
+            )
+            ast.copy_location(check, node)
+            new.body.insert(0, check)
+        return new
+
+    def _value_used(self, node: ast.AST) -> bool:
+        """Whether ``node``'s value reaches sandboxed code (not only its truth: an ``if``/``while``/
+        ``assert`` test, a conditional's test, a comprehension filter, ``not``, an expression
+        statement)."""
+        parent = self._parent(node)
+        if isinstance(parent, (ast.If, ast.While, ast.IfExp, ast.Assert)) and parent.test is node:
+            return False
+        if isinstance(parent, ast.comprehension) and node in parent.ifs:
+            return False
+        if isinstance(parent, ast.UnaryOp) and isinstance(parent.op, ast.Not):
+            return False
+        return not isinstance(parent, ast.Expr)
+
+    def _checked_operator(self, node: ast.expr) -> Any:
+        used = self._value_used(node)
+        new: Any = self.node_contents_visit(node)
+        if used and isinstance(new, ast.expr):
+            return self._checked(VALUE_NAME, new, node)
+        return new
+
+    def visit_BinOp(self, node: ast.BinOp) -> Any:
+        return self._checked_operator(node)
+
+    def visit_UnaryOp(self, node: ast.UnaryOp) -> Any:
+        if isinstance(node.op, ast.Not):
+            return self.node_contents_visit(node)  # always a bool
+        return self._checked_operator(node)
+
+    def visit_Compare(self, node: ast.Compare) -> Any:
+        return self._checked_operator(node)
+
     def visit_keyword(self, node: ast.keyword) -> Any:
         # f(__array_interface__=...): host constructors turn keywords into attributes that host
         # protocols (numpy's array interface, copy's __reduce_ex__) read.
@@ -436,11 +503,17 @@ class PipewardenTransformer(RestrictingNodeTransformer):
 
     def visit_Yield(self, node: ast.Yield) -> Any:
         self._check_yield(node)
-        return super().visit_Yield(node)
+        used = self._value_used(node)
+        new: Any = super().visit_Yield(node)
+        # ``x = yield v``: what the resumer sends (host code driving the generator)
+        return self._checked(VALUE_NAME, new, node) if used else new
 
     def visit_YieldFrom(self, node: ast.YieldFrom) -> Any:
         self._check_yield(node)
-        return super().visit_YieldFrom(node)
+        used = self._value_used(node)
+        new: Any = super().visit_YieldFrom(node)
+        # ``r = yield from g``: g's return value, and what the resumer sends through
+        return self._checked(VALUE_NAME, new, node) if used else new
 
     # -- assignments ------------------------------------------------------------------------------
 

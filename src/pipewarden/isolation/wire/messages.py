@@ -45,6 +45,10 @@ def _text(value: object, field: str, *, limit: int = _MAX_TEXT) -> str:
     return value[:limit]
 
 
+#: The largest progress count a worker may report (exact in a float, as the host's bars draw it).
+_MAX_PROGRESS = 2**53
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -399,10 +403,13 @@ def parse(frame: Frame) -> WorkerMessage:
                 raise attribute_name_refused("a callback tensor", key)
         return CallbackRequest(step, timestep, MappingProxyType(tensors))
     if kind == "progress":
+        # counts within what the host's progress bar (floats) can draw: 10**4000 raised
+        # OverflowError inside tqdm on the host (red team round 9)
         bar, n, total = h.get("bar"), h.get("n"), h.get("total")
-        if not (isinstance(bar, int) and _is_int(bar) and 0 <= bar < _MAX_BARS and isinstance(n, int) and _is_int(n) and n >= 0):
+        if not (isinstance(bar, int) and _is_int(bar) and 0 <= bar < _MAX_BARS and isinstance(n, int) and _is_int(n)
+                and 0 <= n <= _MAX_PROGRESS):
             raise _bad("progress")
-        if total is not None and not (isinstance(total, int) and _is_int(total) and total >= 0):
+        if total is not None and not (isinstance(total, int) and _is_int(total) and 0 <= total <= _MAX_PROGRESS):
             raise _bad("progress total")
         return Progress(bar, n, total, h.get("closed") is True)
     raise _bad(f"unknown kind {str(kind)[:40]!r}")

@@ -215,7 +215,7 @@ class GuardHooks(AttributeRules):
         fn = _INPLACE_OPS.get(op) if type(op) is str else None
         if fn is None:
             raise _violation(f"unknown in-place operator {op!r}", "syntax.augassign")
-        return fn(x, y)
+        return self.value_result(fn(x, y))
 
     def apply(self, f: Any, *args: Any, **kwargs: Any) -> Any:
         # ``f(**mapping)``: a key chosen at run time becomes a keyword; host constructors turn
@@ -383,6 +383,25 @@ class GuardHooks(AttributeRules):
         elif t in _CLASS_CONTAINERS:
             return self._classes_seen(value, 0)
         return value
+
+    def value_result(self, value: Any) -> Any:
+        """What host code computed for sandboxed code without a call expression (an operator's
+        ``__add__``/``__neg__``/``__eq__``, what a generator's resumer sends, a caught exception):
+        checked like an attribute value, a class is :meth:`class_as_seen`. Containers are not
+        walked: their elements are checked where they are read (red team round 9)."""
+        t = type(value)
+        if t in _FORBIDDEN_VALUE_TYPES or t is types.BuiltinFunctionType:
+            self.check_value(value, "the value of an operator or a resumed generator")
+        elif isinstance(value, type):
+            self.check_value(value, "the value of an operator or a resumed generator")
+            return self.class_as_seen(value)
+        return value
+
+    def enter(self, manager: Any) -> Any:
+        """``with manager as target``: the target gets ``manager.__enter__()`` checked like a call
+        result (red team round 9: ``contextlib.contextmanager(itertools.islice)(values, i, i + 1)``
+        made ``__enter__`` hand out any element of a host iterable raw)."""
+        return _CheckedEnter(self, manager)
 
     def _classes_seen(self, value: Any, depth: int) -> Any:
         t = type(value)
@@ -639,7 +658,9 @@ class GuardHooks(AttributeRules):
             CALL_RESULT_NAME,
             CLASS_OF_NAME,
             DECORATE_NAME,
+            ENTER_NAME,
             FUNCTION_WRAPPER_NAME,
+            VALUE_NAME,
         )
 
         return {
@@ -660,6 +681,8 @@ class GuardHooks(AttributeRules):
             BIND_NAME: self.bind,
             CALL_RESULT_NAME: self.call_result,
             DECORATE_NAME: self.decorate,
+            ENTER_NAME: self.enter,
+            VALUE_NAME: self.value_result,
         }
 
 
@@ -678,6 +701,34 @@ class _CheckedCall:
         box = self._pw_box
         checked_args, checked_kwargs = box.checked_arguments(args, kwargs)
         return box.call_result(self._pw_fn(*checked_args, **checked_kwargs))
+
+
+class _CheckedEnter:
+    """A context manager as ``with ... as`` enters it for sandboxed code: the same ``__enter__``
+    and ``__exit__`` (looked up on its type, in the order the ``with`` statement does), the value
+    ``__enter__`` returns checked like a call result."""
+
+    __slots__ = ("_pw_box", "_pw_enter", "_pw_exit", "_pw_manager")
+
+    def __init__(self, box: Any, manager: Any) -> None:
+        kind = type(manager)
+        try:
+            enter = kind.__enter__
+            leave = kind.__exit__
+        except AttributeError:
+            raise TypeError(
+                f"{kind.__name__!r} object does not support the context manager protocol"
+            ) from None
+        self._pw_box = box
+        self._pw_manager = manager
+        self._pw_enter = enter
+        self._pw_exit = leave
+
+    def __enter__(self) -> Any:
+        return self._pw_box.call_result(self._pw_enter(self._pw_manager))
+
+    def __exit__(self, kind: Any, value: Any, tb: Any) -> Any:
+        return self._pw_exit(self._pw_manager, kind, value, tb)
 
 
 #: Builtin containers whose classes are mapped through class_as_seen (call results, slices).
