@@ -280,3 +280,40 @@ def test_modules_used_as_values_are_errors(body):
 ])
 def test_modules_compared_or_aliased_are_not_values(body):
     assert "PW032" not in {rule for rule, _, _ in findings(module(body))}
+
+
+# Red team 9H F13/F14: a dangerous function reached by another name than a call-table entry.
+RENAMED_DOORS = [
+    "import torch\ndef f(repo):\n    return torch.hub.list(repo, skip_validation=True, trust_repo=True)",
+    "import torch\ndef f(p):\n    restore = torch.load\n    return restore(p, weights_only=False)",
+    "import numpy as np\ndef f(p):\n    ld, = (np.load,)\n    return ld(p, allow_pickle=True)",
+    'import numpy as np\ndef f(p):\n    return {"f": np.load}["f"](p, allow_pickle=True)',
+    "import torch\ndef f(ps):\n    return list(map(torch.load, ps))",
+]
+
+
+@pytest.mark.parametrize("body", RENAMED_DOORS, ids=range(len(RENAMED_DOORS)))
+def test_dangerous_functions_under_another_name_are_errors(body):
+    found = findings(module(body))
+    assert any(rule == "PW023" and severity == "error" for rule, severity, _ in found), found
+
+
+def test_the_verdict_does_not_depend_on_the_call_tables():
+    """Every module function a call pattern reports (torch.load, numpy.load, torch.hub.load, ...) is
+    also a name the policy's facades refuse, so the verdict stands without the table (PW023)."""
+    from pipewarden.audit import rules as audit_rules
+    from pipewarden.audit.static import AuditOptions
+
+    options = AuditOptions()
+    policy, view = options.policy(), options.view()
+    checked = 0
+    for name, patterns in audit_rules.EXACT_CALLS.items():
+        if name.startswith("builtins.") or not any(p.rule for p in patterns):
+            continue
+        top, *rest = name.split(".")
+        if not policy.is_module_allowed(top):
+            continue  # importing the module is already PW020
+        reach, _ = view.chain(top, rest)
+        assert reach.kind == "refused", (name, reach)
+        checked += 1
+    assert checked >= 20
