@@ -32,7 +32,9 @@ class Limits:
     worker) and ``cpu_s`` (CPU seconds of all the worker's threads, an rlimit the worker moves
     before each request), so a long-lived service is never ended by its total. For the worker's
     life: ``memory_mb`` (address space and data; default three quarters of the machine's
-    memory), ``file_size_mb``, ``open_files`` and ``processes`` (rlimits); ``max_message_mb``
+    memory), ``file_size_mb``, ``open_files`` and ``processes`` (rlimits), ``scratch_mb`` (all the
+    files the worker writes together: its scratch dir is a tmpfs of that size, memory-backed and
+    counted apart from ``memory_mb``); ``max_message_mb``
     bounds every message the host accepts from the worker; ``gpu_memory_fraction`` caps the
     worker's CUDA allocator when it uses a GPU. A worker stopped by a limit is gone; its handle's
     ``reload()`` starts a fresh one.
@@ -42,13 +44,14 @@ class Limits:
     memory_mb: int = field(default_factory=default_memory_mb)
     cpu_s: int = 3600
     file_size_mb: int = 64
+    scratch_mb: int = 512
     open_files: int = 256
     processes: int = 64
     max_message_mb: int = 512
     gpu_memory_fraction: float | None = None
 
     def __post_init__(self) -> None:
-        for name in ("wall_s", "memory_mb", "cpu_s", "file_size_mb", "open_files", "processes", "max_message_mb"):
+        for name in ("wall_s", "memory_mb", "cpu_s", "file_size_mb", "scratch_mb", "open_files", "processes", "max_message_mb"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
                 raise ValueError(f"Limits.{name} must be a positive number, got {value!r}")

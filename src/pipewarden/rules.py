@@ -256,6 +256,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("limits.cpu", "isolation", "Limits.cpu_s bounds the CPU time (all threads) of each request to the worker"),
     ("limits.file-size", "isolation", "Limits.file_size_mb bounds every file the worker writes"),
     ("limits.memory", "isolation", "Limits.memory_mb bounds the worker's memory"),
+    ("limits.scratch", "isolation", "Limits.scratch_mb bounds all the files the worker writes together (its own tmpfs)"),
     ("limits.message-size", "isolation", "Limits.max_message_mb bounds every message from the worker"),
     ("limits.wall-clock", "isolation", "Limits.wall_s bounds every request to the worker"),
     # -- tools

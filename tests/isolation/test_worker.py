@@ -57,6 +57,19 @@ def hook(w: WorkerProcess, name: str, arg=None, *, suspend: bool = True) -> dict
     return json.loads(msg.detail) if msg.detail.startswith("{") else {"detail": msg.detail}
 
 
+def _in_worker(w: WorkerProcess, *parts: str) -> str:
+    """A path in the worker's scratch as the worker sees it (its own tmpfs; root reads it here)."""
+    return os.path.join(f"/proc/{w.pid}/root", w.scratch.lstrip("/"), *parts)
+
+
+def _du(top: str) -> int:
+    total = 0
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
+    return total
+
+
 def active(w: WorkerProcess, name: str) -> bool:
     return {s.name: s.active for s in w.layers}[name]
 
@@ -112,7 +125,7 @@ def test_doctor_cli_prints_the_table(capsys, doctor):
         assert name in out
 
 
-@pytest.mark.parametrize("skip", ["seccomp", "landlock-fs", "netns", "ipcns", "uid", "rlimits", "env"])
+@pytest.mark.parametrize("skip", ["seccomp", "landlock-fs", "netns", "ipcns", "scratch-fs", "uid", "rlimits", "env"])
 def test_a_disabled_layer_is_reported_inactive_and_the_others_still_active(skip, doctor):
     with worker(skip=frozenset({skip})) as w:
         reported = {s.name: s for s in w.layers}
@@ -178,7 +191,7 @@ def test_fork_is_refused_at_the_c_level(tmp_path):
         with pytest.raises(PolicyViolation, match="tripwire"):
             hook(w, "fork", marker, suspend=False)
         time.sleep(0.1)
-        assert not os.path.exists(marker)
+        assert not os.path.exists(marker) and not os.path.exists(_in_worker(w, "child-ran"))
         assert hook(w, "identity")["pid"] == w.pid  # the worker survived the attempt
 
 
@@ -321,7 +334,7 @@ def test_8gib_allocation_ends_in_resource_limit_error(server):
 def test_file_size_limit_refuses_a_big_write_without_killing_the_worker(server):
     with worker(Limits(file_size_mb=1, wall_s=60)) as w:
         assert hook(w, "write_big", 2)["errno"] == errno.EFBIG
-        assert os.path.getsize(os.path.join(w.scratch, "big.bin")) <= 1024 * 1024
+        assert os.path.getsize(_in_worker(w, "big.bin")) <= 1024 * 1024
         assert hook(w, "identity")["pid"] == w.pid
 
 
@@ -368,6 +381,33 @@ def test_a_crashing_worker_is_a_worker_error(server):
             hook(w, "abort")
         assert _gone(w.pid)
     _host_still_works(server)
+
+
+def test_scratch_is_bounded_in_total_and_stays_off_the_host_disk():
+    """Red team 9 W1: 40 files of 1 MiB each with file_size_mb=1 all landed on the host's disk."""
+    with worker(Limits(file_size_mb=1, scratch_mb=4, wall_s=60)) as w:
+        assert active(w, "scratch-fs")
+        res = hook(w, "fill", 40)
+        assert res["errno"] == errno.ENOSPC and res["written"] <= 4
+        assert res["written"] * 1024 * 1024 <= _du(_in_worker(w)) <= 4 * 1024 * 1024
+        # the host's scratch dir holds only the log it reads; its mount table is unchanged
+        assert os.listdir(w.scratch) == ["worker.log"] and _du(w.scratch) < 256 * 1024
+        with open("/proc/self/mountinfo") as fh:
+            assert w.scratch not in fh.read()
+        assert hook(w, "identity")["pid"] == w.pid  # the worker is still usable
+    with worker(Limits(file_size_mb=1, wall_s=60), skip=frozenset({"scratch-fs"})) as w:
+        # without the layer the same hook writes to the host's disk (what the layer prevents)
+        assert not active(w, "scratch-fs")
+        assert hook(w, "fill", 3) == {"written": 3, "errno": 0}
+        assert _du(w.scratch) >= 3 * 1024 * 1024
+
+
+def test_a_full_scratch_is_a_resource_limit_error():
+    from pipewarden.isolation._worker import _error_header
+
+    header = _error_header(OSError(errno.ENOSPC, "No space left on device"))
+    assert (header["error"], header["rule"]) == ("ResourceLimitError", "limits.scratch")
+    assert "scratch_mb" in header["fix"]
 
 
 # ------------------------------------------------------------------------------ protocol

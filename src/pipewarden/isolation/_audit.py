@@ -129,6 +129,8 @@ def _limit_rule(exc: BaseException) -> str | None:
     """The resource-limit rule an exception means (as the worker reports it for a call), else None."""
     if isinstance(exc, OSError) and exc.errno == errno.EFBIG:
         return "limits.file-size"
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return "limits.scratch"
     if isinstance(exc, MemoryError):
         return "limits.memory"
     if isinstance(exc, RuntimeError) and any(m in str(exc).lower() for m in _ALLOC_MARKERS):

@@ -214,6 +214,7 @@ class WorkerProcess:
             memory_mb=int(limits.memory_mb),
             cpu_s=int(limits.cpu_s),
             file_size_mb=int(limits.file_size_mb),
+            scratch_mb=int(limits.scratch_mb),
             open_files=int(limits.open_files),
             processes=int(limits.processes),
             gpu=bool(_layers.gpu_devices()),

@@ -125,6 +125,14 @@ def _error_header(exc: BaseException) -> dict:
             "rule": "limits.file-size",
             "fix": "raise Limits(file_size_mb=...) if the pipeline really needs to",
         }
+    if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
+        return {
+            "kind": "error",
+            "error": "ResourceLimitError",
+            "what": "the pipeline filled the worker's scratch space",
+            "rule": "limits.scratch",
+            "fix": "raise Limits(scratch_mb=...) if the pipeline really needs to write that much",
+        }
     if isinstance(exc, MemoryError) or (isinstance(exc, RuntimeError) and any(m in text.lower() for m in _ALLOC_MARKERS)):
         return {
             "kind": "error",
@@ -545,6 +553,17 @@ class _Worker:
             qid = libc.msgget(0, 0o1000 | 0o600)
             info["msgget"] = {"ret": qid, "errno": ctypes.get_errno() if qid < 0 else 0}
             return {"kind": "ok", "detail": json.dumps(info)}
+        if name == "fill":  # `arg` files of 1 MiB each in scratch: how many fit, and why it stopped
+            written, err = 0, 0
+            for i in range(int(str(arg))):
+                try:
+                    with open(os.path.join(self.plan.scratch, f"fill-{i}.bin"), "wb") as ffh:
+                        ffh.write(b"\1" * (1024 * 1024))
+                    written += 1
+                except OSError as exc:
+                    err = exc.errno or -1
+                    break
+            return {"kind": "ok", "detail": json.dumps({"written": written, "errno": err})}
         if name == "watch":  # inotify / fanotify: which files does anyone open?
             libc = ctypes.CDLL(None, use_errno=True)
             out = {}

@@ -163,7 +163,7 @@ def _is_hub_source(source: str) -> bool:
 #: Names of the worker confinement layers (``pipewarden.isolation.LAYER_NAMES``; a test
 #: keeps the two in sync without importing the isolation package here).
 KNOWN_LAYERS: tuple[str, ...] = (
-    "env", "netns", "ipcns", "uid", "rlimits", "landlock-fs", "landlock-net", "landlock-scope", "seccomp", "tripwire", "wall-clock",
+    "env", "netns", "ipcns", "scratch-fs", "uid", "rlimits", "landlock-fs", "landlock-net", "landlock-scope", "seccomp", "tripwire", "wall-clock",
 )
 
 

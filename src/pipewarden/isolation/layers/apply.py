@@ -5,7 +5,7 @@ verified snapshot, scratch dir, limits). Every layer reports a ``LayerStatus`` (
 and why); a layer that cannot be applied on this kernel/user degrades to "inactive" instead of
 failing, and the host decides (``required_layers``) whether that is acceptable.
 
-Order: environment -> network + IPC/UTS namespaces -> capabilities + unprivileged uid -> rlimits ->
+Order: environment -> network + IPC/UTS + mount namespaces (tmpfs scratch) -> capabilities + unprivileged uid -> rlimits ->
 no_new_privs -> Landlock -> seccomp (last, so the earlier steps may still use the calls it
 denies). The tripwire is armed by the worker after this, and the wall clock is the host's.
 """
@@ -28,6 +28,7 @@ LAYER_NAMES: tuple[str, ...] = (
     "env",
     "netns",
     "ipcns",
+    "scratch-fs",
     "uid",
     "rlimits",
     "landlock-fs",
@@ -43,6 +44,7 @@ LAYER_PURPOSE: Mapping[str, str] = {
     "env": "secrets in the environment (HF_TOKEN, cloud keys); forces HF_HUB_OFFLINE=1",
     "netns": "all network access (own namespace with only a down loopback)",
     "ipcns": "SysV IPC and POSIX message queues shared with the host (own IPC + UTS namespaces)",
+    "scratch-fs": "filling the host's disk: the scratch dir is the worker's own tmpfs of Limits.scratch_mb",
     "uid": "acting as root: writing root-owned files, signalling host processes, NPROC bypass",
     "rlimits": "memory (address space / data), CPU time, file size, open files, processes",
     "landlock-fs": "reading outside Python + the verified snapshot, writing outside scratch",
@@ -98,6 +100,7 @@ _WORKER_UID_BASE = 1_000_000
 _NAMESPACE_FLAGS: Mapping[str, int] = {
     "netns": sc.CLONE_NEWNET,
     "ipcns": sc.CLONE_NEWIPC | sc.CLONE_NEWUTS,
+    "scratch-fs": sc.CLONE_NEWNS,
 }
 #: Never granted as a whole even if they are on sys.path (e.g. a cwd of "/").
 _TOO_BROAD = frozenset({"/", "/tmp", "/var/tmp", "/home", "/root", "/etc", "/var", "/proc", "/sys", "/dev", "/run"})
@@ -126,6 +129,7 @@ class LayerPlan:
     file_size_mb: int
     open_files: int
     processes: int
+    scratch_mb: int = 512
     gpu: bool = False
     skip: frozenset[str] = field(default_factory=frozenset)
 
@@ -138,6 +142,7 @@ class LayerPlan:
             "file_size_mb": self.file_size_mb,
             "open_files": self.open_files,
             "processes": self.processes,
+            "scratch_mb": self.scratch_mb,
             "gpu": self.gpu,
             "skip": sorted(self.skip),
         }
@@ -152,6 +157,7 @@ class LayerPlan:
             file_size_mb=int(data["file_size_mb"]),
             open_files=int(data["open_files"]),
             processes=int(data["processes"]),
+            scratch_mb=int(data["scratch_mb"]),
             gpu=bool(data.get("gpu", False)),
             skip=frozenset(str(s) for s in data.get("skip", ())),
         )
@@ -240,11 +246,37 @@ def _ns_inode(kind: str) -> str:
         return "?"
 
 
-def _apply_namespaces(wanted: Iterable[str]) -> dict[str, LayerStatus]:
-    """Unshare the namespaces of the ``wanted`` layers (``netns``, ``ipcns``) in one call.
+def _map_own_ids(uid: int, gid: int) -> None:
+    """In a new user namespace: map our own uid/gid to themselves (files we create keep them)."""
+    for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} {uid} 1"), ("gid_map", f"{gid} {gid} 1")):
+        fd = os.open(f"/proc/self/{name}", os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            os.write(fd, text.encode("ascii"))
+        finally:
+            os.close(fd)
+
+
+def _mount_scratch(plan: LayerPlan) -> LayerStatus:
+    """A tmpfs of ``scratch_mb`` over the scratch dir, in the worker's own mount namespace.
+
+    Every mount is made private first so that nothing propagates back to the host's namespace.
+    The host keeps its own directory (it holds ``worker.log``, opened before this); what the
+    worker writes lands in memory bounded in total, and disappears with the worker.
+    """
+    try:
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+        sc.mount("tmpfs", plan.scratch, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, f"size={int(plan.scratch_mb)}m,mode=0700")
+    except OSError as exc:
+        return LayerStatus("scratch-fs", False, f"mount failed: {exc.strerror or exc}; scratch is a host directory")
+    return LayerStatus("scratch-fs", True, f"scratch is a private tmpfs of {plan.scratch_mb} MiB")
+
+
+def _apply_namespaces(plan: LayerPlan, wanted: Iterable[str]) -> dict[str, LayerStatus]:
+    """Unshare the namespaces of the ``wanted`` layers (``netns``, ``ipcns``, ``scratch-fs``) in one call.
 
     As root the namespaces are unshared directly; otherwise inside a new user namespace (which
-    gives the calls the privilege they need there and nowhere else).
+    gives the calls the privilege they need there and nowhere else), where our own uid and gid
+    are mapped to themselves.
     """
     wanted = [n for n in wanted if n in _NAMESPACE_FLAGS]
     if not wanted:
@@ -252,8 +284,10 @@ def _apply_namespaces(wanted: Iterable[str]) -> dict[str, LayerStatus]:
     flags = 0
     for name in wanted:
         flags |= _NAMESPACE_FLAGS[name]
+    root = os.geteuid() == 0
+    uid, gid = os.geteuid(), os.getegid()
     try:
-        sc.unshare(flags if os.geteuid() == 0 else flags | sc.CLONE_NEWUSER)
+        sc.unshare(flags if root else flags | sc.CLONE_NEWUSER)
     except OSError as exc:
         return {n: LayerStatus(n, False, f"unshare failed: {exc.strerror or exc}") for n in wanted}
     out: dict[str, LayerStatus] = {}
@@ -267,6 +301,14 @@ def _apply_namespaces(wanted: Iterable[str]) -> dict[str, LayerStatus]:
         out["netns"] = LayerStatus("netns", True, f"own network namespace, interfaces: {', '.join(ifaces) or 'none'} (down)")
     if "ipcns" in wanted:
         out["ipcns"] = LayerStatus("ipcns", True, f"own IPC and UTS namespaces ({_ns_inode('ipc')})")
+    mapped: str | None = None
+    if not root:
+        try:
+            _map_own_ids(uid, gid)
+        except OSError as exc:
+            mapped = f"uid map failed: {exc.strerror or exc}"
+    if "scratch-fs" in wanted:
+        out["scratch-fs"] = LayerStatus("scratch-fs", False, mapped) if mapped else _mount_scratch(plan)
     return out
 
 
@@ -409,7 +451,7 @@ def apply_all(plan: LayerPlan) -> tuple[LayerStatus, ...]:
 
     if not skipped("env"):
         out.append(_apply_env(plan))
-    namespaces = _apply_namespaces(n for n in _NAMESPACE_FLAGS if n not in plan.skip)
+    namespaces = _apply_namespaces(plan, (n for n in _NAMESPACE_FLAGS if n not in plan.skip))
     for name in _NAMESPACE_FLAGS:
         if not skipped(name):
             out.append(namespaces[name])

@@ -42,6 +42,14 @@ def _child_checks(statuses: list[_layers.LayerStatus], canary_dir: str, host_ipc
     checks["uid"] = (os.getuid() != 0 and os.geteuid() != 0, f"running as uid {os.getuid()}")
     own_ipc = _ns("ipc")
     checks["ipcns"] = (own_ipc not in ("?", host_ipc), f"IPC namespace {own_ipc}, host's {host_ipc}")
+    scratch = os.path.join(os.path.dirname(canary_dir), "scratch")
+    try:
+        st = os.statvfs(scratch)
+        size = st.f_blocks * st.f_frsize
+        own_fs = os.stat(scratch).st_dev != os.stat(canary_dir).st_dev
+    except OSError:
+        size, own_fs = -1, False
+    checks["scratch-fs"] = (own_fs and 0 < size <= 8 * 1024 * 1024, f"scratch on its own file system of {size} bytes")
     soft, _hard = resource.getrlimit(resource.RLIMIT_DATA)
     checks["rlimits"] = (soft != resource.RLIM_INFINITY, "RLIMIT_DATA set")
     write_err = _errno_of(lambda: open(os.path.join(canary_dir, "written"), "wb").close())
@@ -99,7 +107,8 @@ def probe() -> tuple[_layers.LayerStatus, ...]:
         fh.write("secret")
     os.chmod(os.path.join(canary, "secret"), 0o666)
     plan = _layers.LayerPlan(
-        scratch=scratch, read_paths=(), memory_mb=4096, cpu_s=30, file_size_mb=8, open_files=64, processes=64, gpu=False
+        scratch=scratch, read_paths=(), memory_mb=4096, cpu_s=30, file_size_mb=8, open_files=64, processes=64,
+        scratch_mb=8, gpu=False,
     )
     r, w = os.pipe()
     os.environ.setdefault("PIPEWARDEN_PROBE_SECRET", "x")

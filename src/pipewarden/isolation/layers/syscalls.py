@@ -36,7 +36,7 @@ NR: dict[str, dict[str, int]] = {
 
 _libc = ctypes.CDLL(None, use_errno=True)
 #: False off Linux (or without these libc functions): every layer then reports itself missing.
-LINUX = all(hasattr(_libc, f) for f in ("syscall", "prctl", "unshare")) and platform.system() == "Linux"
+LINUX = all(hasattr(_libc, f) for f in ("syscall", "prctl", "unshare", "mount")) and platform.system() == "Linux"
 if not LINUX:
     ARCH = None
 else:
@@ -45,6 +45,8 @@ else:
     _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
     _libc.unshare.restype = ctypes.c_int
     _libc.unshare.argtypes = [ctypes.c_int]
+    _libc.mount.restype = ctypes.c_int
+    _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 
 
 def _unsupported(what: str) -> OSError:
@@ -75,6 +77,21 @@ def unshare(flags: int) -> None:
         raise _unsupported("unshare")
     _check(_libc.unshare(flags), "unshare")
 
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    if not LINUX:
+        raise _unsupported("mount")
+
+    def enc(v: str | None) -> bytes | None:
+        return None if v is None else os.fsencode(v)
+
+    _check(_libc.mount(enc(source), enc(target), enc(fstype), flags, enc(data)), f"mount {target}")
+
+
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
 
 PR_SET_PDEATHSIG = 1
 PR_SET_DUMPABLE = 4
