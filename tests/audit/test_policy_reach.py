@@ -317,3 +317,30 @@ def test_the_verdict_does_not_depend_on_the_call_tables():
         assert reach.kind == "refused", (name, reach)
         checked += 1
     assert checked >= 20
+
+
+# [deny] names are refused on every host object, whatever the receiver (red team 9H F3's list:
+# ndarray.dump/tofile, storage, hooks): the name alone decides, unless the file defines it itself.
+DENIED_ON_ANY_OBJECT = [
+    "def f(arr, p):\n    arr.tofile(p)",
+    "def f(arr, p):\n    arr.dump(p)",
+    "def f(unet, hook):\n    return unet.register_forward_hook(hook)",
+    "def f(t):\n    return t.untyped_storage()",
+    "def f(pipe):\n    pipe.save_pretrained('out')",
+    "def f(image, p):\n    image.save(p)",
+]
+
+
+@pytest.mark.parametrize("body", DENIED_ON_ANY_OBJECT, ids=range(len(DENIED_ON_ANY_OBJECT)))
+def test_names_denied_on_every_object_are_errors(body):
+    found = findings(module(body))
+    assert any(rule == "PW023" and severity == "error" and "every object" in message
+               for rule, severity, message in found), found
+
+
+def test_a_denied_name_the_file_defines_itself_is_left_to_the_sandbox():
+    from pipewarden.sandbox import load_class
+
+    source = module("class Store:\n    def save_state(self):\n        return 1\n\nX = Store().save_state()")
+    assert not any("every object" in message for _, _, message in findings(source))
+    load_class(source, filename="p.py")  # the sandbox lets the file's own objects use it too

@@ -178,6 +178,7 @@ def check_tree(
     if view is not None:
         out.extend(_reach_findings(imports, attributes, calls, assigns, loaded, annotations, view,
                                    compares=compares, classes=classes, names=all_names))
+        out.extend(_denied_attributes(attributes, calls, bound, bindings, view))
     if annotations:
         out.extend(_annotation_findings(annotations, _future_annotations(tree)))
     out.sort(key=lambda f: (f.lineno, f.col_offset, f.rule, f.message))
@@ -653,6 +654,46 @@ def _reach_findings(
                 if isinstance(name_arg, ast.Constant) and isinstance(name_arg.value, str):
                     report(call, call.args[0].id, [name_arg.value], func.id in ("setattr", "delattr"))
     out.extend(_module_values(attributes, names, modules, followed, compares, annotations, view))
+    return out
+
+
+def _denied_attributes(
+    attributes: list[ast.Attribute],
+    calls: list[ast.Call],
+    bound: set[str],
+    bindings: dict[str, str],
+    view: PolicyView,
+) -> list[RawFinding]:
+    """PW023: an attribute name the policy's ``[deny]`` refuses on every host object
+    (``x.save_pretrained``, ``arr.tofile``, ``unet.register_forward_hook``, ``t.data_ptr``), on any
+    receiver. The sandbox lets the file's own objects use names the file itself defines; a name the
+    file defines or binds anywhere (a method, an attribute it assigns, a keyword it passes) is left
+    alone here for that reason. Chains on a module alias are PW023 through the facade check."""
+    deny = view.policy.deny
+    defined: set[str] | None = None
+    out: list[RawFinding] = []
+    for attr in attributes:
+        name = attr.attr
+        if type(attr.ctx) is not ast.Load or not deny.denies(name):
+            continue
+        if defined is None:
+            defined = set(bound)
+            defined.update(a.attr for a in attributes if type(a.ctx) is not ast.Load)
+            for call in calls:
+                defined.update(kw.arg for kw in call.keywords if kw.arg)
+                if (type(call.func) is ast.Name and call.func.id in ("setattr", "getattr", "hasattr")
+                        and len(call.args) >= 2 and isinstance(call.args[1], ast.Constant)):
+                    defined.add(str(call.args[1].value))
+        if name in defined:
+            continue
+        root = attr.value
+        while type(root) is ast.Attribute:
+            root = root.value  # type: ignore[attr-defined]
+        if type(root) is ast.Name and root.id in bindings:  # type: ignore[attr-defined]
+            continue  # through an import: the facade check (or the import's own finding) decides
+        out.append(RawFinding("PW023", attr.lineno, attr.col_offset, (
+            f".{name} is refused on every object by the sandbox policy ([deny]: files, network, "
+            "processes, hooks, raw memory); under plain diffusers it runs")))
     return out
 
 
