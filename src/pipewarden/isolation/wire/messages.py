@@ -14,6 +14,7 @@ callback tensor names are public identifiers. Output values are checked by the c
 
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -39,10 +40,31 @@ def _bad(what: str) -> WorkerError:
     )
 
 
+#: Characters a terminal acts on rather than shows (red team 9 W3): C0 controls except newline
+#: and tab (ESC starts OSC 52 clipboard writes, title changes, screen clears; CR rewrites a
+#: line), DEL, C1 controls (8-bit CSI/OSC), bidi overrides, isolates and marks, line separators.
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """``text`` with every terminal control character written as an escape (``\\x1b``, ``\\u202e``)."""
+    return _CONTROLS.sub(_escape, text)
+
+
 def _text(value: object, field: str, *, limit: int = _MAX_TEXT) -> str:
+    """A worker-chosen string: a ``str``, at most ``limit`` characters, no terminal controls.
+
+    Every text the host may print (error messages, ``what``/``fix``, layer details, audit
+    findings, class and type names) passes here, so no later consumer has to remember.
+    """
     if not isinstance(value, str):
         raise _bad(f"{field} is not a string")
-    return value[:limit]
+    return visible(value[:limit])[:limit]
 
 
 #: The largest progress count a worker may report (exact in a float, as the host's bars draw it).
