@@ -29,14 +29,15 @@ class Limits:
     """Limits enforced on an isolated worker (``isolation="process"``).
 
     Per request (a load, a call, a ``.to()``): ``wall_s`` (enforced by the host, which kills the
-    worker) and ``cpu_s`` (CPU seconds of all the worker's threads, an rlimit the worker moves
-    before each request), so a long-lived service is never ended by its total. For the worker's
-    life: ``memory_mb`` (address space and data; default three quarters of the machine's
-    memory), ``file_size_mb``, ``open_files`` and ``processes`` (rlimits), ``scratch_mb`` (all the
-    files the worker writes together: its scratch dir is a tmpfs of that size, memory-backed and
-    counted apart from ``memory_mb``); ``max_message_mb``
-    bounds every message the host accepts from the worker; ``gpu_memory_fraction`` caps the
-    worker's CUDA allocator when it uses a GPU. A worker stopped by a limit is gone; its handle's
+    worker) and ``cpu_s`` (CPU seconds of all the worker's threads: an rlimit the worker moves
+    before each request, and a budget the host checks from outside), so a long-lived service is
+    never ended by its total. For the worker's life: ``memory_mb`` (address space and data;
+    default three quarters of the machine's memory), ``file_size_mb``, ``open_files`` and
+    ``processes`` (rlimits), ``scratch_mb`` (all the files the worker writes together: its
+    scratch dir is a tmpfs of that size, memory-backed and counted apart from ``memory_mb``);
+    ``max_message_mb`` bounds every message the host accepts from the worker;
+    ``gpu_memory_fraction`` caps the worker's CUDA allocator when it uses a GPU. A worker stopped
+    by a limit is gone; its handle's
     ``reload()`` starts a fresh one.
     """
 

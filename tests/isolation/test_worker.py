@@ -371,6 +371,15 @@ def test_cpu_limit_ends_an_infinite_loop(server):
     _host_still_works(server)
 
 
+def test_the_worker_cannot_lift_its_own_cpu_limit(server):
+    """Red team 9 W6: code in the worker raised its soft RLIMIT_CPU (the hard one was infinite)."""
+    with worker(Limits(cpu_s=1, wall_s=120)) as w:
+        with pytest.raises(ResourceLimitError) as info:
+            hook(w, "uncap_cpu", 6)  # 6 s of CPU after lifting every limit it can
+        assert info.value.rule == "limits.cpu"  # the CPU limit, not the 120 s wall clock
+    _host_still_works(server)
+
+
 def test_wall_clock_limit_kills_a_hung_worker(server):
     with worker(Limits(cpu_s=600, wall_s=1.0)) as w:
         with pytest.raises(ResourceLimitError, match="within 1 s") as excinfo:

@@ -227,6 +227,7 @@ class WorkerProcess:
         self.closed = False
         self.reload_fix = "load the pipeline again"
         self._killed_by_host = False
+        self._cpu_end: float | None = None  # the worker's CPU time at which this request is over budget
         self._lock = threading.RLock()
         ready = self._receive(time.monotonic() + min(_READY_TIMEOUT_S, float(limits.wall_s) + 30.0), "start")
         if not isinstance(ready, _messages.Ready):
@@ -253,6 +254,8 @@ class WorkerProcess:
             if self.closed:
                 raise WorkerError("the isolated pipeline is closed", rule="worker.closed", fix=self.reload_fix)
             deadline = time.monotonic() + float(self.limits.wall_s)
+            start = self._cpu_seconds()
+            self._cpu_end = None if start is None else start + float(self.limits.cpu_s)
             try:
                 self._send(encode_frame(header, payload), deadline, what)
                 while True:
@@ -304,7 +307,7 @@ class WorkerProcess:
 
     def _receive(self, deadline: float, what: str) -> _messages.WorkerMessage:
         try:
-            frame = read_frame(self._resp, max_bytes=self.max_bytes, deadline=deadline)
+            frame = read_frame(self._resp, max_bytes=self.max_bytes, deadline=deadline, on_wait=lambda: self._check_cpu(what))
             return _messages.parse(frame)
         except FrameTimeout:
             raise self._timeout(what) from None
@@ -313,6 +316,39 @@ class WorkerProcess:
         except (ResourceLimitError, WorkerError):
             self.kill()
             raise
+
+    def _cpu_seconds(self) -> float | None:
+        """The worker's CPU time so far (all threads, user + system); None if it cannot be read."""
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime
+        except (OSError, IndexError, ValueError):
+            return None
+
+    def _check_cpu(self, what: str) -> None:
+        """``Limits.cpu_s`` kept by the host (red team 9 W6), checked while it waits for an answer.
+
+        The worker also moves its own soft ``RLIMIT_CPU`` before each request (SIGXCPU, the fast
+        path), but a limit the worker administers does not bind code in the worker: it can raise
+        it (the hard limit stays open so that a long-lived service is not ended by its total,
+        and only ``CAP_SYS_RESOURCE`` could set it per request from outside). So the host reads
+        the worker's CPU time every ``WAIT_SLICE_S`` and stops it past the budget.
+        """
+        if self._cpu_end is None or self.closed:
+            return
+        used = self._cpu_seconds()
+        if used is not None and used > self._cpu_end:
+            self._killed_by_host = True
+            self.kill()
+            raise self._cpu_error(what)
+
+    def _cpu_error(self, what: str) -> ResourceLimitError:
+        return ResourceLimitError(
+            f"the isolated pipeline used more than {self.limits.cpu_s:g} s of CPU during {what}; the worker was stopped",
+            rule="limits.cpu",
+            fix=f"{self.reload_fix}; give it a larger Limits(cpu_s=...) if the pipeline really needs more",
+        )
 
     # ------------------------------------------------------------------------------- endings
 
@@ -336,11 +372,7 @@ class WorkerProcess:
             pass
         self._finish()
         if code is not None and code < 0 and -code == signal.SIGXCPU:
-            return ResourceLimitError(
-                f"the isolated pipeline used more than {self.limits.cpu_s:g} s of CPU during {what}; the worker was stopped",
-                rule="limits.cpu",
-                fix=f"{self.reload_fix}; give it a larger Limits(cpu_s=...) if the pipeline really needs more",
-            )
+            return self._cpu_error(what)
         how = "hung up" if code is None else (f"was killed by signal {signal.Signals(-code).name}" if code < 0 else f"exited with code {code}")
         return WorkerError(
             f"the isolated worker {how} during {what}" + (f"; worker log ends: {tail}" if tail else ""),

@@ -17,6 +17,7 @@ import os
 import select
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from pipewarden.errors import ResourceLimitError, WorkerError
@@ -61,7 +62,13 @@ def write_frame(fd: int, header: dict, payload: bytes | memoryview = b"") -> Non
             view = view[n:]
 
 
-def _read_exact(fd: int, n: int, deadline: float | None, *, started: bool) -> bytes:
+#: How often (seconds) a waiting reader calls its ``on_wait`` check.
+WAIT_SLICE_S = 0.5
+
+
+def _read_exact(
+    fd: int, n: int, deadline: float | None, *, started: bool, on_wait: Callable[[], None] | None = None
+) -> bytes:
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -72,9 +79,13 @@ def _read_exact(fd: int, n: int, deadline: float | None, *, started: bool) -> by
     while got < n:
         if poller is not None and deadline is not None:
             left = deadline - time.monotonic()
+            if on_wait is not None:
+                left = min(left, WAIT_SLICE_S)
             if left <= 0 or not poller.poll(max(0, int(left * 1000)) + 1):
                 if time.monotonic() >= deadline:
                     raise FrameTimeout()
+                if on_wait is not None:
+                    on_wait()
                 continue
         k = os.readv(fd, [view[got:]])
         if k == 0:
@@ -83,13 +94,18 @@ def _read_exact(fd: int, n: int, deadline: float | None, *, started: bool) -> by
     return bytes(buf)
 
 
-def read_frame(fd: int, *, max_bytes: int, deadline: float | None = None) -> Frame:
+def read_frame(
+    fd: int, *, max_bytes: int, deadline: float | None = None, on_wait: Callable[[], None] | None = None
+) -> Frame:
     """Read one frame; ResourceLimitError if it announces more than ``max_bytes``.
+
+    With a ``deadline``, ``on_wait`` (if given) is called about every ``WAIT_SLICE_S`` while no
+    byte arrives; what it raises ends the read.
 
     WorkerError for a bad magic or a header that is not a JSON object; PeerClosed on EOF;
     FrameTimeout when ``deadline`` (time.monotonic) passes.
     """
-    prefix = _read_exact(fd, _PREFIX.size, deadline, started=False)
+    prefix = _read_exact(fd, _PREFIX.size, deadline, started=False, on_wait=on_wait)
     magic, head_len, payload_len = _PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise WorkerError(
@@ -110,8 +126,8 @@ def read_frame(fd: int, *, max_bytes: int, deadline: float | None = None) -> Fra
             rule="limits.message-size",
             fix="raise Limits(max_message_mb=...) if the output really is that large",
         )
-    head = _read_exact(fd, head_len, deadline, started=True)
-    payload = _read_exact(fd, payload_len, deadline, started=True) if payload_len else b""
+    head = _read_exact(fd, head_len, deadline, started=True, on_wait=on_wait)
+    payload = _read_exact(fd, payload_len, deadline, started=True, on_wait=on_wait) if payload_len else b""
     try:
         header = json.loads(head.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
