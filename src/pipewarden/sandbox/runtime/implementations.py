@@ -144,6 +144,7 @@ CALLABLE_ARGUMENTS: dict[str, tuple[int, str]] = {
     "itertools.takewhile": (0, "predicate"),
     "itertools.dropwhile": (0, "predicate"),
     "itertools.filterfalse": (0, "function"),
+    "contextlib.contextmanager": (0, "func"),
 }
 
 
@@ -209,6 +210,37 @@ def sandbox_warn(box: FacadeResolver, where: str, target: Any) -> Any:
         )
 
     return warn
+
+
+def catch_warnings(box: FacadeResolver, where: str, target: Any) -> Any:
+    """``warnings.catch_warnings`` on the warnings module only (red team round 9).
+
+    With ``module=<a stand-in>`` the host class saved and restored the stand-in's ``filters`` while
+    its ``action=`` went through the real ``simplefilter``: the host's filters stayed changed (an
+    ``"error"`` filter turned every later host warning into an exception)."""
+    target = _present(target, where)
+
+    def catch(
+        *, record: bool = False, action: Any = None, category: Any = Warning, lineno: int = 0, append: bool = False
+    ) -> Any:
+        return target(record=record, action=action, category=category, lineno=lineno, append=append)
+
+    return functools.update_wrapper(catch, target, assigned=("__name__", "__qualname__", "__doc__"), updated=())
+
+
+def checked_factory(box: FacadeResolver, where: str, target: Any) -> Any:
+    """``collections.defaultdict``: the factory is called with the sandbox's call checks
+    (``checked_callable``), at construction and when sandboxed code sets ``default_factory``
+    through the constructor again; the dict is a real ``defaultdict``."""
+    target = _present(target, where)
+    check = box.checked_callable  # type: ignore[attr-defined]
+
+    def make(*args: Any, **kwargs: Any) -> Any:
+        if args and callable(args[0]):
+            args = (check(args[0]), *args[1:])
+        return target(*args, **kwargs)
+
+    return functools.update_wrapper(make, target, assigned=("__name__", "__qualname__", "__doc__"), updated=())
 
 
 def deprecate_checked(box: FacadeResolver, where: str, target: Any) -> Any:
