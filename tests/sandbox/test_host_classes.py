@@ -145,6 +145,19 @@ def run():
     with InferenceForever():
         pass
 ''',
+    "suppress-exit": '''
+import contextlib
+
+
+class SuppressEverything(contextlib.suppress):
+    def __exit__(self, *args):
+        return True
+
+
+def run():
+    with SuppressEverything():
+        pass
+''',
     "catch-warnings-exit": '''
 class WarningsForever(warnings.catch_warnings):
     def __exit__(self, *args):
@@ -164,7 +177,6 @@ def _host_state():
 
 @pytest.mark.parametrize("name", sorted(PROTOCOL_SOURCES))
 def test_subclassing_a_host_protocol_class_is_refused(name):
-    before = _host_state()
     src = HEAD + PROTOCOL_SOURCES[name] + '''
 class P(DiffusionPipeline):
     def __init__(self):
@@ -173,11 +185,16 @@ class P(DiffusionPipeline):
     def __call__(self):
         return run()
 '''
+    # the imports a load makes add warning filters of their own (scipy, sympy): state after them
+    load_class(HEAD + "\n\nclass P(DiffusionPipeline):\n    pass\n", filename="protocol_warmup.py")
+    before = _host_state()
     with pytest.raises(PipewardenError) as info:
         load_class(src, filename="protocol.py")
     # torch's mode context managers reach the sandbox as factories of fresh instances (red team
-    # round 7, test_host_modes.py): not a class, so not a base at all
-    expected = "class.bases" if name in ("no-grad-exit", "inference-mode-exit") else "class.host-protocol"
+    # round 7, test_host_modes.py), warnings.catch_warnings as one without module= (round 9): not
+    # a class, so not a base at all
+    factories = ("no-grad-exit", "inference-mode-exit", "catch-warnings-exit")
+    expected = "class.bases" if name in factories else "class.host-protocol"
     assert info.value.rule == expected, (info.value.rule, info.value.what)
     assert _host_state() == before
     assert not tripwire.is_armed()

