@@ -174,7 +174,9 @@ def check_tree(
     for call in calls:
         out.extend(_call_findings(call, bindings, shadowed, benign))
     if any(use.id in _BUILTIN_VALUE_RULES for use in builtin_uses):
-        out.extend(_builtin_value_findings(tree, calls))
+        called = {id(c.func) for c in calls}
+        if any(use.id in _BUILTIN_VALUE_RULES and id(use) not in called for use in builtin_uses):
+            out.extend(_builtin_value_findings(tree, calls))
     if view is not None:
         out.extend(_reach_findings(imports, attributes, calls, assigns, loaded, annotations, view,
                                    compares=compares, classes=classes, names=all_names))
@@ -611,12 +613,14 @@ def _reach_findings(
     # class body: there the name becomes a class attribute, read as ``self.x`` (a module value).
     in_class = {id(stmt) for cls in classes for stmt in cls.body}
     aliasing: set[int] = set()
+    candidates = [a for a in assigns if type(a.value) in (ast.Attribute, ast.Name) and id(a) not in in_class
+                  and all(type(t) is ast.Name for t in a.targets)]
     for _ in range(2):
-        for assign in assigns:
-            if id(assign) in in_class or not all(type(t) is ast.Name for t in assign.targets):
+        for assign in candidates:
+            if _root(assign.value) not in modules:
                 continue
             targets = [t.id for t in assign.targets if type(t) is ast.Name]
-            if targets and type(assign.value) in (ast.Attribute, ast.Name):
+            if targets:
                 aliasing.add(id(assign.value))
                 for module in _chain_modules(assign.value, modules, view):
                     for target in targets:
@@ -640,10 +644,9 @@ def _reach_findings(
                 seen.add(key)
                 out.append(RawFinding("PW023", node.lineno, node.col_offset, message))  # type: ignore[attr-defined]
 
-    for attr in attributes:
-        parts, rooted = _target(attr)
-        if rooted and parts[0] in modules:
-            report(attr, parts[0], parts[1:], type(attr.ctx) is not ast.Load)
+    on_modules = [(attr, _target(attr)[0]) for attr in attributes if _root(attr) in modules]
+    for attr, parts in on_modules:
+        report(attr, parts[0], parts[1:], type(attr.ctx) is not ast.Load)
     followed = {id(a.value) for a in attributes} | aliasing  # a module as the prefix of a name, or aliased
     for call in calls:
         func = call.func
@@ -653,8 +656,15 @@ def _reach_findings(
                 name_arg = call.args[1]
                 if isinstance(name_arg, ast.Constant) and isinstance(name_arg.value, str):
                     report(call, call.args[0].id, [name_arg.value], func.id in ("setattr", "delattr"))
-    out.extend(_module_values(attributes, names, modules, followed, compares, annotations, view))
+    out.extend(_module_values(on_modules, names, modules, followed, compares, annotations, view))
     return out
+
+
+def _root(node: ast.expr) -> str | None:
+    """The name at the root of an attribute chain (``a`` of ``a.b.c``), or None."""
+    while type(node) is ast.Attribute:
+        node = node.value  # type: ignore[attr-defined]
+    return node.id if type(node) is ast.Name else None  # type: ignore[attr-defined]
 
 
 def _denied_attributes(
@@ -698,7 +708,7 @@ def _denied_attributes(
 
 
 def _module_values(
-    attributes: list[ast.Attribute],
+    on_modules: list[tuple[ast.Attribute, list[str]]],
     names: list[ast.Name],
     modules: dict[str, set[str]],
     followed: set[int],
@@ -710,15 +720,13 @@ def _module_values(
     reached through it later (``vars(torch)["utils"]``, ``self.helper.collect_env``) cannot be
     checked here, so it fails closed. Compared (``type(x) is Image``) or annotated is no use."""
     candidates: list[tuple[ast.expr, str]] = [(n, n.id) for n in names if n.id in modules and id(n) not in followed]
-    for attr in attributes:
+    for attr, parts in on_modules:
         if type(attr.ctx) is ast.Load and id(attr) not in followed:
-            parts, rooted = _target(attr)
-            if rooted and parts[0] in modules:
-                for module in modules[parts[0]]:
-                    reach, used = view.chain(module, parts[1:])
-                    if reach.kind == "module" and used == len(parts) - 1:
-                        candidates.append((attr, ".".join(parts)))
-                        break
+            for module in modules[parts[0]]:
+                reach, used = view.chain(module, parts[1:])
+                if reach.kind == "module" and used == len(parts) - 1:
+                    candidates.append((attr, ".".join(parts)))
+                    break
     if not candidates:
         return []
     harmless = {id(operand) for c in compares for operand in (c.left, *c.comparators)}
