@@ -416,7 +416,7 @@ def test_scratch_is_bounded_in_total_and_stays_off_the_host_disk():
         assert res["errno"] == errno.ENOSPC and res["written"] <= 4
         assert res["written"] * 1024 * 1024 <= _du(_in_worker(w)) <= 4 * 1024 * 1024
         # the host's scratch dir holds only the log it reads; its mount table is unchanged
-        assert os.listdir(w.scratch) == ["worker.log"] and _du(w.scratch) < 256 * 1024
+        assert sorted(os.listdir(w.scratch)) == [".pipewarden-host", "worker.log"] and _du(w.scratch) < 256 * 1024
         with open("/proc/self/mountinfo") as fh:
             assert w.scratch not in fh.read()
         assert hook(w, "identity")["pid"] == w.pid  # the worker is still usable
@@ -433,6 +433,54 @@ def test_a_full_scratch_is_a_resource_limit_error():
     header = _error_header(OSError(errno.ENOSPC, "No space left on device"))
     assert (header["error"], header["rule"]) == ("ResourceLimitError", "limits.scratch")
     assert "scratch_mb" in header["fix"]
+
+
+def test_stale_scratch_dirs_of_gone_hosts_are_removed_and_nothing_else(tmp_path):
+    from pipewarden.isolation._client import _SCRATCH_MARKER, _hold_scratch, clean_stale_scratch
+
+    hour_ago = time.time() - 3600
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("keep")
+    held: list[int] = []
+
+    def scratch(name: str, *, marker: bool = True, locked: bool = False, old: bool = True) -> Path:
+        d = tmp_path / name
+        d.mkdir()
+        (d / "worker.log").write_text("log")
+        if marker:
+            fd = _hold_scratch(str(d))
+            if old:
+                os.utime(d / _SCRATCH_MARKER, (hour_ago, hour_ago))
+            if locked:
+                held.append(fd)
+            else:
+                os.close(fd)
+        return d
+
+    stale = scratch("pipewarden-worker-stale")
+    (stale / "link").symlink_to(outside)  # removed as a link, never followed
+    live = scratch("pipewarden-worker-live", locked=True)
+    young = scratch("pipewarden-worker-young", old=False)
+    foreign = scratch("pipewarden-worker-nomarker", marker=False)
+    other = scratch("someone-else", marker=True)
+    target = scratch("elsewhere")
+    (tmp_path / "pipewarden-worker-link").symlink_to(target)
+    try:
+        assert clean_stale_scratch(str(tmp_path)) == 1
+        assert not stale.exists()
+        assert live.is_dir() and young.is_dir() and foreign.is_dir() and other.is_dir()
+        assert target.is_dir() and (target / "worker.log").exists() and (tmp_path / "pipewarden-worker-link").is_symlink()
+        assert (outside / "keep.txt").read_text() == "keep"
+    finally:
+        for fd in held:
+            os.close(fd)
+    # a running worker's dir is held by its host, whatever its age
+    with worker() as w:
+        os.utime(os.path.join(w.scratch, _SCRATCH_MARKER), (hour_ago, hour_ago))
+        clean_stale_scratch(os.path.dirname(w.scratch))
+        assert os.path.isdir(w.scratch) and hook(w, "identity")["pid"] == w.pid
+    assert not os.path.exists(w.scratch)
 
 
 # ------------------------------------------------------------------------------ protocol

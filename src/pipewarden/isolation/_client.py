@@ -19,6 +19,7 @@ import select
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -200,6 +201,78 @@ def _shutdown() -> None:
 
 _PRINTABLE = re.compile(r"[^\x20-\x7e\n]")
 
+_SCRATCH_PREFIX = "pipewarden-worker-"
+#: A file the host creates in each scratch dir it makes and holds an exclusive ``flock`` on for
+#: the worker's life: a dir whose marker nobody holds belongs to a host that is gone.
+_SCRATCH_MARKER = ".pipewarden-host"
+#: A marker younger than this is never taken as stale (the instant between creating and locking it).
+_STALE_AFTER_S = 60.0
+_stale_checked = False
+
+
+def _hold_scratch(scratch: str) -> int:
+    """Create the scratch dir's marker and lock it; returns the fd (held until ``_finish``)."""
+    fd = os.open(os.path.join(scratch, _SCRATCH_MARKER), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return fd
+
+
+def _stale(parent_fd: int, name: str, now: float) -> bool:
+    """Whether ``name`` (in the temp dir) is a scratch dir of ours whose host is gone.
+
+    Ours: a real directory (never a link) owned by this uid, holding a regular marker file owned
+    by this uid, older than ``_STALE_AFTER_S``. Gone: nobody holds the marker's lock.
+    """
+    try:
+        st = os.stat(name, dir_fd=parent_fd, follow_symlinks=False)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            return False
+        dfd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent_fd)
+    except OSError:
+        return False
+    try:
+        mfd = os.open(_SCRATCH_MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError:
+        os.close(dfd)
+        return False
+    try:
+        mst = os.fstat(mfd)
+        if not stat.S_ISREG(mst.st_mode) or mst.st_uid != os.geteuid() or now - mst.st_mtime < _STALE_AFTER_S:
+            return False
+        try:
+            fcntl.flock(mfd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            return False  # its host still holds it
+        return True
+    finally:
+        os.close(mfd)
+        os.close(dfd)
+
+
+def clean_stale_scratch(tmpdir: str | None = None, *, limit: int = 256) -> int:
+    """Remove scratch dirs left by hosts that were killed (no ``close`` ran); returns how many.
+
+    Only dirs this uid made (``_stale``); removal never follows a link (``shutil.rmtree`` on a
+    descriptor). At most ``limit`` candidates per call, so a crowded temp dir cannot stall a load.
+    """
+    base = tmpdir or tempfile.gettempdir()
+    try:
+        parent_fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError:
+        return 0
+    removed = 0
+    now = time.time()
+    try:
+        with os.scandir(parent_fd) as entries:
+            names = [e.name for e in entries if e.name.startswith(_SCRATCH_PREFIX)]
+        for name in names[:limit]:
+            if _stale(parent_fd, name, now) and shutil.rmtree.avoids_symlink_attacks:
+                shutil.rmtree(name, ignore_errors=True, dir_fd=parent_fd)
+                removed += 1
+    finally:
+        os.close(parent_fd)
+    return removed
+
 
 class WorkerProcess:
     """One worker, seen from the host: pipes, pidfd, limits, scratch dir."""
@@ -207,7 +280,12 @@ class WorkerProcess:
     def __init__(self, limits: Limits, *, read_paths: tuple[str, ...], test_hooks: bool = False, skip: frozenset[str] = frozenset()):
         self.limits = limits
         self.max_bytes = int(limits.max_message_mb) * 1024 * 1024
-        self.scratch = tempfile.mkdtemp(prefix="pipewarden-worker-")
+        global _stale_checked
+        if not _stale_checked:
+            _stale_checked = True
+            clean_stale_scratch()
+        self.scratch = tempfile.mkdtemp(prefix=_SCRATCH_PREFIX)
+        self._marker = _hold_scratch(self.scratch)
         self.plan = _layers.LayerPlan(
             scratch=self.scratch,
             read_paths=read_paths,
@@ -427,6 +505,10 @@ class WorkerProcess:
                 pass
         self._pidfd = -1
         shutil.rmtree(self.scratch, ignore_errors=True)
+        try:
+            os.close(self._marker)  # after the removal: the dir is never unlocked while it exists
+        except OSError:
+            pass
 
     def close(self) -> None:
         """Ask the worker to exit, then make sure it has (kill after a short grace period)."""
