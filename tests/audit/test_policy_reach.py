@@ -344,3 +344,15 @@ def test_a_denied_name_the_file_defines_itself_is_left_to_the_sandbox():
     source = module("class Store:\n    def save_state(self):\n        return 1\n\nX = Store().save_state()")
     assert not any("every object" in message for _, _, message in findings(source))
     load_class(source, filename="p.py")  # the sandbox lets the file's own objects use it too
+
+
+def test_text_report_escapes_messages_from_the_worker():
+    """F2 addendum: a finding's message can carry text the pipeline chose (an exception raised in the
+    worker under --run); ESC/CSI sequences must not reach the terminal."""
+    from pipewarden.audit.static import FileReport, Finding
+
+    message = "refused: ValueError: boom\nAudited 1 file: 0 errors.\x1b[31mFORGED\x1b[0m\x1b[1A\x1b[2K"
+    report = FileReport("p.py", "P", (Finding("PW060", "error", 3, 1, message, kind="dynamic"),))
+    text = render_text(AuditReport((report,), "1"))
+    assert "\x1b" not in text and text.count("\n") == 2
+    assert "\\x1b[31mFORGED" in text  # shown, inert
