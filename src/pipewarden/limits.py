@@ -54,8 +54,8 @@ class Limits:
     def __post_init__(self) -> None:
         for name in ("wall_s", "memory_mb", "cpu_s", "file_size_mb", "scratch_mb", "open_files", "processes", "max_message_mb"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"Limits.{name} must be a positive number, got {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < float("inf"):
+                raise ValueError(f"Limits.{name} must be a positive finite number, got {value!r}")
         frac = self.gpu_memory_fraction
         if frac is not None and not (0.0 < float(frac) <= 1.0):
             raise ValueError(f"Limits.gpu_memory_fraction must be in (0, 1], got {frac!r}")

@@ -185,3 +185,15 @@ def test_the_dynamic_rules_are_registered():
 def test_run_timeout_without_run_is_a_usage_error(run_dir, capsys):
     assert main(["audit", "--run-timeout", "5", str(run_dir / "one_step_unet.py")]) == 2
     assert "--run-timeout applies to --run only" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("seconds", ["1e308", "1e12", "3000000"])
+def test_a_huge_run_timeout_is_waited_for_not_overflowed(run_dir, tmp_path, capsys, monkeypatch, seconds):
+    """Red team 9H F12: poll() takes a C int of milliseconds; ``--run-timeout 1e308`` was an
+    OverflowError traceback (exit 1). A far deadline now runs the file like any other."""
+    monkeypatch.chdir(run_dir)
+    out = tmp_path / "run.json"
+    assert main(["audit", "--run", "--run-timeout", seconds, "--format", "json", "--output", str(out),
+                 "one_step_unet.py"]) == 0
+    assert [f["rule"] for f in json.loads(out.read_text())["files"][0]["findings"]] == ["PW064"]
+    assert "Traceback" not in capsys.readouterr().err

@@ -31,7 +31,7 @@ from pathlib import Path
 from pipewarden.errors import PipewardenError, ResourceLimitError, WorkerError, error_class
 from pipewarden.isolation.layers import apply as _layers
 from pipewarden.isolation.wire import messages as _messages
-from pipewarden.isolation.wire.framing import FrameTimeout, PeerClosed, encode_frame, read_frame
+from pipewarden.isolation.wire.framing import FrameTimeout, PeerClosed, encode_frame, poll_ms, read_frame
 from pipewarden.limits import Limits
 
 #: Handles a mid-request message; returns the reply frame (header, payload) or None.
@@ -379,7 +379,7 @@ class WorkerProcess:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise self._timeout(what) from None
-                poller.poll(int(left * 1000) + 1)
+                poller.poll(poll_ms(left))
             except (BrokenPipeError, OSError):
                 raise self._crashed(what) from None
 

@@ -65,6 +65,17 @@ def write_frame(fd: int, header: dict, payload: bytes | memoryview = b"") -> Non
 #: How often (seconds) a waiting reader calls its ``on_wait`` check.
 WAIT_SLICE_S = 0.5
 
+#: The longest single poll() wait (ms): poll takes a C int, so a far deadline (``Limits.wall_s``
+#: of years, ``audit --run-timeout 1e308``) is waited for in slices, not overflowed (red team 9H F12).
+MAX_POLL_MS = 3_600_000
+
+
+def poll_ms(left: float) -> int:
+    """Milliseconds to wait for ``left`` seconds, at least 1, at most ``MAX_POLL_MS``."""
+    if not left > 0:
+        return 1
+    return min(MAX_POLL_MS, int(min(left, MAX_POLL_MS / 1000) * 1000)) + 1
+
 
 def _read_exact(
     fd: int, n: int, deadline: float | None, *, started: bool, on_wait: Callable[[], None] | None = None
@@ -81,7 +92,7 @@ def _read_exact(
             left = deadline - time.monotonic()
             if on_wait is not None:
                 left = min(left, WAIT_SLICE_S)
-            if left <= 0 or not poller.poll(max(0, int(left * 1000)) + 1):
+            if left <= 0 or not poller.poll(poll_ms(left)):
                 if time.monotonic() >= deadline:
                     raise FrameTimeout()
                 if on_wait is not None:
