@@ -47,6 +47,7 @@ __all__ = [
     "WalkEntry",
     "check_name",
     "hf_cache_boundary",
+    "make_output_dir",
     "open_in",
     "open_user_file",
     "read_in",
@@ -816,7 +817,7 @@ def _cwd_chain() -> tuple[tuple[int, int] | None, frozenset[tuple[int, int]]]:
     return here, frozenset(out)
 
 
-def _output_folder(path: str, shown: str) -> tuple[int, str]:
+def _output_folder(path: str, shown: str, *, create: bool = False) -> tuple[int, str]:
     """A descriptor of the folder a report named ``path`` goes into (caller closes it), and the name.
 
     The rule, the same for every spelling of the path (relative, absolute, ``$PWD/...``, with
@@ -826,6 +827,7 @@ def _output_folder(path: str, shown: str) -> tuple[int, str]:
     other folder on the path must be a real folder: the current directory and everything below it
     (the tree under audit, which whoever wrote it controls) and every folder off the way to it.
     Each folder is opened from its parent's descriptor, so a link swapped in meanwhile is refused.
+    ``create``: missing folders are made (``mkdirat``, never through a link).
     """
     if "\x00" in path:
         raise InputError(f"{shown!r} holds a NUL byte", rule="cli.output-unwritable", fix="choose another output path")
@@ -849,7 +851,16 @@ def _output_folder(path: str, shown: str) -> tuple[int, str]:
             walked.append(comp)
             folder = os.path.join(*walked)
             try:
-                st = os.stat(comp, dir_fd=fd, follow_symlinks=False)
+                try:
+                    st = os.stat(comp, dir_fd=fd, follow_symlinks=False)
+                except FileNotFoundError:
+                    if not create or comp == "..":
+                        raise
+                    try:
+                        os.mkdir(comp, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    st = os.stat(comp, dir_fd=fd, follow_symlinks=False)
                 if stat.S_ISLNK(st.st_mode):
                     if _dir_key(fd) not in above:
                         raise _output_link(shown, folder)
@@ -881,6 +892,18 @@ def _output_link(shown: str, folder: str) -> InputError:
         fix="choose an output path whose folders below the current directory are real folders, "
         "or a path outside the tree under audit",
     )
+
+
+def make_output_dir(path: str | os.PathLike[str]) -> None:
+    """Make the folder ``path`` (and missing parents) for files a command writes, e.g. ``demo --out``.
+
+    The same folder rule as :func:`write_new_or_regular` (no symlinked folder in or below the
+    current directory, nor off the way down to it); missing folders are created from their
+    parent's descriptor, never through a link.
+    """
+    shown = os.fspath(path)
+    fd, _ = _output_folder(os.path.join(shown, "_"), shown, create=True)
+    os.close(fd)
 
 
 def write_new_or_regular(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o644) -> None:

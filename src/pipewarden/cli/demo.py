@@ -10,6 +10,10 @@ the demo draws, then sampled through the sandboxed pipeline and saved as a PNG.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import os
+import stat
 import sys
 import time
 import types
@@ -74,28 +78,30 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     import pipewarden
-    from pipewarden._fixtures import fit_demo_weights, write_example_pipeline
+    from pipewarden import fsaccess
+    from pipewarden._fixtures import EXAMPLE_PIPELINE_SOURCE
     from pipewarden.errors import PipewardenError
-    from pipewarden.loader.digests import sha256_file
 
-    out = Path(args.out).resolve()
+    # Every file goes through fsaccess (red team 9H F10): --out may be a folder someone else laid
+    # out (a cloned repo's demo-output/), so no write follows a planted link, and the pins are
+    # the digests of the bytes the demo holds, not of whatever is on disk by then.
+    out = Path(args.out)
+    fsaccess.make_output_dir(out)
     weights = out / "weights"
-    print(f"pipewarden demo (offline; files in {out}, isolation={args.isolation!r})", flush=True)
+    print(f"pipewarden demo (offline; files in {os.path.abspath(out)}, isolation={args.isolation!r})", flush=True)
     t0 = time.perf_counter()
-    if not (weights / "model_index.json").is_file():
+    if not _have_weights(weights):
         print("  fitting a tiny UNet (165 k parameters) to a smiley the demo draws ...", flush=True)
-        fit_demo_weights(weights)
+        _fit_weights(out, weights)
         print(f"  ... done in {time.perf_counter() - t0:.1f} s", flush=True)
 
     print("\n1. Three malicious pipelines, pinned and opted into (trust_remote_code=True):", flush=True)
     for i, (attempt, source) in enumerate(MALICIOUS):
-        path = out / f"malicious_{i + 1}" / "pipeline.py"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(source, encoding="utf-8")
+        path = _write_source(out / f"malicious_{i + 1}", source)
         where = "at load"
         try:
             pipe = pipewarden.load_pipeline(weights, custom_pipeline=path, trust_remote_code=True,
-                                            pipeline_sha256=sha256_file(path), isolation=args.isolation)
+                                            pipeline_sha256=_sha256(source), isolation=args.isolation)
             where = "when called" + (", inside the worker" if args.isolation == "process" else "")
             try:
                 pipe()
@@ -109,13 +115,13 @@ def run(args: argparse.Namespace) -> int:
 
     print("\n2. The vetted example pipeline against plain diffusers:", flush=True)
     code_dir = out / "pipeline"
-    pipeline_file = write_example_pipeline(code_dir)
-    pin = sha256_file(pipeline_file)
+    pipeline_file = _write_source(code_dir, EXAMPLE_PIPELINE_SOURCE)
+    pin = _sha256(EXAMPLE_PIPELINE_SOURCE)
     pipe = pipewarden.load_pipeline(weights, custom_pipeline=code_dir, trust_remote_code=True,
                                     pipeline_sha256=pin, isolation=args.isolation, on_gate=_say)
     try:
         image = pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=args.steps)
-        plain = _plain_diffusers(weights, pipeline_file)
+        plain = _plain_diffusers(weights, EXAMPLE_PIPELINE_SOURCE, str(pipeline_file))
         reference = plain(generator=torch.Generator().manual_seed(0), num_inference_steps=args.steps)
     finally:
         _close(pipe)
@@ -133,6 +139,67 @@ def run(args: argparse.Namespace) -> int:
     return 0 if same else 1
 
 
+def _sha256(source: str) -> str:
+    return hashlib.sha256(source.encode("utf-8")).hexdigest()
+
+
+def _write_source(folder: Path, source: str) -> Path:
+    """``folder/pipeline.py`` holding ``source``: written through no link (see fsaccess)."""
+    from pipewarden import fsaccess
+
+    fsaccess.make_output_dir(folder)
+    path = folder / "pipeline.py"
+    fsaccess.write_new_or_regular(path, source.encode("utf-8"))
+    return path
+
+
+def _have_weights(weights: Path) -> bool:
+    """Weights fitted by an earlier run: a real folder (not a link) with a model_index.json.
+
+    Their files are then read by the loader, which follows no link out of the folder.
+    """
+    from pipewarden.errors import InputError
+
+    try:
+        st = os.lstat(weights)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISDIR(st.st_mode):
+        raise InputError(
+            f"{weights} is not a folder of weights the demo fitted (it is a symlink or a file)",
+            rule="cli.output-unwritable",
+            fix="remove it, or pass another --out",
+        )
+    try:
+        index = os.lstat(weights / "model_index.json")
+    except FileNotFoundError:
+        index = None
+    if index is None or not stat.S_ISREG(index.st_mode):
+        raise InputError(
+            f"{weights} holds no model_index.json: not weights the demo fitted (or an interrupted run)",
+            rule="cli.output-unwritable",
+            fix=f"remove {weights}, or pass another --out",
+        )
+    return True
+
+
+def _fit_weights(out: Path, weights: Path) -> None:
+    """Fit into a fresh private folder (mkdtemp) and rename it into place: nothing is written
+    into a folder that existed before, so no planted link inside it can be written through."""
+    import shutil
+    import tempfile
+
+    from pipewarden._fixtures import fit_demo_weights
+
+    tmp = Path(tempfile.mkdtemp(prefix=".weights-", dir=out))
+    try:
+        fit_demo_weights(tmp)
+        os.rename(tmp, weights)  # weights did not exist (_have_weights); a dir that appeared meanwhile fails
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _say(gate: str, verdict: str) -> None:
     print(f"  [ok] {gate:<12} {verdict}", flush=True)
 
@@ -148,17 +215,19 @@ def _close(pipe: Any) -> None:
         close()
 
 
-def _plain_diffusers(weights: Path, pipeline_file: Path) -> Any:
+def _plain_diffusers(weights: Path, source: str, filename: str) -> Any:
     """The same pipeline class run by plain diffusers and torch: no pipewarden in the way.
 
-    The source is our own example (trusted project code), executed as an ordinary module.
+    The source is our own example (trusted project code), executed as an ordinary module from
+    the very string the demo pinned and wrote, never re-read from disk (red team 9H F10: the file
+    could be swapped after the sandbox read it).
     """
     from diffusers import DDPMScheduler, UNet2DModel
     from diffusers.utils import logging as diffusers_logging
 
     diffusers_logging.set_verbosity_error()  # no advice about optional packages in the demo output
     module = types.ModuleType("pipewarden_demo_plain")
-    exec(compile(pipeline_file.read_text(encoding="utf-8"), str(pipeline_file), "exec"), module.__dict__)  # noqa: S102
+    exec(compile(source, filename, "exec"), module.__dict__)  # noqa: S102
     classes = [v for v in module.__dict__.values() if isinstance(v, type) and v.__module__ == module.__name__]
     unet = UNet2DModel.from_pretrained(str(weights / "unet"))
     scheduler = DDPMScheduler.from_pretrained(str(weights / "scheduler"))
@@ -172,7 +241,11 @@ def _save_png(image: Any, path: Path) -> None:
     arr = ((image[0].clamp(-1, 1) + 1) * 127.5).round().to(dtype=torch.uint8)
     pil = Image.fromarray(arr.permute(1, 2, 0).cpu().numpy())
     pil = pil.resize((pil.width * 16, pil.height * 16), Image.Resampling.NEAREST)
-    pil.save(path)
+    buf = io.BytesIO()
+    pil.save(buf, format="PNG")
+    from pipewarden import fsaccess
+
+    fsaccess.write_new_or_regular(path, buf.getvalue())
 
 
 if __name__ == "__main__":  # pragma: no cover
