@@ -183,14 +183,7 @@ def _resolve_parts(
             out.pop()
             continue
         cur = "/".join([*out, comp])
-        try:
-            st = os.stat(cur, dir_fd=bfd, follow_symlinks=False)
-        except FileNotFoundError:
-            raise _missing(shown, boundary) from None
-        except NotADirectoryError:
-            raise InputError(f"{shown}: a component of the path is not a directory", rule="file.unreadable") from None
-        except OSError as exc:
-            raise InputError(f"cannot read {shown}: {exc.strerror}", rule="file.unreadable") from None
+        st = _lstat_in(bfd, [*out, comp], shown, boundary)
         if not stat.S_ISLNK(st.st_mode):
             out.append(comp)
             continue
