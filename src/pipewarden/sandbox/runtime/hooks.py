@@ -103,6 +103,7 @@ def _restore_global_modes(modes: Any) -> None:
     leave it switched for the host). Called wherever sandboxed code hands control back to host
     code: the outermost sandboxed call, every step of a sandboxed generator the host drives, the
     module body. A pipeline's own ``with``/decorator modes end with its call, as in plain diffusers."""
+    _clear_typing_caches()
     torch = sys.modules.get("torch")
     if torch is None or modes is None:
         return
@@ -120,6 +121,16 @@ def _restore_global_modes(modes: Any) -> None:
             torch.set_autocast_enabled(dev, enabled)
         if torch.get_autocast_dtype(dev) != dtype:
             torch.set_autocast_dtype(dev, dtype)
+
+
+def _clear_typing_caches() -> None:
+    """typing memoises ``X[...]`` process-wide, keyed by the parameters: an object of the
+    pipeline's whose ``__eq__``/``__hash__`` lie, planted by any door (a subscript, ``alias | obj``),
+    would answer the host's later ``typing.List[int]`` (red team round 10). The caches are
+    emptied whenever sandboxed code hands control back to host code; they refill on use."""
+    typing_module = sys.modules.get("typing")
+    for clear in getattr(typing_module, "_cleanups", ()):
+        clear()
 
 
 @contextlib.contextmanager
@@ -146,6 +157,15 @@ class GuardHooks(AttributeRules):
             raise _violation("subscripting a module facade", "item.facade")
         if type(key) is not int and self.array_arguments.is_array_value(t):
             self.array_arguments.check("an array index", key)  # fancy indices are converted to arrays
+        if (isinstance(obj, type) or t.__module__ in _TYPING_MODULES) and self._holds_own_instance(key, 0):
+            # red team round 10: typing memoises X[...] in a process-wide cache keyed by the
+            # parameters; an instance whose __eq__/__hash__ lie answered the host's later
+            # typing.List[int] with the pipeline's alias
+            raise _violation(
+                f"subscripting {_tname(obj)} with an object of the pipeline's own class",
+                "item.typing-parameter",
+                "type parameters are classes (or literals of builtin types), not the pipeline's objects",
+            )
         value = obj[key]
         vt = type(value)
         if vt in _FORBIDDEN_VALUE_TYPES or vt is types.BuiltinFunctionType or (
@@ -159,6 +179,14 @@ class GuardHooks(AttributeRules):
         if _is_snapshot_type(value) and t not in _WRITABLE_CONTAINERS and t not in _READONLY_TYPES and not self.owns(obj):
             return self._snapshot(value)  # e.g. a list inside a host FrozenDict config
         return value
+
+    def _holds_own_instance(self, key: Any, depth: int) -> bool:
+        if depth > 4:
+            return True  # deeper than any type expression: refused
+        t = type(key)
+        if t is tuple or t is list:
+            return any(self._holds_own_instance(k, depth + 1) for k in key)
+        return not isinstance(key, type) and self.owns_type(t)
 
     def guarded_getiter(self, obj: Any) -> Any:
         """``for``, comprehensions, ``iter()`` and unpacking (RestrictedPython's unpack guards
@@ -730,6 +758,10 @@ class _CheckedEnter:
     def __exit__(self, kind: Any, value: Any, tb: Any) -> Any:
         return self._pw_exit(self._pw_manager, kind, value, tb)
 
+
+#: Modules of typing forms (``typing.List``, ``list[int]``, ``int | None``): subscripts memoised
+#: process-wide by typing.
+_TYPING_MODULES: frozenset[str] = frozenset({"typing", "typing_extensions", "types"})
 
 #: Builtin containers whose classes are mapped through class_as_seen (call results, slices).
 _CLASS_CONTAINERS: frozenset[type] = frozenset({tuple, list, set, frozenset, dict})
