@@ -212,6 +212,7 @@ _TABLE: tuple[tuple[str, str, str], ...] = (
     ("import.private-module", "sandbox", "private modules are never imported"),
     ("internal.wrap", "sandbox", "the sandbox wraps only functions (a pipewarden bug if raised)"),
     ("item.facade", "sandbox", "module facades are not subscriptable"),
+    ("attribute.host-metaclass", "sandbox", "a host metaclass's methods (ABCMeta.register) are not called on the pipeline's classes"),
     ("item.typing-parameter", "sandbox", "a class or typing form is never subscripted with the pipeline's own objects (host typing caches keep them)"),
     ("iter.facade", "sandbox", "module facades are not iterable"),
     ("policy.malformed", "sandbox", "the sandbox policy data is strict: unknown keys and values are refused (fail closed)"),

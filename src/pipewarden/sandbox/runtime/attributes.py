@@ -304,6 +304,8 @@ class AttributeRules(FacadeResolver):
             reimplemented = _reviewed_property(self, t, name)
             if reimplemented is not None:
                 return reimplemented(self, obj, f"{_tname(obj)}.{name}")
+        if isinstance(obj, type) and self.owns(obj):
+            _no_host_metaclass_method(obj, name)
         try:
             value = getattr(obj, name)
         except AttributeError:
@@ -582,3 +584,23 @@ class AttributeRules(FacadeResolver):
         if name == "format":
             return lambda s, *a, **k: fmt.vformat(str(s), a, k)
         return lambda s, mapping: fmt.vformat(str(s), (), mapping)
+
+
+def _no_host_metaclass_method(cls: type, name: str) -> None:
+    """A name the sandbox's own class gets from a host metaclass (not from its bases, not from
+    ``type``) is host code acting on process-wide state: red team round 10, ``ABCMeta.register`` on
+    the pipeline's ``collections.abc.Mapping`` subclass made host ``isinstance("x", Mapping)`` True
+    for the whole process."""
+    for klass in cls.__mro__:
+        if name in klass.__dict__:
+            return
+    metaclass: Any = type(cls)
+    for meta in metaclass.__mro__:
+        if meta is type or meta is object:
+            return
+        if name in meta.__dict__:
+            raise _violation(
+                f"{_tname(cls)}.{name} is a method of the host metaclass {_tname(meta)}",
+                "attribute.host-metaclass",
+                "the pipeline's classes may use what they define and what their bases define",
+            )
