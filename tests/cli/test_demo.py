@@ -36,6 +36,17 @@ def test_demo_shows_refusals_bit_identity_and_a_png(tmp_path, capsys, isolation)
         assert img.size == (256, 256)
 
 
+@pytest.mark.slow
+def test_one_step_is_bit_identical_too(tmp_path, capsys):
+    """The seed's one-step path draws its noise from torch's global RNG: both runs are seeded."""
+    from pipewarden._fixtures import fit_demo_weights
+
+    fit_demo_weights(tmp_path / "weights", iterations=2)
+    assert main(["demo", "--out", str(tmp_path), "--steps", "1", "--isolation", "process"]) == 0
+    out = capsys.readouterr().out
+    assert "bit-identical: sandboxed" in out and "DIFFERENT" not in out
+
+
 def test_the_demo_picture_is_a_smiley_not_noise():
     """The pattern the UNet is fitted to: a yellow face on blue, dark eyes (not random pixels)."""
     import numpy as np

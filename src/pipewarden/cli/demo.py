@@ -120,8 +120,13 @@ def run(args: argparse.Namespace) -> int:
     pipe = pipewarden.load_pipeline(weights, custom_pipeline=code_dir, trust_remote_code=True,
                                     pipeline_sha256=pin, isolation=args.isolation, on_gate=_say)
     try:
+        # the one-step path of the seed pipeline draws the scheduler's noise from torch's global
+        # RNG (no generator=): both runs start from the same global state, as two runs a user
+        # compares would
+        torch.manual_seed(0)
         image = pipe(generator=torch.Generator().manual_seed(0), num_inference_steps=args.steps)
         plain = _plain_diffusers(weights, EXAMPLE_PIPELINE_SOURCE, str(pipeline_file))
+        torch.manual_seed(0)
         reference = plain(generator=torch.Generator().manual_seed(0), num_inference_steps=args.steps)
     finally:
         _close(pipe)
